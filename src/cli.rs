@@ -1,0 +1,452 @@
+//! The command line (SPEC §3): one subcommand per job, each a thin call into the library.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::check;
+use crate::config::{GlobalArgs, Settings};
+use crate::dead::{self, Selection};
+use crate::error::{Error, Result};
+use crate::janitor::Janitor;
+use crate::ledger::{self, Ledger};
+use crate::produce::{self, ProduceOptions};
+use crate::queue::Queue;
+use crate::reserve::{self, Reservation};
+use crate::stock::{self, Change};
+use crate::worker::{self, Worker, WorkerOptions};
+
+/// Exit status of `reserve` when there is not enough stock (nothing was taken).
+pub const EXIT_SOLD_OUT: u8 = 3;
+/// Exit status of `reserve` for a product that was never stocked.
+pub const EXIT_UNKNOWN_PRODUCT: u8 = 4;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stockq",
+    version,
+    about = "A Redis-native reliable queue for flash-sale stock deduction",
+    long_about = "Reserve stock in Redis in well under a millisecond; apply each deduction to \
+                  MySQL exactly once through a crash-safe queue; prove that both stores agree.\n\n\
+                  Every setting is a flag and an environment variable (the flag wins).",
+    after_help = "Exit status: 0 success, 1 failure (a store unreachable, drift found by check), \
+                  2 bad usage or input; reserve: 3 sold out, 4 unknown product."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing and apply the migrations
+    Migrate,
+    /// Set or change a product's stock in MySQL and Redis together
+    #[command(subcommand)]
+    Stock(StockCommand),
+    /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product)
+    Reserve {
+        /// Product id (a positive integer)
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        product: i64,
+        /// Quantity, 1 to 1000000
+        #[arg(value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        qty: i64,
+        /// Event id (an order id fits): 1 to 64 characters of [A-Za-z0-9._:-]; default: a new UUIDv7
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Generate load: reserve N events through the same script as shoppers
+    Produce(ProduceArgs),
+    /// Claim and apply events until SIGTERM/SIGINT, then finish what is held and exit 0
+    Worker {
+        /// Claim/apply loops in this process
+        #[arg(long, default_value_t = worker::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        /// Events claimed and applied in one transaction
+        #[arg(long, default_value_t = worker::DEFAULT_BATCH)]
+        batch: usize,
+    },
+    /// Re-queue timed-out claims, dead-letter, and run the consistency check on its interval
+    Janitor {
+        /// One recovery pass and one check, then exit (1 if drift was found)
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check that redis == mysql − in-flight for every product (exit 0 consistent, 1 drift, 2 could not run)
+    Check {
+        /// Correct Redis by each drift's delta (INCRBY); exit 0 when the stores then agree
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue depths, oldest claim, dead letters, live workers, per-product books
+    Stats {
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, retry or discard dead-lettered entries
+    #[command(subcommand)]
+    Dead(DeadCommand),
+    /// The one-command showcase: a flash sale against local Redis and MariaDB, reconciled
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StockCommand {
+    /// Set a product's stock (creating the product if needed)
+    Set {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        product: i64,
+        #[arg(value_parser = clap::value_parser!(i64).range(0..))]
+        qty: i64,
+    },
+    /// Add to a product's stock (a negative delta removes)
+    Add {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        product: i64,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters, newest first
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to pending
+    Requeue(DeadSelection),
+    /// Discard dead letters, giving back the stock each one still holds
+    Drop(DeadSelection),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DeadSelection {
+    /// Every dead letter
+    #[arg(long)]
+    all: bool,
+    /// The event id of the dead letter(s)
+    id: Option<String>,
+}
+
+impl DeadSelection {
+    fn selection(&self) -> Selection {
+        match &self.id {
+            Some(id) if !self.all => Selection::EventId(id.clone()),
+            _ => Selection::All,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Reservations to make
+    #[arg(long)]
+    events: u64,
+    /// Spread over products 1..=P, uniformly
+    #[arg(long, default_value_t = 100)]
+    products: i64,
+    /// Quantity per reservation
+    #[arg(long, default_value_t = 1)]
+    qty: i64,
+    /// Every reservation on product 1
+    #[arg(long)]
+    hot: bool,
+    /// At most this many reservations per second
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Reservations awaiting an answer at once (pipelined)
+    #[arg(long, default_value_t = produce::DEFAULT_IN_FLIGHT)]
+    in_flight: usize,
+    /// One JSON object on stdout instead of the summary line
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints a clap error as one line (help and version print in full) and picks the status.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("bad usage").trim_start_matches("error: ");
+            eprintln!("stockq: {line} (see stockq --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a parsed command; returns the exit status.
+pub async fn run(cli: Cli) -> u8 {
+    let is_check = matches!(cli.command, Command::Check { .. });
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stockq: {}", crate::queue::one_line(&e.to_string()));
+            // `check` reports "could not run" as 2, as diff does
+            if is_check { 2 } else { e.exit_code() as u8 }
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    let settings = Settings::from_args(&cli.global)?;
+    match cli.command {
+        Command::Migrate => {
+            ledger::migrate(&settings).await?;
+            println!("migrated {}", settings.database_url);
+            Ok(0)
+        }
+        Command::Stock(cmd) => {
+            let (queue, ledger) = connect(&settings, 1).await?;
+            let (product, change) = match cmd {
+                StockCommand::Set { product, qty } => (product, Change::Set(qty)),
+                StockCommand::Add { product, delta } => (product, Change::Add(delta)),
+            };
+            let done = stock::adjust(&queue, &ledger, product, change).await?;
+            println!(
+                "product {}: mysql {} (change {:+}), redis {}",
+                done.product_id, done.mysql, done.delta, done.redis
+            );
+            Ok(0)
+        }
+        Command::Reserve { product, qty, event_id } => {
+            let event_id = event_id.unwrap_or_else(reserve::new_event_id);
+            crate::event::validate_event_id(&event_id).map_err(Error::usage)?;
+            let queue = Queue::connect(&settings).await?;
+            match reserve::reserve(&queue, product, qty, &event_id).await? {
+                Reservation::Reserved { event_id, .. } => {
+                    println!("{event_id}");
+                    Ok(0)
+                }
+                Reservation::SoldOut { available } => {
+                    eprintln!("stockq: sold out: product {product} has {available} left, {qty} asked; nothing taken");
+                    Ok(EXIT_SOLD_OUT)
+                }
+                Reservation::UnknownProduct => {
+                    eprintln!("stockq: unknown product {product}: stock it first with `stockq stock set {product} <qty>`");
+                    Ok(EXIT_UNKNOWN_PRODUCT)
+                }
+            }
+        }
+        Command::Produce(args) => {
+            let options = ProduceOptions {
+                events: args.events,
+                products: args.products,
+                qty: args.qty,
+                hot: args.hot,
+                rate: args.rate,
+                in_flight: args.in_flight,
+                progress: !args.json,
+            };
+            options.validate()?;
+            let queue = Queue::connect(&settings).await?;
+            let report = produce::produce(&queue, &options).await?;
+            if args.json {
+                let mut v = serde_json::to_value(&report).unwrap_or_default();
+                v["per_second"] = json!(report.per_second());
+                println!("{v}");
+            } else {
+                let l = &report.latency;
+                println!(
+                    "reserved {} and sold out {} (unknown product {}) in {:.2}s: {:.0} reservations/s; \
+                     latency p50 {}us p99 {}us p99.9 {}us max {}us",
+                    report.reserved,
+                    report.sold_out,
+                    report.unknown_product,
+                    report.elapsed.as_secs_f64(),
+                    report.per_second(),
+                    l.p50_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.max_us
+                );
+            }
+            Ok(0)
+        }
+        Command::Worker { concurrency, batch } => {
+            let options = WorkerOptions { concurrency, batch, ..Default::default() };
+            options.validate()?;
+            let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            let (queue, ledger) = connect(&settings, concurrency as u32 + 1).await?;
+            tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
+            Worker::new(queue, ledger, options)?.run(shutdown).await?;
+            Ok(0)
+        }
+        Command::Janitor { once } => {
+            let (queue, ledger) = connect(&settings, 2).await?;
+            let janitor = Janitor::new(queue, ledger, settings.janitor_interval, settings.check_interval);
+            if once {
+                janitor.recover().await?;
+                let report = janitor.check().await?;
+                return Ok(if report.is_consistent() { 0 } else { 1 });
+            }
+            let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            janitor.run(shutdown).await?;
+            Ok(0)
+        }
+        Command::Check { repair, json } => {
+            let (queue, ledger) = connect(&settings, 2).await?;
+            let mut report = check::check_confirmed(&queue, &ledger).await?;
+            let mut repaired = 0;
+            if repair && !report.is_consistent() {
+                print_check(&report, json, false);
+                repaired = check::repair(&queue, &report).await?;
+                report = check::check_confirmed(&queue, &ledger).await?;
+            }
+            print_check(&report, json, true);
+            if repair && repaired > 0 && !json {
+                println!("repaired {repaired} product(s) in Redis");
+            }
+            Ok(if report.is_consistent() { 0 } else { 1 })
+        }
+        Command::Stats { json } => {
+            let (queue, ledger) = connect(&settings, 2).await?;
+            let stats = crate::stats::collect(&queue, &ledger).await?;
+            if json {
+                println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+            } else {
+                print_stats(&stats);
+            }
+            Ok(0)
+        }
+        Command::Dead(cmd) => {
+            match cmd {
+                DeadCommand::List { json } => {
+                    let queue = Queue::connect(&settings).await?;
+                    let letters = dead::list(&queue).await?;
+                    if json {
+                        for d in &letters {
+                            println!("{}", String::from_utf8_lossy(&d.raw));
+                        }
+                    } else if letters.is_empty() {
+                        println!("no dead letters");
+                    } else {
+                        for d in &letters {
+                            let id = d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into());
+                            println!(
+                                "{id}\tattempts {}\tfailed_at {}\t{}\t{}",
+                                d.attempts,
+                                d.failed_at_ms,
+                                d.reason,
+                                String::from_utf8_lossy(&d.entry).chars().take(120).collect::<String>()
+                            );
+                        }
+                    }
+                }
+                DeadCommand::Requeue(sel) => {
+                    let queue = Queue::connect(&settings).await?;
+                    let (moved, skipped) = dead::requeue(&queue, &sel.selection()).await?;
+                    println!("requeued {moved}");
+                    if skipped > 0 {
+                        println!("left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)");
+                    }
+                }
+                DeadCommand::Drop(sel) => {
+                    let (queue, ledger) = connect(&settings, 1).await?;
+                    let (dropped, given) = dead::drop(&queue, &ledger, &sel.selection()).await?;
+                    println!("dropped {dropped}, gave back {given} units of stock");
+                }
+            }
+            Ok(0)
+        }
+        Command::Demo(args) => crate::demo::run(&settings, &args).await,
+    }
+}
+
+async fn connect(settings: &Settings, mysql_connections: u32) -> Result<(Queue, Ledger)> {
+    let queue = Queue::connect(settings).await?;
+    let ledger = Ledger::connect(settings, mysql_connections).await?;
+    Ok((queue, ledger))
+}
+
+fn print_check(report: &check::CheckReport, json: bool, last: bool) {
+    if json {
+        if last {
+            let drifts: Vec<_> = report.drifts().collect();
+            println!(
+                "{}",
+                json!({
+                    "consistent": report.is_consistent(),
+                    "seq": report.seq,
+                    "products_checked": report.products.len(),
+                    "took_ms": report.took.as_millis() as u64,
+                    "drifts": drifts,
+                })
+            );
+        }
+        return;
+    }
+    for p in report.drifts() {
+        println!(
+            "drift: product {}: redis {}{}, mysql {}, in-flight {}, expected redis {}, delta {:+}",
+            p.product_id,
+            p.redis.unwrap_or(0),
+            if p.redis.is_none() { " (key missing)" } else { "" },
+            p.mysql,
+            p.in_flight,
+            p.expected_redis,
+            p.delta
+        );
+    }
+    if last {
+        let n = report.drifts().count();
+        if n == 0 {
+            println!(
+                "consistent: {} products, redis == mysql − in-flight (seq {}, {} ms)",
+                report.products.len(),
+                report.seq,
+                report.took.as_millis()
+            );
+        } else {
+            println!("{n} of {} products drifted", report.products.len());
+        }
+    }
+}
+
+fn print_stats(s: &crate::stats::Stats) {
+    println!("queue        {}", s.queue);
+    println!("pending      {}", s.pending);
+    println!("processing   {}", s.processing);
+    println!(
+        "oldest claim {}",
+        s.oldest_claim_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+    );
+    println!("dead         {}", s.dead);
+    println!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
+    for w in &s.live_workers {
+        println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
+    }
+    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
+    println!("books        {}", if s.consistent { "consistent" } else { "DRIFT (see stockq check)" });
+    const SHOWN: usize = 20;
+    println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
+    for p in s.products.iter().take(SHOWN) {
+        println!(
+            "{:>12} {:>12} {:>12} {:>10} {:>+8}",
+            p.product_id,
+            p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            p.mysql,
+            p.in_flight,
+            p.delta
+        );
+    }
+    if s.products.len() > SHOWN {
+        println!("... and {} more (stockq stats --json lists all)", s.products.len() - SHOWN);
+    }
+}

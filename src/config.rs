@@ -1,0 +1,230 @@
+//! One typed configuration, read from flags and the environment (a flag wins), validated once
+//! at start-up. Every other module takes a [`Settings`] and never looks at the environment.
+//!
+//! The URLs carry credentials, so [`Settings`] keeps them behind [`SecretUrl`], whose `Debug`
+//! and `Display` print the URL with its password replaced by `***`.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_DATABASE_URL: &str = "mysql://stockq:stockq@127.0.0.1:3306/stockq";
+pub const DEFAULT_QUEUE: &str = "stockq";
+
+/// The settings every command shares (SPEC §2). Flattened into each subcommand's arguments.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Redis URL (redis:// or rediss:// for TLS)
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true)]
+    pub redis_url: String,
+
+    /// MySQL/MariaDB URL; `migrate` creates its database when missing
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
+    pub database_url: String,
+
+    /// Queue name: every Redis key of the queue starts with {name}
+    #[arg(long, env = "STOCKQ_QUEUE", default_value = DEFAULT_QUEUE, global = true)]
+    pub queue: String,
+
+    /// A claimed entry neither acknowledged nor renewed within this is re-queued
+    #[arg(long, env = "STOCKQ_VISIBILITY_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub visibility_timeout: Duration,
+
+    /// Deliveries before an entry is dead-lettered
+    #[arg(long, env = "STOCKQ_MAX_ATTEMPTS", default_value_t = 5, global = true)]
+    pub max_attempts: u32,
+
+    /// How often the janitor looks for timed-out claims
+    #[arg(long, env = "STOCKQ_JANITOR_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub janitor_interval: Duration,
+
+    /// How often the janitor runs the consistency check
+    #[arg(long, env = "STOCKQ_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub check_interval: Duration,
+
+    /// Serve /healthz and /metrics on this port (worker, janitor); the port of `serve`
+    #[arg(long, env = "PORT", global = true)]
+    pub port: Option<u16>,
+
+    /// Log format
+    #[arg(long, env = "STOCKQ_LOG_FORMAT", default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Parses a human-readable duration (`500ms`, `30s`, `5m`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write a duration such as 500ms, 30s or 5m)"))
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub redis_url: SecretUrl,
+    pub database_url: SecretUrl,
+    pub queue: String,
+    pub visibility_timeout: Duration,
+    pub max_attempts: u32,
+    pub janitor_interval: Duration,
+    pub check_interval: Duration,
+    pub port: Option<u16>,
+}
+
+impl Settings {
+    pub fn from_args(args: &GlobalArgs) -> Result<Self> {
+        let redis_url = SecretUrl::parse("REDIS_URL", &args.redis_url, &["redis", "rediss"])?;
+        let database_url =
+            SecretUrl::parse("DATABASE_URL", &args.database_url, &["mysql", "mariadb"])?;
+        validate_queue_name(&args.queue)?;
+        if args.visibility_timeout < Duration::from_millis(100) {
+            return Err(Error::usage(
+                "STOCKQ_VISIBILITY_TIMEOUT must be at least 100ms (a claim must outlive one batch)",
+            ));
+        }
+        if args.max_attempts == 0 {
+            return Err(Error::usage("STOCKQ_MAX_ATTEMPTS must be at least 1"));
+        }
+        for (name, d) in [
+            ("STOCKQ_JANITOR_INTERVAL", args.janitor_interval),
+            ("STOCKQ_CHECK_INTERVAL", args.check_interval),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(Error::usage(format!("{name} must be at least 10ms")));
+            }
+        }
+        Ok(Settings {
+            redis_url,
+            database_url,
+            queue: args.queue.clone(),
+            visibility_timeout: args.visibility_timeout,
+            max_attempts: args.max_attempts,
+            janitor_interval: args.janitor_interval,
+            check_interval: args.check_interval,
+            port: args.port,
+        })
+    }
+
+    /// Settings for tests and embedding: the given URLs and queue, every other value default.
+    pub fn new(redis_url: &str, database_url: &str, queue: &str) -> Result<Self> {
+        Ok(Settings {
+            redis_url: SecretUrl::parse("REDIS_URL", redis_url, &["redis", "rediss"])?,
+            database_url: SecretUrl::parse("DATABASE_URL", database_url, &["mysql", "mariadb"])?,
+            queue: {
+                validate_queue_name(queue)?;
+                queue.to_string()
+            },
+            visibility_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            janitor_interval: Duration::from_secs(5),
+            check_interval: Duration::from_secs(60),
+            port: None,
+        })
+    }
+}
+
+/// Queue names become part of every key inside a Redis Cluster hash tag, so braces are out.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "bad queue name {name:?}: use 1 to 64 characters of [A-Za-z0-9._:-]"
+        )))
+    }
+}
+
+/// A URL with credentials that prints itself redacted.
+#[derive(Clone)]
+pub struct SecretUrl {
+    raw: String,
+    redacted: String,
+}
+
+impl SecretUrl {
+    pub fn parse(name: &str, raw: &str, schemes: &[&str]) -> Result<Self> {
+        let parsed = url::Url::parse(raw).map_err(|e| {
+            Error::usage(format!(
+                "{name} is not a valid URL ({e}); expected something like {}://host:port",
+                schemes[0]
+            ))
+        })?;
+        if !schemes.contains(&parsed.scheme()) {
+            return Err(Error::usage(format!(
+                "{name} has scheme {:?}; expected {}",
+                parsed.scheme(),
+                schemes.join(" or ")
+            )));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(Error::usage(format!("{name} names no host")));
+        }
+        Ok(SecretUrl { raw: raw.to_string(), redacted: redact(&parsed) })
+    }
+
+    /// The URL with its password; hand it only to a client library.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+fn redact(url: &url::Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.to_string()
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_print_without_their_password() {
+        let u = SecretUrl::parse("X", "mysql://app:hunter2@db:3306/stockq", &["mysql"]).unwrap();
+        assert_eq!(u.to_string(), "mysql://app:***@db:3306/stockq");
+        assert_eq!(format!("{u:?}"), "mysql://app:***@db:3306/stockq");
+        assert!(!format!("{u:?}").contains("hunter2"));
+        assert_eq!(u.expose(), "mysql://app:hunter2@db:3306/stockq");
+    }
+
+    #[test]
+    fn bad_urls_and_names_are_usage_errors() {
+        assert_eq!(SecretUrl::parse("X", "nope", &["redis"]).unwrap_err().exit_code(), 2);
+        assert_eq!(SecretUrl::parse("X", "http://h", &["redis"]).unwrap_err().exit_code(), 2);
+        assert!(validate_queue_name("orders").is_ok());
+        assert!(validate_queue_name("a{b}").is_err());
+        assert!(validate_queue_name("").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Dead letters: list, requeue and drop (SPEC §3).
+//!
+//! A valid event in `{q}:dead` still holds its reservation (SPEC §7.7). `requeue` sends it on
+//! to pending; `drop` first settles it in MySQL as rejected (unless an earlier delivery
+//! applied it), so a worker still holding it can no longer apply it, and then removes it and
+//! gives its stock back in one script: dropping twice returns nothing twice.
+
+use crate::error::{Error, Result, bounded};
+use crate::event::DeadLetter;
+use crate::ledger::Ledger;
+use crate::queue::{CALL_TIMEOUT, Queue, scripts};
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    /// Every dead letter whose event has this id.
+    EventId(String),
+}
+
+/// Every dead letter, newest first (as stored). Envelopes stockq did not write are skipped.
+pub async fn list(queue: &Queue) -> Result<Vec<DeadLetter>> {
+    let mut conn = queue.conn();
+    let raw: Vec<Vec<u8>> = bounded(
+        "redis (dead list)",
+        CALL_TIMEOUT,
+        redis::AsyncCommands::lrange(&mut conn, queue.keys().dead(), 0, -1),
+    )
+    .await?;
+    Ok(raw.iter().filter_map(|r| DeadLetter::parse(r)).collect())
+}
+
+fn select(letters: Vec<DeadLetter>, which: &Selection) -> Result<Vec<DeadLetter>> {
+    let chosen: Vec<DeadLetter> = match which {
+        Selection::All => letters,
+        Selection::EventId(id) => letters
+            .into_iter()
+            .filter(|d| d.event().is_some_and(|e| &e.event_id == id))
+            .collect(),
+    };
+    if let Selection::EventId(id) = which
+        && chosen.is_empty()
+    {
+        return Err(Error::usage(format!("no dead letter holds event {id:?} (see `stockq dead list`)")));
+    }
+    Ok(chosen)
+}
+
+/// Sends dead letters back to pending; returns how many moved. Entries that are not valid
+/// events stay: they would only come straight back.
+pub async fn requeue(queue: &Queue, which: &Selection) -> Result<(u64, u64)> {
+    let chosen = select(list(queue).await?, which)?;
+    let mut moved = 0;
+    let mut skipped = 0;
+    let mut conn = queue.conn();
+    for letter in chosen {
+        if letter.event().is_none() {
+            skipped += 1;
+            continue;
+        }
+        let mut invocation = scripts::DEAD_REQUEUE.prepare_invoke();
+        invocation
+            .key(queue.keys().dead())
+            .key(queue.keys().pending())
+            .arg(letter.raw.as_slice())
+            .arg(letter.entry.as_slice());
+        let n: u64 = bounded("redis (dead requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        moved += n;
+    }
+    Ok((moved, skipped))
+}
+
+/// Discards dead letters, giving back the stock each valid one still holds. Returns
+/// (dropped, units given back).
+pub async fn drop(queue: &Queue, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
+    let chosen = select(list(queue).await?, which)?;
+    let mut dropped = 0;
+    let mut given = 0;
+    let mut conn = queue.conn();
+    for letter in chosen {
+        let (stock_key, units) = match letter.event() {
+            Some(event) => {
+                let give_back = ledger.settle_dropped(&event).await?;
+                (queue.keys().stock(event.product_id), if give_back { event.qty } else { 0 })
+            }
+            None => (queue.keys().dead(), 0),
+        };
+        let mut invocation = scripts::DEAD_DROP.prepare_invoke();
+        invocation.key(queue.keys().dead()).key(stock_key).arg(letter.raw.as_slice()).arg(units);
+        let n: u64 = bounded("redis (dead drop)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        if n > 0 {
+            dropped += 1;
+            given += units;
+        }
+    }
+    Ok((dropped, given))
+}

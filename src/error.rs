@@ -1,0 +1,124 @@
+//! Errors, and the decision each one carries.
+//!
+//! Two questions matter when something fails: *should the caller retry* (a lost connection, a
+//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (SPEC §3:
+//! 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that loops retry
+//! what is transient and `main` maps everything else to one line on stderr and a status.
+
+use std::time::Duration;
+
+/// The library's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command-line input, configuration or arguments: exit status 2.
+    #[error("{0}")]
+    Usage(String),
+
+    /// Redis refused or failed a command, or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    /// MySQL refused or failed a statement, or could not be reached.
+    #[error("mysql: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// Applying the migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A call did not answer within its bound.
+    #[error("{what} did not answer within {}", humantime::format_duration(*.after))]
+    Timeout { what: &'static str, after: Duration },
+
+    /// The operation was refused because of the state of the stores (not a bad argument).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<redis::ParsingError> for Error {
+    fn from(e: redis::ParsingError) -> Self {
+        Error::Redis(e.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Error::Usage(message.into())
+    }
+
+    /// The process exit status for this error (SPEC §3).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether the same call may succeed if tried again later: connection trouble, timeouts,
+    /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
+            Error::Timeout { .. } => true,
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                    )
+            }
+            Error::Database(e) => is_transient_sql(e),
+        }
+    }
+}
+
+/// MySQL error codes after which the same transaction may well succeed.
+const TRANSIENT_MYSQL_CODES: &[&str] = &[
+    "1040", // too many connections
+    "1053", // server shutdown in progress
+    "1062", // duplicate key: a concurrent batch settled the same event id first
+    "1205", // lock wait timeout
+    "1213", // deadlock
+    "1927", // connection killed (MariaDB)
+    "2006", // server has gone away
+    "2013", // lost connection during query
+];
+
+fn is_transient_sql(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| TRANSIENT_MYSQL_CODES.contains(&code.as_ref())),
+        _ => false,
+    }
+}
+
+/// Bounds a future by `after`, naming what timed out.
+pub async fn bounded<T, E>(
+    what: &'static str,
+    after: Duration,
+    fut: impl Future<Output = std::result::Result<T, E>>,
+) -> Result<T>
+where
+    Error: From<E>,
+{
+    match tokio::time::timeout(after, fut).await {
+        Ok(result) => result.map_err(Error::from),
+        Err(_) => Err(Error::Timeout { what, after }),
+    }
+}

@@ -1,0 +1,167 @@
+//! The janitor: recovers abandoned claims, dead-letters what keeps failing, and runs the
+//! consistency check on its interval.
+//!
+//! Every step is one atomic script or is safe to repeat, so any number of janitors may run at
+//! once: two recovery passes are serialized by Redis, and an entry exhausted by one pass is
+//! given a fresh deadline before it is returned, so another pass does not return it too.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{self, CheckReport};
+use crate::error::{Result, bounded};
+use crate::event::dead_envelope;
+use crate::ledger::Ledger;
+use crate::queue::{CALL_TIMEOUT, Queue, Settlement};
+use crate::worker::{Backoff, now_ms};
+
+/// Expired claims handled per script call, so one call never blocks Redis for long.
+const REQUEUE_LIMIT: usize = 1000;
+/// Entries kept in `{q}:alerts`.
+const ALERTS_MAX_LEN: usize = 10_000;
+
+/// What one recovery pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub requeued: u64,
+    pub adopted: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Clone)]
+pub struct Janitor {
+    queue: Queue,
+    ledger: Ledger,
+    interval: Duration,
+    check_interval: Duration,
+}
+
+impl Janitor {
+    pub fn new(queue: Queue, ledger: Ledger, interval: Duration, check_interval: Duration) -> Self {
+        Janitor { queue, ledger, interval, check_interval }
+    }
+
+    /// Re-queues every expired claim and dead-letters entries that reached max attempts.
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        loop {
+            let pass = self.queue.requeue_expired(REQUEUE_LIMIT).await?;
+            report.requeued += pass.requeued;
+            report.adopted += pass.adopted;
+            let handled = pass.requeued as usize + pass.exhausted.len();
+            if !pass.exhausted.is_empty() {
+                let settlement = Settlement {
+                    dead: pass
+                        .exhausted
+                        .iter()
+                        .map(|(entry, attempts)| {
+                            let reason = format!(
+                                "claim timed out {attempts} times (worker crashed or hung on this entry)"
+                            );
+                            (entry.clone(), dead_envelope(entry, &reason, *attempts, now_ms()))
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                report.dead_lettered += self.queue.settle(&settlement).await?.dead_lettered;
+            }
+            if handled < REQUEUE_LIMIT {
+                break;
+            }
+        }
+        if report.requeued + report.adopted + report.dead_lettered > 0 {
+            tracing::info!(
+                requeued = report.requeued,
+                adopted = report.adopted,
+                dead_lettered = report.dead_lettered,
+                "recovered abandoned claims"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.
+    pub async fn check(&self) -> Result<CheckReport> {
+        let report = check::check_confirmed(&self.queue, &self.ledger).await?;
+        if report.is_consistent() {
+            tracing::info!(
+                products = report.products.len(),
+                took_ms = report.took.as_millis() as u64,
+                "consistency check: stores agree"
+            );
+            return Ok(report);
+        }
+        let mut pipe = redis::pipe();
+        for p in report.drifts() {
+            tracing::error!(
+                product_id = p.product_id,
+                redis = ?p.redis,
+                mysql = p.mysql,
+                in_flight = p.in_flight,
+                expected_redis = p.expected_redis,
+                delta = p.delta,
+                "consistency check: drift (run `stockq check --repair` to correct Redis)"
+            );
+            pipe.cmd("XADD")
+                .arg(self.queue.keys().alerts())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(ALERTS_MAX_LEN)
+                .arg("*")
+                .arg("product_id")
+                .arg(p.product_id)
+                .arg("redis")
+                .arg(p.redis.unwrap_or(0))
+                .arg("mysql")
+                .arg(p.mysql)
+                .arg("in_flight")
+                .arg(p.in_flight)
+                .arg("delta")
+                .arg(p.delta)
+                .arg("seq")
+                .arg(report.seq)
+                .ignore();
+        }
+        let mut conn = self.queue.conn();
+        bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
+        Ok(report)
+    }
+
+    /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        tracing::info!(
+            queue = self.queue.keys().prefix(),
+            interval = %humantime::format_duration(self.interval),
+            check_interval = %humantime::format_duration(self.check_interval),
+            "janitor started"
+        );
+        let mut backoff = Backoff::new();
+        let mut next_check = Instant::now();
+        while !shutdown.is_cancelled() {
+            let mut failed = false;
+            if let Err(e) = self.recover().await {
+                backoff.log(&e, "recovery pass failed");
+                failed = true;
+            }
+            if Instant::now() >= next_check {
+                match self.check().await {
+                    Ok(_) => next_check = Instant::now() + self.check_interval,
+                    Err(e) => {
+                        backoff.log(&e, "consistency check could not run");
+                        failed = true;
+                    }
+                }
+            }
+            if !failed {
+                backoff.reset();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        tracing::info!("janitor stopped");
+        Ok(())
+    }
+}

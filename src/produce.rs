@@ -1,0 +1,155 @@
+//! `stockq produce`: a load generator that reserves through the same script as shoppers.
+//!
+//! Reservations are sent `in_flight` at a time over the shared multiplexed connection, which
+//! pipelines them; each one's latency is measured from send to answer.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::queue::Queue;
+use crate::reserve::{Reservation, new_event_id, reserve};
+
+pub const DEFAULT_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    pub events: u64,
+    /// Products 1..=products, chosen uniformly.
+    pub products: i64,
+    pub qty: i64,
+    /// Every event on product 1.
+    pub hot: bool,
+    /// At most this many reservations per second.
+    pub rate: Option<u64>,
+    /// Reservations awaiting an answer at once.
+    pub in_flight: usize,
+    pub progress: bool,
+}
+
+impl ProduceOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.events == 0 {
+            return Err(Error::usage("--events must be at least 1"));
+        }
+        if self.products < 1 {
+            return Err(Error::usage("--products must be at least 1"));
+        }
+        crate::event::validate_qty(self.qty).map_err(|e| Error::usage(format!("--qty: {e}")))?;
+        if self.rate == Some(0) {
+            return Err(Error::usage("--rate must be at least 1 (leave it out for no limit)"));
+        }
+        if self.in_flight == 0 {
+            return Err(Error::usage("--in-flight must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub fn from_samples(mut samples: Vec<u64>) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+        Latency { p50_us: at(0.50), p99_us: at(0.99), p999_us: at(0.999), max_us: at(1.0) }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProduceReport {
+    pub reserved: u64,
+    pub sold_out: u64,
+    pub unknown_product: u64,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub latency: Latency,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl ProduceReport {
+    pub fn per_second(&self) -> f64 {
+        (self.reserved + self.sold_out + self.unknown_product) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+pub async fn produce(queue: &Queue, options: &ProduceOptions) -> Result<ProduceReport> {
+    options.validate()?;
+    let bar = if options.progress {
+        let bar = ProgressBar::new(options.events);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix("reserving");
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let products = options.products;
+    let hot = options.hot;
+    let qty = options.qty;
+    let rate = options.rate;
+    let mut answers = futures::stream::iter(0..options.events)
+        .map(|i| async move {
+            if let Some(rate) = rate {
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let product_id = if hot { 1 } else { rand::random_range(1..=products) };
+            let sent = Instant::now();
+            let answer = reserve(queue, product_id, qty, &new_event_id()).await;
+            (answer, sent.elapsed())
+        })
+        .buffer_unordered(options.in_flight);
+
+    let mut report = ProduceReport::default();
+    let mut samples = Vec::with_capacity(options.events as usize);
+    while let Some((answer, took)) = answers.next().await {
+        match answer? {
+            Reservation::Reserved { .. } => report.reserved += 1,
+            Reservation::SoldOut { .. } => report.sold_out += 1,
+            Reservation::UnknownProduct => report.unknown_product += 1,
+        }
+        samples.push(took.as_micros() as u64);
+        bar.inc(1);
+        if report.sold_out > 0 && report.sold_out % 1024 == 1 {
+            bar.set_message(format!("sold out: {}", report.sold_out));
+        }
+    }
+    bar.finish_and_clear();
+    report.elapsed = started.elapsed();
+    report.latency = Latency::from_samples(samples);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_sample() {
+        let l = Latency::from_samples((1..=1000).collect());
+        assert_eq!((l.p50_us, l.p99_us, l.p999_us, l.max_us), (500, 990, 999, 1000));
+        let l = Latency::from_samples(vec![7]);
+        assert_eq!((l.p50_us, l.max_us), (7, 7));
+    }
+}

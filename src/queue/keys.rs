@@ -1,0 +1,104 @@
+//! The one place that builds Redis key names (SPEC §4).
+//!
+//! Every key of queue `q` starts with the hash tag `{q}`, so all of them hash to one Redis
+//! Cluster slot and every multi-key script runs there unchanged.
+
+/// The key names of one queue.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `queue` must already be validated (see [`crate::config::validate_queue_name`]).
+    pub fn new(queue: &str) -> Self {
+        Keys { prefix: format!("{{{queue}}}") }
+    }
+
+    /// `{q}`: the hash tag itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// List of events waiting; producers LPUSH, workers take from the right.
+    pub fn pending(&self) -> String {
+        format!("{}:pending", self.prefix)
+    }
+
+    /// List of events claimed by some worker and not yet acknowledged.
+    pub fn processing(&self) -> String {
+        format!("{}:processing", self.prefix)
+    }
+
+    /// List of dead-letter envelopes.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// Sorted set: entry in processing -> claim deadline (unix ms on the Redis clock).
+    pub fn claims(&self) -> String {
+        format!("{}:claims", self.prefix)
+    }
+
+    /// Hash: entry -> number of deliveries whose claim timed out.
+    pub fn attempts(&self) -> String {
+        format!("{}:attempts", self.prefix)
+    }
+
+    /// String: the reservation sequence, stamped on every event and stock adjustment.
+    pub fn seq(&self) -> String {
+        format!("{}:seq", self.prefix)
+    }
+
+    /// String: a product's Redis stock.
+    pub fn stock(&self, product_id: i64) -> String {
+        format!("{}:stock:{product_id}", self.prefix)
+    }
+
+    /// Hash of running totals: applied, rejected, returned, dead, requeued.
+    pub fn counters(&self) -> String {
+        format!("{}:counters", self.prefix)
+    }
+
+    /// Set of worker ids that have announced themselves.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// String with a TTL: a live worker's heartbeat (JSON).
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{id}", self.prefix)
+    }
+
+    /// Stream of drift alerts written by the janitor's consistency check.
+    pub fn alerts(&self) -> String {
+        format!("{}:alerts", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_the_hash_tag() {
+        let k = Keys::new("shop");
+        for key in [
+            k.pending(),
+            k.processing(),
+            k.dead(),
+            k.claims(),
+            k.attempts(),
+            k.seq(),
+            k.stock(42),
+            k.counters(),
+            k.workers(),
+            k.worker("w1"),
+            k.alerts(),
+        ] {
+            assert!(key.starts_with("{shop}:"), "{key}");
+        }
+        assert_eq!(k.stock(42), "{shop}:stock:42");
+        assert_eq!(k.pending(), "{shop}:pending");
+    }
+}

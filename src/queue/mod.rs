@@ -1,0 +1,341 @@
+//! The reliable queue in Redis: claim, acknowledge, renew, release and recover.
+//!
+//! One event's life in Redis:
+//!
+//! ```text
+//!   reserve.lua ──LPUSH──▶ pending ──claim.lua / BLMOVE──▶ processing + claims(deadline)
+//!        processing ──settle.lua──▶ gone (give-back or dead letter in the same step)
+//!        processing ──requeue.lua (deadline passed)──▶ pending, or dead after max attempts
+//! ```
+//!
+//! Every reservation is exactly one entry in `pending`, `processing` or `dead` until it is
+//! settled; each script moves an entry in one atomic step, so no crash can duplicate or drop
+//! it. Give-backs ride on the removal of the entry (settle.lua, dead_drop.lua), which is why a
+//! rejected event returns its stock exactly once however often it is delivered.
+//!
+//! Connections: scripts and acknowledgements share one [`ConnectionManager`] (multiplexed,
+//! reconnecting). A blocking BLMOVE would stall everything queued behind it on that
+//! connection, so every consumer loop waits on its own [`Waiter`] connection instead.
+
+pub mod keys;
+pub mod scripts;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client};
+
+pub use keys::Keys;
+
+use crate::config::Settings;
+use crate::error::{Error, Result, bounded};
+
+/// How long an ordinary Redis call may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
+pub type Entry = Vec<u8>;
+
+/// A handle on one queue.
+#[derive(Clone)]
+pub struct Queue {
+    keys: Keys,
+    client: Client,
+    conn: ConnectionManager,
+    visibility_timeout: Duration,
+    max_attempts: u32,
+}
+
+/// A dedicated connection for one consumer's blocking wait.
+pub struct Waiter {
+    conn: MultiplexedConnection,
+}
+
+/// A batch of entries just claimed.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Their claim deadline, unix ms on the Redis clock.
+    pub deadline_ms: i64,
+    pub entries: Vec<Entry>,
+}
+
+/// What settle.lua should do with a batch whose MySQL outcome is decided.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// Applied in MySQL (now or on an earlier delivery): remove.
+    pub acks: Vec<Entry>,
+    /// Not deducted in MySQL: remove and give `qty` back to the product's Redis stock.
+    pub give_backs: Vec<(Entry, i64, i64)>,
+    /// Cannot be processed: remove and push the envelope onto `{q}:dead`.
+    pub dead: Vec<(Entry, String)>,
+    /// Running totals to add to `{q}:counters`.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl Settlement {
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.give_backs.is_empty() && self.dead.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.acks.len() + self.give_backs.len() + self.dead.len()
+    }
+}
+
+/// What settle.lua did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Entries removed from processing (acknowledged or given back).
+    pub acknowledged: u64,
+    /// Units of stock returned to Redis.
+    pub units_given_back: i64,
+    pub dead_lettered: u64,
+}
+
+/// What one recovery pass did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Entries whose claim expired, moved back to pending.
+    pub requeued: u64,
+    /// Entries found in processing without a claim, given a deadline.
+    pub adopted: u64,
+    /// Entries that reached max attempts: (entry, attempts). Still in processing.
+    pub exhausted: Vec<(Entry, u64)>,
+}
+
+impl Queue {
+    /// Connects to Redis and checks that it answers.
+    pub async fn connect(settings: &Settings) -> Result<Queue> {
+        let client = Client::open(settings.redis_url.expose()).map_err(|e| {
+            Error::usage(format!("REDIS_URL {} is not usable: {e}", settings.redis_url))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = bounded(
+            "redis (connect)",
+            CONNECT_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|e| describe_connect_error(e, settings))?;
+        Ok(Queue {
+            keys: Keys::new(&settings.queue),
+            client,
+            conn,
+            visibility_timeout: settings.visibility_timeout,
+            max_attempts: settings.max_attempts,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A clone of the shared connection (cheap: it is multiplexed).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Opens a dedicated connection for BLMOVE. It has no response timeout of its own: the
+    /// wait is bounded by BLMOVE's timeout argument and by [`Queue::wait_for_entry`].
+    pub async fn waiter(&self) -> Result<Waiter> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        let conn = bounded(
+            "redis (connect)",
+            CONNECT_TIMEOUT * 2,
+            self.client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
+        Ok(Waiter { conn })
+    }
+
+    /// Blocks up to `wait` for an entry, moving it into processing (BLMOVE RIGHT LEFT).
+    ///
+    /// The moved entry has no claim deadline yet: pass it to [`Queue::claim`] at once. If this
+    /// process dies first, or the reply is lost, the janitor adopts the entry (requeue.lua).
+    pub async fn wait_for_entry(&self, waiter: &mut Waiter, wait: Duration) -> Result<Option<Entry>> {
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(self.keys.pending())
+            .arg(self.keys.processing())
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(wait.as_secs_f64());
+        bounded("redis (BLMOVE)", wait + CALL_TIMEOUT, cmd.query_async(&mut waiter.conn)).await
+    }
+
+    /// Takes up to `max` entries from pending into processing, with one deadline for all;
+    /// `moved` is an entry already moved by [`Queue::wait_for_entry`], which is given the
+    /// same deadline and counts towards `max`.
+    pub async fn claim(&self, max: usize, moved: Option<Entry>) -> Result<Claim> {
+        let more = max.saturating_sub(usize::from(moved.is_some()));
+        let mut invocation = scripts::CLAIM.prepare_invoke();
+        invocation
+            .key(self.keys.pending())
+            .key(self.keys.processing())
+            .key(self.keys.claims())
+            .arg(more)
+            .arg(millis(self.visibility_timeout));
+        if let Some(entry) = &moved {
+            invocation.arg(entry.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        let (deadline_ms, mut taken): (i64, Vec<Entry>) = {
+            let reply: Vec<redis::Value> =
+                bounded("redis (claim)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+            split_head(reply)?
+        };
+        let mut entries = Vec::with_capacity(taken.len() + 1);
+        entries.extend(moved);
+        entries.append(&mut taken);
+        Ok(Claim { deadline_ms, entries })
+    }
+
+    /// Acknowledges a decided batch in one atomic step.
+    pub async fn settle(&self, s: &Settlement) -> Result<Settled> {
+        if s.is_empty() && s.counters.is_empty() {
+            return Ok(Settled::default());
+        }
+        let mut invocation = scripts::SETTLE.prepare_invoke();
+        invocation
+            .key(self.keys.processing())
+            .key(self.keys.claims())
+            .key(self.keys.attempts())
+            .key(self.keys.dead())
+            .key(self.keys.counters());
+        for (_, product_id, _) in &s.give_backs {
+            invocation.key(self.keys.stock(*product_id));
+        }
+        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        invocation
+            .arg(s.acks.len())
+            .arg(s.give_backs.len())
+            .arg(s.dead.len())
+            .arg(counters.join(","));
+        for entry in &s.acks {
+            invocation.arg(entry.as_slice());
+        }
+        for (entry, _, qty) in &s.give_backs {
+            invocation.arg(entry.as_slice()).arg(*qty);
+        }
+        for (entry, envelope) in &s.dead {
+            invocation.arg(entry.as_slice()).arg(envelope.as_str());
+        }
+        let mut conn = self.conn.clone();
+        let (acknowledged, units_given_back, dead_lettered): (u64, i64, u64) =
+            bounded("redis (settle)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        Ok(Settled { acknowledged, units_given_back, dead_lettered })
+    }
+
+    /// Extends the claims of entries a live worker still holds.
+    pub async fn renew(&self, entries: &[Entry]) -> Result<u64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = scripts::RENEW.prepare_invoke();
+        invocation.key(self.keys.claims()).arg(millis(self.visibility_timeout));
+        for entry in entries {
+            invocation.arg(entry.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        bounded("redis (renew)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Hands entries back to pending without counting a failed delivery.
+    pub async fn release(&self, entries: &[Entry]) -> Result<u64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = scripts::RELEASE.prepare_invoke();
+        invocation
+            .key(self.keys.processing())
+            .key(self.keys.claims())
+            .key(self.keys.pending());
+        for entry in entries {
+            invocation.arg(entry.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        bounded("redis (release)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// One recovery pass over claims whose deadline passed (at most `limit` of them).
+    pub async fn requeue_expired(&self, limit: usize) -> Result<Recovery> {
+        let mut invocation = scripts::REQUEUE.prepare_invoke();
+        invocation
+            .key(self.keys.processing())
+            .key(self.keys.claims())
+            .key(self.keys.attempts())
+            .key(self.keys.pending())
+            .key(self.keys.counters())
+            .arg(self.max_attempts)
+            .arg(millis(self.visibility_timeout))
+            .arg(limit);
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> =
+            bounded("redis (requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        let mut values = reply.into_iter();
+        let requeued: u64 = next_value(&mut values)?;
+        let adopted: u64 = next_value(&mut values)?;
+        let mut exhausted = Vec::new();
+        while let Some(entry) = values.next() {
+            let entry: Entry = redis::from_redis_value(entry)?;
+            let attempts: u64 = next_value(&mut values)?;
+            exhausted.push((entry, attempts));
+        }
+        Ok(Recovery { requeued, adopted, exhausted })
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn next_value<T: redis::FromRedisValue>(values: &mut impl Iterator<Item = redis::Value>) -> Result<T> {
+    let value = values.next().ok_or_else(|| {
+        Error::Redis(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "a script returned fewer values than its contract says",
+        )))
+    })?;
+    Ok(redis::from_redis_value(value)?)
+}
+
+/// Splits a script reply `{head, entry, entry, ...}`.
+fn split_head(reply: Vec<redis::Value>) -> Result<(i64, Vec<Entry>)> {
+    let mut values = reply.into_iter();
+    let head: i64 = next_value(&mut values)?;
+    let entries = values.map(redis::from_redis_value).collect::<Result<Vec<Entry>, _>>()?;
+    Ok((head, entries))
+}
+
+/// Turns a failed first connection into one line that says what to do.
+fn describe_connect_error(e: Error, settings: &Settings) -> Error {
+    match e {
+        Error::Usage(_) => e,
+        other => Error::Refused(format!(
+            "cannot reach Redis at {} ({}); start it (scripts/services.sh) or set REDIS_URL",
+            settings.redis_url,
+            one_line(&other.to_string())
+        )),
+    }
+}
+
+/// The first line of an error message, without a trailing period.
+pub(crate) fn one_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim_end_matches('.').to_string()
+}

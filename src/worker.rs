@@ -1,0 +1,428 @@
+//! The worker: claim a batch, apply it to MySQL, acknowledge it.
+//!
+//! [`Worker::step`] is the unit of work, driven both by the run loop and by tests:
+//!
+//! 1. **claim** up to `batch` entries (claim.lua); when pending is empty, wait on BLMOVE (at
+//!    most [`WorkerOptions::wait`]) and claim the entry it moved together with more;
+//! 2. **validate** each entry; an invalid one is dead-lettered with its reason, never retried;
+//! 3. **apply** the valid events in one MySQL transaction ([`Ledger::apply_batch`]), retrying
+//!    transient failures with backoff while renewing the batch's claims, so a live worker keeps
+//!    what it holds and a dead one loses it to the janitor;
+//! 4. **settle** in one script: acknowledge, give back rejected stock, dead-letter.
+//!
+//! What a crash at each point leaves behind: before 3 commits, the entries sit in processing
+//! and are re-queued when their claim expires; after 3 commits and before 4, they are
+//! re-queued and redelivered, and `stock_log` turns the redelivery into a pure acknowledgement
+//! (with its give-back if rejected). Nothing is lost and nothing is applied twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::event::{Event, dead_envelope};
+use crate::ledger::{Ledger, Outcome};
+use crate::queue::{Entry, Queue, Settlement, Waiter};
+
+pub const DEFAULT_BATCH: usize = 100;
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Longest single BLMOVE wait; also the longest a stop request waits for an idle loop.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+/// After a stop request, how long a batch that cannot reach MySQL keeps trying before its
+/// entries are handed back to pending. Well within a platform's 30 s stop grace.
+pub const DRAIN_RETRY: Duration = Duration::from_secs(10);
+const MAX_BATCH: usize = 5000;
+const MAX_CONCURRENCY: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Claim/apply loops in this process.
+    pub concurrency: usize,
+    /// Entries claimed (and applied in one transaction) at a time.
+    pub batch: usize,
+    /// Longest BLMOVE wait.
+    pub wait: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions { concurrency: DEFAULT_CONCURRENCY, batch: DEFAULT_BATCH, wait: DEFAULT_WAIT }
+    }
+}
+
+impl WorkerOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(Error::usage(format!("--batch must be from 1 to {MAX_BATCH}")));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(Error::usage(format!("--concurrency must be from 1 to {MAX_CONCURRENCY}")));
+        }
+        Ok(())
+    }
+}
+
+/// Running totals of one worker process.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub batches: AtomicU64,
+    pub applied: AtomicU64,
+    pub rejected: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead: AtomicU64,
+}
+
+/// What one batch came to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub claimed: usize,
+    /// Deducted in MySQL by this batch.
+    pub applied: u64,
+    /// Rejected by MySQL in this batch (stock given back).
+    pub rejected: u64,
+    /// Settled by an earlier delivery; acknowledged now.
+    pub redelivered: u64,
+    /// Second reservations of an event id; stock given back.
+    pub duplicates: u64,
+    /// Dead-lettered (invalid entry or unknown product).
+    pub dead: u64,
+    /// Entries this batch actually removed from processing (a late acknowledgement of an
+    /// entry the janitor already re-queued removes nothing).
+    pub acknowledged: u64,
+    /// Entries handed back to pending because MySQL could not be reached before shutdown.
+    pub released: u64,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Nothing to claim within the wait.
+    Idle,
+    Batch(BatchReport),
+}
+
+/// A worker process: `concurrency` claim/apply loops over one queue.
+#[derive(Clone)]
+pub struct Worker {
+    queue: Queue,
+    ledger: Ledger,
+    options: WorkerOptions,
+    id: Arc<str>,
+    totals: Arc<Totals>,
+}
+
+impl Worker {
+    pub fn new(queue: Queue, ledger: Ledger, options: WorkerOptions) -> Result<Worker> {
+        options.validate()?;
+        Ok(Worker { queue, ledger, options, id: worker_id().into(), totals: Arc::default() })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes what is held and returns.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        tracing::info!(
+            worker = %self.id,
+            concurrency = self.options.concurrency,
+            batch = self.options.batch,
+            queue = self.queue.keys().prefix(),
+            "worker started"
+        );
+        let heartbeat = tokio::spawn(crate::heartbeat::run(
+            self.queue.clone(),
+            self.id.to_string(),
+            self.totals.clone(),
+            shutdown.clone(),
+        ));
+        let mut loops = tokio::task::JoinSet::new();
+        for n in 0..self.options.concurrency {
+            let worker = self.clone();
+            let shutdown = shutdown.clone();
+            loops.spawn(async move { worker.consume(n, shutdown).await });
+        }
+        while let Some(joined) = loops.join_next().await {
+            if let Err(e) = joined {
+                tracing::error!(error = %e, "a consumer loop crashed");
+            }
+        }
+        let _ = heartbeat.await;
+        tracing::info!(
+            worker = %self.id,
+            applied = self.totals.applied.load(Ordering::Relaxed),
+            rejected = self.totals.rejected.load(Ordering::Relaxed),
+            dead = self.totals.dead.load(Ordering::Relaxed),
+            "worker stopped"
+        );
+        Ok(())
+    }
+
+    /// One claim/apply loop with its own blocking connection.
+    async fn consume(&self, n: usize, shutdown: CancellationToken) {
+        let mut waiter: Option<Waiter> = None;
+        let mut backoff = Backoff::new();
+        while !shutdown.is_cancelled() {
+            if waiter.is_none() {
+                match self.queue.waiter().await {
+                    Ok(w) => waiter = Some(w),
+                    Err(e) => {
+                        backoff.log(&e, "cannot open a Redis connection to wait on");
+                        backoff.sleep(&shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            let step = self
+                .step(waiter.as_mut(), &shutdown)
+                .instrument(tracing::debug_span!("step", worker = %self.id, consumer = n))
+                .await;
+            match step {
+                Ok(_) => backoff.reset(),
+                Err(e) => {
+                    backoff.log(&e, "batch failed; retrying");
+                    // the blocking connection may be the broken part: open a fresh one
+                    waiter = None;
+                    backoff.sleep(&shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Claims one batch (waiting on `waiter` if pending is empty), applies and settles it.
+    pub async fn step(&self, waiter: Option<&mut Waiter>, shutdown: &CancellationToken) -> Result<StepOutcome> {
+        let mut claim = self.queue.claim(self.options.batch, None).await?;
+        if claim.entries.is_empty() {
+            let Some(waiter) = waiter else { return Ok(StepOutcome::Idle) };
+            if shutdown.is_cancelled() {
+                return Ok(StepOutcome::Idle);
+            }
+            // Not raced against shutdown: once BLMOVE has moved an entry we own it, and the
+            // wait is short.
+            match self.queue.wait_for_entry(waiter, self.options.wait).await? {
+                Some(entry) => claim = self.queue.claim(self.options.batch, Some(entry)).await?,
+                None => return Ok(StepOutcome::Idle),
+            }
+        }
+        let report = self.process(claim.entries, shutdown).await?;
+        Ok(StepOutcome::Batch(report))
+    }
+
+    /// Validates, applies and settles claimed entries.
+    pub async fn process(&self, entries: Vec<Entry>, shutdown: &CancellationToken) -> Result<BatchReport> {
+        let mut report = BatchReport { claimed: entries.len(), ..Default::default() };
+        let mut settlement = Settlement::default();
+        let mut events = Vec::with_capacity(entries.len());
+        let mut event_entries = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match Event::parse(entry) {
+                Ok(event) => {
+                    events.push(event);
+                    event_entries.push(entry);
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "dead-lettering an invalid entry");
+                    settlement.dead.push((entry.clone(), dead_envelope(entry, &reason, 1, now_ms())));
+                }
+            }
+        }
+
+        let outcomes = match self.apply_holding(&entries, &events, shutdown).await? {
+            Some(outcomes) => outcomes,
+            None => {
+                // stopping, and MySQL out of reach: hand everything back, invalid ones too
+                report.released = self.queue.release(&entries).await?;
+                tracing::warn!(released = report.released, "MySQL unreachable at shutdown; entries handed back to pending");
+                return Ok(report);
+            }
+        };
+
+        for ((event, entry), outcome) in events.iter().zip(event_entries).zip(&outcomes) {
+            match outcome {
+                Outcome::Applied => {
+                    report.applied += 1;
+                    settlement.acks.push(entry.clone());
+                }
+                Outcome::AlreadyApplied => {
+                    report.redelivered += 1;
+                    settlement.acks.push(entry.clone());
+                }
+                Outcome::Rejected | Outcome::AlreadyRejected | Outcome::Duplicate => {
+                    match outcome {
+                        Outcome::Rejected => report.rejected += 1,
+                        Outcome::Duplicate => report.duplicates += 1,
+                        _ => report.redelivered += 1,
+                    }
+                    settlement.give_backs.push((entry.clone(), event.product_id, event.qty));
+                }
+                Outcome::UnknownProduct => {
+                    let reason = format!("unknown product {}", event.product_id);
+                    tracing::warn!(event_id = %event.event_id, %reason, "dead-lettering");
+                    settlement.dead.push((entry.clone(), dead_envelope(entry, &reason, 1, now_ms())));
+                }
+            }
+        }
+        report.dead = settlement.dead.len() as u64;
+        settlement.counters = [
+            ("applied", report.applied),
+            ("rejected", report.rejected),
+            ("duplicates", report.duplicates),
+            ("redelivered", report.redelivered),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+
+        let settled = self.settle_holding(&entries, &settlement).await?;
+        report.acknowledged = settled.acknowledged;
+        let t = &self.totals;
+        t.batches.fetch_add(1, Ordering::Relaxed);
+        t.applied.fetch_add(report.applied, Ordering::Relaxed);
+        t.rejected.fetch_add(report.rejected, Ordering::Relaxed);
+        t.redelivered.fetch_add(report.redelivered, Ordering::Relaxed);
+        t.duplicates.fetch_add(report.duplicates, Ordering::Relaxed);
+        t.dead.fetch_add(report.dead, Ordering::Relaxed);
+        tracing::debug!(?report, "batch settled");
+        Ok(report)
+    }
+
+    /// Applies the batch, retrying transient failures while renewing the claims. Returns
+    /// `None` when stopping and MySQL stayed out of reach for [`DRAIN_RETRY`].
+    async fn apply_holding(
+        &self,
+        entries: &[Entry],
+        events: &[Event],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Outcome>>> {
+        let mut backoff = Backoff::new();
+        let attempt = async {
+            let mut stopping_since: Option<Instant> = None;
+            loop {
+                match self.ledger.apply_batch(events).await {
+                    Ok(outcomes) => return Ok(Some(outcomes)),
+                    Err(e) => {
+                        if !e.is_transient() {
+                            backoff.log(&e, "MySQL refused a batch; retrying (is the schema migrated?)");
+                        } else {
+                            backoff.log(&e, "MySQL batch failed; retrying");
+                        }
+                        if shutdown.is_cancelled() {
+                            let since = *stopping_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= DRAIN_RETRY {
+                                return Ok(None);
+                            }
+                        }
+                        backoff.pause().await;
+                    }
+                }
+            }
+        };
+        self.while_renewing(entries, attempt).await
+    }
+
+    /// Settles the batch, retrying transient Redis failures for about one visibility timeout;
+    /// past that the claims have expired anyway and the redelivery will settle it.
+    async fn settle_holding(&self, entries: &[Entry], settlement: &Settlement) -> Result<crate::queue::Settled> {
+        let give_up = Instant::now() + self.queue.visibility_timeout();
+        let mut backoff = Backoff::new();
+        let attempt = async {
+            loop {
+                match self.queue.settle(settlement).await {
+                    Ok(settled) => return Ok(settled),
+                    Err(e) if e.is_transient() && Instant::now() < give_up => {
+                        backoff.log(&e, "acknowledgement failed; retrying");
+                        backoff.pause().await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.while_renewing(entries, attempt).await
+    }
+
+    /// Drives `work` while renewing the claims of `entries` every third of the visibility
+    /// timeout, so a slow but live worker keeps what it holds.
+    async fn while_renewing<T>(&self, entries: &[Entry], work: impl Future<Output = T>) -> T {
+        let period = self.queue.visibility_timeout() / 3;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {
+                    if let Err(e) = self.queue.renew(entries).await {
+                        tracing::warn!(error = %e, "could not renew claims");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with rate-limited logging: the first failure and then one line every
+/// few seconds, so an outage is visible without flooding the log.
+pub(crate) struct Backoff {
+    delay: Duration,
+    failures: u64,
+    last_log: Option<Instant>,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Self {
+        Backoff { delay: Self::MIN, failures: 0, last_log: None }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "recovered");
+        }
+        *self = Backoff::new();
+    }
+
+    pub(crate) fn log(&mut self, error: &Error, what: &str) {
+        self.failures += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(error = %error, failures = self.failures, "{what}");
+            self.last_log = Some(Instant::now());
+        }
+    }
+
+    pub(crate) async fn pause(&mut self) {
+        let jitter = rand::random_range(0..=self.delay.as_millis() as u64 / 2);
+        tokio::time::sleep(self.delay + Duration::from_millis(jitter)).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    pub(crate) async fn sleep(&mut self, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = self.pause() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+fn worker_id() -> String {
+    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .take(40)
+        .collect();
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
