@@ -1,11 +1,255 @@
-//! `stockq demo`: placeholder, replaced below.
+//! `stockq demo`: the one-command showcase.
+//!
+//! It runs a small flash sale through the real code paths, against the configured Redis and
+//! MySQL servers but on a queue and a database of its own (`demo` and `stockq_demo`, reset at
+//! the start), so it never touches a real queue:
+//!
+//! 1. migrate, and stock a few products in both stores;
+//! 2. start workers and a janitor in this process;
+//! 3. send more buyers than there is stock through the reservation script, with live bars;
+//! 4. wait for the workers to apply every reservation, stop them gracefully;
+//! 5. reconcile: per product, what was stocked, sold, and what each store holds now.
+//!
+//! Exit status 0 when every reservation was applied exactly once and the stores agree.
+
+use std::time::{Duration, Instant};
+
 use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use crate::check;
 use crate::config::Settings;
-use crate::error::Result;
+use crate::error::{Error, Result, bounded};
+use crate::janitor::Janitor;
+use crate::ledger::{self, Ledger};
+use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::reserve::{Reservation, new_event_id, reserve};
+use crate::stock::{self, Change};
+use crate::worker::{Worker, WorkerOptions};
+
+pub const DEMO_QUEUE: &str = "demo";
+pub const DEMO_DATABASE: &str = "stockq_demo";
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Shoppers in the sale (each tries to buy one unit)
+    #[arg(long, default_value_t = 20_000)]
+    buyers: u64,
+    /// Products on sale
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    products: i64,
+    /// Units of each product
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000))]
+    stock: i64,
+}
 
-pub async fn run(_settings: &Settings, _args: &DemoArgs) -> Result<u8> {
-    Ok(0)
+pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
+    if args.buyers == 0 {
+        return Err(Error::usage("--buyers must be at least 1"));
+    }
+    let settings = demo_settings(settings)?;
+    println!(
+        "stockq demo: a flash sale of {} products x {} units for {} buyers",
+        args.products, args.stock, args.buyers
+    );
+    println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis_url, settings.database_url);
+
+    ledger::migrate(&settings).await?;
+    let queue = Queue::connect(&settings).await?;
+    let ledger = Ledger::connect(&settings, 4).await?;
+    reset(&queue, &ledger).await?;
+    for product in 1..=args.products {
+        stock::adjust(&queue, &ledger, product, Change::Set(args.stock)).await?;
+    }
+    println!("1. stocked products 1..={} with {} units each, in MySQL and Redis", args.products, args.stock);
+
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(queue.clone(), ledger.clone(), WorkerOptions::default())?;
+    let workers = {
+        let (w, s) = (worker.clone(), shutdown.clone());
+        tokio::spawn(async move { w.run(s).await })
+    };
+    let janitor = {
+        let j = Janitor::new(queue.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
+        let s = shutdown.clone();
+        tokio::spawn(async move { j.run(s).await })
+    };
+    println!("2. started a worker ({} loops, batches of {}) and a janitor in this process", crate::worker::DEFAULT_CONCURRENCY, crate::worker::DEFAULT_BATCH);
+
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("   {prefix:<9} [{bar:40}] {pos:>6}/{len:<6} {msg}")
+        .expect("static template")
+        .progress_chars("=> ");
+    let reserving = bars.add(ProgressBar::new(args.buyers).with_style(style.clone()).with_prefix("buyers"));
+    let applying = bars.add(ProgressBar::new(0).with_style(style).with_prefix("applied"));
+
+    // 3. the sale: buyers pick a product, the first one twice as often as the others
+    let started = Instant::now();
+    let (mut reserved, mut sold_out) = (0u64, 0u64);
+    {
+        use futures::StreamExt;
+        let products = args.products;
+        let mut answers = futures::stream::iter(0..args.buyers)
+            .map(|_| {
+                let queue = &queue;
+                async move {
+                    let pick = rand::random_range(0..=products);
+                    reserve(queue, pick.max(1), 1, &new_event_id()).await
+                }
+            })
+            .buffer_unordered(crate::produce::DEFAULT_IN_FLIGHT);
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                answer = answers.next() => match answer {
+                    None => break,
+                    Some(answer) => {
+                        match answer? {
+                            Reservation::Reserved { .. } => reserved += 1,
+                            _ => sold_out += 1,
+                        }
+                        reserving.inc(1);
+                        reserving.set_message(format!("reserved {reserved}, sold out {sold_out}"));
+                        applying.set_length(reserved);
+                    }
+                },
+                _ = ticker.tick() => show_applied(&worker, &applying),
+            }
+        }
+    }
+    let sale_took = started.elapsed();
+    reserving.finish();
+
+    // 4. wait for the workers to catch up, then stop them gracefully
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        show_applied(&worker, &applying);
+        let (pending, processing) = depths(&queue).await?;
+        if pending == 0 && processing == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Refused(format!(
+                "the workers did not drain the queue within 60 s ({pending} pending, {processing} processing)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_took = started.elapsed();
+    applying.finish();
+    shutdown.cancel();
+    let _ = workers.await;
+    let _ = janitor.await;
+    let _ = bars.clear();
+
+    println!(
+        "3. {} buyers answered in {:.2}s ({:.0}/s): {reserved} reserved, {sold_out} turned away as sold out",
+        args.buyers,
+        sale_took.as_secs_f64(),
+        args.buyers as f64 / sale_took.as_secs_f64().max(1e-9)
+    );
+    let totals = worker.totals();
+    let applied = totals.applied.load(std::sync::atomic::Ordering::Relaxed);
+    let batches = totals.batches.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "4. workers applied {applied} deductions to MySQL in {batches} transactions; queue empty after {:.2}s",
+        drain_took.as_secs_f64()
+    );
+
+    // 5. reconcile
+    let report = check::check(&queue, &ledger).await?;
+    let (log_applied, log_rows) = log_counts(&ledger).await?;
+    println!("5. reconciliation:");
+    println!("   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}", "product", "stocked", "sold", "mysql", "redis", "in-flight", "books");
+    for p in &report.products {
+        let sold = args.stock - p.mysql;
+        println!(
+            "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}",
+            p.product_id,
+            args.stock,
+            sold,
+            p.mysql,
+            p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            p.in_flight,
+            if p.delta == 0 { "balanced" } else { "DRIFT" }
+        );
+    }
+    let balanced = report.is_consistent() && log_applied == reserved && log_rows == reserved;
+    if balanced {
+        println!(
+            "   every reservation was applied exactly once ({log_rows} rows in stock_log) and \
+             Redis == MySQL for every product."
+        );
+        println!("   inspect it: redis-cli --scan --pattern '{{{DEMO_QUEUE}}}:*'; the demo data stays until the next run.");
+        Ok(0)
+    } else {
+        println!(
+            "   the books do NOT balance: {reserved} reserved, {log_applied} applied in stock_log ({log_rows} rows); see `stockq check`"
+        );
+        Ok(1)
+    }
+}
+
+fn show_applied(worker: &Worker, bar: &ProgressBar) {
+    let t = worker.totals();
+    let settled = t.applied.load(std::sync::atomic::Ordering::Relaxed) + t.rejected.load(std::sync::atomic::Ordering::Relaxed);
+    bar.set_position(settled.min(bar.length().unwrap_or(0)));
+    bar.set_message(format!("in flight {}", bar.length().unwrap_or(0).saturating_sub(settled)));
+}
+
+/// The demo's own queue and database on the configured servers.
+fn demo_settings(settings: &Settings) -> Result<Settings> {
+    let mut url = url::Url::parse(settings.database_url.expose())
+        .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
+    url.set_path(&format!("/{DEMO_DATABASE}"));
+    let mut demo = Settings::new(settings.redis_url.expose(), url.as_str(), DEMO_QUEUE)?;
+    demo.visibility_timeout = settings.visibility_timeout;
+    Ok(demo)
+}
+
+async fn reset(queue: &Queue, ledger: &Ledger) -> Result<()> {
+    let mut conn = queue.conn();
+    let pattern = format!("{}:*", queue.keys().prefix());
+    let keys: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, async {
+        let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+        let mut keys = Vec::new();
+        while let Some(k) = futures::StreamExt::next(&mut iter).await {
+            keys.push(k?);
+        }
+        Ok::<_, redis::RedisError>(keys)
+    })
+    .await?;
+    if !keys.is_empty() {
+        let mut conn = queue.conn();
+        bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(keys)).await?;
+    }
+    for table in ["stock_log", "stock_adjustments", "products"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(ledger.pool())
+            .await?;
+    }
+    Ok(())
+}
+
+async fn depths(queue: &Queue) -> Result<(u64, u64)> {
+    let mut conn = queue.conn();
+    bounded("redis (depths)", CALL_TIMEOUT, async {
+        redis::pipe()
+            .llen(queue.keys().pending())
+            .llen(queue.keys().processing())
+            .query_async(&mut conn)
+            .await
+    })
+    .await
+}
+
+async fn log_counts(ledger: &Ledger) -> Result<(u64, u64)> {
+    let (applied, rows): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(status = 'applied'), 0) AS SIGNED), COUNT(*) FROM stock_log",
+    )
+    .fetch_one(ledger.pool())
+    .await?;
+    Ok((applied as u64, rows as u64))
 }

@@ -11,7 +11,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return stockq::cli::usage_error(e),
     };
-    stockq::telemetry::init(cli.global.log_format);
+    // The demo draws progress bars: only warnings may interrupt them, unless RUST_LOG says so.
+    let default_filter = if matches!(cli.command, stockq::cli::Command::Demo(_)) { "warn" } else { "info" };
+    stockq::telemetry::init(cli.global.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
