@@ -1,22 +1,28 @@
 //! The ledger: MySQL, the source of truth for stock.
 //!
-//! A batch of events is applied in one transaction:
+//! A batch of events is applied in one transaction. The common case, a batch of first
+//! deliveries ([`Ledger::apply_batch`] → `apply_fresh`):
 //!
-//! 1. lock each distinct product of the batch once, in ascending id order (so two batches
+//! 1. insert one `stock_log` row per event, as 'applied': outside the locked window, and the
+//!    primary key doubles as the redelivery test (a duplicate key sends the batch to step 1′);
+//! 2. lock each distinct product of the batch once, in ascending id order (so two batches
 //!    never deadlock on each other's products), with `FORCE INDEX (PRIMARY)` so the lock covers
 //!    the named rows only;
-//! 2. read the batch's event ids from `stock_log`: an event found there was settled by an
-//!    earlier delivery and changes nothing now;
-//! 3. allocate stock to the new events in batch order, so a short stock rejects exactly the
-//!    events that do not fit;
-//! 4. insert one `stock_log` row per new event and update each product once;
-//! 5. commit. Only then does the worker acknowledge in Redis.
+//! 3. allocate stock to the events in batch order, so a short stock rejects exactly the
+//!    events that do not fit, and mark those rows 'rejected';
+//! 4. update every changed product in one statement, and commit. Only then does the worker
+//!    acknowledge in Redis.
 //!
-//! Sessions run at READ COMMITTED: after step 1 holds the product locks, step 2 sees every
-//! `stock_log` row committed by a batch that held them before; and no gap locks are taken, so
-//! batches inserting unrelated event ids do not block each other. A concurrent batch that
-//! settles the same event id under another product makes our insert fail with a duplicate key
-//! (1062), which is retried like a deadlock and then finds the row in step 2.
+//! 1′. When an event id is already in `stock_log` (a redelivery after a crash between commit
+//! and acknowledgement, or a second reservation under the same id), `apply_checked` locks
+//! the products first, reads the batch's rows, and settles each event from what it finds:
+//! same reservation (same seq) → its recorded outcome, another reservation → a duplicate.
+//!
+//! Sessions run at READ COMMITTED: once the product locks are held, the reads see every row
+//! committed by a batch that held them before; and no gap locks are taken, so batches
+//! inserting unrelated event ids never block each other. A concurrent batch that settles the
+//! same event id makes our insert wait for it and then fail with a duplicate key, after which
+//! the checked path finds its row.
 
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
@@ -147,16 +153,83 @@ impl Ledger {
     }
 
     async fn apply_batch_unbounded(&self, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
-        let products: BTreeSet<i64> = events.iter().map(|e| e.product_id).collect();
-        let mut tx = self.pool.begin().await?;
+        let distinct_ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        if distinct_ids.len() == events.len()
+            && let Some(outcomes) = self.apply_fresh(events).await?
+        {
+            return Ok(outcomes);
+        }
+        self.apply_checked(events).await
+    }
 
+    /// The common case, a batch of first deliveries, with the product locks held as briefly
+    /// as possible: the `stock_log` rows go in first (as 'applied'), outside the locked
+    /// window, and their primary key doubles as the redelivery test. `None` when an event id
+    /// is already settled: the transaction is rolled back and [`Self::apply_checked`] runs.
+    async fn apply_fresh(&self, events: &[Event]) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         let mut q = QueryBuilder::<MySql>::new(
-            "SELECT id, stock FROM products FORCE INDEX (PRIMARY) WHERE id IN (",
+            "INSERT INTO stock_log (event_id, product_id, qty, status, seq) ",
         );
-        push_list(&mut q, products.iter().copied());
-        q.push(") ORDER BY id FOR UPDATE");
-        let mut stock: HashMap<i64, i64> =
-            q.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await?.into_iter().collect();
+        q.push_values(events, |mut row, event| {
+            row.push_bind(event.event_id.clone())
+                .push_bind(event.product_id)
+                .push_bind(event.qty)
+                .push_bind("applied")
+                .push_bind(event.seq);
+        });
+        match q.build().execute(&mut *tx).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("1062") => return Ok(None),
+            Err(e) => return Err(e),
+        }
+
+        let mut stock = lock_products(&mut tx, events).await?;
+        let before = stock.clone();
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut rejected = Vec::new();
+        let mut unknown = Vec::new();
+        for event in events {
+            outcomes.push(match stock.get_mut(&event.product_id) {
+                Some(available) if *available >= event.qty => {
+                    *available -= event.qty;
+                    Outcome::Applied
+                }
+                Some(_) => {
+                    rejected.push(event.event_id.clone());
+                    Outcome::Rejected
+                }
+                None => {
+                    unknown.push(event.event_id.clone());
+                    Outcome::UnknownProduct
+                }
+            });
+        }
+        if !rejected.is_empty() {
+            let mut q = QueryBuilder::<MySql>::new(
+                "UPDATE stock_log SET status = 'rejected' WHERE event_id IN (",
+            );
+            push_list(&mut q, rejected.into_iter());
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        if !unknown.is_empty() {
+            // an unknown product's event is dead-lettered, not settled
+            let mut q = QueryBuilder::<MySql>::new("DELETE FROM stock_log WHERE event_id IN (");
+            push_list(&mut q, unknown.into_iter());
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        update_products(&mut tx, &before, &stock).await?;
+        tx.commit().await?;
+        Ok(Some(outcomes))
+    }
+
+    /// The general case: redeliveries and duplicate event ids, read from `stock_log` under
+    /// the product locks (see the module docs).
+    async fn apply_checked(&self, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut stock = lock_products(&mut tx, events).await?;
         let before = stock.clone();
 
         let mut settled = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
@@ -202,28 +275,7 @@ impl Ledger {
             });
             q.build().execute(&mut *tx).await?;
         }
-
-        let changed: Vec<(i64, i64)> = stock
-            .iter()
-            .filter(|(id, s)| before.get(id) != Some(s))
-            .map(|(id, s)| (*id, *s))
-            .collect();
-        if !changed.is_empty() {
-            // The rows are locked and their new values computed from the locked read, so
-            // setting them is exact; the CASE names each row once and the IN list keeps the
-            // plan a range over the primary key.
-            let mut q = QueryBuilder::<MySql>::new(
-                "UPDATE products FORCE INDEX (PRIMARY) SET stock = CASE id",
-            );
-            for (id, s) in &changed {
-                q.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*s);
-            }
-            q.push(" END WHERE id IN (");
-            push_list(&mut q, changed.iter().map(|(id, _)| *id));
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
-        }
-
+        update_products(&mut tx, &before, &stock).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -322,6 +374,46 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Locks the batch's products, each once, in ascending id order, and reads their stock.
+/// `FORCE INDEX (PRIMARY)` keeps the plan a range over the named rows: a scan of the whole
+/// table would lock every row it passes and make concurrent batches deadlock.
+async fn lock_products(
+    tx: &mut sqlx::Transaction<'static, MySql>,
+    events: &[Event],
+) -> Result<HashMap<i64, i64>, sqlx::Error> {
+    let products: BTreeSet<i64> = events.iter().map(|e| e.product_id).collect();
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT id, stock FROM products FORCE INDEX (PRIMARY) WHERE id IN (",
+    );
+    push_list(&mut q, products.into_iter());
+    q.push(") ORDER BY id FOR UPDATE");
+    Ok(q.build_query_as::<(i64, i64)>().fetch_all(&mut **tx).await?.into_iter().collect())
+}
+
+/// Writes each product whose stock the batch changed, in one statement. The rows are locked
+/// and the new values computed from the locked read, so setting them is exact.
+async fn update_products(
+    tx: &mut sqlx::Transaction<'static, MySql>,
+    before: &HashMap<i64, i64>,
+    after: &HashMap<i64, i64>,
+) -> Result<(), sqlx::Error> {
+    let mut changed: Vec<(i64, i64)> =
+        after.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(id, s)| (*id, *s)).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    changed.sort_unstable();
+    let mut q = QueryBuilder::<MySql>::new("UPDATE products FORCE INDEX (PRIMARY) SET stock = CASE id");
+    for (id, s) in &changed {
+        q.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*s);
+    }
+    q.push(" END WHERE id IN (");
+    push_list(&mut q, changed.iter().map(|(id, _)| *id));
+    q.push(")");
+    q.build().execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Reads the `stock_log` rows of some event ids, in chunks.

@@ -74,6 +74,10 @@ pub struct Totals {
     pub redelivered: AtomicU64,
     pub duplicates: AtomicU64,
     pub dead: AtomicU64,
+    /// Wall time spent claiming (Redis), applying (MySQL) and settling (Redis), in µs.
+    pub claim_us: AtomicU64,
+    pub apply_us: AtomicU64,
+    pub settle_us: AtomicU64,
 }
 
 /// What one batch came to.
@@ -161,6 +165,10 @@ impl Worker {
             applied = self.totals.applied.load(Ordering::Relaxed),
             rejected = self.totals.rejected.load(Ordering::Relaxed),
             dead = self.totals.dead.load(Ordering::Relaxed),
+            batches = self.totals.batches.load(Ordering::Relaxed),
+            claim_ms = self.totals.claim_us.load(Ordering::Relaxed) / 1000,
+            apply_ms = self.totals.apply_us.load(Ordering::Relaxed) / 1000,
+            settle_ms = self.totals.settle_us.load(Ordering::Relaxed) / 1000,
             "worker stopped"
         );
         Ok(())
@@ -199,7 +207,9 @@ impl Worker {
 
     /// Claims one batch (waiting on `waiter` if pending is empty), applies and settles it.
     pub async fn step(&self, waiter: Option<&mut Waiter>, shutdown: &CancellationToken) -> Result<StepOutcome> {
+        let started = Instant::now();
         let mut claim = self.queue.claim(self.options.batch, None).await?;
+        add_elapsed(&self.totals.claim_us, started);
         if claim.entries.is_empty() {
             let Some(waiter) = waiter else { return Ok(StepOutcome::Idle) };
             if shutdown.is_cancelled() {
@@ -208,7 +218,11 @@ impl Worker {
             // Not raced against shutdown: once BLMOVE has moved an entry we own it, and the
             // wait is short.
             match self.queue.wait_for_entry(waiter, self.options.wait).await? {
-                Some(entry) => claim = self.queue.claim(self.options.batch, Some(entry)).await?,
+                Some(entry) => {
+                    let started = Instant::now();
+                    claim = self.queue.claim(self.options.batch, Some(entry)).await?;
+                    add_elapsed(&self.totals.claim_us, started);
+                }
                 None => return Ok(StepOutcome::Idle),
             }
         }
@@ -235,7 +249,10 @@ impl Worker {
             }
         }
 
-        let outcomes = match self.apply_holding(&entries, &events, shutdown).await? {
+        let started = Instant::now();
+        let applied = self.apply_holding(&entries, &events, shutdown).await?;
+        add_elapsed(&self.totals.apply_us, started);
+        let outcomes = match applied {
             Some(outcomes) => outcomes,
             None => {
                 // stopping, and MySQL out of reach: hand everything back, invalid ones too
@@ -281,7 +298,9 @@ impl Worker {
         .filter(|(_, n)| *n > 0)
         .collect();
 
+        let started = Instant::now();
         let settled = self.settle_holding(&entries, &settlement).await?;
+        add_elapsed(&self.totals.settle_us, started);
         report.acknowledged = settled.acknowledged;
         let t = &self.totals;
         t.batches.fetch_add(1, Ordering::Relaxed);
@@ -421,6 +440,10 @@ fn worker_id() -> String {
         .take(40)
         .collect();
     format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+fn add_elapsed(total: &AtomicU64, since: Instant) {
+    total.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
 
 pub(crate) fn now_ms() -> u64 {
