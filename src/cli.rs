@@ -96,6 +96,8 @@ pub enum Command {
     Dead(DeadCommand),
     /// The one-command showcase: a flash sale against local Redis and MariaDB, reconciled
     Demo(crate::demo::DemoArgs),
+    /// Measure reservations/s, latency, and events applied/s end to end (its own queue and database)
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,7 +185,16 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("bad usage").trim_start_matches("error: ");
+            // The first paragraph says why (for a missing argument, its name is on the next
+            // line); the Usage block and tips after the first blank line are left out.
+            let line = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let line = line.trim_start_matches("error: ");
+            let line = if line.is_empty() { "bad usage" } else { line };
             eprintln!("stockq: {line} (see stockq --help)");
             ExitCode::from(2)
         }
@@ -365,6 +376,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Demo(args) => crate::demo::run(&settings, &args).await,
+        Command::Bench(args) => crate::bench::run(&settings, &args).await,
     }
 }
 

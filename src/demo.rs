@@ -49,7 +49,7 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     if args.buyers == 0 {
         return Err(Error::usage("--buyers must be at least 1"));
     }
-    let settings = demo_settings(settings)?;
+    let settings = own_settings(settings, DEMO_QUEUE, DEMO_DATABASE)?;
     println!(
         "stockq demo: a flash sale of {} products x {} units for {} buyers",
         args.products, args.stock, args.buyers
@@ -199,17 +199,18 @@ fn show_applied(worker: &Worker, bar: &ProgressBar) {
     bar.set_message(format!("in flight {}", bar.length().unwrap_or(0).saturating_sub(settled)));
 }
 
-/// The demo's own queue and database on the configured servers.
-fn demo_settings(settings: &Settings) -> Result<Settings> {
+/// A queue and a database of their own on the configured servers (demo, bench).
+pub(crate) fn own_settings(settings: &Settings, queue: &str, database: &str) -> Result<Settings> {
     let mut url = url::Url::parse(settings.database_url.expose())
         .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
-    url.set_path(&format!("/{DEMO_DATABASE}"));
-    let mut demo = Settings::new(settings.redis_url.expose(), url.as_str(), DEMO_QUEUE)?;
-    demo.visibility_timeout = settings.visibility_timeout;
-    Ok(demo)
+    url.set_path(&format!("/{database}"));
+    let mut own = Settings::new(settings.redis_url.expose(), url.as_str(), queue)?;
+    own.visibility_timeout = settings.visibility_timeout;
+    Ok(own)
 }
 
-async fn reset(queue: &Queue, ledger: &Ledger) -> Result<()> {
+/// Empties a queue's keys and the database's tables.
+pub(crate) async fn reset(queue: &Queue, ledger: &Ledger) -> Result<()> {
     let mut conn = queue.conn();
     let pattern = format!("{}:*", queue.keys().prefix());
     let keys: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, async {

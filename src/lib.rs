@@ -24,8 +24,9 @@
 //! - [`check`]: the exact consistency check and its repair.
 //! - [`stock`]: operators' restocks, applied to both stores together.
 //! - [`dead`]: listing, re-queueing and dropping dead letters.
-//! - [`stats`], [`demo`], [`cli`], [`shutdown`], [`telemetry`], [`error`].
+//! - [`stats`], [`demo`], [`bench`], [`cli`], [`shutdown`], [`telemetry`], [`error`].
 
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,268 @@
+//! `stockq bench`: the end-to-end benchmark (BENCHMARKS.md shows its output).
+//!
+//! For each mode (uniform over 100 products, hot on one product) and each batch size (the
+//! chosen one, and 1 — one event per transaction, the shape of queues that do not batch):
+//!
+//! 1. reset its own queue (`bench`) and database (`stockq_bench`), stock the products;
+//! 2. reserve N events with `produce` (reservations/s, latency percentiles);
+//! 3. start worker *processes* (this binary, `stockq worker`) on the full pending list and
+//!    time them until every event is applied and acknowledged;
+//! 4. read each worker's CPU time and peak resident memory from /proc, stop it with SIGTERM,
+//!    and check that the books balance.
+//!
+//! It is a measurement, not a test: nothing fails because the machine was slow.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::error::{Error, Result, bounded};
+use crate::ledger::{self, Ledger};
+use crate::produce::{self, Latency, ProduceOptions};
+use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::stock::{self, Change};
+
+pub const BENCH_QUEUE: &str = "bench";
+pub const BENCH_DATABASE: &str = "stockq_bench";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events per run with the chosen batch size
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Events per run with --batch 1 (slow: one transaction per event)
+    #[arg(long, default_value_t = 10_000)]
+    single_events: u64,
+    /// Batch size of the workers
+    #[arg(long, default_value_t = crate::worker::DEFAULT_BATCH)]
+    batch: usize,
+    /// Claim/apply loops per worker process
+    #[arg(long, default_value_t = crate::worker::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Worker processes
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Skip the --batch 1 runs
+    #[arg(long)]
+    no_single: bool,
+    /// Only this mode
+    #[arg(long, value_parser = ["uniform", "hot"])]
+    mode: Option<String>,
+    /// One JSON object per run on stdout instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Run {
+    mode: &'static str,
+    batch: usize,
+    events: u64,
+    reservations_per_s: f64,
+    reserve_latency: Latency,
+    applied_per_s: f64,
+    drain_s: f64,
+    worker_cpu_us_per_event: f64,
+    worker_peak_rss_kib: u64,
+    consistent: bool,
+}
+
+pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
+    if args.events == 0 || args.single_events == 0 || args.workers == 0 {
+        return Err(Error::usage("--events, --single-events and --workers must be at least 1"));
+    }
+    crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }.validate()?;
+    let settings = crate::demo::own_settings(settings, BENCH_QUEUE, BENCH_DATABASE)?;
+    ledger::migrate(&settings).await?;
+    let queue = Queue::connect(&settings).await?;
+    let ledger = Ledger::connect(&settings, 2).await?;
+
+    let idle = idle_latency(&settings, &queue, &ledger).await?;
+    if !args.json {
+        println!(
+            "single reservations, one at a time: p50 {}us p99 {}us p99.9 {}us",
+            idle.p50_us, idle.p99_us, idle.p999_us
+        );
+        println!(
+            "{:<8} {:>6} {:>8} {:>11} {:>22} {:>11} {:>9} {:>10} {:>8}",
+            "mode", "batch", "events", "reserve/s", "reserve p50/p99/p99.9", "applied/s", "cpu/event", "peak RSS", "books"
+        );
+    }
+    let modes: Vec<&'static str> = match args.mode.as_deref() {
+        Some("hot") => vec!["hot"],
+        Some(_) => vec!["uniform"],
+        None => vec!["uniform", "hot"],
+    };
+    let mut all_consistent = true;
+    for mode in modes {
+        let mut batched_rate = None;
+        let mut shapes = vec![(args.batch, args.events)];
+        if !args.no_single && args.batch != 1 {
+            shapes.push((1, args.single_events));
+        }
+        for (batch, events) in shapes {
+            let run = one_run(&settings, &queue, &ledger, args, mode, batch, events).await?;
+            all_consistent &= run.consistent;
+            if args.json {
+                println!("{}", serde_json::to_string(&run).unwrap_or_default());
+            } else {
+                let l = &run.reserve_latency;
+                println!(
+                    "{:<8} {:>6} {:>8} {:>11.0} {:>22} {:>11.0} {:>7.1}us {:>7}KiB {:>8}{}",
+                    run.mode,
+                    run.batch,
+                    run.events,
+                    run.reservations_per_s,
+                    format!("{}/{}/{}us", l.p50_us, l.p99_us, l.p999_us),
+                    run.applied_per_s,
+                    run.worker_cpu_us_per_event,
+                    run.worker_peak_rss_kib,
+                    if run.consistent { "balanced" } else { "DRIFT" },
+                    match batched_rate {
+                        Some(rate) if batch == 1 => format!("  (batch {} is {:.1}x)", args.batch, rate / run.applied_per_s),
+                        _ => String::new(),
+                    }
+                );
+            }
+            if batch != 1 {
+                batched_rate = Some(run.applied_per_s);
+            }
+        }
+    }
+    Ok(if all_consistent { 0 } else { 1 })
+}
+
+async fn prepare(queue: &Queue, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
+    crate::demo::reset(queue, ledger).await?;
+    for product in 1..=products {
+        stock::adjust(queue, ledger, product, Change::Set(per_product)).await?;
+    }
+    Ok(())
+}
+
+/// Latency of reservations sent one at a time on an otherwise idle queue.
+async fn idle_latency(_settings: &Settings, queue: &Queue, ledger: &Ledger) -> Result<Latency> {
+    prepare(queue, ledger, 1, 1_000_000).await?;
+    let options = ProduceOptions {
+        events: 5_000,
+        products: 1,
+        qty: 1,
+        hot: true,
+        rate: None,
+        in_flight: 1,
+        progress: false,
+    };
+    Ok(produce::produce(queue, &options).await?.latency)
+}
+
+async fn one_run(
+    settings: &Settings,
+    queue: &Queue,
+    ledger: &Ledger,
+    args: &BenchArgs,
+    mode: &'static str,
+    batch: usize,
+    events: u64,
+) -> Result<Run> {
+    let hot = mode == "hot";
+    let products = if hot { 1 } else { 100 };
+    prepare(queue, ledger, products, events as i64 + 1).await?;
+    let produced = produce::produce(
+        queue,
+        &ProduceOptions {
+            events,
+            products,
+            qty: 1,
+            hot,
+            rate: None,
+            in_flight: produce::DEFAULT_IN_FLIGHT,
+            progress: false,
+        },
+    )
+    .await?;
+
+    let exe = std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..args.workers {
+        let child = tokio::process::Command::new(&exe)
+            .args(["worker", "--batch", &batch.to_string(), "--concurrency", &args.concurrency.to_string()])
+            .env("REDIS_URL", settings.redis_url.expose())
+            .env("DATABASE_URL", settings.database_url.expose())
+            .env("STOCKQ_QUEUE", BENCH_QUEUE)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Refused(format!("cannot start a worker: {e}")))?;
+        children.push(child);
+    }
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let (pending, processing): (u64, u64) = {
+            let mut conn = queue.conn();
+            bounded("redis (depths)", CALL_TIMEOUT, async {
+                redis::pipe().llen(queue.keys().pending()).llen(queue.keys().processing()).query_async(&mut conn).await
+            })
+            .await?
+        };
+        if pending == 0 && processing == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Refused("the workers did not drain the queue within 10 minutes".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain = started.elapsed();
+
+    let mut cpu_ticks = 0u64;
+    let mut peak_rss = 0u64;
+    for child in &children {
+        if let Some(pid) = child.id() {
+            cpu_ticks += proc_cpu_ticks(pid).unwrap_or(0);
+            peak_rss = peak_rss.max(proc_status_kib(pid, "VmHWM").unwrap_or(0));
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+    for mut child in children {
+        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    }
+    let consistent = crate::check::check(queue, ledger).await?.is_consistent();
+    // 100 ticks a second is the Linux user-space clock (USER_HZ) on every common platform
+    let cpu_us = cpu_ticks as f64 * 10_000.0;
+    Ok(Run {
+        mode,
+        batch,
+        events,
+        reservations_per_s: produced.per_second(),
+        reserve_latency: produced.latency,
+        applied_per_s: events as f64 / drain.as_secs_f64(),
+        drain_s: drain.as_secs_f64(),
+        worker_cpu_us_per_event: cpu_us / events as f64,
+        worker_peak_rss_kib: peak_rss,
+        consistent,
+    })
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name may contain spaces: fields start after the last ')'
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
