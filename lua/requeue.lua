@@ -9,7 +9,9 @@
 -- ARGV[2]  visibility timeout in milliseconds
 -- ARGV[3]  at most this many expired claims per call
 --
--- Returns {requeued, adopted, entry, attempts, entry, attempts, ...}: the trailing pairs are
+-- Returns {requeued, adopted, next_ms, entry, attempts, entry, attempts, ...}: next_ms is the
+-- time until the earliest remaining claim deadline (-1 when there is none), so the janitor
+-- can wake exactly then instead of waiting for its interval; the trailing pairs are
 -- entries that reached max attempts. They stay in processing with a fresh deadline; the
 -- caller builds their dead-letter envelopes and moves them with settle.lua. If the caller dies
 -- first, the claim expires again and the next pass returns them again.
@@ -35,7 +37,7 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 
 local requeued = 0
-local result = {0, adopted}
+local result = {0, adopted, -1}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, entry in ipairs(expired) do
   -- the oldest claims sit at the tail of processing, so search from there
@@ -60,4 +62,8 @@ if requeued > 0 then
   redis.call('HINCRBY', KEYS[5], 'requeued', requeued)
 end
 result[1] = requeued
+local earliest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if earliest[2] then
+  result[3] = math.max(0, tonumber(earliest[2]) - now)
+end
 return result

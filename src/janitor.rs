@@ -18,6 +18,8 @@ use crate::worker::{Backoff, now_ms};
 
 /// Expired claims handled per script call, so one call never blocks Redis for long.
 const REQUEUE_LIMIT: usize = 1000;
+/// Margin past a claim deadline before the janitor looks again (clock granularity).
+const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 /// Entries kept in `{q}:alerts`.
 const ALERTS_MAX_LEN: usize = 10_000;
 
@@ -27,6 +29,8 @@ pub struct RecoveryReport {
     pub requeued: u64,
     pub adopted: u64,
     pub dead_lettered: u64,
+    /// Time until the earliest claim deadline still standing, if any.
+    pub next_deadline_in: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -49,6 +53,7 @@ impl Janitor {
             let pass = self.queue.requeue_expired(REQUEUE_LIMIT).await?;
             report.requeued += pass.requeued;
             report.adopted += pass.adopted;
+            report.next_deadline_in = pass.next_deadline_in;
             let handled = pass.requeued as usize + pass.exhausted.len();
             if !pass.exhausted.is_empty() {
                 let settlement = Settlement {
@@ -140,9 +145,20 @@ impl Janitor {
         let mut next_check = Instant::now();
         while !shutdown.is_cancelled() {
             let mut failed = false;
-            if let Err(e) = self.recover().await {
-                backoff.log(&e, "recovery pass failed");
-                failed = true;
+            // Wake at the earliest claim deadline when it comes before the interval: a
+            // killed worker's events are back one visibility timeout after its last renewal,
+            // whatever the interval.
+            let mut sleep = self.interval;
+            match self.recover().await {
+                Ok(report) => {
+                    if let Some(next) = report.next_deadline_in {
+                        sleep = sleep.min(next + DEADLINE_SLACK);
+                    }
+                }
+                Err(e) => {
+                    backoff.log(&e, "recovery pass failed");
+                    failed = true;
+                }
             }
             if Instant::now() >= next_check {
                 match self.check().await {
@@ -156,8 +172,11 @@ impl Janitor {
             if !failed {
                 backoff.reset();
             }
+            if next_check > Instant::now() {
+                sleep = sleep.min(next_check - Instant::now());
+            }
             tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.cancelled() => {}
             }
         }

@@ -103,6 +103,8 @@ pub struct Recovery {
     pub adopted: u64,
     /// Entries that reached max attempts: (entry, attempts). Still in processing.
     pub exhausted: Vec<(Entry, u64)>,
+    /// Time until the earliest claim deadline still standing, if any.
+    pub next_deadline_in: Option<Duration>,
 }
 
 impl Queue {
@@ -291,13 +293,15 @@ impl Queue {
         let mut values = reply.into_iter();
         let requeued: u64 = next_value(&mut values)?;
         let adopted: u64 = next_value(&mut values)?;
+        let next_ms: i64 = next_value(&mut values)?;
+        let next_deadline_in = u64::try_from(next_ms).ok().map(Duration::from_millis);
         let mut exhausted = Vec::new();
         while let Some(entry) = values.next() {
             let entry: Entry = redis::from_redis_value(entry)?;
             let attempts: u64 = next_value(&mut values)?;
             exhausted.push((entry, attempts));
         }
-        Ok(Recovery { requeued, adopted, exhausted })
+        Ok(Recovery { requeued, adopted, exhausted, next_deadline_in })
     }
 }
 
