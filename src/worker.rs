@@ -68,6 +68,9 @@ impl WorkerOptions {
 /// Running totals of one worker process.
 #[derive(Debug, Default)]
 pub struct Totals {
+    /// Steps taken (each one a span with this number as its batch id).
+    pub steps: AtomicU64,
+    /// Steps that claimed something.
     pub batches: AtomicU64,
     pub applied: AtomicU64,
     pub rejected: AtomicU64,
@@ -189,9 +192,10 @@ impl Worker {
                     }
                 }
             }
+            let batch = self.totals.steps.fetch_add(1, Ordering::Relaxed);
             let step = self
                 .step(waiter.as_mut(), &shutdown)
-                .instrument(tracing::debug_span!("step", worker = %self.id, consumer = n))
+                .instrument(tracing::info_span!("batch", worker = %self.id, consumer = n, batch))
                 .await;
             match step {
                 Ok(_) => backoff.reset(),
