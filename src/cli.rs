@@ -94,6 +94,8 @@ pub enum Command {
     /// Inspect, retry or discard dead-lettered entries
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// The HTTP front door for shoppers: POST /reserve, GET /stock/<id>, /healthz, /metrics (listens on PORT, default 8080)
+    Serve,
     /// The one-command showcase: a flash sale against local Redis and MariaDB, reconciled
     Demo(crate::demo::DemoArgs),
     /// Measure reservations/s, latency, and events applied/s end to end (its own queue and database)
@@ -293,21 +295,31 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let options = WorkerOptions { concurrency, batch, ..Default::default() };
             options.validate()?;
             let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let (queue, ledger) = connect(&settings, concurrency as u32 + 1).await?;
+            let (queue, ledger) = connect(&settings, concurrency as u32 + 2).await?;
             tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
-            Worker::new(queue, ledger, options)?.run(shutdown).await?;
+            let ops = settings.port.map(|port| crate::health::spawn_ops(port, queue.clone(), ledger.clone(), shutdown.clone()));
+            let worker = Worker::new(queue, ledger, options)?;
+            worker.run(shutdown.clone()).await?;
+            if let Some(ops) = ops {
+                shutdown.cancel();
+                let _ = ops.await;
+            }
             Ok(0)
         }
         Command::Janitor { once } => {
-            let (queue, ledger) = connect(&settings, 2).await?;
-            let janitor = Janitor::new(queue, ledger, settings.janitor_interval, settings.check_interval);
+            let (queue, ledger) = connect(&settings, 3).await?;
+            let janitor = Janitor::new(queue.clone(), ledger.clone(), settings.janitor_interval, settings.check_interval);
             if once {
                 janitor.recover().await?;
                 let report = janitor.check().await?;
                 return Ok(if report.is_consistent() { 0 } else { 1 });
             }
             let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            let ops = settings.port.map(|port| crate::health::spawn_ops(port, queue.clone(), ledger.clone(), shutdown.clone()));
             janitor.run(shutdown).await?;
+            if let Some(ops) = ops {
+                let _ = ops.await;
+            }
             Ok(0)
         }
         Command::Check { repair, json } => {
@@ -376,6 +388,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Demo(args) => crate::demo::run(&settings, &args).await,
+        Command::Serve => {
+            let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            let (queue, ledger) = connect(&settings, 4).await?;
+            crate::web::run(settings.port.unwrap_or(crate::web::DEFAULT_PORT), queue, ledger, shutdown).await?;
+            Ok(0)
+        }
         Command::Bench(args) => crate::bench::run(&settings, &args).await,
     }
 }

@@ -56,6 +56,17 @@ impl Error {
         }
     }
 
+    /// The store an error came from, for metrics and logs.
+    pub fn store(&self) -> Option<&'static str> {
+        match self {
+            Error::Redis(_) => Some("redis"),
+            Error::Database(_) | Error::Migrate(_) => Some("mysql"),
+            Error::Timeout { what, .. } if what.starts_with("redis") => Some("redis"),
+            Error::Timeout { what, .. } if what.starts_with("mysql") => Some("mysql"),
+            _ => None,
+        }
+    }
+
     /// Whether the same call may succeed if tried again later: connection trouble, timeouts,
     /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
     pub fn is_transient(&self) -> bool {
@@ -101,9 +112,10 @@ fn is_transient_sql(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
+        // the codes above are MySQL error numbers; `code()` would be the SQLSTATE
         sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| TRANSIENT_MYSQL_CODES.contains(&code.as_ref())),
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| TRANSIENT_MYSQL_CODES.contains(&e.number().to_string().as_str())),
         _ => false,
     }
 }

@@ -14,6 +14,7 @@ use crate::error::{Result, bounded};
 use crate::event::dead_envelope;
 use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Queue, Settlement};
+use crate::telemetry::metrics as m;
 use crate::worker::{Backoff, now_ms};
 
 /// Expired claims handled per script call, so one call never blocks Redis for long.
@@ -39,11 +40,13 @@ pub struct Janitor {
     ledger: Ledger,
     interval: Duration,
     check_interval: Duration,
+    /// Products that drifted at the last check (their gauges are zeroed when they recover).
+    drifting: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
 impl Janitor {
     pub fn new(queue: Queue, ledger: Ledger, interval: Duration, check_interval: Duration) -> Self {
-        Janitor { queue, ledger, interval, check_interval }
+        Janitor { queue, ledger, interval, check_interval, drifting: Default::default() }
     }
 
     /// Re-queues every expired claim and dead-letters entries that reached max attempts.
@@ -75,6 +78,9 @@ impl Janitor {
                 break;
             }
         }
+        metrics::counter!(m::REQUEUED).increment(report.requeued);
+        metrics::counter!(m::ADOPTED).increment(report.adopted);
+        metrics::counter!(m::DEAD_LETTERED).increment(report.dead_lettered);
         if report.requeued + report.adopted + report.dead_lettered > 0 {
             tracing::info!(
                 requeued = report.requeued,
@@ -89,6 +95,7 @@ impl Janitor {
     /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.
     pub async fn check(&self) -> Result<CheckReport> {
         let report = check::check_confirmed(&self.queue, &self.ledger).await?;
+        self.publish_drift(&report);
         if report.is_consistent() {
             tracing::info!(
                 products = report.products.len(),
@@ -131,6 +138,21 @@ impl Janitor {
         let mut conn = self.queue.conn();
         bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
         Ok(report)
+    }
+
+    /// Drift gauges: one per product drifting now, zeroed when it stops drifting.
+    fn publish_drift(&self, report: &CheckReport) {
+        let drifting: Vec<i64> = report.drifts().map(|p| p.product_id).collect();
+        metrics::gauge!(m::DRIFTING_PRODUCTS).set(drifting.len() as f64);
+        metrics::counter!(m::CHECKS, "result" => if drifting.is_empty() { "consistent" } else { "drift" }).increment(1);
+        let mut last = self.drifting.lock().unwrap_or_else(|e| e.into_inner());
+        for id in last.iter().filter(|id| !drifting.contains(id)) {
+            metrics::gauge!(m::DRIFT_UNITS, "product_id" => id.to_string()).set(0.0);
+        }
+        for p in report.drifts() {
+            metrics::gauge!(m::DRIFT_UNITS, "product_id" => p.product_id.to_string()).set(p.delta as f64);
+        }
+        *last = drifting;
     }
 
     /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.

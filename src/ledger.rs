@@ -180,7 +180,8 @@ impl Ledger {
         });
         match q.build().execute(&mut *tx).await {
             Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("1062") => return Ok(None),
+            // code() is the SQLSTATE (23000) for MySQL; the 1062 is the error number
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
             Err(e) => return Err(e),
         }
 

@@ -24,6 +24,7 @@
 //! - [`check`]: the exact consistency check and its repair.
 //! - [`stock`]: operators' restocks, applied to both stores together.
 //! - [`dead`]: listing, re-queueing and dropping dead letters.
+//! - [`health`]: `/healthz` and `/metrics`; [`web`]: `stockq serve`, the HTTP front door.
 //! - [`stats`], [`demo`], [`bench`], [`cli`], [`shutdown`], [`telemetry`], [`error`].
 
 pub mod bench;
@@ -34,6 +35,7 @@ pub mod dead;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod heartbeat;
 pub mod janitor;
 pub mod ledger;
@@ -44,6 +46,7 @@ pub mod shutdown;
 pub mod stats;
 pub mod stock;
 pub mod telemetry;
+pub mod web;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result, bounded};
 use crate::event::{validate_event_id, validate_product_id, validate_qty};
 use crate::queue::{CALL_TIMEOUT, Queue, scripts};
+use crate::telemetry::metrics as m;
 
 /// The answer to one reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,11 +37,15 @@ pub async fn reserve(queue: &Queue, product_id: i64, qty: i64, event_id: &str) -
         .arg(product_id)
         .arg(qty);
     let mut conn = queue.conn();
+    let started = std::time::Instant::now();
     let (code, seq, stock): (i64, i64, i64) =
         bounded("redis (reserve)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
-    Ok(match code {
-        1 => Reservation::Reserved { event_id: event_id.to_string(), seq, remaining: stock },
-        0 => Reservation::SoldOut { available: stock },
-        _ => Reservation::UnknownProduct,
-    })
+    metrics::histogram!(m::RESERVE_SECONDS).record(started.elapsed().as_secs_f64());
+    let (answer, result) = match code {
+        1 => (Reservation::Reserved { event_id: event_id.to_string(), seq, remaining: stock }, "reserved"),
+        0 => (Reservation::SoldOut { available: stock }, "sold_out"),
+        _ => (Reservation::UnknownProduct, "unknown_product"),
+    };
+    metrics::counter!(m::RESERVATIONS, "result" => result).increment(1);
+    Ok(answer)
 }

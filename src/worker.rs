@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
 use crate::ledger::{Ledger, Outcome};
 use crate::queue::{Entry, Queue, Settlement, Waiter};
+use crate::telemetry::metrics as m;
 
 pub const DEFAULT_BATCH: usize = 100;
 pub const DEFAULT_CONCURRENCY: usize = 2;
@@ -184,7 +185,10 @@ impl Worker {
         while !shutdown.is_cancelled() {
             if waiter.is_none() {
                 match self.queue.waiter().await {
-                    Ok(w) => waiter = Some(w),
+                    Ok(w) => {
+                        waiter = Some(w);
+                        metrics::counter!(m::RECONNECTS).increment(1);
+                    }
                     Err(e) => {
                         backoff.log(&e, "cannot open a Redis connection to wait on");
                         backoff.sleep(&shutdown).await;
@@ -256,6 +260,8 @@ impl Worker {
         let started = Instant::now();
         let applied = self.apply_holding(&entries, &events, shutdown).await?;
         add_elapsed(&self.totals.apply_us, started);
+        metrics::histogram!(m::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(entries.len() as f64);
         let outcomes = match applied {
             Some(outcomes) => outcomes,
             None => {
@@ -306,6 +312,11 @@ impl Worker {
         let settled = self.settle_holding(&entries, &settlement).await?;
         add_elapsed(&self.totals.settle_us, started);
         report.acknowledged = settled.acknowledged;
+        metrics::counter!(m::APPLIED).increment(report.applied);
+        metrics::counter!(m::REJECTED).increment(report.rejected);
+        metrics::counter!(m::DUPLICATES).increment(report.duplicates);
+        metrics::counter!(m::REDELIVERED).increment(report.redelivered);
+        metrics::counter!(m::DEAD_LETTERED).increment(settled.dead_lettered);
         let t = &self.totals;
         t.batches.fetch_add(1, Ordering::Relaxed);
         t.applied.fetch_add(report.applied, Ordering::Relaxed);
@@ -416,6 +427,9 @@ impl Backoff {
 
     pub(crate) fn log(&mut self, error: &Error, what: &str) {
         self.failures += 1;
+        if let Some(store) = error.store() {
+            metrics::counter!(m::STORE_ERRORS, "store" => store).increment(1);
+        }
         if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
             tracing::warn!(error = %error, failures = self.failures, "{what}");
             self.last_log = Some(Instant::now());

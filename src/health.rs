@@ -1,0 +1,138 @@
+//! `/healthz` and `/metrics`, served by `worker` and `janitor` when `PORT` is set, and by
+//! `serve` beside its own routes.
+//!
+//! `/healthz` answers 200 with `{"status":"ok","redis":"ok","mysql":"ok"}` when both stores
+//! answer within a second, 503 with the reason otherwise. `/metrics` is Prometheus text; the
+//! queue gauges in it are sampled every few seconds by [`sample_queue`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result, bounded};
+use crate::ledger::Ledger;
+use crate::queue::Queue;
+use crate::telemetry::metrics as m;
+
+/// How often the queue gauges are refreshed.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct Health {
+    pub queue: Queue,
+    pub ledger: Ledger,
+    pub metrics: PrometheusHandle,
+}
+
+/// The `/healthz` and `/metrics` routes.
+pub fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health)
+}
+
+async fn healthz(State(h): State<Health>) -> impl IntoResponse {
+    let redis = bounded("redis (ping)", PROBE_TIMEOUT, async {
+        let mut conn = h.queue.conn();
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    })
+    .await;
+    let mysql = bounded("mysql (ping)", PROBE_TIMEOUT, async {
+        sqlx::query("SELECT 1").execute(h.ledger.pool()).await
+    })
+    .await;
+    let describe = |r: std::result::Result<(), Error>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => crate::queue::one_line(&e.to_string()),
+    };
+    let healthy = redis.is_ok() && mysql.is_ok();
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "redis": describe(redis.map(|_| ())),
+        "mysql": describe(mysql.map(|_| ())),
+    });
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body))
+}
+
+async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
+}
+
+/// Serves `router` on 0.0.0.0:`port` until `shutdown`.
+pub async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Result<()> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Refused(format!("cannot listen on port {port}: {e}")))?;
+    tracing::info!(%addr, "serving HTTP");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| Error::Refused(format!("HTTP server on port {port} failed: {e}")))
+}
+
+/// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
+pub fn spawn_ops(port: u16, queue: Queue, ledger: Ledger, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let health = Health { queue: queue.clone(), ledger, metrics: m::install() };
+    let sampler = tokio::spawn(sample_queue(queue, shutdown.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = serve(port, routes(health), shutdown).await {
+            tracing::error!(error = %e, "health and metrics endpoint stopped");
+        }
+        let _ = sampler.await;
+    })
+}
+
+/// Refreshes the queue gauges every [`SAMPLE_EVERY`] until `shutdown`.
+pub async fn sample_queue(queue: Queue, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = sample_once(&queue).await {
+            tracing::debug!(error = %e, "could not sample the queue");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn sample_once(queue: &Queue) -> Result<()> {
+    let keys = queue.keys();
+    let mut conn = queue.conn();
+    let (pending, processing, dead, oldest, time): (u64, u64, u64, Vec<(Vec<u8>, f64)>, (u64, u64)) =
+        bounded("redis (sample)", crate::queue::CALL_TIMEOUT, async {
+            redis::pipe()
+                .llen(keys.pending())
+                .llen(keys.processing())
+                .llen(keys.dead())
+                .zrange_withscores(keys.claims(), 0, 0)
+                .cmd("TIME")
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    metrics::gauge!(m::PENDING).set(pending as f64);
+    metrics::gauge!(m::PROCESSING).set(processing as f64);
+    metrics::gauge!(m::DEAD).set(dead as f64);
+    let now_ms = time.0 * 1000 + time.1 / 1000;
+    let vt_ms = crate::queue::millis(queue.visibility_timeout());
+    let age_ms = oldest
+        .first()
+        .map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)))
+        .unwrap_or(0);
+    metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(age_ms as f64 / 1000.0);
+    let live = crate::heartbeat::live_workers(queue).await?;
+    metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);
+    Ok(())
+}

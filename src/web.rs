@@ -1,0 +1,102 @@
+//! `stockq serve`: the HTTP front door for shoppers (Procfile `web:`).
+//!
+//! | route | answers |
+//! |---|---|
+//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?}` | 201 `{"event_id", "seq", "remaining"}`; 409 sold out; 404 unknown product; 400 bad input |
+//! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
+//! | `GET /healthz`, `GET /metrics` | as in [`crate::health`] |
+//!
+//! Every error body is `{"error": "..."}`. A reservation is one call of the reservation
+//! script over a multiplexed connection, so concurrent requests are pipelined to Redis.
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use redis::AsyncCommands;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result, bounded};
+use crate::health::{self, Health};
+use crate::ledger::Ledger;
+use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::reserve::{Reservation, new_event_id, reserve};
+use crate::telemetry::metrics as m;
+
+pub const DEFAULT_PORT: u16 = 8080;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveRequest {
+    product_id: i64,
+    qty: i64,
+    event_id: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn post_reserve(State(queue): State<Queue>, body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>) -> Response {
+    let axum::Json(req) = match body {
+        Ok(req) => req,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let event_id = req.event_id.unwrap_or_else(new_event_id);
+    match reserve(&queue, req.product_id, req.qty, &event_id).await {
+        Ok(Reservation::Reserved { event_id, seq, remaining }) => (
+            StatusCode::CREATED,
+            axum::Json(json!({ "event_id": event_id, "seq": seq, "remaining": remaining })),
+        )
+            .into_response(),
+        Ok(Reservation::SoldOut { available }) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "sold out", "available": available })),
+        )
+            .into_response(),
+        Ok(Reservation::UnknownProduct) => error(StatusCode::NOT_FOUND, format!("unknown product {}", req.product_id)),
+        Err(Error::Usage(message)) => error(StatusCode::BAD_REQUEST, message),
+        Err(e) => {
+            tracing::warn!(error = %e, "reservation failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again")
+        }
+    }
+}
+
+async fn get_stock(State(queue): State<Queue>, Path(id): Path<String>) -> Response {
+    let Some(product_id) = id.parse::<i64>().ok().filter(|p| *p > 0) else {
+        return error(StatusCode::BAD_REQUEST, format!("product id {id:?} is not a positive integer"));
+    };
+    let mut conn = queue.conn();
+    match bounded("redis (stock)", CALL_TIMEOUT, conn.get::<_, Option<i64>>(queue.keys().stock(product_id))).await {
+        Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown product {product_id}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "stock lookup failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "stock is unavailable; try again")
+        }
+    }
+}
+
+/// The whole front door.
+pub fn router(queue: Queue, ledger: Ledger) -> Router {
+    let health = Health { queue: queue.clone(), ledger, metrics: m::install() };
+    Router::new()
+        .route("/reserve", post(post_reserve))
+        .route("/stock/{id}", get(get_stock))
+        .with_state(queue)
+        .merge(health::routes(health))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics") })
+}
+
+/// Serves the front door on `port` until `shutdown`.
+pub async fn run(port: u16, queue: Queue, ledger: Ledger, shutdown: CancellationToken) -> Result<()> {
+    let sampler = tokio::spawn(health::sample_queue(queue.clone(), shutdown.clone()));
+    let served = health::serve(port, router(queue, ledger), shutdown).await;
+    let _ = sampler.await;
+    served
+}
