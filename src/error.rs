@@ -92,16 +92,16 @@ impl Error {
     }
 }
 
-/// MySQL error codes after which the same transaction may well succeed.
-const TRANSIENT_MYSQL_CODES: &[&str] = &[
-    "1040", // too many connections
-    "1053", // server shutdown in progress
-    "1062", // duplicate key: a concurrent batch settled the same event id first
-    "1205", // lock wait timeout
-    "1213", // deadlock
-    "1927", // connection killed (MariaDB)
-    "2006", // server has gone away
-    "2013", // lost connection during query
+/// MySQL error numbers after which the same transaction may well succeed.
+const TRANSIENT_MYSQL_ERRORS: &[u16] = &[
+    1040, // too many connections
+    1053, // server shutdown in progress
+    1062, // duplicate key: a concurrent batch settled the same event id first
+    1205, // lock wait timeout
+    1213, // deadlock
+    1927, // connection killed (MariaDB)
+    2006, // server has gone away
+    2013, // lost connection during query
 ];
 
 fn is_transient_sql(e: &sqlx::Error) -> bool {
@@ -115,7 +115,7 @@ fn is_transient_sql(e: &sqlx::Error) -> bool {
         // the codes above are MySQL error numbers; `code()` would be the SQLSTATE
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|e| TRANSIENT_MYSQL_CODES.contains(&e.number().to_string().as_str())),
+            .is_some_and(|e| TRANSIENT_MYSQL_ERRORS.contains(&e.number())),
         _ => false,
     }
 }

@@ -130,14 +130,16 @@ impl Ledger {
                     Ok(())
                 })
             })
-            .connect_lazy_with(options);
-        let ledger = Ledger { pool };
-        bounded("mysql (connect)", Duration::from_secs(8), async {
-            sqlx::query("SELECT 1 FROM products LIMIT 1").execute(&ledger.pool).await
+            .connect_lazy_with(options.clone());
+        // One direct connection first: a pool would hide the cause behind "pool timed out".
+        bounded("mysql (connect)", Duration::from_secs(5), async {
+            let mut conn = sqlx::MySqlConnection::connect_with(&options).await?;
+            sqlx::query("SELECT 1 FROM products LIMIT 1").execute(&mut conn).await?;
+            conn.close().await
         })
         .await
         .map_err(|e| describe_connect_error(e, settings))?;
-        Ok(ledger)
+        Ok(Ledger { pool })
     }
 
     pub fn pool(&self) -> &MySqlPool {
