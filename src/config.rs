@@ -132,6 +132,15 @@ impl Settings {
     }
 }
 
+/// Installs the process-wide TLS crypto provider (ring) that `rediss://` and MySQL's
+/// `ssl-mode` need; harmless to call again.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Queue names become part of every key inside a Redis Cluster hash tag, so braces are out.
 pub fn validate_queue_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -78,8 +78,9 @@ pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Cha
     .await?;
     if ok != 1 {
         return Err(Error::usage(format!(
-            "cannot remove {} from product {product_id}: Redis holds {redis}, the rest is reserved \
-             and not yet deducted; wait for the workers or remove less",
+            "cannot remove {} from product {product_id}: Redis holds only {redis} (the rest is reserved \
+             and not yet deducted, or Redis lost its data: see `stockq check`); wait for the workers \
+             or remove less",
             -delta
         )));
     }

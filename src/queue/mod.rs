@@ -110,6 +110,7 @@ pub struct Recovery {
 impl Queue {
     /// Connects to Redis and checks that it answers.
     pub async fn connect(settings: &Settings) -> Result<Queue> {
+        crate::config::install_tls_provider();
         let client = Client::open(settings.redis_url.expose()).map_err(|e| {
             Error::usage(format!("REDIS_URL {} is not usable: {e}", settings.redis_url))
         })?;
