@@ -66,6 +66,9 @@ struct Run {
     drain_s: f64,
     worker_cpu_us_per_event: f64,
     worker_peak_rss_kib: u64,
+    /// Resident memory of the first worker once it had applied 5% of the events, and at the end.
+    worker_rss_early_kib: u64,
+    worker_rss_end_kib: u64,
     consistent: bool,
 }
 
@@ -200,6 +203,9 @@ async fn one_run(
         children.push(child);
     }
     let deadline = started + Duration::from_secs(600);
+    let first_pid = children.first().and_then(|c| c.id());
+    let mut rss_early = None;
+    let mut last_rss_sample = Instant::now();
     loop {
         let (pending, processing): (u64, u64) = {
             let mut conn = queue.conn();
@@ -211,6 +217,12 @@ async fn one_run(
         if pending == 0 && processing == 0 {
             break;
         }
+        if rss_early.is_none() && last_rss_sample.elapsed() >= Duration::from_millis(50) {
+            last_rss_sample = Instant::now();
+            if (pending + processing) * 20 <= events * 19 {
+                rss_early = first_pid.and_then(|pid| proc_status_kib(pid, "VmRSS"));
+            }
+        }
         if Instant::now() > deadline {
             return Err(Error::Refused("the workers did not drain the queue within 10 minutes".into()));
         }
@@ -218,6 +230,7 @@ async fn one_run(
     }
     let drain = started.elapsed();
 
+    let rss_end = first_pid.and_then(|pid| proc_status_kib(pid, "VmRSS")).unwrap_or(0);
     let mut cpu_ticks = 0u64;
     let mut peak_rss = 0u64;
     for child in &children {
@@ -243,6 +256,8 @@ async fn one_run(
         drain_s: drain.as_secs_f64(),
         worker_cpu_us_per_event: cpu_us / events as f64,
         worker_peak_rss_kib: peak_rss,
+        worker_rss_early_kib: rss_early.unwrap_or(0),
+        worker_rss_end_kib: rss_end,
         consistent,
     })
 }
