@@ -1,0 +1,361 @@
+//! Shared test helpers: a private queue and database per test, the stockq binary, and
+//! readers for the books.
+
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use stockq::config::Settings;
+use stockq::ledger::{self, Ledger};
+use stockq::queue::Queue;
+use stockq::worker::{StepOutcome, Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+/// Redis used by the tests (override with STOCKQ_TEST_REDIS_URL).
+pub fn redis_url() -> String {
+    std::env::var("STOCKQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// MySQL server used by the tests, without a database (override with STOCKQ_TEST_MYSQL_URL).
+pub fn mysql_server_url() -> String {
+    std::env::var("STOCKQ_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://stockq:stockq@127.0.0.1:3306".into())
+}
+
+pub fn stockq_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stockq")
+}
+
+/// A private queue and database, with connections to both. Dropping it removes both.
+pub struct TestEnv {
+    pub name: String,
+    pub database: String,
+    pub settings: Settings,
+    pub queue: Queue,
+    pub ledger: Ledger,
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        Self::with(|_| {}).await
+    }
+
+    /// A fresh environment whose settings `tweak` may change (visibility timeout, ...).
+    pub async fn with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let name = format!("t{tag}");
+        let database = format!("stockq_t{tag}");
+        let mut settings =
+            Settings::new(&redis_url(), &format!("{}/{database}", mysql_server_url()), &name).unwrap();
+        tweak(&mut settings);
+        ledger::migrate(&settings).await.expect("migrate (is scripts/services.sh run?)");
+        let queue = Queue::connect(&settings).await.expect("redis");
+        let ledger = Ledger::connect(&settings, 8).await.expect("mysql");
+        let redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        TestEnv { name, database, settings, queue, ledger, redis }
+    }
+
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{{{}}}:{suffix}", self.name)
+    }
+
+    /// The environment variables that point the binary at this test's queue and database.
+    pub fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_URL", self.settings.redis_url.expose().to_string()),
+            ("DATABASE_URL", self.settings.database_url.expose().to_string()),
+            ("STOCKQ_QUEUE", self.name.clone()),
+            ("STOCKQ_VISIBILITY_TIMEOUT", format!("{}ms", self.settings.visibility_timeout.as_millis())),
+            ("STOCKQ_MAX_ATTEMPTS", self.settings.max_attempts.to_string()),
+            ("STOCKQ_JANITOR_INTERVAL", format!("{}ms", self.settings.janitor_interval.as_millis())),
+            ("STOCKQ_CHECK_INTERVAL", format!("{}ms", self.settings.check_interval.as_millis())),
+            ("RUST_LOG", "warn".to_string()),
+        ]
+    }
+
+    /// The stockq binary, pointed at this environment.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(stockq_bin());
+        cmd.args(args).envs(self.envs()).stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the binary to completion: (exit status, stdout, stderr).
+    pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("stockq did not finish within 60s")
+            .expect("spawn stockq");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sets a product's stock through stockq (both stores).
+    pub async fn stock(&self, product: i64, qty: i64) {
+        stockq::stock::adjust(&self.queue, &self.ledger, product, stockq::stock::Change::Set(qty))
+            .await
+            .expect("stock set");
+    }
+
+    pub async fn redis_stock(&self, product: i64) -> Option<i64> {
+        let mut c = self.redis.clone();
+        c.get(self.key(&format!("stock:{product}"))).await.unwrap()
+    }
+
+    pub async fn mysql_stock(&self, product: i64) -> i64 {
+        sqlx::query_scalar("SELECT stock FROM products WHERE id = ?")
+            .bind(product)
+            .fetch_one(self.ledger.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn len(&self, list: &str) -> usize {
+        let mut c = self.redis.clone();
+        c.llen(self.key(list)).await.unwrap()
+    }
+
+    pub async fn list(&self, list: &str) -> Vec<Vec<u8>> {
+        let mut c = self.redis.clone();
+        c.lrange(self.key(list), 0, -1).await.unwrap()
+    }
+
+    /// stock_log rows: (applied count, rejected count).
+    pub async fn log_counts(&self) -> (i64, i64) {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT CAST(status AS CHAR), COUNT(*) FROM stock_log GROUP BY status")
+                .fetch_all(self.ledger.pool())
+                .await
+                .unwrap();
+        let get = |s: &str| rows.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
+        (get("applied"), get("rejected"))
+    }
+
+    /// Units applied per product according to stock_log.
+    pub async fn applied_units(&self, product: i64) -> i64 {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CAST(COALESCE(SUM(qty), 0) AS SIGNED) FROM stock_log WHERE product_id = ? AND status = 'applied'",
+        )
+        .bind(product)
+        .fetch_one(self.ledger.pool())
+        .await
+        .unwrap()
+    }
+
+    pub fn worker(&self, batch: usize) -> Worker {
+        Worker::new(
+            self.queue.clone(),
+            self.ledger.clone(),
+            WorkerOptions { concurrency: 1, batch, wait: Duration::from_millis(100) },
+        )
+        .unwrap()
+    }
+
+    /// Runs worker steps (without blocking waits) until pending is empty; returns the reports.
+    pub async fn drain(&self, batch: usize) -> Vec<stockq::worker::BatchReport> {
+        let worker = self.worker(batch);
+        let token = CancellationToken::new();
+        let mut reports = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match worker.step(None, &token).await.expect("worker step") {
+                StepOutcome::Idle => break,
+                StepOutcome::Batch(r) => reports.push(r),
+            }
+            assert!(Instant::now() < deadline, "drain did not finish within 60s");
+        }
+        reports
+    }
+
+    /// Polls `probe` every 50 ms until it returns true or `within` passes.
+    pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut probe: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !probe().await {
+            assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts the stores agree for every product and the exact check finds no drift.
+    pub async fn assert_books_balance(&self) {
+        let report = stockq::check::check(&self.queue, &self.ledger).await.unwrap();
+        let drifts: Vec<_> = report.drifts().collect();
+        assert!(drifts.is_empty(), "drift: {drifts:?}");
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let database = self.database.clone();
+        let pattern = format!("{{{}}}:*", self.name);
+        let redis_url = self.settings.redis_url.expose().to_string();
+        let server = mysql_server_url();
+        // Async cleanup from Drop (which also runs when a test panics): a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(client) = redis::Client::open(redis_url)
+                    && let Ok(mut c) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: redis::RedisResult<()> = c.del(keys).await;
+                    }
+                }
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::MySqlConnection::connect(&server).await {
+                    // A failed test may leave a transaction open on the test's pool, whose
+                    // runtime is blocked on this thread: give up on the metadata lock rather
+                    // than hang (the database is then left behind, named stockq_t*).
+                    let _ = sqlx::raw_sql("SET SESSION lock_wait_timeout = 5").execute(&mut conn).await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{database}`")))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// ---- Helpers for recovery.rs and books.rs: claims, dead letters, processes. ----
+
+impl TestEnv {
+    /// The Redis server clock in unix ms: the clock claim deadlines are on.
+    pub async fn redis_now_ms(&self) -> i64 {
+        let mut c = self.redis.clone();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+        secs * 1000 + micros / 1000
+    }
+
+    /// Waits (bounded) until the Redis clock has passed `deadline_ms`, so a claim with that
+    /// deadline has expired.
+    pub async fn wait_past(&self, deadline_ms: i64) {
+        let left = u64::try_from(deadline_ms - self.redis_now_ms().await).unwrap_or(0);
+        let within = Duration::from_millis(left) + Duration::from_secs(10);
+        self.eventually(within, "the Redis clock to pass a claim deadline", || async {
+            self.redis_now_ms().await > deadline_ms
+        })
+        .await;
+    }
+
+    /// A janitor on this environment's queue and settings.
+    pub fn janitor(&self) -> stockq::janitor::Janitor {
+        stockq::janitor::Janitor::new(
+            self.queue.clone(),
+            self.ledger.clone(),
+            self.settings.janitor_interval,
+            self.settings.check_interval,
+        )
+    }
+
+    /// Pushes a raw entry onto `{q}:pending` as a hand-written producer would.
+    pub async fn push_raw(&self, entry: &[u8]) {
+        let mut c = self.redis.clone();
+        let _: i64 = c.lpush(self.key("pending"), entry).await.unwrap();
+    }
+
+    /// Reserves through the library and insists it was reserved; returns the sequence number.
+    pub async fn reserve_ok(&self, product: i64, qty: i64, event_id: &str) -> i64 {
+        match stockq::reserve::reserve(&self.queue, product, qty, event_id).await.unwrap() {
+            stockq::reserve::Reservation::Reserved { seq, .. } => seq,
+            other => panic!("reserve {event_id} ({product} x{qty}): {other:?}"),
+        }
+    }
+
+    /// The dead-letter envelopes, parsed, newest first.
+    pub async fn dead_letters(&self) -> Vec<serde_json::Value> {
+        self.list("dead")
+            .await
+            .iter()
+            .map(|raw| serde_json::from_slice(raw).expect("dead envelope is JSON"))
+            .collect()
+    }
+
+    pub async fn zcard(&self, suffix: &str) -> usize {
+        let mut c = self.redis.clone();
+        c.zcard(self.key(suffix)).await.unwrap()
+    }
+
+    pub async fn hlen(&self, suffix: &str) -> usize {
+        let mut c = self.redis.clone();
+        c.hlen(self.key(suffix)).await.unwrap()
+    }
+
+    /// A field of a Redis hash as an integer (0 when missing).
+    pub async fn hget_i64(&self, suffix: &str, field: &[u8]) -> i64 {
+        let mut c = self.redis.clone();
+        let v: Option<i64> = c.hget(self.key(suffix), field).await.unwrap();
+        v.unwrap_or(0)
+    }
+
+    /// Total stock_log rows.
+    pub async fn log_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM stock_log").fetch_one(self.ledger.pool()).await.unwrap()
+    }
+
+    /// The stock_log status of one event id, if settled.
+    pub async fn log_status(&self, event_id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT CAST(status AS CHAR) FROM stock_log WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(self.ledger.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Spawns `stockq <args>` in the background, pointed at this environment (killed on drop).
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        self.command(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn stockq")
+    }
+}
+
+/// Sends `signal` (e.g. "KILL", "TERM") to a process with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// SIGTERMs a child and waits (bounded) for it; returns its exit status.
+pub async fn terminate(child: &mut tokio::process::Child) -> i32 {
+    let pid = child.id().expect("child still running");
+    send_signal(pid, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("process did not stop within 20s of SIGTERM")
+        .expect("wait");
+    status.code().unwrap_or(-1)
+}
+
+// ---- Helpers for faults.rs: an environment on a Redis server of the test's own. ----
+
+impl TestEnv {
+    /// Like [`TestEnv::with`], but on the Redis server at `url` (a private server the test
+    /// starts, stops and restarts) instead of the shared one. Drop cleans that server.
+    pub async fn with_redis(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
+        let redis_url = stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis"]).expect("redis url");
+        let mut env = Self::with(|s| {
+            s.redis_url = redis_url;
+            tweak(s);
+        })
+        .await;
+        env.redis = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        env
+    }
+}

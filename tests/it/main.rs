@@ -1,0 +1,11 @@
+//! Integration tests against the real Redis and MariaDB (scripts/services.sh starts them).
+//!
+//! Each test gets its own queue name (so its own hash-tagged keys) and its own database,
+//! both removed when the test's [`helpers::TestEnv`] is dropped, so tests run in parallel
+//! without trampling each other or a developer's data.
+
+mod foundation;
+mod helpers;
+mod books;
+mod recovery;
+mod faults;
