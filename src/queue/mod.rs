@@ -35,6 +35,17 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Every Redis command stockq sends, directly or from its scripts. A Redis ACL user limited
+/// to these and to one queue's keys runs every stockq command on that queue:
+///
+/// ```text
+/// ACL SETUSER stockq on >PASSWORD resetkeys ~{stockq}:* resetchannels -@all <ACL_COMMANDS>
+/// ```
+pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
+    +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
+    +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
+    +smembers +xadd +scan";
+
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub type Entry = Vec<u8>;
 

@@ -349,7 +349,7 @@ impl TestEnv {
     /// Like [`TestEnv::with`], but on the Redis server at `url` (a private server the test
     /// starts, stops and restarts) instead of the shared one. Drop cleans that server.
     pub async fn with_redis(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
-        let redis_url = stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis"]).expect("redis url");
+        let redis_url = stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
         let mut env = Self::with(|s| {
             s.redis_url = redis_url;
             tweak(s);

@@ -8,4 +8,5 @@ mod foundation;
 mod helpers;
 mod books;
 mod recovery;
+mod security;
 mod faults;
