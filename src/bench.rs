@@ -18,10 +18,10 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result};
 use crate::ledger::{self, Ledger};
 use crate::produce::{self, Latency, ProduceOptions};
-use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::queue::Shards;
 use crate::stock::{self, Change};
 
 pub const BENCH_QUEUE: &str = "bench";
@@ -79,10 +79,10 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }.validate()?;
     let settings = crate::demo::own_settings(settings, BENCH_QUEUE, BENCH_DATABASE)?;
     ledger::migrate(&settings).await?;
-    let queue = Queue::connect(&settings).await?;
+    let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 2).await?;
 
-    let idle = idle_latency(&settings, &queue, &ledger).await?;
+    let idle = idle_latency(&shards, &ledger).await?;
     if !args.json {
         println!(
             "single reservations, one at a time: p50 {}us p99 {}us p99.9 {}us",
@@ -106,7 +106,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
             shapes.push((1, args.single_events));
         }
         for (batch, events) in shapes {
-            let run = one_run(&settings, &queue, &ledger, args, mode, batch, events).await?;
+            let run = one_run(&settings, &shards, &ledger, args, mode, batch, events).await?;
             all_consistent &= run.consistent;
             if args.json {
                 println!("{}", serde_json::to_string(&run).unwrap_or_default());
@@ -137,17 +137,17 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     Ok(if all_consistent { 0 } else { 1 })
 }
 
-async fn prepare(queue: &Queue, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
-    crate::demo::reset(queue, ledger).await?;
+async fn prepare(shards: &Shards, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
+    crate::demo::reset(shards, ledger).await?;
     for product in 1..=products {
-        stock::adjust(queue, ledger, product, Change::Set(per_product)).await?;
+        stock::adjust(shards.for_product(product), ledger, product, Change::Set(per_product)).await?;
     }
     Ok(())
 }
 
 /// Latency of reservations sent one at a time on an otherwise idle queue.
-async fn idle_latency(_settings: &Settings, queue: &Queue, ledger: &Ledger) -> Result<Latency> {
-    prepare(queue, ledger, 1, 1_000_000).await?;
+async fn idle_latency(shards: &Shards, ledger: &Ledger) -> Result<Latency> {
+    prepare(shards, ledger, 1, 1_000_000).await?;
     let options = ProduceOptions {
         events: 5_000,
         products: 1,
@@ -157,12 +157,12 @@ async fn idle_latency(_settings: &Settings, queue: &Queue, ledger: &Ledger) -> R
         in_flight: 1,
         progress: false,
     };
-    Ok(produce::produce(queue, &options).await?.latency)
+    Ok(produce::produce(shards, &options).await?.latency)
 }
 
 async fn one_run(
     settings: &Settings,
-    queue: &Queue,
+    shards: &Shards,
     ledger: &Ledger,
     args: &BenchArgs,
     mode: &'static str,
@@ -171,9 +171,9 @@ async fn one_run(
 ) -> Result<Run> {
     let hot = mode == "hot";
     let products = if hot { 1 } else { 100 };
-    prepare(queue, ledger, products, events as i64 + 1).await?;
+    prepare(shards, ledger, products, events as i64 + 1).await?;
     let produced = produce::produce(
-        queue,
+        shards,
         &ProduceOptions {
             events,
             products,
@@ -195,6 +195,7 @@ async fn one_run(
             .env("REDIS_URL", settings.redis_url.expose())
             .env("DATABASE_URL", settings.database_url.expose())
             .env("STOCKQ_QUEUE", BENCH_QUEUE)
+            .env("STOCKQ_SHARDS", settings.shards.to_string())
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -207,13 +208,7 @@ async fn one_run(
     let mut rss_early = None;
     let mut last_rss_sample = Instant::now();
     loop {
-        let (pending, processing): (u64, u64) = {
-            let mut conn = queue.conn();
-            bounded("redis (depths)", CALL_TIMEOUT, async {
-                redis::pipe().llen(queue.keys().pending()).llen(queue.keys().processing()).query_async(&mut conn).await
-            })
-            .await?
-        };
+        let (pending, processing) = crate::demo::depths(shards).await?;
         if pending == 0 && processing == 0 {
             break;
         }
@@ -243,7 +238,7 @@ async fn one_run(
     for mut child in children {
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     }
-    let consistent = crate::check::check(queue, ledger).await?.is_consistent();
+    let consistent = crate::check::check(shards, ledger).await?.is_consistent();
     // 100 ticks a second is the Linux user-space clock (USER_HZ) on every common platform
     let cpu_us = cpu_ticks as f64 * 10_000.0;
     Ok(Run {

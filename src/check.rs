@@ -31,7 +31,8 @@ use serde::Serialize;
 use crate::error::{Result, bounded};
 use crate::event::{DeadLetter, Event};
 use crate::ledger::{Ledger, Status};
-use crate::queue::{CALL_TIMEOUT, Entry, Queue, scripts};
+use crate::queue::shards::shard_of;
+use crate::queue::{CALL_TIMEOUT, Entry, Queue, Shards, scripts};
 
 /// One product's books.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,7 +51,7 @@ pub struct ProductBooks {
 /// The result of one check.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
-    /// The Redis sequence number of the snapshot.
+    /// The Redis sequence number of the snapshot (the highest one, over several shards).
     pub seq: i64,
     pub products: Vec<ProductBooks>,
     #[serde(serialize_with = "as_millis")]
@@ -80,12 +81,33 @@ struct Snapshot {
     dead: Vec<Entry>,
 }
 
-/// Runs the check once (both snapshots), over every product in MySQL.
-pub async fn check(queue: &Queue, ledger: &Ledger) -> Result<CheckReport> {
+/// Runs the check once (both snapshots) over every product in MySQL, shard by shard: each
+/// shard has its own sequence and its own atomic snapshot.
+pub async fn check(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
     let started = Instant::now();
     let ids = ledger.product_ids().await?;
     let floor = ledger.max_seq().await?;
-    let snap = snapshot(queue, &ids, floor).await?;
+    let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); shards.len()];
+    for id in ids {
+        by_shard[shard_of(id, shards.len())].push(id);
+    }
+    let mut products = Vec::new();
+    let mut seq = 0;
+    for (queue, ids) in shards.all().iter().zip(by_shard) {
+        if ids.is_empty() && shards.len() > 1 {
+            continue;
+        }
+        let (part, shard_seq) = check_shard(queue, ledger, &ids, floor).await?;
+        products.extend(part);
+        seq = seq.max(shard_seq);
+    }
+    products.sort_unstable_by_key(|p| p.product_id);
+    Ok(CheckReport { seq, products, took: started.elapsed() })
+}
+
+/// One shard's check: its products, its snapshot, its sequence.
+async fn check_shard(queue: &Queue, ledger: &Ledger, ids: &[i64], floor: i64) -> Result<(Vec<ProductBooks>, i64)> {
+    let snap = snapshot(queue, ids, floor).await?;
 
     // The events whose Redis stock is taken, by where they sit.
     let mut held: Vec<Event> = snap
@@ -125,18 +147,18 @@ pub async fn check(queue: &Queue, ledger: &Ledger) -> Result<CheckReport> {
             delta: redis.unwrap_or(0) - expected_redis,
         });
     }
-    Ok(CheckReport { seq: snap.seq, products, took: started.elapsed() })
+    Ok((products, snap.seq))
 }
 
 /// Runs the check and, if it finds drift, once more: only a drift seen twice with the same
 /// delta is reported. Real drift persists; this filters the one window the sequence cannot
 /// order, an operator's restock caught between its Redis and MySQL halves.
-pub async fn check_confirmed(queue: &Queue, ledger: &Ledger) -> Result<CheckReport> {
-    let first = check(queue, ledger).await?;
+pub async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
+    let first = check(shards, ledger).await?;
     if first.is_consistent() {
         return Ok(first);
     }
-    let mut second = check(queue, ledger).await?;
+    let mut second = check(shards, ledger).await?;
     let seen: HashMap<i64, i64> = first.drifts().map(|p| (p.product_id, p.delta)).collect();
     for p in &mut second.products {
         if p.delta != 0 && seen.get(&p.product_id) != Some(&p.delta) {
@@ -150,16 +172,18 @@ pub async fn check_confirmed(queue: &Queue, ledger: &Ledger) -> Result<CheckRepo
 
 /// Corrects Redis by each drifting product's delta (INCRBY, never SET). Returns the number
 /// of products corrected.
-pub async fn repair(queue: &Queue, report: &CheckReport) -> Result<usize> {
-    let mut pipe = redis::pipe();
+pub async fn repair(shards: &Shards, report: &CheckReport) -> Result<usize> {
     let mut n = 0;
     for p in report.drifts() {
-        pipe.incr(queue.keys().stock(p.product_id), -p.delta).ignore();
-        n += 1;
-    }
-    if n > 0 {
+        let queue = shards.for_product(p.product_id);
         let mut conn = queue.conn();
-        bounded("redis (repair)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
+        bounded(
+            "redis (repair)",
+            CALL_TIMEOUT,
+            redis::AsyncCommands::incr::<_, _, i64>(&mut conn, queue.keys().stock(p.product_id), -p.delta),
+        )
+        .await?;
+        n += 1;
     }
     Ok(n)
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
 use crate::produce::{self, ProduceOptions};
-use crate::queue::Queue;
+use crate::queue::Shards;
 use crate::reserve::{self, Reservation};
 use crate::stock::{self, Change};
 use crate::worker::{self, Worker, WorkerOptions};
@@ -229,12 +229,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Stock(cmd) => {
-            let (queue, ledger) = connect(&settings, 1).await?;
+            let (shards, ledger) = connect(&settings, 1).await?;
             let (product, change) = match cmd {
                 StockCommand::Set { product, qty } => (product, Change::Set(qty)),
                 StockCommand::Add { product, delta } => (product, Change::Add(delta)),
             };
-            let done = stock::adjust(&queue, &ledger, product, change).await?;
+            let done = stock::adjust(shards.for_product(product), &ledger, product, change).await?;
             println!(
                 "product {}: mysql {} (change {:+}), redis {}",
                 done.product_id, done.mysql, done.delta, done.redis
@@ -244,8 +244,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Reserve { product, qty, event_id } => {
             let event_id = event_id.unwrap_or_else(reserve::new_event_id);
             crate::event::validate_event_id(&event_id).map_err(Error::usage)?;
-            let queue = Queue::connect(&settings).await?;
-            match reserve::reserve(&queue, product, qty, &event_id).await? {
+            let shards = Shards::connect(&settings).await?;
+            match reserve::reserve(shards.for_product(product), product, qty, &event_id).await? {
                 Reservation::Reserved { event_id, .. } => {
                     println!("{event_id}");
                     Ok(0)
@@ -271,8 +271,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 progress: !args.json,
             };
             options.validate()?;
-            let queue = Queue::connect(&settings).await?;
-            let report = produce::produce(&queue, &options).await?;
+            let shards = Shards::connect(&settings).await?;
+            let report = produce::produce(&shards, &options).await?;
             if args.json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 v["per_second"] = json!(report.per_second());
@@ -299,10 +299,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let options = WorkerOptions { concurrency, batch, ..Default::default() };
             options.validate()?;
             let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let (queue, ledger) = connect(&settings, concurrency as u32 + 2).await?;
+            let (shards, ledger) = connect(&settings, concurrency as u32 + 2).await?;
             tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
-            let ops = settings.port.map(|port| crate::health::spawn_ops(port, queue.clone(), ledger.clone(), shutdown.clone()));
-            let worker = Worker::new(queue, ledger, options)?;
+            let ops = settings.port.map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
+            let worker = Worker::new(shards, ledger, options)?;
             worker.run(shutdown.clone()).await?;
             if let Some(ops) = ops {
                 shutdown.cancel();
@@ -311,15 +311,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Janitor { once } => {
-            let (queue, ledger) = connect(&settings, 3).await?;
-            let janitor = Janitor::new(queue.clone(), ledger.clone(), settings.janitor_interval, settings.check_interval);
+            let (shards, ledger) = connect(&settings, 3).await?;
+            let janitor = Janitor::new(shards.clone(), ledger.clone(), settings.janitor_interval, settings.check_interval);
             if once {
                 janitor.recover().await?;
                 let report = janitor.check().await?;
                 return Ok(if report.is_consistent() { 0 } else { 1 });
             }
             let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let ops = settings.port.map(|port| crate::health::spawn_ops(port, queue.clone(), ledger.clone(), shutdown.clone()));
+            let ops = settings.port.map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
             janitor.run(shutdown).await?;
             if let Some(ops) = ops {
                 let _ = ops.await;
@@ -327,13 +327,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Check { repair, json } => {
-            let (queue, ledger) = connect(&settings, 2).await?;
-            let mut report = check::check_confirmed(&queue, &ledger).await?;
+            let (shards, ledger) = connect(&settings, 2).await?;
+            let mut report = check::check_confirmed(&shards, &ledger).await?;
             let mut repaired = 0;
             if repair && !report.is_consistent() {
                 print_check(&report, json, false);
-                repaired = check::repair(&queue, &report).await?;
-                report = check::check_confirmed(&queue, &ledger).await?;
+                repaired = check::repair(&shards, &report).await?;
+                report = check::check_confirmed(&shards, &ledger).await?;
             }
             print_check(&report, json, true);
             if repair && repaired > 0 && !json {
@@ -342,8 +342,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(if report.is_consistent() { 0 } else { 1 })
         }
         Command::Stats { json } => {
-            let (queue, ledger) = connect(&settings, 2).await?;
-            let stats = crate::stats::collect(&queue, &ledger).await?;
+            let (shards, ledger) = connect(&settings, 2).await?;
+            let stats = crate::stats::collect(&shards, &ledger).await?;
             if json {
                 println!("{}", serde_json::to_string(&stats).unwrap_or_default());
             } else {
@@ -354,16 +354,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Dead(cmd) => {
             match cmd {
                 DeadCommand::List { json } => {
-                    let queue = Queue::connect(&settings).await?;
-                    let letters = dead::list(&queue).await?;
+                    let shards = Shards::connect(&settings).await?;
+                    let letters = dead::list(&shards).await?;
                     if json {
-                        for d in &letters {
+                        for (_, d) in &letters {
                             println!("{}", String::from_utf8_lossy(&d.raw));
                         }
                     } else if letters.is_empty() {
                         println!("no dead letters");
                     } else {
-                        for d in &letters {
+                        for (_, d) in &letters {
                             let id = d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into());
                             println!(
                                 "{id}\tattempts {}\tfailed_at {}\t{}\t{}",
@@ -376,16 +376,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     }
                 }
                 DeadCommand::Requeue(sel) => {
-                    let queue = Queue::connect(&settings).await?;
-                    let (moved, skipped) = dead::requeue(&queue, &sel.selection()).await?;
+                    let shards = Shards::connect(&settings).await?;
+                    let (moved, skipped) = dead::requeue(&shards, &sel.selection()).await?;
                     println!("requeued {moved}");
                     if skipped > 0 {
                         println!("left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)");
                     }
                 }
                 DeadCommand::Drop(sel) => {
-                    let (queue, ledger) = connect(&settings, 1).await?;
-                    let (dropped, given) = dead::drop(&queue, &ledger, &sel.selection()).await?;
+                    let (shards, ledger) = connect(&settings, 1).await?;
+                    let (dropped, given) = dead::drop(&shards, &ledger, &sel.selection()).await?;
                     println!("dropped {dropped}, gave back {given} units of stock");
                 }
             }
@@ -394,18 +394,18 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Demo(args) => crate::demo::run(&settings, &args).await,
         Command::Serve => {
             let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let (queue, ledger) = connect(&settings, 4).await?;
-            crate::web::run(settings.port.unwrap_or(crate::web::DEFAULT_PORT), queue, ledger, shutdown).await?;
+            let (shards, ledger) = connect(&settings, 4).await?;
+            crate::web::run(settings.port.unwrap_or(crate::web::DEFAULT_PORT), shards, ledger, shutdown).await?;
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(&settings, &args).await,
     }
 }
 
-async fn connect(settings: &Settings, mysql_connections: u32) -> Result<(Queue, Ledger)> {
-    let queue = Queue::connect(settings).await?;
+async fn connect(settings: &Settings, mysql_connections: u32) -> Result<(Shards, Ledger)> {
+    let shards = Shards::connect(settings).await?;
     let ledger = Ledger::connect(settings, mysql_connections).await?;
-    Ok((queue, ledger))
+    Ok((shards, ledger))
 }
 
 fn print_check(report: &check::CheckReport, json: bool, last: bool) {

@@ -50,6 +50,10 @@ pub struct GlobalArgs {
     #[arg(long, env = "PORT", global = true)]
     pub port: Option<u16>,
 
+    /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
+    #[arg(long, env = "STOCKQ_SHARDS", default_value_t = 1, global = true)]
+    pub shards: u32,
+
     /// Log format
     #[arg(long, env = "STOCKQ_LOG_FORMAT", default_value = "pretty", global = true)]
     pub log_format: LogFormat,
@@ -67,6 +71,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         .map_err(|e| format!("{e} (write a duration such as 500ms, 30s or 5m)"))
 }
 
+/// The longest duration a setting may take.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -78,6 +85,7 @@ pub struct Settings {
     pub janitor_interval: Duration,
     pub check_interval: Duration,
     pub port: Option<u16>,
+    pub shards: u32,
 }
 
 impl Settings {
@@ -91,6 +99,12 @@ impl Settings {
                 "STOCKQ_VISIBILITY_TIMEOUT must be at least 100ms (a claim must outlive one batch)",
             ));
         }
+        if !(1..=crate::queue::shards::MAX_SHARDS).contains(&args.shards) {
+            return Err(Error::usage(format!(
+                "STOCKQ_SHARDS must be from 1 to {}",
+                crate::queue::shards::MAX_SHARDS
+            )));
+        }
         if args.max_attempts == 0 {
             return Err(Error::usage("STOCKQ_MAX_ATTEMPTS must be at least 1"));
         }
@@ -102,6 +116,17 @@ impl Settings {
                 return Err(Error::usage(format!("{name} must be at least 10ms")));
             }
         }
+        // A deadline `now + d` must stay representable: a duration of centuries would
+        // overflow `Instant` and panic a worker's loops or the janitor.
+        for (name, d) in [
+            ("STOCKQ_VISIBILITY_TIMEOUT", args.visibility_timeout),
+            ("STOCKQ_JANITOR_INTERVAL", args.janitor_interval),
+            ("STOCKQ_CHECK_INTERVAL", args.check_interval),
+        ] {
+            if d > MAX_DURATION {
+                return Err(Error::usage(format!("{name} must be at most 365days")));
+            }
+        }
         Ok(Settings {
             redis_url,
             database_url,
@@ -111,6 +136,7 @@ impl Settings {
             janitor_interval: args.janitor_interval,
             check_interval: args.check_interval,
             port: args.port,
+            shards: args.shards,
         })
     }
 
@@ -128,6 +154,7 @@ impl Settings {
             janitor_interval: Duration::from_secs(5),
             check_interval: Duration::from_secs(60),
             port: None,
+            shards: 1,
         })
     }
 }
@@ -165,24 +192,29 @@ pub struct SecretUrl {
 }
 
 impl SecretUrl {
+    /// Parses a URL, or a comma-separated list of URLs (the nodes of a Redis Cluster).
     pub fn parse(name: &str, raw: &str, schemes: &[&str]) -> Result<Self> {
-        let parsed = url::Url::parse(raw).map_err(|e| {
-            Error::usage(format!(
-                "{name} is not a valid URL ({e}); expected something like {}://host:port",
-                schemes[0]
-            ))
-        })?;
-        if !schemes.contains(&parsed.scheme()) {
-            return Err(Error::usage(format!(
-                "{name} has scheme {:?}; expected {}",
-                parsed.scheme(),
-                schemes.join(" or ")
-            )));
+        let mut redacted = Vec::new();
+        for one in raw.split(',').map(str::trim) {
+            let parsed = url::Url::parse(one).map_err(|e| {
+                Error::usage(format!(
+                    "{name} is not a valid URL ({e}); expected something like {}://host:port",
+                    schemes[0]
+                ))
+            })?;
+            if !schemes.contains(&parsed.scheme()) {
+                return Err(Error::usage(format!(
+                    "{name} has scheme {:?}; expected {}",
+                    parsed.scheme(),
+                    schemes.join(" or ")
+                )));
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(Error::usage(format!("{name} names no host")));
+            }
+            redacted.push(redact(&parsed));
         }
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(Error::usage(format!("{name} names no host")));
-        }
-        Ok(SecretUrl { raw: raw.to_string(), redacted: redact(&parsed) })
+        Ok(SecretUrl { raw: raw.to_string(), redacted: redacted.join(",") })
     }
 
     /// The URL with its password; hand it only to a client library.
@@ -226,6 +258,8 @@ mod tests {
         assert_eq!(format!("{u:?}"), "mysql://app:***@db:3306/stockq");
         assert!(!format!("{u:?}").contains("hunter2"));
         assert_eq!(u.expose(), "mysql://app:hunter2@db:3306/stockq");
+        let nodes = SecretUrl::parse("X", "redis://:pw@a:7000,redis://:pw@b:7001", &["redis"]).unwrap();
+        assert_eq!(nodes.to_string(), "redis://:***@a:7000,redis://:***@b:7001");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use crate::error::{Error, Result, bounded};
 use crate::event::DeadLetter;
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue, scripts};
+use crate::queue::{CALL_TIMEOUT, Shards, scripts};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone)]
@@ -18,24 +18,29 @@ pub enum Selection {
     EventId(String),
 }
 
-/// Every dead letter, newest first (as stored). Envelopes stockq did not write are skipped.
-pub async fn list(queue: &Queue) -> Result<Vec<DeadLetter>> {
-    let mut conn = queue.conn();
-    let raw: Vec<Vec<u8>> = bounded(
-        "redis (dead list)",
-        CALL_TIMEOUT,
-        redis::AsyncCommands::lrange(&mut conn, queue.keys().dead(), 0, -1),
-    )
-    .await?;
-    Ok(raw.iter().filter_map(|r| DeadLetter::parse(r)).collect())
+/// Every dead letter with the index of its shard, newest first within a shard. Envelopes
+/// stockq did not write are skipped.
+pub async fn list(shards: &Shards) -> Result<Vec<(usize, DeadLetter)>> {
+    let mut letters = Vec::new();
+    for (shard, queue) in shards.all().iter().enumerate() {
+        let mut conn = queue.conn();
+        let raw: Vec<Vec<u8>> = bounded(
+            "redis (dead list)",
+            CALL_TIMEOUT,
+            redis::AsyncCommands::lrange(&mut conn, queue.keys().dead(), 0, -1),
+        )
+        .await?;
+        letters.extend(raw.iter().filter_map(|r| DeadLetter::parse(r)).map(|d| (shard, d)));
+    }
+    Ok(letters)
 }
 
-fn select(letters: Vec<DeadLetter>, which: &Selection) -> Result<Vec<DeadLetter>> {
-    let chosen: Vec<DeadLetter> = match which {
+fn select(letters: Vec<(usize, DeadLetter)>, which: &Selection) -> Result<Vec<(usize, DeadLetter)>> {
+    let chosen: Vec<(usize, DeadLetter)> = match which {
         Selection::All => letters,
         Selection::EventId(id) => letters
             .into_iter()
-            .filter(|d| d.event().is_some_and(|e| &e.event_id == id))
+            .filter(|(_, d)| d.event().is_some_and(|e| &e.event_id == id))
             .collect(),
     };
     if let Selection::EventId(id) = which
@@ -48,12 +53,13 @@ fn select(letters: Vec<DeadLetter>, which: &Selection) -> Result<Vec<DeadLetter>
 
 /// Sends dead letters back to pending; returns how many moved. Entries that are not valid
 /// events stay: they would only come straight back.
-pub async fn requeue(queue: &Queue, which: &Selection) -> Result<(u64, u64)> {
-    let chosen = select(list(queue).await?, which)?;
+pub async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
+    let chosen = select(list(shards).await?, which)?;
     let mut moved = 0;
     let mut skipped = 0;
-    let mut conn = queue.conn();
-    for letter in chosen {
+    for (shard, letter) in chosen {
+        let queue = &shards.all()[shard];
+        let mut conn = queue.conn();
         if letter.event().is_none() {
             skipped += 1;
             continue;
@@ -72,12 +78,13 @@ pub async fn requeue(queue: &Queue, which: &Selection) -> Result<(u64, u64)> {
 
 /// Discards dead letters, giving back the stock each valid one still holds. Returns
 /// (dropped, units given back).
-pub async fn drop(queue: &Queue, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
-    let chosen = select(list(queue).await?, which)?;
+pub async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
+    let chosen = select(list(shards).await?, which)?;
     let mut dropped = 0;
     let mut given = 0;
-    let mut conn = queue.conn();
-    for letter in chosen {
+    for (shard, letter) in chosen {
+        let queue = &shards.all()[shard];
+        let mut conn = queue.conn();
         let (stock_key, units) = match letter.event() {
             Some(event) => {
                 let give_back = ledger.settle_dropped(&event).await?;

@@ -24,7 +24,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
-use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::stock::{self, Change};
 use crate::worker::{Worker, WorkerOptions};
@@ -57,22 +57,22 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis_url, settings.database_url);
 
     ledger::migrate(&settings).await?;
-    let queue = Queue::connect(&settings).await?;
+    let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 4).await?;
-    reset(&queue, &ledger).await?;
+    reset(&shards, &ledger).await?;
     for product in 1..=args.products {
-        stock::adjust(&queue, &ledger, product, Change::Set(args.stock)).await?;
+        stock::adjust(shards.for_product(product), &ledger, product, Change::Set(args.stock)).await?;
     }
     println!("1. stocked products 1..={} with {} units each, in MySQL and Redis", args.products, args.stock);
 
     let shutdown = CancellationToken::new();
-    let worker = Worker::new(queue.clone(), ledger.clone(), WorkerOptions::default())?;
+    let worker = Worker::new(shards.clone(), ledger.clone(), WorkerOptions::default())?;
     let workers = {
         let (w, s) = (worker.clone(), shutdown.clone());
         tokio::spawn(async move { w.run(s).await })
     };
     let janitor = {
-        let j = Janitor::new(queue.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
+        let j = Janitor::new(shards.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
         let s = shutdown.clone();
         tokio::spawn(async move { j.run(s).await })
     };
@@ -93,10 +93,10 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
         let products = args.products;
         let mut answers = futures::stream::iter(0..args.buyers)
             .map(|_| {
-                let queue = &queue;
+                let shards = &shards;
                 async move {
-                    let pick = rand::random_range(0..=products);
-                    reserve(queue, pick.max(1), 1, &new_event_id()).await
+                    let product = rand::random_range(0..=products).max(1);
+                    reserve(shards.for_product(product), product, 1, &new_event_id()).await
                 }
             })
             .buffer_unordered(crate::produce::DEFAULT_IN_FLIGHT);
@@ -126,7 +126,7 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         show_applied(&worker, &applying);
-        let (pending, processing) = depths(&queue).await?;
+        let (pending, processing) = depths(&shards).await?;
         if pending == 0 && processing == 0 {
             break;
         }
@@ -159,7 +159,7 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     );
 
     // 5. reconcile
-    let report = check::check(&queue, &ledger).await?;
+    let report = check::check(&shards, &ledger).await?;
     let (log_applied, log_rows) = log_counts(&ledger).await?;
     println!("5. reconciliation:");
     println!("   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}", "product", "stocked", "sold", "mysql", "redis", "in-flight", "books");
@@ -206,25 +206,34 @@ pub(crate) fn own_settings(settings: &Settings, queue: &str, database: &str) -> 
     url.set_path(&format!("/{database}"));
     let mut own = Settings::new(settings.redis_url.expose(), url.as_str(), queue)?;
     own.visibility_timeout = settings.visibility_timeout;
+    own.shards = settings.shards;
     Ok(own)
 }
 
-/// Empties a queue's keys and the database's tables.
-pub(crate) async fn reset(queue: &Queue, ledger: &Ledger) -> Result<()> {
-    let mut conn = queue.conn();
-    let pattern = format!("{}:*", queue.keys().prefix());
-    let keys: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, async {
-        let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-        let mut keys = Vec::new();
-        while let Some(k) = futures::StreamExt::next(&mut iter).await {
-            keys.push(k?);
-        }
-        Ok::<_, redis::RedisError>(keys)
-    })
-    .await?;
-    if !keys.is_empty() {
+/// Empties a queue's keys (every shard) and the database's tables. The keys are named, not
+/// scanned for: SCAN would visit one node of a cluster only.
+pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
+    let products = ledger.product_ids().await?;
+    for queue in shards.all() {
+        let k = queue.keys();
         let mut conn = queue.conn();
-        bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(keys)).await?;
+        let workers: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, conn.smembers(k.workers())).await?;
+        let mut keys = vec![
+            k.pending(),
+            k.processing(),
+            k.dead(),
+            k.claims(),
+            k.attempts(),
+            k.seq(),
+            k.counters(),
+            k.workers(),
+            k.alerts(),
+        ];
+        keys.extend(workers.iter().map(|id| k.worker(id)));
+        keys.extend(products.iter().map(|p| k.stock(*p)));
+        for chunk in keys.chunks(1000) {
+            bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
+        }
     }
     for table in ["stock_log", "stock_adjustments", "products"] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
@@ -234,16 +243,15 @@ pub(crate) async fn reset(queue: &Queue, ledger: &Ledger) -> Result<()> {
     Ok(())
 }
 
-async fn depths(queue: &Queue) -> Result<(u64, u64)> {
-    let mut conn = queue.conn();
-    bounded("redis (depths)", CALL_TIMEOUT, async {
-        redis::pipe()
-            .llen(queue.keys().pending())
-            .llen(queue.keys().processing())
-            .query_async(&mut conn)
-            .await
-    })
-    .await
+/// Pending and processing, over every shard.
+pub(crate) async fn depths(shards: &Shards) -> Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for queue in shards.all() {
+        let d = crate::stats::depths(queue).await?;
+        total.0 += d.pending;
+        total.1 += d.processing;
+    }
+    Ok(total)
 }
 
 async fn log_counts(ledger: &Ledger) -> Result<(u64, u64)> {

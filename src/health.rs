@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, bounded};
 use crate::ledger::Ledger;
-use crate::queue::Queue;
+use crate::queue::Shards;
 use crate::telemetry::metrics as m;
 
 /// How often the queue gauges are refreshed.
@@ -28,7 +28,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Health {
-    pub queue: Queue,
+    pub shards: Shards,
     pub ledger: Ledger,
     pub metrics: PrometheusHandle,
 }
@@ -43,7 +43,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router<S> {
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
     let redis = bounded("redis (ping)", PROBE_TIMEOUT, async {
-        let mut conn = h.queue.conn();
+        let mut conn = h.shards.first().conn();
         redis::cmd("PING").query_async::<String>(&mut conn).await
     })
     .await;
@@ -83,9 +83,9 @@ pub async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Re
 }
 
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
-pub fn spawn_ops(port: u16, queue: Queue, ledger: Ledger, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let health = Health { queue: queue.clone(), ledger, metrics: m::install() };
-    let sampler = tokio::spawn(sample_queue(queue, shutdown.clone()));
+pub fn spawn_ops(port: u16, shards: Shards, ledger: Ledger, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
+    let sampler = tokio::spawn(sample_queue(shards, shutdown.clone()));
     tokio::spawn(async move {
         if let Err(e) = serve(port, routes(health), shutdown).await {
             tracing::error!(error = %e, "health and metrics endpoint stopped");
@@ -95,9 +95,9 @@ pub fn spawn_ops(port: u16, queue: Queue, ledger: Ledger, shutdown: Cancellation
 }
 
 /// Refreshes the queue gauges every [`SAMPLE_EVERY`] until `shutdown`.
-pub async fn sample_queue(queue: Queue, shutdown: CancellationToken) {
+pub async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
     loop {
-        if let Err(e) = sample_once(&queue).await {
+        if let Err(e) = sample_once(&shards).await {
             tracing::debug!(error = %e, "could not sample the queue");
         }
         tokio::select! {
@@ -107,32 +107,20 @@ pub async fn sample_queue(queue: Queue, shutdown: CancellationToken) {
     }
 }
 
-async fn sample_once(queue: &Queue) -> Result<()> {
-    let keys = queue.keys();
-    let mut conn = queue.conn();
-    let (pending, processing, dead, oldest, time): (u64, u64, u64, Vec<(Vec<u8>, f64)>, (u64, u64)) =
-        bounded("redis (sample)", crate::queue::CALL_TIMEOUT, async {
-            redis::pipe()
-                .llen(keys.pending())
-                .llen(keys.processing())
-                .llen(keys.dead())
-                .zrange_withscores(keys.claims(), 0, 0)
-                .cmd("TIME")
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+async fn sample_once(shards: &Shards) -> Result<()> {
+    let (mut pending, mut processing, mut dead, mut oldest_ms) = (0, 0, 0, 0);
+    for queue in shards.all() {
+        let d = crate::stats::depths(queue).await?;
+        pending += d.pending;
+        processing += d.processing;
+        dead += d.dead;
+        oldest_ms = oldest_ms.max(d.oldest_claim_age_ms.unwrap_or(0));
+    }
     metrics::gauge!(m::PENDING).set(pending as f64);
     metrics::gauge!(m::PROCESSING).set(processing as f64);
     metrics::gauge!(m::DEAD).set(dead as f64);
-    let now_ms = time.0 * 1000 + time.1 / 1000;
-    let vt_ms = crate::queue::millis(queue.visibility_timeout());
-    let age_ms = oldest
-        .first()
-        .map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)))
-        .unwrap_or(0);
-    metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(age_ms as f64 / 1000.0);
-    let live = crate::heartbeat::live_workers(queue).await?;
+    metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(oldest_ms as f64 / 1000.0);
+    let live = crate::heartbeat::live_workers(shards.first()).await?;
     metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);
     Ok(())
 }

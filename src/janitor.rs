@@ -13,7 +13,7 @@ use crate::check::{self, CheckReport};
 use crate::error::{Result, bounded};
 use crate::event::dead_envelope;
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue, Settlement};
+use crate::queue::{CALL_TIMEOUT, Queue, Settlement, Shards};
 use crate::telemetry::metrics as m;
 use crate::worker::{Backoff, now_ms};
 
@@ -36,7 +36,7 @@ pub struct RecoveryReport {
 
 #[derive(Clone)]
 pub struct Janitor {
-    queue: Queue,
+    shards: Shards,
     ledger: Ledger,
     interval: Duration,
     check_interval: Duration,
@@ -45,15 +45,42 @@ pub struct Janitor {
 }
 
 impl Janitor {
-    pub fn new(queue: Queue, ledger: Ledger, interval: Duration, check_interval: Duration) -> Self {
-        Janitor { queue, ledger, interval, check_interval, drifting: Default::default() }
+    pub fn new(shards: impl Into<Shards>, ledger: Ledger, interval: Duration, check_interval: Duration) -> Self {
+        Janitor { shards: shards.into(), ledger, interval, check_interval, drifting: Default::default() }
     }
 
-    /// Re-queues every expired claim and dead-letters entries that reached max attempts.
+    /// Re-queues every expired claim and dead-letters entries that reached max attempts, on
+    /// every shard.
     pub async fn recover(&self) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
+        for queue in self.shards.all() {
+            let shard = Self::recover_shard(queue).await?;
+            report.requeued += shard.requeued;
+            report.adopted += shard.adopted;
+            report.dead_lettered += shard.dead_lettered;
+            report.next_deadline_in = match (report.next_deadline_in, shard.next_deadline_in) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        metrics::counter!(m::REQUEUED).increment(report.requeued);
+        metrics::counter!(m::ADOPTED).increment(report.adopted);
+        metrics::counter!(m::DEAD_LETTERED).increment(report.dead_lettered);
+        if report.requeued + report.adopted + report.dead_lettered > 0 {
+            tracing::info!(
+                requeued = report.requeued,
+                adopted = report.adopted,
+                dead_lettered = report.dead_lettered,
+                "recovered abandoned claims"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn recover_shard(queue: &Queue) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
         loop {
-            let pass = self.queue.requeue_expired(REQUEUE_LIMIT).await?;
+            let pass = queue.requeue_expired(REQUEUE_LIMIT).await?;
             report.requeued += pass.requeued;
             report.adopted += pass.adopted;
             report.next_deadline_in = pass.next_deadline_in;
@@ -72,29 +99,17 @@ impl Janitor {
                         .collect(),
                     ..Default::default()
                 };
-                report.dead_lettered += self.queue.settle(&settlement).await?.dead_lettered;
+                report.dead_lettered += queue.settle(&settlement).await?.dead_lettered;
             }
             if handled < REQUEUE_LIMIT {
-                break;
+                return Ok(report);
             }
         }
-        metrics::counter!(m::REQUEUED).increment(report.requeued);
-        metrics::counter!(m::ADOPTED).increment(report.adopted);
-        metrics::counter!(m::DEAD_LETTERED).increment(report.dead_lettered);
-        if report.requeued + report.adopted + report.dead_lettered > 0 {
-            tracing::info!(
-                requeued = report.requeued,
-                adopted = report.adopted,
-                dead_lettered = report.dead_lettered,
-                "recovered abandoned claims"
-            );
-        }
-        Ok(report)
     }
 
     /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.
     pub async fn check(&self) -> Result<CheckReport> {
-        let report = check::check_confirmed(&self.queue, &self.ledger).await?;
+        let report = check::check_confirmed(&self.shards, &self.ledger).await?;
         self.publish_drift(&report);
         if report.is_consistent() {
             tracing::info!(
@@ -116,7 +131,7 @@ impl Janitor {
                 "consistency check: drift (run `stockq check --repair` to correct Redis)"
             );
             pipe.cmd("XADD")
-                .arg(self.queue.keys().alerts())
+                .arg(self.shards.first().keys().alerts())
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(ALERTS_MAX_LEN)
@@ -135,7 +150,7 @@ impl Janitor {
                 .arg(report.seq)
                 .ignore();
         }
-        let mut conn = self.queue.conn();
+        let mut conn = self.shards.first().conn();
         bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
         Ok(report)
     }
@@ -158,7 +173,8 @@ impl Janitor {
     /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(
-            queue = self.queue.keys().prefix(),
+            queue = self.shards.first().keys().prefix(),
+            shards = self.shards.len(),
             interval = %humantime::format_duration(self.interval),
             check_interval = %humantime::format_duration(self.check_interval),
             "janitor started"

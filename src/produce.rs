@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::queue::Queue;
+use crate::queue::Shards;
 use crate::reserve::{Reservation, new_event_id, reserve};
 
 pub const DEFAULT_IN_FLIGHT: usize = 64;
@@ -89,7 +89,7 @@ impl ProduceReport {
     }
 }
 
-pub async fn produce(queue: &Queue, options: &ProduceOptions) -> Result<ProduceReport> {
+pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<ProduceReport> {
     options.validate()?;
     let bar = if options.progress {
         let bar = ProgressBar::new(options.events);
@@ -116,7 +116,7 @@ pub async fn produce(queue: &Queue, options: &ProduceOptions) -> Result<ProduceR
             }
             let product_id = if hot { 1 } else { rand::random_range(1..=products) };
             let sent = Instant::now();
-            let answer = reserve(queue, product_id, qty, &new_event_id()).await;
+            let answer = reserve(shards.for_product(product_id), product_id, qty, &new_event_id()).await;
             (answer, sent.elapsed())
         })
         .buffer_unordered(options.in_flight);

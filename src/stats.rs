@@ -8,7 +8,7 @@ use crate::check::{self, ProductBooks};
 use crate::error::{Result, bounded};
 use crate::heartbeat::{self, Heartbeat};
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::queue::{CALL_TIMEOUT, Queue, Shards};
 
 #[derive(Debug, Serialize)]
 pub struct Stats {
@@ -28,7 +28,48 @@ pub struct Stats {
     pub consistent: bool,
 }
 
-pub async fn collect(queue: &Queue, ledger: &Ledger) -> Result<Stats> {
+pub async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
+    let mut stats = Stats {
+        queue: shards.all().iter().map(|q| q.keys().prefix()).collect::<Vec<_>>().join(","),
+        pending: 0,
+        processing: 0,
+        dead: 0,
+        oldest_claim_age_ms: None,
+        live_workers: Vec::new(),
+        throughput: 0.0,
+        counters: BTreeMap::new(),
+        products: Vec::new(),
+        consistent: true,
+    };
+    for queue in shards.all() {
+        let depths = depths(queue).await?;
+        stats.pending += depths.pending;
+        stats.processing += depths.processing;
+        stats.dead += depths.dead;
+        stats.oldest_claim_age_ms = stats.oldest_claim_age_ms.max(depths.oldest_claim_age_ms);
+        for (name, n) in depths.counters {
+            *stats.counters.entry(name).or_default() += n;
+        }
+    }
+    stats.live_workers = heartbeat::live_workers(shards.first()).await?;
+    stats.throughput = stats.live_workers.iter().fold(0.0, |sum, w| sum + w.rate);
+    let report = check::check(shards, ledger).await?;
+    stats.consistent = report.is_consistent();
+    stats.products = report.products;
+    Ok(stats)
+}
+
+/// One shard's list lengths, oldest claim and running totals.
+pub struct Depths {
+    pub pending: u64,
+    pub processing: u64,
+    pub dead: u64,
+    pub oldest_claim_age_ms: Option<u64>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Reads one shard's depths in one round trip.
+pub async fn depths(queue: &Queue) -> Result<Depths> {
     let keys = queue.keys();
     let mut conn = queue.conn();
     let (pending, processing, dead, oldest, counters, time): (
@@ -52,22 +93,9 @@ pub async fn collect(queue: &Queue, ledger: &Ledger) -> Result<Stats> {
     .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
     let vt_ms = crate::queue::millis(queue.visibility_timeout());
+    // a claim's deadline is its last claim or renewal plus the visibility timeout
     let oldest_claim_age_ms = oldest
         .first()
         .map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)));
-    let live_workers = heartbeat::live_workers(queue).await?;
-    let throughput = live_workers.iter().map(|w| w.rate).sum();
-    let report = check::check(queue, ledger).await?;
-    Ok(Stats {
-        queue: keys.prefix().to_string(),
-        pending,
-        processing,
-        dead,
-        oldest_claim_age_ms,
-        live_workers,
-        throughput,
-        counters,
-        consistent: report.is_consistent(),
-        products: report.products,
-    })
+    Ok(Depths { pending, processing, dead, oldest_claim_age_ms, counters })
 }

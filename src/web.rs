@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result, bounded};
 use crate::health::{self, Health};
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::telemetry::metrics as m;
 
@@ -41,13 +41,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn post_reserve(State(queue): State<Queue>, body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>) -> Response {
+async fn post_reserve(State(shards): State<Shards>, body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>) -> Response {
     let axum::Json(req) = match body {
         Ok(req) => req,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
     let event_id = req.event_id.unwrap_or_else(new_event_id);
-    match reserve(&queue, req.product_id, req.qty, &event_id).await {
+    if let Err(e) = crate::event::validate_product_id(req.product_id) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    match reserve(shards.for_product(req.product_id), req.product_id, req.qty, &event_id).await {
         Ok(Reservation::Reserved { event_id, seq, remaining }) => (
             StatusCode::CREATED,
             axum::Json(json!({ "event_id": event_id, "seq": seq, "remaining": remaining })),
@@ -67,10 +70,11 @@ async fn post_reserve(State(queue): State<Queue>, body: std::result::Result<axum
     }
 }
 
-async fn get_stock(State(queue): State<Queue>, Path(id): Path<String>) -> Response {
+async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Response {
     let Some(product_id) = id.parse::<i64>().ok().filter(|p| *p > 0) else {
         return error(StatusCode::BAD_REQUEST, format!("product id {id:?} is not a positive integer"));
     };
+    let queue = shards.for_product(product_id);
     let mut conn = queue.conn();
     match bounded("redis (stock)", CALL_TIMEOUT, conn.get::<_, Option<i64>>(queue.keys().stock(product_id))).await {
         Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
@@ -83,20 +87,20 @@ async fn get_stock(State(queue): State<Queue>, Path(id): Path<String>) -> Respon
 }
 
 /// The whole front door.
-pub fn router(queue: Queue, ledger: Ledger) -> Router {
-    let health = Health { queue: queue.clone(), ledger, metrics: m::install() };
+pub fn router(shards: Shards, ledger: Ledger) -> Router {
+    let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
     Router::new()
         .route("/reserve", post(post_reserve))
         .route("/stock/{id}", get(get_stock))
-        .with_state(queue)
+        .with_state(shards)
         .merge(health::routes(health))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics") })
 }
 
 /// Serves the front door on `port` until `shutdown`.
-pub async fn run(port: u16, queue: Queue, ledger: Ledger, shutdown: CancellationToken) -> Result<()> {
-    let sampler = tokio::spawn(health::sample_queue(queue.clone(), shutdown.clone()));
-    let served = health::serve(port, router(queue, ledger), shutdown).await;
+pub async fn run(port: u16, shards: Shards, ledger: Ledger, shutdown: CancellationToken) -> Result<()> {
+    let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
+    let served = health::serve(port, router(shards, ledger), shutdown).await;
     let _ = sampler.await;
     served
 }

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
 use crate::ledger::{Ledger, Outcome};
-use crate::queue::{Entry, Queue, Settlement, Waiter};
+use crate::queue::{Entry, Queue, Settlement, Shards, Waiter};
 use crate::telemetry::metrics as m;
 
 pub const DEFAULT_BATCH: usize = 100;
@@ -36,6 +36,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 /// entries are handed back to pending. Well within a platform's 30 s stop grace.
 pub const DRAIN_RETRY: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 5000;
+/// The shortest BLMOVE wait when the wait is shared among shards.
+const MIN_SHARD_WAIT: Duration = Duration::from_millis(100);
 const MAX_CONCURRENCY: usize = 256;
 
 #[derive(Debug, Clone)]
@@ -116,17 +118,26 @@ pub enum StepOutcome {
 /// A worker process: `concurrency` claim/apply loops over one queue.
 #[derive(Clone)]
 pub struct Worker {
-    queue: Queue,
+    shards: Shards,
     ledger: Ledger,
     options: WorkerOptions,
+    /// The shard the next step starts from: rotating it keeps the shards fairly served.
+    cursor: Arc<std::sync::atomic::AtomicUsize>,
     id: Arc<str>,
     totals: Arc<Totals>,
 }
 
 impl Worker {
-    pub fn new(queue: Queue, ledger: Ledger, options: WorkerOptions) -> Result<Worker> {
+    pub fn new(shards: impl Into<Shards>, ledger: Ledger, options: WorkerOptions) -> Result<Worker> {
         options.validate()?;
-        Ok(Worker { queue, ledger, options, id: worker_id().into(), totals: Arc::default() })
+        Ok(Worker {
+            shards: shards.into(),
+            ledger,
+            options,
+            cursor: Arc::default(),
+            id: worker_id().into(),
+            totals: Arc::default(),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -143,11 +154,12 @@ impl Worker {
             worker = %self.id,
             concurrency = self.options.concurrency,
             batch = self.options.batch,
-            queue = self.queue.keys().prefix(),
+            queue = self.shards.first().keys().prefix(),
+            shards = self.shards.len(),
             "worker started"
         );
         let heartbeat = tokio::spawn(crate::heartbeat::run(
-            self.queue.clone(),
+            self.shards.first().clone(),
             self.id.to_string(),
             self.totals.clone(),
             shutdown.clone(),
@@ -184,7 +196,7 @@ impl Worker {
         let mut backoff = Backoff::new();
         while !shutdown.is_cancelled() {
             if waiter.is_none() {
-                match self.queue.waiter().await {
+                match self.shards.first().waiter().await {
                     Ok(w) => {
                         waiter = Some(w);
                         metrics::counter!(m::RECONNECTS).increment(1);
@@ -213,33 +225,40 @@ impl Worker {
         }
     }
 
-    /// Claims one batch (waiting on `waiter` if pending is empty), applies and settles it.
+    /// Claims one batch (waiting on `waiter` if every shard is empty), applies and settles it.
+    ///
+    /// Each step starts from the next shard in turn and takes the first non-empty one; when
+    /// all are empty it blocks on the starting shard, for a share of the wait, so an event on
+    /// any shard waits at most about [`WorkerOptions::wait`] for a blocked consumer.
     pub async fn step(&self, waiter: Option<&mut Waiter>, shutdown: &CancellationToken) -> Result<StepOutcome> {
-        let started = Instant::now();
-        let mut claim = self.queue.claim(self.options.batch, None).await?;
-        add_elapsed(&self.totals.claim_us, started);
-        if claim.entries.is_empty() {
-            let Some(waiter) = waiter else { return Ok(StepOutcome::Idle) };
-            if shutdown.is_cancelled() {
-                return Ok(StepOutcome::Idle);
-            }
-            // Not raced against shutdown: once BLMOVE has moved an entry we own it, and the
-            // wait is short.
-            match self.queue.wait_for_entry(waiter, self.options.wait).await? {
-                Some(entry) => {
-                    let started = Instant::now();
-                    claim = self.queue.claim(self.options.batch, Some(entry)).await?;
-                    add_elapsed(&self.totals.claim_us, started);
-                }
-                None => return Ok(StepOutcome::Idle),
+        let shards = self.shards.all();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % shards.len();
+        for k in 0..shards.len() {
+            let queue = &shards[(start + k) % shards.len()];
+            let started = Instant::now();
+            let claim = queue.claim(self.options.batch, None).await?;
+            add_elapsed(&self.totals.claim_us, started);
+            if !claim.entries.is_empty() {
+                return Ok(StepOutcome::Batch(self.process(queue, claim.entries, shutdown).await?));
             }
         }
-        let report = self.process(claim.entries, shutdown).await?;
-        Ok(StepOutcome::Batch(report))
+        let Some(waiter) = waiter else { return Ok(StepOutcome::Idle) };
+        if shutdown.is_cancelled() {
+            return Ok(StepOutcome::Idle);
+        }
+        let queue = &shards[start];
+        let wait = (self.options.wait / shards.len() as u32).max(MIN_SHARD_WAIT.min(self.options.wait));
+        // Not raced against shutdown: once BLMOVE has moved an entry we own it, and the wait
+        // is short.
+        let Some(entry) = queue.wait_for_entry(waiter, wait).await? else { return Ok(StepOutcome::Idle) };
+        let started = Instant::now();
+        let claim = queue.claim(self.options.batch, Some(entry)).await?;
+        add_elapsed(&self.totals.claim_us, started);
+        Ok(StepOutcome::Batch(self.process(queue, claim.entries, shutdown).await?))
     }
 
-    /// Validates, applies and settles claimed entries.
-    pub async fn process(&self, entries: Vec<Entry>, shutdown: &CancellationToken) -> Result<BatchReport> {
+    /// Validates, applies and settles entries claimed from `queue`.
+    pub async fn process(&self, queue: &Queue, entries: Vec<Entry>, shutdown: &CancellationToken) -> Result<BatchReport> {
         let mut report = BatchReport { claimed: entries.len(), ..Default::default() };
         let mut settlement = Settlement::default();
         let mut events = Vec::with_capacity(entries.len());
@@ -258,7 +277,7 @@ impl Worker {
         }
 
         let started = Instant::now();
-        let applied = self.apply_holding(&entries, &events, shutdown).await?;
+        let applied = self.apply_holding(queue, &entries, &events, shutdown).await?;
         add_elapsed(&self.totals.apply_us, started);
         metrics::histogram!(m::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_SIZE).record(entries.len() as f64);
@@ -266,7 +285,7 @@ impl Worker {
             Some(outcomes) => outcomes,
             None => {
                 // stopping, and MySQL out of reach: hand everything back, invalid ones too
-                report.released = self.queue.release(&entries).await?;
+                report.released = queue.release(&entries).await?;
                 tracing::warn!(released = report.released, "MySQL unreachable at shutdown; entries handed back to pending");
                 return Ok(report);
             }
@@ -309,7 +328,7 @@ impl Worker {
         .collect();
 
         let started = Instant::now();
-        let settled = self.settle_holding(&entries, &settlement).await?;
+        let settled = self.settle_holding(queue, &entries, &settlement).await?;
         add_elapsed(&self.totals.settle_us, started);
         report.acknowledged = settled.acknowledged;
         metrics::counter!(m::APPLIED).increment(report.applied);
@@ -332,6 +351,7 @@ impl Worker {
     /// `None` when stopping and MySQL stayed out of reach for [`DRAIN_RETRY`].
     async fn apply_holding(
         &self,
+        queue: &Queue,
         entries: &[Entry],
         events: &[Event],
         shutdown: &CancellationToken,
@@ -359,17 +379,17 @@ impl Worker {
                 }
             }
         };
-        self.while_renewing(entries, attempt).await
+        self.while_renewing(queue, entries, attempt).await
     }
 
     /// Settles the batch, retrying transient Redis failures for about one visibility timeout;
     /// past that the claims have expired anyway and the redelivery will settle it.
-    async fn settle_holding(&self, entries: &[Entry], settlement: &Settlement) -> Result<crate::queue::Settled> {
-        let give_up = Instant::now() + self.queue.visibility_timeout();
+    async fn settle_holding(&self, queue: &Queue, entries: &[Entry], settlement: &Settlement) -> Result<crate::queue::Settled> {
+        let give_up = Instant::now() + queue.visibility_timeout();
         let mut backoff = Backoff::new();
         let attempt = async {
             loop {
-                match self.queue.settle(settlement).await {
+                match queue.settle(settlement).await {
                     Ok(settled) => return Ok(settled),
                     Err(e) if e.is_transient() && Instant::now() < give_up => {
                         backoff.log(&e, "acknowledgement failed; retrying");
@@ -379,20 +399,20 @@ impl Worker {
                 }
             }
         };
-        self.while_renewing(entries, attempt).await
+        self.while_renewing(queue, entries, attempt).await
     }
 
     /// Drives `work` while renewing the claims of `entries` every third of the visibility
     /// timeout, so a slow but live worker keeps what it holds.
-    async fn while_renewing<T>(&self, entries: &[Entry], work: impl Future<Output = T>) -> T {
-        let period = self.queue.visibility_timeout() / 3;
+    async fn while_renewing<T>(&self, queue: &Queue, entries: &[Entry], work: impl Future<Output = T>) -> T {
+        let period = queue.visibility_timeout() / 3;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tokio::pin!(work);
         loop {
             tokio::select! {
                 done = &mut work => return done,
                 _ = tick.tick() => {
-                    if let Err(e) = self.queue.renew(entries).await {
+                    if let Err(e) = queue.renew(entries).await {
                         tracing::warn!(error = %e, "could not renew claims");
                     }
                 }

@@ -17,23 +17,22 @@
 //! reconnecting). A blocking BLMOVE would stall everything queued behind it on that
 //! connection, so every consumer loop waits on its own [`Waiter`] connection instead.
 
+pub mod conn;
 pub mod keys;
 pub mod scripts;
+pub mod shards;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
-
+pub use conn::{Conn, Endpoint};
 pub use keys::Keys;
+pub use shards::Shards;
 
 use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
 
 /// How long an ordinary Redis call may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Every Redis command stockq sends, directly or from its scripts. A Redis ACL user limited
 /// to these and to one queue's keys runs every stockq command on that queue:
@@ -53,15 +52,15 @@ pub type Entry = Vec<u8>;
 #[derive(Clone)]
 pub struct Queue {
     keys: Keys,
-    client: Client,
-    conn: ConnectionManager,
+    endpoint: Endpoint,
+    conn: Conn,
     visibility_timeout: Duration,
     max_attempts: u32,
 }
 
 /// A dedicated connection for one consumer's blocking wait.
 pub struct Waiter {
-    conn: MultiplexedConnection,
+    conn: Conn,
 }
 
 /// A batch of entries just claimed.
@@ -122,29 +121,20 @@ impl Queue {
     /// Connects to Redis and checks that it answers.
     pub async fn connect(settings: &Settings) -> Result<Queue> {
         crate::config::install_tls_provider();
-        let client = Client::open(settings.redis_url.expose()).map_err(|e| {
-            Error::usage(format!("REDIS_URL {} is not usable: {e}", settings.redis_url))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = bounded(
-            "redis (connect)",
-            CONNECT_TIMEOUT * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|e| describe_connect_error(e, settings))?;
+        let endpoint = Endpoint::open(&settings.redis_url)?;
+        let conn = endpoint.shared(CALL_TIMEOUT).await.map_err(|e| describe_connect_error(e, settings))?;
         Ok(Queue {
             keys: Keys::new(&settings.queue),
-            client,
+            endpoint,
             conn,
             visibility_timeout: settings.visibility_timeout,
             max_attempts: settings.max_attempts,
         })
+    }
+
+    /// The same connection, for another queue's keys (a shard).
+    pub fn with_keys(&self, keys: Keys) -> Queue {
+        Queue { keys, ..self.clone() }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -152,7 +142,7 @@ impl Queue {
     }
 
     /// A clone of the shared connection (cheap: it is multiplexed).
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -167,16 +157,7 @@ impl Queue {
     /// Opens a dedicated connection for BLMOVE. It has no response timeout of its own: the
     /// wait is bounded by BLMOVE's timeout argument and by [`Queue::wait_for_entry`].
     pub async fn waiter(&self) -> Result<Waiter> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(None);
-        let conn = bounded(
-            "redis (connect)",
-            CONNECT_TIMEOUT * 2,
-            self.client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await?;
-        Ok(Waiter { conn })
+        Ok(Waiter { conn: self.endpoint.blocking().await? })
     }
 
     /// Blocks up to `wait` for an entry, moving it into processing (BLMOVE RIGHT LEFT).

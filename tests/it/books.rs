@@ -52,10 +52,10 @@ async fn check_under_live_load(hot: bool, rate: Option<u64>) {
         workers.push(tokio::spawn(async move { worker.run(token).await }));
     }
     let producer = {
-        let queue = env.queue.clone();
+        let shards = env.shards();
         tokio::spawn(async move {
             produce(
-                &queue,
+                &shards,
                 &ProduceOptions {
                     events,
                     products,
@@ -73,7 +73,7 @@ async fn check_under_live_load(hot: bool, rate: Option<u64>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let (mut checks, mut under_load) = (0, 0);
     loop {
-        let report = check(&env.queue, &env.ledger).await.expect("check runs");
+        let report = check(&env.shards(), &env.ledger).await.expect("check runs");
         let drifts: Vec<_> = report.drifts().collect();
         assert!(
             drifts.is_empty(),
@@ -184,7 +184,7 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
         (4, 3)
     );
 
-    let report = check(&env.queue, &env.ledger).await.unwrap();
+    let report = check(&env.shards(), &env.ledger).await.unwrap();
     assert!(
         report.is_consistent(),
         "{:?}",
@@ -209,7 +209,7 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
         .await
         .unwrap();
 
-    let report = check(&env.queue, &env.ledger).await.unwrap();
+    let report = check(&env.shards(), &env.ledger).await.unwrap();
     let drifts: Vec<_> = report.drifts().map(|p| (p.product_id, p.delta)).collect();
     assert_eq!(drifts, vec![(3, 5), (4, -7)]);
     let p3 = books_of(&report.products, 3);
@@ -275,7 +275,7 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
 
     // Settle what is in flight: the stalled worker finishes, the rest drains.
     let token = CancellationToken::new();
-    let late = env.worker(10).process(held, &token).await.unwrap();
+    let late = env.worker(10).process(&env.queue, held, &token).await.unwrap();
     assert_eq!(
         (late.applied, late.redelivered, late.acknowledged),
         (2, 1, 3)
@@ -368,7 +368,7 @@ async fn dead_letter_requeued_after_the_product_exists_is_applied() {
     );
     // The hand-pushed event says its unit was taken from Redis, which never happened (there
     // was no stock key): the check counts it in flight, so Redis shows exactly 1 too many.
-    let report = check(&env.queue, &env.ledger).await.unwrap();
+    let report = check(&env.shards(), &env.ledger).await.unwrap();
     let p = books_of(&report.products, 77);
     assert_eq!((p.in_flight, p.delta), (1, 1));
 
@@ -386,7 +386,7 @@ async fn dead_letter_requeued_after_the_product_exists_is_applied() {
         Some(5),
         "applying never touches Redis"
     );
-    let report = check(&env.queue, &env.ledger).await.unwrap();
+    let report = check(&env.shards(), &env.ledger).await.unwrap();
     let p = books_of(&report.products, 77);
     assert_eq!((p.in_flight, p.delta), (0, 1), "the same +1, now settled");
 
@@ -463,7 +463,7 @@ async fn dead_drop_gives_stock_back_exactly_once() {
     // The worker that held the last delivery (hung past every claim) finally settles it: the
     // drop's rejected row wins, nothing is deducted and nothing given back a second time.
     let token = CancellationToken::new();
-    let late = env.worker(10).process(held, &token).await.unwrap();
+    let late = env.worker(10).process(&env.queue, held, &token).await.unwrap();
     assert_eq!(
         (late.applied, late.redelivered, late.acknowledged),
         (0, 1, 0),
@@ -490,7 +490,7 @@ async fn dead_drop_after_a_late_apply_gives_nothing_back() {
     assert_eq!(env.janitor().recover().await.unwrap().dead_lettered, 1);
 
     let token = CancellationToken::new();
-    let late = env.worker(10).process(claim.entries, &token).await.unwrap();
+    let late = env.worker(10).process(&env.queue, claim.entries, &token).await.unwrap();
     assert_eq!((late.applied, late.acknowledged), (1, 0), "{late:?}");
     assert_eq!(
         env.len("dead").await,
@@ -501,7 +501,7 @@ async fn dead_drop_after_a_late_apply_gives_nothing_back() {
         (env.mysql_stock(6).await, env.redis_stock(6).await),
         (6, Some(6))
     );
-    let report = check(&env.queue, &env.ledger).await.unwrap();
+    let report = check(&env.shards(), &env.ledger).await.unwrap();
     let p = books_of(&report.products, 6);
     assert_eq!(
         (p.in_flight, p.delta),

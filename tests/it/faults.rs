@@ -345,6 +345,50 @@ async fn wait_drained(env: &TestEnv, within: Duration) {
     .await;
 }
 
+/// Each worker's heartbeat, by pid, once every one of `pids` has announced itself after
+/// `after_ms` (unix ms): (pid → events applied).
+async fn heartbeats_after(env: &TestEnv, pids: &[u32], after_ms: u64) -> HashMap<u32, u64> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let beats = stockq::heartbeat::live_workers(&env.queue).await.expect("heartbeats");
+        let applied: HashMap<u32, u64> =
+            beats.iter().filter(|b| b.seen_at > after_ms).map(|b| (b.pid, b.applied)).collect();
+        if pids.iter().all(|p| applied.contains_key(p)) {
+            return applied;
+        }
+        assert!(Instant::now() < deadline, "no fresh heartbeat from every worker within 15s: {beats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A worker process can be alive with its consumer loops gone: proves that each one still
+/// applies events. With the queue drained, reads every worker's settled total from a fresh
+/// heartbeat, reserves more (slowly, so that each blocked consumer in turn gets some) until
+/// every worker's total has grown, and drains again.
+async fn assert_every_worker_still_applies(env: &TestEnv, tally: &Tally, products: i64, pids: &[u32]) {
+    wait_drained(env, Duration::from_secs(60)).await;
+    let before = heartbeats_after(env, pids, now_ms()).await;
+    let stop = AtomicBool::new(false);
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = heartbeats_after(env, pids, 0).await;
+            if pids.iter().all(|p| now[p] > before[p]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not every worker applied new events within 30s: {before:?} → {now:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(watch, tally.produce_until(env, products, 1, Duration::from_millis(10), &stop));
+    wait_drained(env, Duration::from_secs(60)).await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Redis SIGKILLed twice and restarted under load.
 
@@ -413,6 +457,8 @@ async fn redis_sigkilled_twice_loses_nothing_and_applies_nothing_twice() {
     for p in &mut procs {
         p.assert_alive();
     }
+    let pids: Vec<u32> = procs[1..].iter().map(|w| w.pid).collect();
+    assert_every_worker_still_applies(&env, &tally, PRODUCTS, &pids).await;
 
     let landed = assert_exact_books(&env, &tally, PRODUCTS, INITIAL).await;
     println!(
@@ -539,6 +585,8 @@ async fn mysql_connections_killed_under_a_backlog() {
     for p in &mut procs {
         p.assert_alive();
     }
+    let pids: Vec<u32> = procs[1..].iter().map(|w| w.pid).collect();
+    assert_every_worker_still_applies(&env, &tally, PRODUCTS, &pids).await;
     assert_eq!(assert_exact_books(&env, &tally, PRODUCTS, INITIAL).await, 0);
     println!("mysql kills: {killed} connections killed in {rounds} rounds; {} events reserved", tally.reserved());
     assert!(rounds >= MIN_ROUNDS && killed >= MIN_ROUNDS);

@@ -117,7 +117,7 @@ async fn produce_quietly(env: &TestEnv, events: u64, products: i64) -> stockq::p
         in_flight: 64,
         progress: false,
     };
-    produce(&env.queue, &options).await.expect("produce")
+    produce(&env.shards(), &options).await.expect("produce")
 }
 
 /// [`TestEnv::drain`], bounded as a whole (a step that keeps retrying must fail the test,

@@ -61,6 +61,11 @@ impl TestEnv {
         TestEnv { name, database, settings, queue, ledger, redis }
     }
 
+    /// The test's queue as the (single) shard set that workers, checks and producers take.
+    pub fn shards(&self) -> stockq::queue::Shards {
+        self.queue.clone().into()
+    }
+
     pub fn key(&self, suffix: &str) -> String {
         format!("{{{}}}:{suffix}", self.name)
     }
@@ -191,7 +196,7 @@ impl TestEnv {
 
     /// Asserts the stores agree for every product and the exact check finds no drift.
     pub async fn assert_books_balance(&self) {
-        let report = stockq::check::check(&self.queue, &self.ledger).await.unwrap();
+        let report = stockq::check::check(&self.shards(), &self.ledger).await.unwrap();
         let drifts: Vec<_> = report.drifts().collect();
         assert!(drifts.is_empty(), "drift: {drifts:?}");
     }

@@ -67,7 +67,7 @@ async fn chaos_sigkilled_workers_lose_nothing_and_apply_nothing_twice() {
     };
     let producer = async {
         let report = produce(
-            &env.queue,
+            &env.shards(),
             &ProduceOptions {
                 events: EVENTS,
                 products: PRODUCTS,
@@ -287,7 +287,7 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
     assert_eq!((r.requeued, r.adopted, r.dead_lettered), (0, 0, 0));
 
     // Still a reservation: Redis 8 == MySQL 10 − 2 in flight.
-    let report = stockq::check::check(&env.queue, &env.ledger).await.unwrap();
+    let report = stockq::check::check(&env.shards(), &env.ledger).await.unwrap();
     let p = report.products.iter().find(|p| p.product_id == 1).unwrap();
     assert_eq!(
         (p.redis, p.mysql, p.in_flight, p.delta),
@@ -333,12 +333,12 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
 
     let (first, second) = if old_holder_first {
         (
-            old.process(slow.entries.clone(), &token).await.unwrap(),
-            new.process(again.entries, &token).await.unwrap(),
+            old.process(&env.queue, slow.entries.clone(), &token).await.unwrap(),
+            new.process(&env.queue, again.entries, &token).await.unwrap(),
         )
     } else {
-        let a = new.process(again.entries, &token).await.unwrap();
-        (a, old.process(slow.entries.clone(), &token).await.unwrap())
+        let a = new.process(&env.queue, again.entries, &token).await.unwrap();
+        (a, old.process(&env.queue, slow.entries.clone(), &token).await.unwrap())
     };
     if reject {
         assert_eq!(
