@@ -29,8 +29,14 @@ case "$cmd" in
     nodes=$(for p in $ports; do printf '127.0.0.1:%s ' "$p"; done)
     # shellcheck disable=SC2086
     redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1
-    for _ in $(seq 1 100); do
-      redis-cli -p "$base" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    # ready when the cluster is ok and every node sees the three replicas
+    for _ in $(seq 1 200); do
+      ready=yes
+      for p in $ports; do
+        redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ready=no
+        [ "$(redis-cli -p "$p" cluster nodes 2>/dev/null | grep -c slave)" = 3 ] || ready=no
+      done
+      [ $ready = yes ] && break
       sleep 0.1
     done
     echo "$(for p in $ports; do printf 'redis://127.0.0.1:%s,' "$p"; done)" | sed 's/,$//'

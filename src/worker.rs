@@ -407,13 +407,14 @@ impl Worker {
     async fn while_renewing<T>(&self, queue: &Queue, entries: &[Entry], work: impl Future<Output = T>) -> T {
         let period = queue.visibility_timeout() / 3;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut renewals = Backoff::new();
         tokio::pin!(work);
         loop {
             tokio::select! {
                 done = &mut work => return done,
                 _ = tick.tick() => {
                     if let Err(e) = queue.renew(entries).await {
-                        tracing::warn!(error = %e, "could not renew claims");
+                        renewals.log(&e, "could not renew claims");
                     }
                 }
             }
@@ -421,12 +422,31 @@ impl Worker {
     }
 }
 
-/// Exponential backoff with rate-limited logging: the first failure and then one line every
-/// few seconds, so an outage is visible without flooding the log.
+/// Exponential backoff with rate-limited logging: one line per kind of failure every few
+/// seconds across the whole process (however many loops and batches fail at once), so an
+/// outage is visible without flooding the log.
 pub(crate) struct Backoff {
     delay: Duration,
     failures: u64,
-    last_log: Option<Instant>,
+}
+
+/// When each kind of failure (its message) was last logged, process-wide.
+static LAST_LOGGED: std::sync::Mutex<Vec<(&'static str, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether a line of this kind may be logged now (at most one every [`Backoff::LOG_EVERY`]).
+fn may_log(what: &'static str) -> bool {
+    let mut last = LAST_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    match last.iter_mut().find(|(kind, _)| *kind == what) {
+        Some((_, at)) if at.elapsed() < Backoff::LOG_EVERY => false,
+        Some((_, at)) => {
+            *at = Instant::now();
+            true
+        }
+        None => {
+            last.push((what, Instant::now()));
+            true
+        }
+    }
 }
 
 impl Backoff {
@@ -435,24 +455,24 @@ impl Backoff {
     const LOG_EVERY: Duration = Duration::from_secs(5);
 
     pub(crate) fn new() -> Self {
-        Backoff { delay: Self::MIN, failures: 0, last_log: None }
+        Backoff { delay: Self::MIN, failures: 0 }
     }
 
     pub(crate) fn reset(&mut self) {
         if self.failures > 0 {
-            tracing::info!(failures = self.failures, "recovered");
+            tracing::info!(failures = self.failures, "working again after failures");
         }
         *self = Backoff::new();
     }
 
-    pub(crate) fn log(&mut self, error: &Error, what: &str) {
+    /// Counts a failure and logs it, rate-limited per kind (`what`) across the process.
+    pub(crate) fn log(&mut self, error: &Error, what: &'static str) {
         self.failures += 1;
         if let Some(store) = error.store() {
             metrics::counter!(m::STORE_ERRORS, "store" => store).increment(1);
         }
-        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+        if may_log(what) {
             tracing::warn!(error = %error, failures = self.failures, "{what}");
-            self.last_log = Some(Instant::now());
         }
     }
 

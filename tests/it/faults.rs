@@ -201,7 +201,7 @@ async fn stop_all(test: &str, procs: Vec<Proc>) {
 }
 
 fn is_notable(line: &str) -> bool {
-    ["WARN", "ERROR", "recovered", "stopped", "started"].iter().any(|w| line.contains(w))
+    ["WARN", "ERROR", "recovered", "working again", "stopped", "started"].iter().any(|w| line.contains(w))
 }
 
 fn strip_ansi(line: &str) -> String {

@@ -63,7 +63,7 @@ impl TestEnv {
 
     /// The test's queue as the (single) shard set that workers, checks and producers take.
     pub fn shards(&self) -> stockq::queue::Shards {
-        self.queue.clone().into()
+        stockq::queue::Shards::over(self.queue.clone(), &self.name, self.settings.shards)
     }
 
     pub fn key(&self, suffix: &str) -> String {
@@ -80,6 +80,7 @@ impl TestEnv {
             ("STOCKQ_MAX_ATTEMPTS", self.settings.max_attempts.to_string()),
             ("STOCKQ_JANITOR_INTERVAL", format!("{}ms", self.settings.janitor_interval.as_millis())),
             ("STOCKQ_CHECK_INTERVAL", format!("{}ms", self.settings.check_interval.as_millis())),
+            ("STOCKQ_SHARDS", self.settings.shards.to_string()),
             ("RUST_LOG", "warn".to_string()),
         ]
     }
@@ -361,6 +362,25 @@ impl TestEnv {
         })
         .await;
         env.redis = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        env
+    }
+}
+
+// ---- Helpers for cluster.rs: an environment on a local Redis Cluster. ----
+
+impl TestEnv {
+    /// Like [`TestEnv::with`], on the cluster whose nodes `url` lists (comma-separated).
+    /// `env.redis` is a plain connection to the first node, good for that node's keys only;
+    /// use `env.shards()` and stockq's own functions for the queue.
+    pub async fn with_cluster(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
+        let redis_url = stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis"]).expect("redis url");
+        let first = url.split(',').next().unwrap().to_string();
+        let mut env = Self::with(|s| {
+            s.redis_url = redis_url;
+            tweak(s);
+        })
+        .await;
+        env.redis = redis::Client::open(first).unwrap().get_multiplexed_async_connection().await.unwrap();
         env
     }
 }

@@ -9,4 +9,5 @@ mod helpers;
 mod books;
 mod recovery;
 mod security;
+mod cluster;
 mod faults;
