@@ -236,7 +236,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
         }
     }
     for table in ["stock_log", "stock_adjustments", "products"] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}")))
             .execute(ledger.pool())
             .await?;
     }
