@@ -76,7 +76,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     if args.events == 0 || args.single_events == 0 || args.workers == 0 {
         return Err(Error::usage("--events, --single-events and --workers must be at least 1"));
     }
-    crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }.validate()?;
+    crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }
+        .validate()?;
     let settings = crate::demo::own_settings(settings, BENCH_QUEUE, BENCH_DATABASE)?;
     ledger::migrate(&settings).await?;
     let shards = Shards::connect(&settings).await?;
@@ -90,7 +91,15 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
         );
         println!(
             "{:<8} {:>6} {:>8} {:>11} {:>22} {:>11} {:>9} {:>10} {:>8}",
-            "mode", "batch", "events", "reserve/s", "reserve p50/p99/p99.9", "applied/s", "cpu/event", "peak RSS", "books"
+            "mode",
+            "batch",
+            "events",
+            "reserve/s",
+            "reserve p50/p99/p99.9",
+            "applied/s",
+            "cpu/event",
+            "peak RSS",
+            "books"
         );
     }
     let modes: Vec<&'static str> = match args.mode.as_deref() {
@@ -124,7 +133,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
                     run.worker_peak_rss_kib,
                     if run.consistent { "balanced" } else { "DRIFT" },
                     match batched_rate {
-                        Some(rate) if batch == 1 => format!("  (batch {} is {:.1}x)", args.batch, rate / run.applied_per_s),
+                        Some(rate) if batch == 1 =>
+                            format!("  (batch {} is {:.1}x)", args.batch, rate / run.applied_per_s),
                         _ => String::new(),
                     }
                 );
@@ -186,7 +196,8 @@ async fn one_run(
     )
     .await?;
 
-    let exe = std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
     let started = Instant::now();
     let mut children = Vec::new();
     for _ in 0..args.workers {
@@ -268,11 +279,5 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
 /// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }

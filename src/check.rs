@@ -106,16 +106,17 @@ pub async fn check(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
 }
 
 /// One shard's check: its products, its snapshot, its sequence.
-async fn check_shard(queue: &Queue, ledger: &Ledger, ids: &[i64], floor: i64) -> Result<(Vec<ProductBooks>, i64)> {
+async fn check_shard(
+    queue: &Queue,
+    ledger: &Ledger,
+    ids: &[i64],
+    floor: i64,
+) -> Result<(Vec<ProductBooks>, i64)> {
     let snap = snapshot(queue, ids, floor).await?;
 
     // The events whose Redis stock is taken, by where they sit.
-    let mut held: Vec<Event> = snap
-        .pending
-        .iter()
-        .chain(&snap.processing)
-        .filter_map(|e| Event::parse(e).ok())
-        .collect();
+    let mut held: Vec<Event> =
+        snap.pending.iter().chain(&snap.processing).filter_map(|e| Event::parse(e).ok()).collect();
     held.extend(snap.dead.iter().filter_map(|raw| DeadLetter::parse(raw)?.event()));
     let event_ids: Vec<&str> = held.iter().map(|e| e.event_id.as_str()).collect();
     let books = ledger.read_books(snap.seq, &event_ids).await?;
@@ -197,7 +198,8 @@ async fn snapshot(queue: &Queue, product_ids: &[i64], floor: i64) -> Result<Snap
     }
     invocation.arg(floor);
     let mut conn = queue.conn();
-    let (seq, stocks, pending, processing, dead): (i64, Vec<Option<i64>>, Vec<Entry>, Vec<Entry>, Vec<Entry>) =
+    type Reply = (i64, Vec<Option<i64>>, Vec<Entry>, Vec<Entry>, Vec<Entry>);
+    let (seq, stocks, pending, processing, dead): Reply =
         bounded("redis (check snapshot)", CALL_TIMEOUT * 2, invocation.invoke_async(&mut conn)).await?;
     Ok(Snapshot { seq, stocks, pending, processing, dead })
 }

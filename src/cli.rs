@@ -251,11 +251,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     Ok(0)
                 }
                 Reservation::SoldOut { available } => {
-                    eprintln!("stockq: sold out: product {product} has {available} left, {qty} asked; nothing taken");
+                    eprintln!(
+                        "stockq: sold out: product {product} has {available} left, {qty} asked; nothing taken"
+                    );
                     Ok(EXIT_SOLD_OUT)
                 }
                 Reservation::UnknownProduct => {
-                    eprintln!("stockq: unknown product {product}: stock it first with `stockq stock set {product} <qty>`");
+                    eprintln!(
+                        "stockq: unknown product {product}: stock it first with `stockq stock set {product} <qty>`"
+                    );
                     Ok(EXIT_UNKNOWN_PRODUCT)
                 }
             }
@@ -298,10 +302,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Worker { concurrency, batch } => {
             let options = WorkerOptions { concurrency, batch, ..Default::default() };
             options.validate()?;
-            let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            let shutdown = crate::shutdown::install()
+                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
             let (shards, ledger) = connect(&settings, concurrency as u32 + 2).await?;
             tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
-            let ops = settings.port.map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
+            let ops = settings
+                .port
+                .map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
             let worker = Worker::new(shards, ledger, options)?;
             worker.run(shutdown.clone()).await?;
             if let Some(ops) = ops {
@@ -312,14 +319,22 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Janitor { once } => {
             let (shards, ledger) = connect(&settings, 3).await?;
-            let janitor = Janitor::new(shards.clone(), ledger.clone(), settings.janitor_interval, settings.check_interval);
+            let janitor = Janitor::new(
+                shards.clone(),
+                ledger.clone(),
+                settings.janitor_interval,
+                settings.check_interval,
+            );
             if once {
                 janitor.recover().await?;
                 let report = janitor.check().await?;
                 return Ok(if report.is_consistent() { 0 } else { 1 });
             }
-            let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let ops = settings.port.map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
+            let shutdown = crate::shutdown::install()
+                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            let ops = settings
+                .port
+                .map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
             janitor.run(shutdown).await?;
             if let Some(ops) = ops {
                 let _ = ops.await;
@@ -380,7 +395,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     let (moved, skipped) = dead::requeue(&shards, &sel.selection()).await?;
                     println!("requeued {moved}");
                     if skipped > 0 {
-                        println!("left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)");
+                        println!(
+                            "left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)"
+                        );
                     }
                 }
                 DeadCommand::Drop(sel) => {
@@ -393,9 +410,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Demo(args) => crate::demo::run(&settings, &args).await,
         Command::Serve => {
-            let shutdown = crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+            let shutdown = crate::shutdown::install()
+                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
             let (shards, ledger) = connect(&settings, 4).await?;
-            crate::web::run(settings.port.unwrap_or(crate::web::DEFAULT_PORT), shards, ledger, shutdown).await?;
+            crate::web::run(settings.port.unwrap_or(crate::web::DEFAULT_PORT), shards, ledger, shutdown)
+                .await?;
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(&settings, &args).await,

@@ -91,8 +91,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_args(args: &GlobalArgs) -> Result<Self> {
         let redis_url = SecretUrl::parse("REDIS_URL", &args.redis_url, &["redis", "rediss"])?;
-        let database_url =
-            SecretUrl::parse("DATABASE_URL", &args.database_url, &["mysql", "mariadb"])?;
+        let database_url = SecretUrl::parse("DATABASE_URL", &args.database_url, &["mysql", "mariadb"])?;
         validate_queue_name(&args.queue)?;
         if args.visibility_timeout < Duration::from_millis(100) {
             return Err(Error::usage(
@@ -172,15 +171,11 @@ pub fn install_tls_provider() {
 pub fn validate_queue_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(Error::usage(format!(
-            "bad queue name {name:?}: use 1 to 64 characters of [A-Za-z0-9._:-]"
-        )))
+        Err(Error::usage(format!("bad queue name {name:?}: use 1 to 64 characters of [A-Za-z0-9._:-]")))
     }
 }
 

@@ -38,10 +38,9 @@ pub async fn list(shards: &Shards) -> Result<Vec<(usize, DeadLetter)>> {
 fn select(letters: Vec<(usize, DeadLetter)>, which: &Selection) -> Result<Vec<(usize, DeadLetter)>> {
     let chosen: Vec<(usize, DeadLetter)> = match which {
         Selection::All => letters,
-        Selection::EventId(id) => letters
-            .into_iter()
-            .filter(|(_, d)| d.event().is_some_and(|e| &e.event_id == id))
-            .collect(),
+        Selection::EventId(id) => {
+            letters.into_iter().filter(|(_, d)| d.event().is_some_and(|e| &e.event_id == id)).collect()
+        }
     };
     if let Selection::EventId(id) = which
         && chosen.is_empty()
@@ -70,7 +69,8 @@ pub async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
             .key(queue.keys().pending())
             .arg(letter.raw.as_slice())
             .arg(letter.entry.as_slice());
-        let n: u64 = bounded("redis (dead requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        let n: u64 =
+            bounded("redis (dead requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
         moved += n;
     }
     Ok((moved, skipped))

@@ -76,7 +76,11 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
         let s = shutdown.clone();
         tokio::spawn(async move { j.run(s).await })
     };
-    println!("2. started a worker ({} loops, batches of {}) and a janitor in this process", crate::worker::DEFAULT_CONCURRENCY, crate::worker::DEFAULT_BATCH);
+    println!(
+        "2. started a worker ({} loops, batches of {}) and a janitor in this process",
+        crate::worker::DEFAULT_CONCURRENCY,
+        crate::worker::DEFAULT_BATCH
+    );
 
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("   {prefix:<9} [{bar:40}] {pos:>6}/{len:<6} {msg}")
@@ -162,7 +166,10 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     let report = check::check(&shards, &ledger).await?;
     let (log_applied, log_rows) = log_counts(&ledger).await?;
     println!("5. reconciliation:");
-    println!("   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}", "product", "stocked", "sold", "mysql", "redis", "in-flight", "books");
+    println!(
+        "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  books",
+        "product", "stocked", "sold", "mysql", "redis", "in-flight"
+    );
     for p in &report.products {
         let sold = args.stock - p.mysql;
         println!(
@@ -182,7 +189,9 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
             "   every reservation was applied exactly once ({log_rows} rows in stock_log) and \
              Redis == MySQL for every product."
         );
-        println!("   inspect it: redis-cli --scan --pattern '{{{DEMO_QUEUE}}}:*'; the demo data stays until the next run.");
+        println!(
+            "   inspect it: redis-cli --scan --pattern '{{{DEMO_QUEUE}}}:*'; the demo data stays until the next run."
+        );
         Ok(0)
     } else {
         println!(
@@ -194,7 +203,8 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
 
 fn show_applied(worker: &Worker, bar: &ProgressBar) {
     let t = worker.totals();
-    let settled = t.applied.load(std::sync::atomic::Ordering::Relaxed) + t.rejected.load(std::sync::atomic::Ordering::Relaxed);
+    let settled = t.applied.load(std::sync::atomic::Ordering::Relaxed)
+        + t.rejected.load(std::sync::atomic::Ordering::Relaxed);
     bar.set_position(settled.min(bar.length().unwrap_or(0)));
     bar.set_message(format!("in flight {}", bar.length().unwrap_or(0).saturating_sub(settled)));
 }
@@ -218,17 +228,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
         let k = queue.keys();
         let mut conn = queue.conn();
         let workers: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, conn.smembers(k.workers())).await?;
-        let mut keys = vec![
-            k.pending(),
-            k.processing(),
-            k.dead(),
-            k.claims(),
-            k.attempts(),
-            k.seq(),
-            k.counters(),
-            k.workers(),
-            k.alerts(),
-        ];
+        let mut keys = k.fixed().to_vec();
         keys.extend(workers.iter().map(|id| k.worker(id)));
         keys.extend(products.iter().map(|p| k.stock(*p)));
         for chunk in keys.chunks(1000) {
@@ -236,9 +236,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
         }
     }
     for table in ["stock_log", "stock_adjustments", "products"] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}")))
-            .execute(ledger.pool())
-            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}"))).execute(ledger.pool()).await?;
     }
     Ok(())
 }

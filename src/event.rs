@@ -32,8 +32,7 @@ impl Event {
             return Err(format!("entry is {} bytes; at most {MAX_ENTRY_BYTES} are allowed", entry.len()));
         }
         let text = std::str::from_utf8(entry).map_err(|_| "entry is not UTF-8".to_string())?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| format!("entry is not JSON: {e}"))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("entry is not JSON: {e}"))?;
         let Value::Object(fields) = value else {
             return Err("entry is not a JSON object".to_string());
         };
@@ -43,8 +42,8 @@ impl Event {
             Some(_) => return Err("event_id is not a string".to_string()),
         };
         validate_event_id(&event_id)?;
-        let product_id = integer_field(&fields, "product_id")?
-            .ok_or_else(|| "product_id is missing".to_string())?;
+        let product_id =
+            integer_field(&fields, "product_id")?.ok_or_else(|| "product_id is missing".to_string())?;
         validate_product_id(product_id)?;
         let qty = integer_field(&fields, "qty")?.ok_or_else(|| "qty is missing".to_string())?;
         validate_qty(qty)?;
@@ -61,19 +60,11 @@ pub fn validate_event_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_EVENT_ID_LEN
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]"))
-    }
+    if ok { Ok(()) } else { Err(format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]")) }
 }
 
 pub fn validate_product_id(product_id: i64) -> Result<(), String> {
-    if product_id > 0 {
-        Ok(())
-    } else {
-        Err(format!("product_id {product_id} is not a positive integer"))
-    }
+    if product_id > 0 { Ok(()) } else { Err(format!("product_id {product_id} is not a positive integer")) }
 }
 
 pub fn validate_qty(qty: i64) -> Result<(), String> {
@@ -108,8 +99,7 @@ pub fn dead_envelope(entry: &[u8], reason: &str, attempts: u64, failed_at_ms: u6
     match std::str::from_utf8(entry) {
         Ok(text) => envelope["entry"] = Value::String(text.to_string()),
         Err(_) => {
-            envelope["entry_base64"] =
-                Value::String(base64::engine::general_purpose::STANDARD.encode(entry))
+            envelope["entry_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(entry))
         }
     }
     envelope.to_string()

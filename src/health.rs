@@ -35,10 +35,7 @@ pub struct Health {
 
 /// The `/healthz` and `/metrics` routes.
 pub fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router<S> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .with_state(health)
+    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics_text)).with_state(health)
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -83,7 +80,12 @@ pub async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Re
 }
 
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
-pub fn spawn_ops(port: u16, shards: Shards, ledger: Ledger, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_ops(
+    port: u16,
+    shards: Shards,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
     let sampler = tokio::spawn(sample_queue(shards, shutdown.clone()));
     tokio::spawn(async move {

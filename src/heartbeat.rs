@@ -70,11 +70,7 @@ pub async fn run(queue: Queue, id: String, totals: Arc<Totals>, shutdown: Cancel
     let mut conn = queue.conn();
     let keys = queue.keys();
     let _ = bounded("redis (heartbeat)", CALL_TIMEOUT, async {
-        redis::pipe()
-            .del(keys.worker(&id))
-            .srem(keys.workers(), &id)
-            .query_async::<()>(&mut conn)
-            .await
+        redis::pipe().del(keys.worker(&id)).srem(keys.workers(), &id).query_async::<()>(&mut conn).await
     })
     .await;
 }

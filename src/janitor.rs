@@ -45,7 +45,12 @@ pub struct Janitor {
 }
 
 impl Janitor {
-    pub fn new(shards: impl Into<Shards>, ledger: Ledger, interval: Duration, check_interval: Duration) -> Self {
+    pub fn new(
+        shards: impl Into<Shards>,
+        ledger: Ledger,
+        interval: Duration,
+        check_interval: Duration,
+    ) -> Self {
         Janitor { shards: shards.into(), ledger, interval, check_interval, drifting: Default::default() }
     }
 
@@ -164,7 +169,8 @@ impl Janitor {
     fn publish_drift(&self, report: &CheckReport) {
         let drifting: Vec<i64> = report.drifts().map(|p| p.product_id).collect();
         metrics::gauge!(m::DRIFTING_PRODUCTS).set(drifting.len() as f64);
-        metrics::counter!(m::CHECKS, "result" => if drifting.is_empty() { "consistent" } else { "drift" }).increment(1);
+        metrics::counter!(m::CHECKS, "result" => if drifting.is_empty() { "consistent" } else { "drift" })
+            .increment(1);
         let mut last = self.drifting.lock().unwrap_or_else(|e| e.into_inner());
         for id in last.iter().filter(|id| !drifting.contains(id)) {
             metrics::gauge!(m::DRIFT_UNITS, "product_id" => id.to_string()).set(0.0);

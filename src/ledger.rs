@@ -171,9 +171,8 @@ impl Ledger {
     /// is already settled: the transaction is rolled back and [`Self::apply_checked`] runs.
     async fn apply_fresh(&self, events: &[Event]) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO stock_log (event_id, product_id, qty, status, seq) ",
-        );
+        let mut q =
+            QueryBuilder::<MySql>::new("INSERT INTO stock_log (event_id, product_id, qty, status, seq) ");
         q.push_values(events, |mut row, event| {
             row.push_bind(event.event_id.clone())
                 .push_bind(event.product_id)
@@ -210,9 +209,8 @@ impl Ledger {
             });
         }
         if !rejected.is_empty() {
-            let mut q = QueryBuilder::<MySql>::new(
-                "UPDATE stock_log SET status = 'rejected' WHERE event_id IN (",
-            );
+            let mut q =
+                QueryBuilder::<MySql>::new("UPDATE stock_log SET status = 'rejected' WHERE event_id IN (");
             push_list(&mut q, rejected.into_iter());
             q.push(")");
             q.build().execute(&mut *tx).await?;
@@ -267,9 +265,8 @@ impl Ledger {
         }
 
         if !new_rows.is_empty() {
-            let mut q = QueryBuilder::<MySql>::new(
-                "INSERT INTO stock_log (event_id, product_id, qty, status, seq) ",
-            );
+            let mut q =
+                QueryBuilder::<MySql>::new("INSERT INTO stock_log (event_id, product_id, qty, status, seq) ");
             q.push_values(&new_rows, |mut row, (event, status)| {
                 row.push_bind(event.event_id.clone())
                     .push_bind(event.product_id)
@@ -305,10 +302,9 @@ impl Ledger {
             let row = read_settled(&mut tx, std::iter::once(event.event_id.as_str())).await?;
             tx.commit().await?;
             let row = row.get(&event.event_id).copied();
-            Ok::<_, sqlx::Error>(match row {
-                Some(Settled { status: Status::Applied, seq }) if seq == event.seq => false,
-                _ => true,
-            })
+            // applied by an earlier delivery of this very reservation: nothing to give back
+            let applied = matches!(row, Some(Settled { status: Status::Applied, seq }) if seq == event.seq);
+            Ok::<_, sqlx::Error>(!applied)
         })
         .await
     }
@@ -316,9 +312,7 @@ impl Ledger {
     /// All product ids, ascending.
     pub async fn product_ids(&self) -> Result<Vec<i64>> {
         bounded("mysql (products)", CALL_TIMEOUT, async {
-            sqlx::query_scalar::<_, i64>("SELECT id FROM products ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
+            sqlx::query_scalar::<_, i64>("SELECT id FROM products ORDER BY id").fetch_all(&self.pool).await
         })
         .await
     }
@@ -388,9 +382,8 @@ async fn lock_products(
     events: &[Event],
 ) -> Result<HashMap<i64, i64>, sqlx::Error> {
     let products: BTreeSet<i64> = events.iter().map(|e| e.product_id).collect();
-    let mut q = QueryBuilder::<MySql>::new(
-        "SELECT id, stock FROM products FORCE INDEX (PRIMARY) WHERE id IN (",
-    );
+    let mut q =
+        QueryBuilder::<MySql>::new("SELECT id, stock FROM products FORCE INDEX (PRIMARY) WHERE id IN (");
     push_list(&mut q, products.into_iter());
     q.push(") ORDER BY id FOR UPDATE");
     Ok(q.build_query_as::<(i64, i64)>().fetch_all(&mut **tx).await?.into_iter().collect())
@@ -499,9 +492,10 @@ pub async fn migrate(settings: &Settings) -> Result<()> {
     .map_err(|e| describe_connect_error(e, settings))?;
 
     let options = connect_options(settings)?;
-    let mut conn = bounded("mysql (connect)", Duration::from_secs(8), sqlx::MySqlConnection::connect_with(&options))
-        .await
-        .map_err(|e| describe_connect_error(e, settings))?;
+    let mut conn =
+        bounded("mysql (connect)", Duration::from_secs(8), sqlx::MySqlConnection::connect_with(&options))
+            .await
+            .map_err(|e| describe_connect_error(e, settings))?;
     sqlx::migrate!("./migrations").run(&mut conn).await?;
     let _ = conn.close().await;
     Ok(())
@@ -521,9 +515,6 @@ fn describe_connect_error(e: Error, settings: &Settings) -> Error {
     };
     match e {
         Error::Usage(_) => e,
-        _ => Error::Refused(format!(
-            "cannot use MySQL at {} ({message}); {hint}",
-            settings.database_url
-        )),
+        _ => Error::Refused(format!("cannot use MySQL at {} ({message}); {hint}", settings.database_url)),
     }
 }

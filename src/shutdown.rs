@@ -17,11 +17,17 @@ pub fn install() -> std::io::Result<CancellationToken> {
     let cancel = token.clone();
     tokio::spawn(async move {
         if let Some(signal) = signals.next().await {
-            tracing::info!(signal = signal_name(signal), "stopping: finishing what is held (signal again to exit at once)");
+            tracing::info!(
+                signal = signal_name(signal),
+                "stopping: finishing what is held (signal again to exit at once)"
+            );
             cancel.cancel();
         }
         if let Some(signal) = signals.next().await {
-            eprintln!("stockq: second {} received, exiting at once; held entries will be re-queued by the janitor", signal_name(signal));
+            eprintln!(
+                "stockq: second {} received, exiting at once; held entries will be re-queued by the janitor",
+                signal_name(signal)
+            );
             std::process::exit(1);
         }
     });

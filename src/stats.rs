@@ -72,30 +72,24 @@ pub struct Depths {
 pub async fn depths(queue: &Queue) -> Result<Depths> {
     let keys = queue.keys();
     let mut conn = queue.conn();
-    let (pending, processing, dead, oldest, counters, time): (
-        u64,
-        u64,
-        u64,
-        Vec<(Vec<u8>, f64)>,
-        BTreeMap<String, u64>,
-        (u64, u64),
-    ) = bounded("redis (stats)", CALL_TIMEOUT, async {
-        redis::pipe()
-            .llen(keys.pending())
-            .llen(keys.processing())
-            .llen(keys.dead())
-            .zrange_withscores(keys.claims(), 0, 0)
-            .hgetall(keys.counters())
-            .cmd("TIME")
-            .query_async(&mut conn)
-            .await
-    })
-    .await?;
+    type Reply = (u64, u64, u64, Vec<(Vec<u8>, f64)>, BTreeMap<String, u64>, (u64, u64));
+    let (pending, processing, dead, oldest, counters, time): Reply =
+        bounded("redis (stats)", CALL_TIMEOUT, async {
+            redis::pipe()
+                .llen(keys.pending())
+                .llen(keys.processing())
+                .llen(keys.dead())
+                .zrange_withscores(keys.claims(), 0, 0)
+                .hgetall(keys.counters())
+                .cmd("TIME")
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
     let vt_ms = crate::queue::millis(queue.visibility_timeout());
     // a claim's deadline is its last claim or renewal plus the visibility timeout
-    let oldest_claim_age_ms = oldest
-        .first()
-        .map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)));
+    let oldest_claim_age_ms =
+        oldest.first().map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)));
     Ok(Depths { pending, processing, dead, oldest_claim_age_ms, counters })
 }

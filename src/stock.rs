@@ -62,10 +62,7 @@ pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Cha
         Change::Add(d) => d,
     };
     let after = before.checked_add(delta).filter(|s| *s >= 0).ok_or_else(|| {
-        Error::usage(format!(
-            "cannot remove {} from product {product_id}: MySQL holds {before}",
-            -delta
-        ))
+        Error::usage(format!("cannot remove {} from product {product_id}: MySQL holds {before}", -delta))
     })?;
 
     let keys = queue.keys();
@@ -101,8 +98,12 @@ pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Cha
     })
     .await;
     if let Err(e) = committed {
-        let revert: Result<i64> =
-            bounded("redis (adjust)", CALL_TIMEOUT, redis::AsyncCommands::incr(&mut conn, keys.stock(product_id), -delta)).await;
+        let revert: Result<i64> = bounded(
+            "redis (adjust)",
+            CALL_TIMEOUT,
+            redis::AsyncCommands::incr(&mut conn, keys.stock(product_id), -delta),
+        )
+        .await;
         if let Err(r) = revert {
             tracing::error!(product_id, delta, error = %r, "could not undo the Redis half of a failed stock change; run `stockq check --repair`");
         }

@@ -56,7 +56,10 @@ pub mod metrics {
                 let recorder = PrometheusBuilder::new()
                     .set_buckets_for_metric(
                         Matcher::Suffix("_seconds".into()),
-                        &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                        &[
+                            0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                            5.0,
+                        ],
                     )
                     .and_then(|b| {
                         b.set_buckets_for_metric(

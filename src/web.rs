@@ -41,7 +41,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn post_reserve(State(shards): State<Shards>, body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>) -> Response {
+async fn post_reserve(
+    State(shards): State<Shards>,
+    body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>,
+) -> Response {
     let axum::Json(req) = match body {
         Ok(req) => req,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
@@ -56,12 +59,13 @@ async fn post_reserve(State(shards): State<Shards>, body: std::result::Result<ax
             axum::Json(json!({ "event_id": event_id, "seq": seq, "remaining": remaining })),
         )
             .into_response(),
-        Ok(Reservation::SoldOut { available }) => (
-            StatusCode::CONFLICT,
-            axum::Json(json!({ "error": "sold out", "available": available })),
-        )
-            .into_response(),
-        Ok(Reservation::UnknownProduct) => error(StatusCode::NOT_FOUND, format!("unknown product {}", req.product_id)),
+        Ok(Reservation::SoldOut { available }) => {
+            (StatusCode::CONFLICT, axum::Json(json!({ "error": "sold out", "available": available })))
+                .into_response()
+        }
+        Ok(Reservation::UnknownProduct) => {
+            error(StatusCode::NOT_FOUND, format!("unknown product {}", req.product_id))
+        }
         Err(Error::Usage(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(e) => {
             tracing::warn!(error = %e, "reservation failed");
@@ -76,7 +80,9 @@ async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Resp
     };
     let queue = shards.for_product(product_id);
     let mut conn = queue.conn();
-    match bounded("redis (stock)", CALL_TIMEOUT, conn.get::<_, Option<i64>>(queue.keys().stock(product_id))).await {
+    match bounded("redis (stock)", CALL_TIMEOUT, conn.get::<_, Option<i64>>(queue.keys().stock(product_id)))
+        .await
+    {
         Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown product {product_id}")),
         Err(e) => {
@@ -94,7 +100,9 @@ pub fn router(shards: Shards, ledger: Ledger) -> Router {
         .route("/stock/{id}", get(get_stock))
         .with_state(shards)
         .merge(health::routes(health))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics") })
+        .fallback(|| async {
+            error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics")
+        })
 }
 
 /// Serves the front door on `port` until `shutdown`.

@@ -230,7 +230,11 @@ impl Worker {
     /// Each step starts from the next shard in turn and takes the first non-empty one; when
     /// all are empty it blocks on the starting shard, for a share of the wait, so an event on
     /// any shard waits at most about [`WorkerOptions::wait`] for a blocked consumer.
-    pub async fn step(&self, waiter: Option<&mut Waiter>, shutdown: &CancellationToken) -> Result<StepOutcome> {
+    pub async fn step(
+        &self,
+        waiter: Option<&mut Waiter>,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome> {
         let shards = self.shards.all();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % shards.len();
         for k in 0..shards.len() {
@@ -258,7 +262,12 @@ impl Worker {
     }
 
     /// Validates, applies and settles entries claimed from `queue`.
-    pub async fn process(&self, queue: &Queue, entries: Vec<Entry>, shutdown: &CancellationToken) -> Result<BatchReport> {
+    pub async fn process(
+        &self,
+        queue: &Queue,
+        entries: Vec<Entry>,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchReport> {
         let mut report = BatchReport { claimed: entries.len(), ..Default::default() };
         let mut settlement = Settlement::default();
         let mut events = Vec::with_capacity(entries.len());
@@ -286,7 +295,10 @@ impl Worker {
             None => {
                 // stopping, and MySQL out of reach: hand everything back, invalid ones too
                 report.released = queue.release(&entries).await?;
-                tracing::warn!(released = report.released, "MySQL unreachable at shutdown; entries handed back to pending");
+                tracing::warn!(
+                    released = report.released,
+                    "MySQL unreachable at shutdown; entries handed back to pending"
+                );
                 return Ok(report);
             }
         };
@@ -384,7 +396,12 @@ impl Worker {
 
     /// Settles the batch, retrying transient Redis failures for about one visibility timeout;
     /// past that the claims have expired anyway and the redelivery will settle it.
-    async fn settle_holding(&self, queue: &Queue, entries: &[Entry], settlement: &Settlement) -> Result<crate::queue::Settled> {
+    async fn settle_holding(
+        &self,
+        queue: &Queue,
+        entries: &[Entry],
+        settlement: &Settlement,
+    ) -> Result<crate::queue::Settled> {
         let give_up = Instant::now() + queue.visibility_timeout();
         let mut backoff = Backoff::new();
         let attempt = async {

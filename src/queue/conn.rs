@@ -32,7 +32,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -50,7 +55,7 @@ impl ConnectionLike for Conn {
 /// Where Redis is.
 #[derive(Clone)]
 pub enum Endpoint {
-    Single(Client),
+    Single(Box<Client>),
     Cluster(Vec<String>),
 }
 
@@ -60,7 +65,7 @@ impl Endpoint {
         if nodes.len() == 1 {
             let client = Client::open(nodes[0])
                 .map_err(|e| Error::usage(format!("REDIS_URL {url} is not usable: {e}")))?;
-            return Ok(Endpoint::Single(client));
+            return Ok(Endpoint::Single(Box::new(client)));
         }
         // validate now, so a bad node list is a usage error rather than a connect failure
         ClusterClient::new(nodes.clone())
@@ -88,12 +93,18 @@ impl Endpoint {
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_millis(500));
-                let conn = bounded("redis (connect)", CONNECT_TIMEOUT * 2, client.get_connection_manager_with_config(config)).await?;
+                let conn = bounded(
+                    "redis (connect)",
+                    CONNECT_TIMEOUT * 2,
+                    client.get_connection_manager_with_config(config),
+                )
+                .await?;
                 Ok(Conn::Single(conn))
             }
             Endpoint::Cluster(nodes) => {
                 let client = Self::cluster(nodes, response_timeout)?;
-                let conn = bounded("redis (connect)", CONNECT_TIMEOUT * 3, client.get_async_connection()).await?;
+                let conn =
+                    bounded("redis (connect)", CONNECT_TIMEOUT * 3, client.get_async_connection()).await?;
                 Ok(Conn::Cluster(conn))
             }
         }
@@ -109,12 +120,18 @@ impl Endpoint {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(None)
                     .set_number_of_retries(1);
-                let conn = bounded("redis (connect)", CONNECT_TIMEOUT * 2, client.get_connection_manager_with_config(config)).await?;
+                let conn = bounded(
+                    "redis (connect)",
+                    CONNECT_TIMEOUT * 2,
+                    client.get_connection_manager_with_config(config),
+                )
+                .await?;
                 Ok(Conn::Single(conn))
             }
             Endpoint::Cluster(nodes) => {
                 let client = Self::cluster(nodes, BLOCKING_RESPONSE_TIMEOUT)?;
-                let conn = bounded("redis (connect)", CONNECT_TIMEOUT * 3, client.get_async_connection()).await?;
+                let conn =
+                    bounded("redis (connect)", CONNECT_TIMEOUT * 3, client.get_async_connection()).await?;
                 Ok(Conn::Cluster(conn))
             }
         }

@@ -74,6 +74,22 @@ impl Keys {
     pub fn alerts(&self) -> String {
         format!("{}:alerts", self.prefix)
     }
+
+    /// Every key of the queue with a fixed name (not the per-product stock keys nor the
+    /// per-worker heartbeats).
+    pub fn fixed(&self) -> [String; 9] {
+        [
+            self.pending(),
+            self.processing(),
+            self.dead(),
+            self.claims(),
+            self.attempts(),
+            self.seq(),
+            self.counters(),
+            self.workers(),
+            self.alerts(),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -83,19 +99,7 @@ mod tests {
     #[test]
     fn every_key_carries_the_hash_tag() {
         let k = Keys::new("shop");
-        for key in [
-            k.pending(),
-            k.processing(),
-            k.dead(),
-            k.claims(),
-            k.attempts(),
-            k.seq(),
-            k.stock(42),
-            k.counters(),
-            k.workers(),
-            k.worker("w1"),
-            k.alerts(),
-        ] {
+        for key in k.fixed().into_iter().chain([k.stock(42), k.worker("w1")]) {
             assert!(key.starts_with("{shop}:"), "{key}");
         }
         assert_eq!(k.stock(42), "{shop}:stock:42");

@@ -217,11 +217,7 @@ impl Queue {
             invocation.key(self.keys.stock(*product_id));
         }
         let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        invocation
-            .arg(s.acks.len())
-            .arg(s.give_backs.len())
-            .arg(s.dead.len())
-            .arg(counters.join(","));
+        invocation.arg(s.acks.len()).arg(s.give_backs.len()).arg(s.dead.len()).arg(counters.join(","));
         for entry in &s.acks {
             invocation.arg(entry.as_slice());
         }
@@ -257,10 +253,7 @@ impl Queue {
             return Ok(0);
         }
         let mut invocation = scripts::RELEASE.prepare_invoke();
-        invocation
-            .key(self.keys.processing())
-            .key(self.keys.claims())
-            .key(self.keys.pending());
+        invocation.key(self.keys.processing()).key(self.keys.claims()).key(self.keys.pending());
         for entry in entries {
             invocation.arg(entry.as_slice());
         }

@@ -39,7 +39,8 @@ impl Shards {
         if shards <= 1 {
             return Shards::from(queue);
         }
-        let queues: Vec<Queue> = (0..shards).map(|i| queue.with_keys(Keys::new(&format!("{name}:{i}")))).collect();
+        let queues: Vec<Queue> =
+            (0..shards).map(|i| queue.with_keys(Keys::new(&format!("{name}:{i}")))).collect();
         Shards { queues: queues.into() }
     }
 

@@ -12,10 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::TestEnv;
 
 fn books_of(products: &[ProductBooks], id: i64) -> &ProductBooks {
-    products
-        .iter()
-        .find(|p| p.product_id == id)
-        .unwrap_or_else(|| panic!("product {id} not checked"))
+    products.iter().find(|p| p.product_id == id).unwrap_or_else(|| panic!("product {id} not checked"))
 }
 
 /// Runs a producer and two workers in process and checks (single-shot, unconfirmed) over and
@@ -41,11 +38,7 @@ async fn check_under_live_load(hot: bool, rate: Option<u64>) {
         let worker = Worker::new(
             env.queue.clone(),
             env.ledger.clone(),
-            WorkerOptions {
-                concurrency: 1,
-                batch: 100,
-                wait: Duration::from_millis(100),
-            },
+            WorkerOptions { concurrency: 1, batch: 100, wait: Duration::from_millis(100) },
         )
         .unwrap();
         let token = token.clone();
@@ -56,15 +49,7 @@ async fn check_under_live_load(hot: bool, rate: Option<u64>) {
         tokio::spawn(async move {
             produce(
                 &shards,
-                &ProduceOptions {
-                    events,
-                    products,
-                    qty: 1,
-                    hot,
-                    rate,
-                    in_flight: 64,
-                    progress: false,
-                },
+                &ProduceOptions { events, products, qty: 1, hot, rate, in_flight: 64, progress: false },
             )
             .await
         })
@@ -85,41 +70,25 @@ async fn check_under_live_load(hot: bool, rate: Option<u64>) {
         if report.products.iter().map(|p| p.in_flight).sum::<i64>() > 0 {
             under_load += 1;
         }
-        let settled = producer.is_finished()
-            && env.len("pending").await == 0
-            && env.len("processing").await == 0;
+        let settled =
+            producer.is_finished() && env.len("pending").await == 0 && env.len("processing").await == 0;
         if settled && checks >= 15 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "hot={hot}: load did not settle within 90s ({checks} checks)"
-        );
+        assert!(Instant::now() < deadline, "hot={hot}: load did not settle within 90s ({checks} checks)");
     }
-    eprintln!(
-        "hot={hot} rate={rate:?}: {checks} checks, {under_load} of them with events in flight"
-    );
-    assert!(
-        under_load >= 3,
-        "hot={hot}: only {under_load} of {checks} checks saw events in flight"
-    );
+    eprintln!("hot={hot} rate={rate:?}: {checks} checks, {under_load} of them with events in flight");
+    assert!(under_load >= 3, "hot={hot}: only {under_load} of {checks} checks saw events in flight");
 
     let report = producer.await.unwrap().expect("produce");
     assert_eq!(report.reserved + report.sold_out, events);
     assert_eq!(report.unknown_product, 0);
     if rate.is_none() {
-        assert!(
-            report.sold_out > 0,
-            "hot={hot}: the stock was meant to run out: {report:?}"
-        );
+        assert!(report.sold_out > 0, "hot={hot}: the stock was meant to run out: {report:?}");
     }
     token.cancel();
     for w in workers {
-        tokio::time::timeout(Duration::from_secs(20), w)
-            .await
-            .expect("worker stops")
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), w).await.expect("worker stops").unwrap().unwrap();
     }
 
     let reserved = report.reserved as i64;
@@ -130,11 +99,7 @@ async fn check_under_live_load(hot: bool, rate: Option<u64>) {
         units += applied;
         let mysql = env.mysql_stock(p).await;
         assert_eq!(mysql, initial - applied, "hot={hot} product {p}");
-        assert_eq!(
-            env.redis_stock(p).await,
-            Some(mysql),
-            "hot={hot} product {p}"
-        );
+        assert_eq!(env.redis_stock(p).await, Some(mysql), "hot={hot} product {p}");
     }
     assert_eq!(units, reserved);
     env.assert_books_balance().await;
@@ -164,9 +129,8 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
         env.stock(p, 100).await;
     }
     // In flight: product 3 x2 three times, product 4 x5 twice, product 1 x1 twice.
-    for (i, (product, qty)) in [(3, 2), (4, 5), (1, 1), (3, 2), (4, 5), (3, 2), (1, 1)]
-        .into_iter()
-        .enumerate()
+    for (i, (product, qty)) in
+        [(3, 2), (4, 5), (1, 1), (3, 2), (4, 5), (3, 2), (1, 1)].into_iter().enumerate()
     {
         env.reserve_ok(product, qty, &format!("flight-{i}")).await;
     }
@@ -175,35 +139,19 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
     let held = env.queue.claim(3, None).await.unwrap().entries;
     let first = Event::parse(&held[0]).unwrap();
     assert_eq!((first.event_id.as_str(), first.product_id), ("flight-0", 3));
-    env.ledger
-        .apply_batch(std::slice::from_ref(&first))
-        .await
-        .unwrap();
-    assert_eq!(
-        (env.len("pending").await, env.len("processing").await),
-        (4, 3)
-    );
+    env.ledger.apply_batch(std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!((env.len("pending").await, env.len("processing").await), (4, 3));
 
     let report = check(&env.shards(), &env.ledger).await.unwrap();
-    assert!(
-        report.is_consistent(),
-        "{:?}",
-        report.drifts().collect::<Vec<_>>()
-    );
+    assert!(report.is_consistent(), "{:?}", report.drifts().collect::<Vec<_>>());
     let p3 = books_of(&report.products, 3);
-    assert_eq!(
-        (p3.redis, p3.mysql, p3.in_flight),
-        (Some(94), 98, 4),
-        "the applied event is not in flight"
-    );
+    assert_eq!((p3.redis, p3.mysql, p3.in_flight), (Some(94), 98, 4), "the applied event is not in flight");
     let p4 = books_of(&report.products, 4);
     assert_eq!((p4.redis, p4.mysql, p4.in_flight), (Some(90), 100, 10));
 
     // Drift: Redis of product 3 up by 5, MySQL of product 4 up by 7.
     let mut c = env.redis.clone();
-    let _: i64 = redis::AsyncCommands::incr(&mut c, env.key("stock:3"), 5)
-        .await
-        .unwrap();
+    let _: i64 = redis::AsyncCommands::incr(&mut c, env.key("stock:3"), 5).await.unwrap();
     sqlx::query("UPDATE products SET stock = stock + 7 WHERE id = 4")
         .execute(env.ledger.pool())
         .await
@@ -213,15 +161,9 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
     let drifts: Vec<_> = report.drifts().map(|p| (p.product_id, p.delta)).collect();
     assert_eq!(drifts, vec![(3, 5), (4, -7)]);
     let p3 = books_of(&report.products, 3);
-    assert_eq!(
-        (p3.redis, p3.mysql, p3.in_flight, p3.expected_redis),
-        (Some(99), 98, 4, 94)
-    );
+    assert_eq!((p3.redis, p3.mysql, p3.in_flight, p3.expected_redis), (Some(99), 98, 4, 94));
     let p4 = books_of(&report.products, 4);
-    assert_eq!(
-        (p4.redis, p4.mysql, p4.in_flight, p4.expected_redis),
-        (Some(90), 107, 10, 97)
-    );
+    assert_eq!((p4.redis, p4.mysql, p4.in_flight, p4.expected_redis), (Some(90), 107, 10, 97));
 
     let (code, out, err) = env.run(&["check"]).await;
     assert_eq!(code, 1, "drift exits 1: {out}{err}");
@@ -232,37 +174,22 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
             .to_string()
     };
     let l3 = line(3);
-    assert!(
-        l3.contains("delta +5") && l3.contains("redis 99") && l3.contains("mysql 98"),
-        "{l3}"
-    );
+    assert!(l3.contains("delta +5") && l3.contains("redis 99") && l3.contains("mysql 98"), "{l3}");
     let l4 = line(4);
-    assert!(
-        l4.contains("delta -7") && l4.contains("redis 90") && l4.contains("mysql 107"),
-        "{l4}"
-    );
+    assert!(l4.contains("delta -7") && l4.contains("redis 90") && l4.contains("mysql 107"), "{l4}");
     for p in [1, 2, 5] {
-        assert!(
-            !out.contains(&format!("product {p}:")),
-            "product {p} did not drift:\n{out}"
-        );
+        assert!(!out.contains(&format!("product {p}:")), "product {p} did not drift:\n{out}");
     }
 
     let (code, out, _) = env.run(&["check", "--json"]).await;
     assert_eq!(code, 1);
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).expect("check --json prints one JSON object");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("check --json prints one JSON object");
     assert_eq!(v["consistent"], serde_json::json!(false));
     let drifts: Vec<(i64, i64)> = v["drifts"]
         .as_array()
         .expect("drifts array")
         .iter()
-        .map(|d| {
-            (
-                d["product_id"].as_i64().unwrap(),
-                d["delta"].as_i64().unwrap(),
-            )
-        })
+        .map(|d| (d["product_id"].as_i64().unwrap(), d["delta"].as_i64().unwrap()))
         .collect();
     assert_eq!(drifts, vec![(3, 5), (4, -7)]);
 
@@ -276,10 +203,7 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
     // Settle what is in flight: the stalled worker finishes, the rest drains.
     let token = CancellationToken::new();
     let late = env.worker(10).process(&env.queue, held, &token).await.unwrap();
-    assert_eq!(
-        (late.applied, late.redelivered, late.acknowledged),
-        (2, 1, 3)
-    );
+    assert_eq!((late.applied, late.redelivered, late.acknowledged), (2, 1, 3));
     env.drain(10).await;
     assert_eq!(env.log_counts().await, (7, 0));
     for (p, mysql) in [(1, 98), (2, 100), (3, 94), (4, 97), (5, 100)] {
@@ -308,33 +232,17 @@ async fn duplicate_event_id_deducts_once() {
             reports.push(r);
             env.assert_books_balance().await;
         }
-        assert_eq!(
-            reports.len(),
-            if batch == 1 { 2 } else { 1 },
-            "batch {batch}: {reports:?}"
-        );
+        assert_eq!(reports.len(), if batch == 1 { 2 } else { 1 }, "batch {batch}: {reports:?}");
         let applied: u64 = reports.iter().map(|r| r.applied).sum();
         let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
         assert_eq!((applied, duplicates), (1, 1), "batch {batch}: {reports:?}");
 
         assert_eq!(env.mysql_stock(1).await, 9, "batch {batch}: deducted once");
-        assert_eq!(
-            env.redis_stock(1).await,
-            Some(9),
-            "batch {batch}: the second reservation given back"
-        );
+        assert_eq!(env.redis_stock(1).await, Some(9), "batch {batch}: the second reservation given back");
         assert_eq!(env.log_rows().await, 1, "batch {batch}");
         assert_eq!(env.log_status("order-1").await.as_deref(), Some("applied"));
-        assert_eq!(
-            env.hget_i64("counters", b"duplicates").await,
-            1,
-            "batch {batch}"
-        );
-        assert_eq!(
-            env.hget_i64("counters", b"applied").await,
-            1,
-            "batch {batch}"
-        );
+        assert_eq!(env.hget_i64("counters", b"duplicates").await, 1, "batch {batch}");
+        assert_eq!(env.hget_i64("counters", b"applied").await, 1, "batch {batch}");
         assert_eq!(env.len("processing").await, 0);
         env.assert_books_balance().await;
     }
@@ -345,27 +253,16 @@ async fn duplicate_event_id_deducts_once() {
 #[tokio::test]
 async fn dead_letter_requeued_after_the_product_exists_is_applied() {
     let env = TestEnv::new().await;
-    env.push_raw(br#"{"event_id":"order-x","product_id":77,"qty":1}"#)
-        .await;
+    env.push_raw(br#"{"event_id":"order-x","product_id":77,"qty":1}"#).await;
     let reports = env.drain(10).await;
     assert_eq!(reports.iter().map(|r| r.dead).sum::<u64>(), 1);
     let letters = env.dead_letters().await;
     assert_eq!(letters.len(), 1);
-    assert!(
-        letters[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("unknown product 77"),
-        "{}",
-        letters[0]
-    );
+    assert!(letters[0]["reason"].as_str().unwrap().contains("unknown product 77"), "{}", letters[0]);
 
     let (code, out, err) = env.run(&["stock", "set", "77", "5"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        (env.mysql_stock(77).await, env.redis_stock(77).await),
-        (5, Some(5))
-    );
+    assert_eq!((env.mysql_stock(77).await, env.redis_stock(77).await), (5, Some(5)));
     // The hand-pushed event says its unit was taken from Redis, which never happened (there
     // was no stock key): the check counts it in flight, so Redis shows exactly 1 too many.
     let report = check(&env.shards(), &env.ledger).await.unwrap();
@@ -381,11 +278,7 @@ async fn dead_letter_requeued_after_the_product_exists_is_applied() {
     assert_eq!(reports.iter().map(|r| r.applied).sum::<u64>(), 1);
     assert_eq!(env.mysql_stock(77).await, 4);
     assert_eq!(env.log_status("order-x").await.as_deref(), Some("applied"));
-    assert_eq!(
-        env.redis_stock(77).await,
-        Some(5),
-        "applying never touches Redis"
-    );
+    assert_eq!(env.redis_stock(77).await, Some(5), "applying never touches Redis");
     let report = check(&env.shards(), &env.ledger).await.unwrap();
     let p = books_of(&report.products, 77);
     assert_eq!((p.in_flight, p.delta), (0, 1), "the same +1, now settled");
@@ -419,10 +312,7 @@ async fn dead_drop_gives_stock_back_exactly_once() {
         held = claim.entries.clone();
         env.wait_past(claim.deadline_ms).await;
         let r = janitor.recover().await.unwrap();
-        assert_eq!(
-            (r.requeued, r.dead_lettered),
-            if attempt == 1 { (1, 0) } else { (0, 1) }
-        );
+        assert_eq!((r.requeued, r.dead_lettered), if attempt == 1 { (1, 0) } else { (0, 1) });
     }
     assert_eq!(env.len("dead").await, 1);
     assert_eq!(env.redis_stock(5).await, Some(7), "still reserved");
@@ -430,23 +320,13 @@ async fn dead_drop_gives_stock_back_exactly_once() {
 
     let (code, out, err) = env.run(&["dead", "list"]).await;
     assert_eq!(code, 0, "{err}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("order-y"))
-        .unwrap_or_else(|| panic!("not listed:\n{out}"));
-    assert!(
-        line.contains("timed out") && line.contains("attempts 2"),
-        "{line}"
-    );
+    let line = out.lines().find(|l| l.starts_with("order-y")).unwrap_or_else(|| panic!("not listed:\n{out}"));
+    assert!(line.contains("timed out") && line.contains("attempts 2"), "{line}");
 
     let (code, out, err) = env.run(&["dead", "drop", "order-y"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("dropped 1, gave back 3"), "{out}");
-    assert_eq!(
-        env.redis_stock(5).await,
-        Some(10),
-        "the reservation given back"
-    );
+    assert_eq!(env.redis_stock(5).await, Some(10), "the reservation given back");
     assert_eq!(env.len("dead").await, 0);
 
     let (code, out, err) = env.run(&["dead", "drop", "order-y"]).await;
@@ -464,11 +344,7 @@ async fn dead_drop_gives_stock_back_exactly_once() {
     // drop's rejected row wins, nothing is deducted and nothing given back a second time.
     let token = CancellationToken::new();
     let late = env.worker(10).process(&env.queue, held, &token).await.unwrap();
-    assert_eq!(
-        (late.applied, late.redelivered, late.acknowledged),
-        (0, 1, 0),
-        "{late:?}"
-    );
+    assert_eq!((late.applied, late.redelivered, late.acknowledged), (0, 1, 0), "{late:?}");
     assert_eq!(env.mysql_stock(5).await, 10);
     assert_eq!(env.redis_stock(5).await, Some(10));
     env.assert_books_balance().await;
@@ -492,30 +368,16 @@ async fn dead_drop_after_a_late_apply_gives_nothing_back() {
     let token = CancellationToken::new();
     let late = env.worker(10).process(&env.queue, claim.entries, &token).await.unwrap();
     assert_eq!((late.applied, late.acknowledged), (1, 0), "{late:?}");
-    assert_eq!(
-        env.len("dead").await,
-        1,
-        "the late acknowledgement does not touch the dead letter"
-    );
-    assert_eq!(
-        (env.mysql_stock(6).await, env.redis_stock(6).await),
-        (6, Some(6))
-    );
+    assert_eq!(env.len("dead").await, 1, "the late acknowledgement does not touch the dead letter");
+    assert_eq!((env.mysql_stock(6).await, env.redis_stock(6).await), (6, Some(6)));
     let report = check(&env.shards(), &env.ledger).await.unwrap();
     let p = books_of(&report.products, 6);
-    assert_eq!(
-        (p.in_flight, p.delta),
-        (0, 0),
-        "applied: no longer in flight"
-    );
+    assert_eq!((p.in_flight, p.delta), (0, 0), "applied: no longer in flight");
 
     let (code, out, err) = env.run(&["dead", "drop", "order-z"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("dropped 1, gave back 0"), "{out}");
-    assert_eq!(
-        (env.mysql_stock(6).await, env.redis_stock(6).await),
-        (6, Some(6))
-    );
+    assert_eq!((env.mysql_stock(6).await, env.redis_stock(6).await), (6, Some(6)));
     assert_eq!(env.log_status("order-z").await.as_deref(), Some("applied"));
     env.assert_books_balance().await;
 }

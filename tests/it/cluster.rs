@@ -24,7 +24,10 @@ impl Cluster {
         for _ in 0..5 {
             // ports base..base+5 and their bus ports base+10000..: all free below 55535
             let base = 21000 + (rand::random::<u16>() % 3000) * 10;
-            let out = std::process::Command::new("bash").args([script, "start", &base.to_string()]).output().unwrap();
+            let out = std::process::Command::new("bash")
+                .args([script, "start", &base.to_string()])
+                .output()
+                .unwrap();
             let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if out.status.success() && url.starts_with("redis://") {
                 return Cluster { base, url };
@@ -35,7 +38,12 @@ impl Cluster {
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().unwrap();
+        let out = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -61,7 +69,10 @@ impl Cluster {
             .lines()
             .find(|l| l.split_whitespace().nth(3) == Some(master_id))
             .expect("a replica of that master");
-        (port_of(master.split_whitespace().nth(1).unwrap()), port_of(replica.split_whitespace().nth(1).unwrap()))
+        (
+            port_of(master.split_whitespace().nth(1).unwrap()),
+            port_of(replica.split_whitespace().nth(1).unwrap()),
+        )
     }
 }
 
@@ -126,13 +137,19 @@ async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     }
     assert!(failed_over);
     env.eventually(Duration::from_secs(20), "the replica took over", || async {
-        cluster.cli(replica, &["ROLE"]).starts_with("master") && cluster.cli(old_master, &["ROLE"]).starts_with("slave")
+        cluster.cli(replica, &["ROLE"]).starts_with("master")
+            && cluster.cli(old_master, &["ROLE"]).starts_with("slave")
     })
     .await;
-    assert!(reserved >= 5000, "only {reserved} of 6000 reserved ({failed} failed) in {:?}", started.elapsed());
+    assert!(
+        reserved >= 5000,
+        "only {reserved} of 6000 reserved ({failed} failed) in {:?}",
+        started.elapsed()
+    );
 
     env.eventually(Duration::from_secs(60), "every shard drained and settled", || async {
-        drained(&shards).await && stockq::check::check(&shards, &env.ledger).await.is_ok_and(|r| r.is_consistent())
+        drained(&shards).await
+            && stockq::check::check(&shards, &env.ledger).await.is_ok_and(|r| r.is_consistent())
     })
     .await;
 
@@ -152,7 +169,11 @@ async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     for queue in shards.all() {
         let d = stockq::stats::depths(queue).await.unwrap();
         assert_eq!(d.dead, 0, "{}", queue.keys().prefix());
-        assert!(d.counters.get("applied").copied().unwrap_or(0) > 0, "shard {} got no work", queue.keys().prefix());
+        assert!(
+            d.counters.get("applied").copied().unwrap_or(0) > 0,
+            "shard {} got no work",
+            queue.keys().prefix()
+        );
     }
     let (code, out, err) = env.run(&["check"]).await;
     assert_eq!(code, 0, "{out}{err}");

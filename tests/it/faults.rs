@@ -92,7 +92,11 @@ impl RedisServer {
             {
                 return true;
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not answer within 15s", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer within 15s",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -169,7 +173,12 @@ impl Proc {
     fn assert_alive(&mut self) {
         match self.child.try_wait() {
             Ok(None) => {}
-            other => panic!("{} (pid {}) died: {other:?}; its log:\n{}", self.name, self.pid, self.lines().join("\n")),
+            other => panic!(
+                "{} (pid {}) died: {other:?}; its log:\n{}",
+                self.name,
+                self.pid,
+                self.lines().join("\n")
+            ),
         }
     }
 
@@ -261,7 +270,14 @@ impl Tally {
 
     /// `tasks` producers, each reserving one unit every `every`, round robin over the
     /// products, until `stop` is set.
-    async fn produce_until(&self, env: &TestEnv, products: i64, tasks: usize, every: Duration, stop: &AtomicBool) {
+    async fn produce_until(
+        &self,
+        env: &TestEnv,
+        products: i64,
+        tasks: usize,
+        every: Duration,
+        stop: &AtomicBool,
+    ) {
         futures::future::join_all((0..tasks).map(|n| async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,11 +307,12 @@ impl Tally {
 async fn assert_exact_books(env: &TestEnv, tally: &Tally, products: i64, initial: i64) -> usize {
     let reserved = tally.reserved.lock().unwrap().clone();
     let uncertain = tally.uncertain.lock().unwrap().clone();
-    let rows: Vec<(String, i64, i64, String)> =
-        sqlx::query_as("SELECT event_id, product_id, CAST(qty AS SIGNED), CAST(status AS CHAR) FROM stock_log")
-            .fetch_all(env.ledger.pool())
-            .await
-            .unwrap();
+    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "SELECT event_id, product_id, CAST(qty AS SIGNED), CAST(status AS CHAR) FROM stock_log",
+    )
+    .fetch_all(env.ledger.pool())
+    .await
+    .unwrap();
     let mut applied_per_product: BTreeMap<i64, i64> = BTreeMap::new();
     let mut landed_uncertain = 0;
     let mut logged = HashSet::new();
@@ -311,7 +328,12 @@ async fn assert_exact_books(env: &TestEnv, tally: &Tally, products: i64, initial
         *applied_per_product.entry(*product).or_default() += qty;
     }
     let missing: Vec<&String> = reserved.keys().filter(|id| !logged.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} reserved events never applied, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} reserved events never applied, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert_eq!(rows.len(), reserved.len() + landed_uncertain);
 
     let mut reserved_per_product: BTreeMap<i64, i64> = BTreeMap::new();
@@ -376,7 +398,10 @@ async fn assert_every_worker_still_applies(env: &TestEnv, tally: &Tally, product
             if pids.iter().all(|p| now[p] > before[p]) {
                 break;
             }
-            assert!(Instant::now() < deadline, "not every worker applied new events within 30s: {before:?} → {now:?}");
+            assert!(
+                Instant::now() < deadline,
+                "not every worker applied new events within 30s: {before:?} → {now:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stop.store(true, Ordering::Relaxed);
@@ -429,9 +454,14 @@ async fn redis_sigkilled_twice_loses_nothing_and_applies_nothing_twice() {
         let chaos = async move {
             // progress: reservations answered and events applied since `mark`
             let progress = |mark: (usize, i64)| async move {
-                env.eventually(Duration::from_secs(30), "reservations and applications to resume", || async {
-                    tally.reserved() >= mark.0 + PROGRESS && env.log_rows().await >= mark.1 + PROGRESS as i64
-                })
+                env.eventually(
+                    Duration::from_secs(30),
+                    "reservations and applications to resume",
+                    || async {
+                        tally.reserved() >= mark.0 + PROGRESS
+                            && env.log_rows().await >= mark.1 + PROGRESS as i64
+                    },
+                )
                 .await;
             };
             for down_for in [Duration::ZERO, 2 * env.settings.visibility_timeout] {
@@ -496,7 +526,8 @@ async fn kill_stockq_connections(database: &str, except: u64) -> usize {
         .await
         .expect("run mariadb as root");
     assert!(list.status.success(), "processlist: {}", String::from_utf8_lossy(&list.stderr));
-    let ids: Vec<u64> = String::from_utf8_lossy(&list.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let ids: Vec<u64> =
+        String::from_utf8_lossy(&list.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     if ids.is_empty() {
         return 0;
     }
@@ -507,7 +538,8 @@ async fn kill_stockq_connections(database: &str, except: u64) -> usize {
         .await
         .expect("run mariadb as root");
     // a connection that closed in between answers "Unknown thread id"
-    let gone = String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("Unknown thread id")).count();
+    let gone =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("Unknown thread id")).count();
     ids.len() - gone
 }
 
@@ -556,7 +588,11 @@ async fn mysql_connections_killed_under_a_backlog() {
             // the workers are at it: something applied
             env.eventually(Duration::from_secs(30), "the workers to apply something", || async move {
                 let mut probe = probe.lock().await;
-                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM stock_log").fetch_one(&mut *probe).await.unwrap() > 0
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM stock_log")
+                    .fetch_one(&mut *probe)
+                    .await
+                    .unwrap()
+                    > 0
             })
             .await;
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -588,7 +624,10 @@ async fn mysql_connections_killed_under_a_backlog() {
     let pids: Vec<u32> = procs[1..].iter().map(|w| w.pid).collect();
     assert_every_worker_still_applies(&env, &tally, PRODUCTS, &pids).await;
     assert_eq!(assert_exact_books(&env, &tally, PRODUCTS, INITIAL).await, 0);
-    println!("mysql kills: {killed} connections killed in {rounds} rounds; {} events reserved", tally.reserved());
+    println!(
+        "mysql kills: {killed} connections killed in {rounds} rounds; {} events reserved",
+        tally.reserved()
+    );
     assert!(rounds >= MIN_ROUNDS && killed >= MIN_ROUNDS);
     stop_all("mysql kills", procs).await;
 }

@@ -29,12 +29,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(env: &TestEnv, args: &[&str]) -> Proc {
-        let mut child = env
-            .command(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stockq");
+        let mut child =
+            env.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn stockq");
         let pid = child.id().expect("a running child has a pid");
         let mut pipe = child.stderr.take().expect("piped stderr");
         let stderr = tokio::spawn(async move {
@@ -108,15 +104,8 @@ async fn stock_log_rows(env: &TestEnv) -> i64 {
 }
 
 async fn produce_quietly(env: &TestEnv, events: u64, products: i64) -> stockq::produce::ProduceReport {
-    let options = ProduceOptions {
-        events,
-        products,
-        qty: 1,
-        hot: false,
-        rate: None,
-        in_flight: 64,
-        progress: false,
-    };
+    let options =
+        ProduceOptions { events, products, qty: 1, hot: false, rate: None, in_flight: 64, progress: false };
     produce(&env.shards(), &options).await.expect("produce")
 }
 
@@ -162,14 +151,18 @@ async fn two_worker_processes_apply_every_event_exactly_once() {
     assert_eq!((report.reserved, report.sold_out, report.unknown_product), (N, 0, 0));
     assert_eq!(env.len("pending").await, N as usize);
 
-    let workers = [
-        Proc::spawn(&env, &["worker", "--batch", "50"]),
-        Proc::spawn(&env, &["worker", "--batch", "50"]),
-    ];
+    let workers =
+        [Proc::spawn(&env, &["worker", "--batch", "50"]), Proc::spawn(&env, &["worker", "--batch", "50"])];
     let e = &env;
-    env.eventually(Duration::from_secs(60), "pending and processing empty, N stock_log rows", move || async move {
-        e.len("pending").await == 0 && e.len("processing").await == 0 && stock_log_rows(e).await == N as i64
-    })
+    env.eventually(
+        Duration::from_secs(60),
+        "pending and processing empty, N stock_log rows",
+        move || async move {
+            e.len("pending").await == 0
+                && e.len("processing").await == 0
+                && stock_log_rows(e).await == N as i64
+        },
+    )
     .await;
 
     for w in &workers {
@@ -442,7 +435,10 @@ async fn bad_input_and_unreachable_stores() {
         assert_eq!(code, want, "{args:?} with MySQL unreachable: {stderr:?}");
         assert_one_line(&format!("{args:?} MySQL unreachable"), &stderr);
         assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
-        assert!(!stderr.contains("s3cretpw") && !stdout.contains("s3cretpw"), "{args:?} leaked the password: {stderr}");
+        assert!(
+            !stderr.contains("s3cretpw") && !stdout.contains("s3cretpw"),
+            "{args:?} leaked the password: {stderr}"
+        );
     }
 
     // Unknown product: 4, nothing enqueued.

@@ -53,11 +53,8 @@ impl TestEnv {
         ledger::migrate(&settings).await.expect("migrate (is scripts/services.sh run?)");
         let queue = Queue::connect(&settings).await.expect("redis");
         let ledger = Ledger::connect(&settings, 8).await.expect("mysql");
-        let redis = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let redis =
+            redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         TestEnv { name, database, settings, queue, ledger, redis }
     }
 
@@ -216,7 +213,8 @@ impl Drop for TestEnv {
                 if let Ok(client) = redis::Client::open(redis_url)
                     && let Ok(mut c) = client.get_multiplexed_async_connection().await
                 {
-                    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
+                    let keys: Vec<String> =
+                        redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
                     if !keys.is_empty() {
                         let _: redis::RedisResult<()> = c.del(keys).await;
                     }
@@ -227,9 +225,10 @@ impl Drop for TestEnv {
                     // runtime is blocked on this thread: give up on the metadata lock rather
                     // than hang (the database is then left behind, named stockq_t*).
                     let _ = sqlx::raw_sql("SET SESSION lock_wait_timeout = 5").execute(&mut conn).await;
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{database}`")))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{database}`")))
+                            .execute(&mut conn)
+                            .await;
                 }
             });
         })
@@ -355,7 +354,8 @@ impl TestEnv {
     /// Like [`TestEnv::with`], but on the Redis server at `url` (a private server the test
     /// starts, stops and restarts) instead of the shared one. Drop cleans that server.
     pub async fn with_redis(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
-        let redis_url = stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
+        let redis_url =
+            stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
         let mut env = Self::with(|s| {
             s.redis_url = redis_url;
             tweak(s);

@@ -4,10 +4,10 @@
 //! both removed when the test's [`helpers::TestEnv`] is dropped, so tests run in parallel
 //! without trampling each other or a developer's data.
 
-mod foundation;
-mod helpers;
 mod books;
-mod recovery;
-mod security;
 mod cluster;
 mod faults;
+mod foundation;
+mod helpers;
+mod recovery;
+mod security;

@@ -54,11 +54,7 @@ async fn chaos_sigkilled_workers_lose_nothing_and_apply_nothing_twice() {
                     .await
                     .expect("SIGKILLed worker did not die")
                     .unwrap();
-                assert_eq!(
-                    status.code(),
-                    None,
-                    "worker {pid} exited on its own: {status:?}"
-                );
+                assert_eq!(status.code(), None, "worker {pid} exited on its own: {status:?}");
                 workers[victim] = env.spawn(&worker_args);
                 kills += 1;
             }
@@ -86,21 +82,12 @@ async fn chaos_sigkilled_workers_lose_nothing_and_apply_nothing_twice() {
     let (report, (kills, mut workers)) = tokio::join!(producer, killer);
     eprintln!("chaos: {kills} workers SIGKILLed while producing {report:?}");
     assert!(kills >= MIN_KILLS, "only {kills} kills");
-    assert_eq!(
-        report.reserved, EVENTS,
-        "generous stock: nothing sells out ({report:?})"
-    );
+    assert_eq!(report.reserved, EVENTS, "generous stock: nothing sells out ({report:?})");
     let reserved = report.reserved as i64;
 
-    env.eventually(
-        Duration::from_secs(60),
-        "every reserved event settled",
-        || async {
-            env.len("pending").await == 0
-                && env.len("processing").await == 0
-                && env.log_rows().await == reserved
-        },
-    )
+    env.eventually(Duration::from_secs(60), "every reserved event settled", || async {
+        env.len("pending").await == 0 && env.len("processing").await == 0 && env.log_rows().await == reserved
+    })
     .await;
 
     eprintln!(
@@ -109,49 +96,26 @@ async fn chaos_sigkilled_workers_lose_nothing_and_apply_nothing_twice() {
         env.hget_i64("counters", b"redelivered").await
     );
     let (applied, rejected) = env.log_counts().await;
-    assert_eq!(
-        (applied, rejected),
-        (reserved, 0),
-        "each reserved event applied exactly once"
-    );
+    assert_eq!((applied, rejected), (reserved, 0), "each reserved event applied exactly once");
     let mut units = 0;
     for p in 1..=PRODUCTS {
         let applied = env.applied_units(p).await;
         units += applied;
         let mysql = env.mysql_stock(p).await;
-        assert_eq!(
-            mysql,
-            INITIAL - applied,
-            "product {p}: MySQL deducted exactly what stock_log applied"
-        );
-        assert_eq!(
-            env.redis_stock(p).await,
-            Some(mysql),
-            "product {p}: Redis == MySQL"
-        );
+        assert_eq!(mysql, INITIAL - applied, "product {p}: MySQL deducted exactly what stock_log applied");
+        assert_eq!(env.redis_stock(p).await, Some(mysql), "product {p}: Redis == MySQL");
     }
     assert_eq!(units, reserved, "one unit per reservation");
     assert_eq!(env.len("dead").await, 0, "nothing dead-lettered");
     env.assert_books_balance().await;
     let mut c = env.redis.clone();
-    let alerts: usize = redis::cmd("XLEN")
-        .arg(env.key("alerts"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(
-        alerts, 0,
-        "the janitor's periodic check reported drift during the chaos"
-    );
+    let alerts: usize = redis::cmd("XLEN").arg(env.key("alerts")).query_async(&mut c).await.unwrap();
+    assert_eq!(alerts, 0, "the janitor's periodic check reported drift during the chaos");
 
     for w in &mut workers {
         assert_eq!(terminate(w).await, 0, "worker exits 0 on SIGTERM");
     }
-    assert_eq!(
-        terminate(&mut janitor).await,
-        0,
-        "janitor exits 0 on SIGTERM"
-    );
+    assert_eq!(terminate(&mut janitor).await, 0, "janitor exits 0 on SIGTERM");
     assert_eq!(env.len("processing").await, 0);
     assert_eq!(env.zcard("claims").await, 0, "no claim left behind");
 }
@@ -177,15 +141,8 @@ async fn orphan_in_processing_is_adopted_then_requeued() {
     let janitor = env.janitor();
     let first = janitor.recover().await.unwrap();
     let adopted_at = Instant::now();
-    assert_eq!(
-        (first.adopted, first.requeued, first.dead_lettered),
-        (1, 0, 0)
-    );
-    assert_eq!(
-        env.list("processing").await,
-        vec![moved.clone()],
-        "adopted, not moved"
-    );
+    assert_eq!((first.adopted, first.requeued, first.dead_lettered), (1, 0, 0));
+    assert_eq!(env.list("processing").await, vec![moved.clone()], "adopted, not moved");
     assert_eq!(env.len("pending").await, 0);
     let deadline: f64 = c.zscore(env.key("claims"), &moved).await.unwrap();
     env.assert_books_balance().await;
@@ -193,11 +150,7 @@ async fn orphan_in_processing_is_adopted_then_requeued() {
     // Before the deadline a pass leaves it alone (checked only if this pass really ran early).
     let early = janitor.recover().await.unwrap();
     if adopted_at.elapsed() < Duration::from_millis(250) {
-        assert_eq!(
-            (early.adopted, early.requeued),
-            (0, 0),
-            "requeued before its adopted deadline"
-        );
+        assert_eq!((early.adopted, early.requeued), (0, 0), "requeued before its adopted deadline");
         assert_eq!(env.len("processing").await, 1);
     }
 
@@ -208,22 +161,14 @@ async fn orphan_in_processing_is_adopted_then_requeued() {
     assert_eq!(env.list("pending").await, vec![moved.clone()]);
     assert_eq!(env.len("processing").await, 0);
     assert_eq!(env.zcard("claims").await, 0);
-    assert_eq!(
-        env.hget_i64("attempts", &moved).await,
-        1,
-        "one timed-out delivery counted"
-    );
+    assert_eq!(env.hget_i64("attempts", &moved).await, 1, "one timed-out delivery counted");
 
     let reports = env.drain(10).await;
     assert_eq!(reports.iter().map(|r| r.applied).sum::<u64>(), 1);
     assert_eq!(env.log_counts().await, (1, 0));
     assert_eq!(env.mysql_stock(1).await, 7);
     assert_eq!(env.redis_stock(1).await, Some(7));
-    assert_eq!(
-        env.hlen("attempts").await,
-        0,
-        "settling forgets the attempts"
-    );
+    assert_eq!(env.hlen("attempts").await, 0, "settling forgets the attempts");
     env.assert_books_balance().await;
 }
 
@@ -252,11 +197,7 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
 
     let started_ms = env.redis_now_ms().await;
     let claim = env.queue.claim(5, None).await.unwrap();
-    assert_eq!(
-        claim.entries,
-        vec![entry.clone()],
-        "the same entry is delivered again"
-    );
+    assert_eq!(claim.entries, vec![entry.clone()], "the same entry is delivered again");
     env.wait_past(claim.deadline_ms).await;
     let r = janitor.recover().await.unwrap();
     assert_eq!((r.requeued, r.adopted, r.dead_lettered), (0, 0, 1));
@@ -264,11 +205,7 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
-    assert_eq!(
-        d["entry"].as_str(),
-        Some(text(&entry).as_str()),
-        "the entry kept exactly: {d}"
-    );
+    assert_eq!(d["entry"].as_str(), Some(text(&entry).as_str()), "the entry kept exactly: {d}");
     let reason = d["reason"].as_str().expect("reason");
     assert!(reason.contains("timed out"), "reason: {reason}");
     assert_eq!(d["attempts"].as_u64(), Some(2));
@@ -289,10 +226,7 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
     // Still a reservation: Redis 8 == MySQL 10 − 2 in flight.
     let report = stockq::check::check(&env.shards(), &env.ledger).await.unwrap();
     let p = report.products.iter().find(|p| p.product_id == 1).unwrap();
-    assert_eq!(
-        (p.redis, p.mysql, p.in_flight, p.delta),
-        (Some(8), 10, 2, 0)
-    );
+    assert_eq!((p.redis, p.mysql, p.in_flight, p.delta), (Some(8), 10, 2, 0));
     env.assert_books_balance().await;
     assert_eq!(env.log_rows().await, 0, "never reached MySQL");
 }
@@ -315,10 +249,7 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
     env.reserve_ok(1, 2, "late-1").await;
     if reject {
         // MySQL changed behind stockq's back: it cannot honour the reservation.
-        sqlx::query("UPDATE products SET stock = 1 WHERE id = 1")
-            .execute(env.ledger.pool())
-            .await
-            .unwrap();
+        sqlx::query("UPDATE products SET stock = 1 WHERE id = 1").execute(env.ledger.pool()).await.unwrap();
     }
     let old = env.worker(10);
     let new = env.worker(10);
@@ -341,25 +272,12 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
         (a, old.process(&env.queue, slow.entries.clone(), &token).await.unwrap())
     };
     if reject {
-        assert_eq!(
-            (first.rejected, first.acknowledged),
-            (1, 1),
-            "{case}: {first:?}"
-        );
+        assert_eq!((first.rejected, first.acknowledged), (1, 1), "{case}: {first:?}");
     } else {
-        assert_eq!(
-            (first.applied, first.acknowledged),
-            (1, 1),
-            "{case}: {first:?}"
-        );
+        assert_eq!((first.applied, first.acknowledged), (1, 1), "{case}: {first:?}");
     }
     assert_eq!(
-        (
-            second.applied,
-            second.rejected,
-            second.redelivered,
-            second.acknowledged
-        ),
+        (second.applied, second.rejected, second.redelivered, second.acknowledged),
         (0, 0, 1, 0),
         "{case}: the second settlement changes nothing: {second:?}"
     );
@@ -370,16 +288,9 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
     if reject {
         assert_eq!(env.log_counts().await, (0, 1), "{case}");
         assert_eq!(env.mysql_stock(1).await, 1, "{case}");
-        assert_eq!(
-            env.redis_stock(1).await,
-            Some(10),
-            "{case}: stock given back exactly once"
-        );
+        assert_eq!(env.redis_stock(1).await, Some(10), "{case}: stock given back exactly once");
         // Put MySQL back as it was before the tampering: the stores then agree.
-        sqlx::query("UPDATE products SET stock = 10 WHERE id = 1")
-            .execute(env.ledger.pool())
-            .await
-            .unwrap();
+        sqlx::query("UPDATE products SET stock = 10 WHERE id = 1").execute(env.ledger.pool()).await.unwrap();
     } else {
         assert_eq!(env.log_counts().await, (1, 0), "{case}");
         assert_eq!(env.mysql_stock(1).await, 8, "{case}: applied once");
@@ -429,21 +340,12 @@ async fn two_janitors_at_once_never_duplicate() {
     assert_eq!(requeued, N as u64);
     let pending = env.list("pending").await;
     assert_eq!(pending.len(), N, "exactly {N} entries back in pending");
-    assert_eq!(
-        pending.iter().cloned().collect::<BTreeSet<_>>(),
-        claimed,
-        "all distinct, the same entries"
-    );
+    assert_eq!(pending.iter().cloned().collect::<BTreeSet<_>>(), claimed, "all distinct, the same entries");
     assert_eq!(env.len("processing").await, 0);
     assert_eq!(env.zcard("claims").await, 0);
     assert_eq!(env.hlen("attempts").await, N);
     for entry in &claimed {
-        assert_eq!(
-            env.hget_i64("attempts", entry).await,
-            1,
-            "counted once: {}",
-            text(entry)
-        );
+        assert_eq!(env.hget_i64("attempts", entry).await, 1, "counted once: {}", text(entry));
     }
     env.assert_books_balance().await;
 
@@ -461,10 +363,8 @@ async fn two_janitors_at_once_never_duplicate() {
     assert_eq!(dead, N as u64);
     let letters = env.dead_letters().await;
     assert_eq!(letters.len(), N);
-    let entries: BTreeSet<Vec<u8>> = letters
-        .iter()
-        .map(|d| d["entry"].as_str().unwrap().as_bytes().to_vec())
-        .collect();
+    let entries: BTreeSet<Vec<u8>> =
+        letters.iter().map(|d| d["entry"].as_str().unwrap().as_bytes().to_vec()).collect();
     assert_eq!(entries, claimed, "each entry dead-lettered exactly once");
     assert_eq!(env.len("pending").await, 0);
     assert_eq!(env.len("processing").await, 0);
@@ -480,50 +380,20 @@ async fn garbage_is_dead_lettered_with_a_reason_and_good_events_proceed() {
     let env = TestEnv::new().await;
     env.stock(1, 100).await;
     env.stock(2, 100).await;
-    let big = format!(
-        r#"{{"event_id":"big-1","product_id":1,"qty":1,"pad":"{}"}}"#,
-        "x".repeat(4200)
-    );
+    let big = format!(r#"{{"event_id":"big-1","product_id":1,"qty":1,"pad":"{}"}}"#, "x".repeat(4200));
     let bad: Vec<(Vec<u8>, &str)> = vec![
         (b"this is not json {".to_vec(), "not JSON"),
         (b"\xff\xfe".to_vec(), "not UTF-8"),
         (big.into_bytes(), "at most 4096"),
-        (
-            br#"{"product_id":1,"qty":1}"#.to_vec(),
-            "event_id is missing",
-        ),
-        (
-            br#"{"event_id":12345,"product_id":1,"qty":1}"#.to_vec(),
-            "event_id is not a string",
-        ),
-        (
-            br#"{"event_id":"bad id!","product_id":1,"qty":1}"#.to_vec(),
-            "is not 1 to 64 characters",
-        ),
-        (
-            br#"{"event_id":"qty-zero","product_id":1,"qty":0}"#.to_vec(),
-            "qty 0 is out of range",
-        ),
-        (
-            br#"{"event_id":"qty-big","product_id":1,"qty":1000001}"#.to_vec(),
-            "qty 1000001 is out of range",
-        ),
-        (
-            br#"{"event_id":"pid-string","product_id":"7","qty":1}"#.to_vec(),
-            "product_id is not a number",
-        ),
-        (
-            br#"{"event_id":"pid-float","product_id":1.5,"qty":1}"#.to_vec(),
-            "product_id is not an integer",
-        ),
-        (
-            br#"{"event_id":"ghost-1","product_id":999,"qty":1}"#.to_vec(),
-            "unknown product 999",
-        ),
-        (
-            br#"[{"event_id":"array-1","product_id":1,"qty":1}]"#.to_vec(),
-            "not a JSON object",
-        ),
+        (br#"{"product_id":1,"qty":1}"#.to_vec(), "event_id is missing"),
+        (br#"{"event_id":12345,"product_id":1,"qty":1}"#.to_vec(), "event_id is not a string"),
+        (br#"{"event_id":"bad id!","product_id":1,"qty":1}"#.to_vec(), "is not 1 to 64 characters"),
+        (br#"{"event_id":"qty-zero","product_id":1,"qty":0}"#.to_vec(), "qty 0 is out of range"),
+        (br#"{"event_id":"qty-big","product_id":1,"qty":1000001}"#.to_vec(), "qty 1000001 is out of range"),
+        (br#"{"event_id":"pid-string","product_id":"7","qty":1}"#.to_vec(), "product_id is not a number"),
+        (br#"{"event_id":"pid-float","product_id":1.5,"qty":1}"#.to_vec(), "product_id is not an integer"),
+        (br#"{"event_id":"ghost-1","product_id":999,"qty":1}"#.to_vec(), "unknown product 999"),
+        (br#"[{"event_id":"array-1","product_id":1,"qty":1}]"#.to_vec(), "not a JSON object"),
     ];
     let mut expected_units: HashMap<i64, i64> = HashMap::new();
     let mut good = 0;
@@ -541,10 +411,7 @@ async fn garbage_is_dead_lettered_with_a_reason_and_good_events_proceed() {
 
     let reports = env.drain(7).await;
     assert_eq!(reports.iter().map(|r| r.applied).sum::<u64>(), good);
-    assert_eq!(
-        reports.iter().map(|r| r.dead).sum::<u64>(),
-        bad.len() as u64
-    );
+    assert_eq!(reports.iter().map(|r| r.dead).sum::<u64>(), bad.len() as u64);
     assert_eq!(env.len("pending").await, 0);
     assert_eq!(env.len("processing").await, 0);
 
@@ -562,31 +429,13 @@ async fn garbage_is_dead_lettered_with_a_reason_and_good_events_proceed() {
         .collect();
     for (entry, why) in &bad {
         let shown = String::from_utf8_lossy(&entry[..entry.len().min(60)]).into_owned();
-        let found: Vec<usize> = (0..letters.len())
-            .filter(|&i| &decoded[i] == entry)
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "{shown:?} must be dead-lettered exactly once"
-        );
+        let found: Vec<usize> = (0..letters.len()).filter(|&i| &decoded[i] == entry).collect();
+        assert_eq!(found.len(), 1, "{shown:?} must be dead-lettered exactly once");
         let d = &letters[found[0]];
         let reason = d["reason"].as_str().unwrap();
-        assert!(
-            reason.contains(why),
-            "{shown:?}: reason {reason:?} should mention {why:?}"
-        );
-        assert_eq!(
-            d["attempts"].as_u64(),
-            Some(1),
-            "{shown:?}: invalid entries are not retried"
-        );
-        assert!(
-            d["failed_at"]
-                .as_u64()
-                .is_some_and(|t| t > 1_600_000_000_000),
-            "{d}"
-        );
+        assert!(reason.contains(why), "{shown:?}: reason {reason:?} should mention {why:?}");
+        assert_eq!(d["attempts"].as_u64(), Some(1), "{shown:?}: invalid entries are not retried");
+        assert!(d["failed_at"].as_u64().is_some_and(|t| t > 1_600_000_000_000), "{d}");
         let is_utf8 = std::str::from_utf8(entry).is_ok();
         assert_eq!(d.get("entry_base64").is_some(), !is_utf8, "{shown:?}: {d}");
     }
@@ -595,16 +444,8 @@ async fn garbage_is_dead_lettered_with_a_reason_and_good_events_proceed() {
     for product in [1, 2] {
         let units = expected_units[&product];
         assert_eq!(env.applied_units(product).await, units);
-        assert_eq!(
-            env.mysql_stock(product).await,
-            100 - units,
-            "product {product}"
-        );
-        assert_eq!(
-            env.redis_stock(product).await,
-            Some(100 - units),
-            "product {product}"
-        );
+        assert_eq!(env.mysql_stock(product).await, 100 - units, "product {product}");
+        assert_eq!(env.redis_stock(product).await, Some(100 - units), "product {product}");
     }
     env.assert_books_balance().await;
 }

@@ -39,8 +39,10 @@ async fn an_acl_user_limited_to_the_queue_runs_every_command() {
     let url = format!("redis://{}:acl-secret@127.0.0.1:6379", user.name);
 
     // the user really is confined: a key outside the queue is refused
-    let mut limited = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let denied: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("outside").query_async(&mut limited).await;
+    let mut limited =
+        redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let denied: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg("outside").query_async(&mut limited).await;
     let denied = denied.unwrap_err().to_string();
     assert!(denied.contains("no permissions"), "{denied}");
 
