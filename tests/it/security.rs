@@ -1,5 +1,5 @@
-//! Security: a Redis ACL user limited to stockq's commands and one queue's keys, and Redis
-//! over TLS.
+//! Security: a Redis ACL user limited to stockq's commands and one queue's keys, Redis over
+//! TLS, and MySQL over TLS (`ssl-mode` in `DATABASE_URL`) on a private MariaDB that requires it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -166,4 +166,207 @@ async fn redis_over_tls() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("certificate"), "{stderr}");
     drop(env);
+}
+
+/// A private MariaDB that requires TLS from stockq's account, on a private port; killed and
+/// removed on drop.
+struct TlsMariaDb {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Drop for TlsMariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
+fn ca_and_server_cert() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "stockq test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn start_tls_mariadb() -> TlsMariaDb {
+    let dir = std::env::temp_dir().join(format!("stockq-mariadb-tls-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = ca_and_server_cert();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let as_root =
+        std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let user: &[&str] = if as_root { &["--user=root"] } else { &[] };
+    let installed = std::process::Command::new("mariadb-install-db")
+        .arg("--no-defaults")
+        .args(user)
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg("--auth-root-authentication-method=normal")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mariadb-install-db");
+    assert!(installed.success(), "mariadb-install-db failed");
+    let socket = dir.join("sock");
+    for _ in 0..20 {
+        let port = 33000 + rand::random::<u16>() % 2000;
+        // /usr/sbin is not on every user's PATH
+        let mariadbd = if std::path::Path::new("/usr/sbin/mariadbd").exists() {
+            "/usr/sbin/mariadbd"
+        } else {
+            "mariadbd"
+        };
+        let mut child = std::process::Command::new(mariadbd)
+            .arg("--no-defaults")
+            .args(user)
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--ssl-ca={}", dir.join("ca.pem").display()))
+            .arg(format!("--ssl-cert={}", dir.join("cert.pem").display()))
+            .arg(format!("--ssl-key={}", dir.join("key.pem").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        let sql = |statement: &str| {
+            std::process::Command::new("mariadb")
+                .arg(format!("--socket={}", socket.display()))
+                .args(["-uroot", "-e", statement])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        for _ in 0..100 {
+            if child.try_wait().unwrap().is_some() || sql("SELECT 1") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if child.try_wait().unwrap().is_none() && sql("SELECT 1") {
+            // an account that can only connect over TLS (both host entries: see STACK.md)
+            assert!(sql("DROP USER IF EXISTS ''@'localhost'; \
+                 CREATE USER 'stockq'@'localhost' IDENTIFIED BY 'stockq' REQUIRE SSL; \
+                 CREATE USER 'stockq'@'127.0.0.1' IDENTIFIED BY 'stockq' REQUIRE SSL; \
+                 GRANT ALL ON `stockq%`.* TO 'stockq'@'localhost'; \
+                 GRANT ALL ON `stockq%`.* TO 'stockq'@'127.0.0.1';"));
+            return TlsMariaDb { child, dir, port };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("could not start a private MariaDB with TLS");
+}
+
+/// Removes a queue's keys from the shared Redis even when the test fails.
+struct QueueKeys(String);
+
+impl Drop for QueueKeys {
+    fn drop(&mut self) {
+        let keys = std::process::Command::new("redis-cli")
+            .args(["--scan", "--pattern", &format!("{{{}}}:*", self.0)])
+            .output();
+        if let Ok(keys) = keys {
+            for key in String::from_utf8_lossy(&keys.stdout).lines() {
+                let _ = std::process::Command::new("redis-cli").args(["DEL", key]).output();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn mysql_over_tls_with_ssl_mode_in_the_url() {
+    let server = tokio::task::spawn_blocking(start_tls_mariadb).await.unwrap();
+    let queue = format!("tls{:08x}", rand::random::<u32>());
+    let _cleanup = QueueKeys(queue.clone());
+    let ca = server.dir.join("ca.pem");
+    let url =
+        |mode: &str| format!("mysql://stockq:stockq@127.0.0.1:{}/stockq_tls?ssl-mode={mode}", server.port);
+    let run = |database_url: String, args: &'static [&'static str]| {
+        let queue = queue.clone();
+        async move {
+            let out = tokio::process::Command::new(crate::helpers::stockq_bin())
+                .args(args)
+                .env("REDIS_URL", crate::helpers::redis_url())
+                .env("DATABASE_URL", database_url)
+                .env("STOCKQ_QUEUE", queue)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let verify = format!("{}&ssl-ca={}", url("verify_ca"), ca.display());
+    for (database_url, args) in [
+        (url("required"), &["migrate"][..]),
+        (url("required"), &["stock", "set", "1", "10"][..]),
+        (verify.clone(), &["reserve", "1", "4"][..]),
+        (verify.clone(), &["janitor", "--once"][..]),
+    ] {
+        let (code, err) = run(database_url, args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!err.contains("stockq:stockq"), "credentials in output: {err}");
+    }
+    // the reservation is applied over TLS by a worker, and the books balance
+    let mut worker = tokio::process::Command::new(crate::helpers::stockq_bin())
+        .arg("worker")
+        .env("REDIS_URL", crate::helpers::redis_url())
+        .env("DATABASE_URL", &verify)
+        .env("STOCKQ_QUEUE", &queue)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, _) = run(verify.clone(), &["check"]).await;
+        let mut redis = redis::Client::open(crate::helpers::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let stock: Option<i64> =
+            redis::cmd("GET").arg(format!("{{{queue}}}:stock:1")).query_async(&mut redis).await.unwrap();
+        let pending: u64 =
+            redis::cmd("LLEN").arg(format!("{{{queue}}}:pending")).query_async(&mut redis).await.unwrap();
+        let processing: u64 =
+            redis::cmd("LLEN").arg(format!("{{{queue}}}:processing")).query_async(&mut redis).await.unwrap();
+        if code == 0 && stock == Some(6) && pending == 0 && processing == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker did not apply the reservation over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send_signal(worker.id().unwrap(), "TERM");
+    assert!(tokio::time::timeout(Duration::from_secs(20), worker.wait()).await.unwrap().unwrap().success());
+    let applied = std::process::Command::new("mariadb")
+        .arg(format!("--socket={}", server.dir.join("sock").display()))
+        .args(["-uroot", "-N", "-e", "SELECT stock FROM stockq_tls.products WHERE id = 1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&applied.stdout).trim(), "6");
+
+    // the account requires TLS: without it the server refuses, in one line, password hidden
+    let (code, err) = run(url("disabled"), &["check"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("Access denied") && err.contains("stockq:***@"), "{err}");
 }
