@@ -189,25 +189,18 @@ impl Ledger {
 
         let mut stock = lock_products(&mut tx, events).await?;
         let before = stock.clone();
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut rejected = Vec::new();
-        let mut unknown = Vec::new();
-        for event in events {
-            outcomes.push(match stock.get_mut(&event.product_id) {
-                Some(available) if *available >= event.qty => {
-                    *available -= event.qty;
-                    Outcome::Applied
-                }
-                Some(_) => {
-                    rejected.push(event.event_id.clone());
-                    Outcome::Rejected
-                }
-                None => {
-                    unknown.push(event.event_id.clone());
-                    Outcome::UnknownProduct
-                }
-            });
-        }
+        // every id is new here (the insert proved it), so nothing is settled yet
+        let outcomes = allocate(events, &mut stock, &mut HashMap::new());
+        let ids_with = |wanted: Outcome| -> Vec<String> {
+            events
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| **o == wanted)
+                .map(|(e, _)| e.event_id.clone())
+                .collect()
+        };
+        let rejected = ids_with(Outcome::Rejected);
+        let unknown = ids_with(Outcome::UnknownProduct);
         if !rejected.is_empty() {
             let mut q =
                 QueryBuilder::<MySql>::new("UPDATE stock_log SET status = 'rejected' WHERE event_id IN (");
@@ -235,34 +228,16 @@ impl Ledger {
         let before = stock.clone();
 
         let mut settled = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
-
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut new_rows: Vec<(&Event, Status)> = Vec::new();
-        for event in events {
-            let outcome = if let Some(row) = settled.get(&event.event_id) {
-                match (row.seq == event.seq, row.status) {
-                    (true, Status::Applied) => Outcome::AlreadyApplied,
-                    (true, Status::Rejected) => Outcome::AlreadyRejected,
-                    (false, _) => Outcome::Duplicate,
-                }
-            } else if let Some(available) = stock.get_mut(&event.product_id) {
-                let status = if *available >= event.qty {
-                    *available -= event.qty;
-                    Status::Applied
-                } else {
-                    Status::Rejected
-                };
-                settled.insert(event.event_id.clone(), Settled { status, seq: event.seq });
-                new_rows.push((event, status));
-                match status {
-                    Status::Applied => Outcome::Applied,
-                    Status::Rejected => Outcome::Rejected,
-                }
-            } else {
-                Outcome::UnknownProduct
-            };
-            outcomes.push(outcome);
-        }
+        let outcomes = allocate(events, &mut stock, &mut settled);
+        let new_rows: Vec<(&Event, Status)> = events
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(e, o)| match o {
+                Outcome::Applied => Some((e, Status::Applied)),
+                Outcome::Rejected => Some((e, Status::Rejected)),
+                _ => None,
+            })
+            .collect();
 
         if !new_rows.is_empty() {
             let mut q =
@@ -372,6 +347,50 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Decides every event of a batch, in batch order, against the locked stock and the rows
+/// already settled: the heart of the ledger, kept free of I/O so that it can be tested alone.
+///
+/// * an event id already settled (or settled earlier in this batch) by the same reservation
+///   (same seq) keeps its outcome; by another reservation, it is a duplicate;
+/// * otherwise the event takes its quantity if the product has it, and is rejected if not,
+///   so a short stock rejects exactly the events that do not fit, and stock never goes
+///   negative;
+/// * an event whose product is not in `stock` is an unknown product.
+///
+/// `stock` is left holding the new stock of each product; `settled` gains the new rows.
+pub fn allocate(
+    events: &[Event],
+    stock: &mut HashMap<i64, i64>,
+    settled: &mut HashMap<String, Settled>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let outcome = if let Some(row) = settled.get(&event.event_id) {
+            match (row.seq == event.seq, row.status) {
+                (true, Status::Applied) => Outcome::AlreadyApplied,
+                (true, Status::Rejected) => Outcome::AlreadyRejected,
+                (false, _) => Outcome::Duplicate,
+            }
+        } else if let Some(available) = stock.get_mut(&event.product_id) {
+            let status = if *available >= event.qty {
+                *available -= event.qty;
+                Status::Applied
+            } else {
+                Status::Rejected
+            };
+            settled.insert(event.event_id.clone(), Settled { status, seq: event.seq });
+            match status {
+                Status::Applied => Outcome::Applied,
+                Status::Rejected => Outcome::Rejected,
+            }
+        } else {
+            Outcome::UnknownProduct
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// Locks the batch's products, each once, in ascending id order, and reads their stock.
@@ -516,5 +535,96 @@ fn describe_connect_error(e: Error, settings: &Settings) -> Error {
     match e {
         Error::Usage(_) => e,
         _ => Error::Refused(format!("cannot use MySQL at {} ({message}); {hint}", settings.database_url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(id: u8, product: i64, qty: i64, seq: Option<i64>) -> Event {
+        Event { event_id: format!("e{id}"), product_id: product, qty, seq }
+    }
+
+    #[test]
+    fn a_short_stock_rejects_exactly_what_does_not_fit() {
+        let mut stock = HashMap::from([(1, 5)]);
+        let events =
+            [event(1, 1, 3, Some(1)), event(2, 1, 3, Some(2)), event(3, 1, 2, Some(3)), event(4, 9, 1, None)];
+        let outcomes = allocate(&events, &mut stock, &mut HashMap::new());
+        assert_eq!(
+            outcomes,
+            [Outcome::Applied, Outcome::Rejected, Outcome::Applied, Outcome::UnknownProduct]
+        );
+        assert_eq!(stock[&1], 0);
+    }
+
+    #[test]
+    fn redeliveries_and_duplicates_are_told_apart_by_seq() {
+        let mut settled = HashMap::from([
+            ("e1".to_string(), Settled { status: Status::Applied, seq: Some(1) }),
+            ("e2".to_string(), Settled { status: Status::Rejected, seq: Some(2) }),
+        ]);
+        let mut stock = HashMap::from([(1, 10)]);
+        let events = [
+            event(1, 1, 1, Some(1)),
+            event(2, 1, 1, Some(2)),
+            event(1, 1, 1, Some(7)),
+            event(3, 1, 1, Some(3)),
+            event(3, 1, 1, Some(8)),
+        ];
+        let outcomes = allocate(&events, &mut stock, &mut settled);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::AlreadyApplied,
+                Outcome::AlreadyRejected,
+                Outcome::Duplicate,
+                Outcome::Applied,
+                Outcome::Duplicate
+            ]
+        );
+        assert_eq!(stock[&1], 9);
+    }
+
+    proptest! {
+        /// Whatever the batch, stock never goes negative, what was taken is exactly what the
+        /// applied events asked for, an event is rejected only when its product could not
+        /// cover it at its turn, and each event id deducts at most once.
+        #[test]
+        fn allocation_keeps_the_books(
+            initial in proptest::collection::vec(0i64..20, 1..5),
+            raw in proptest::collection::vec((0u8..12, 0i64..6, 1i64..8, proptest::option::of(0i64..3)), 0..40),
+        ) {
+            let mut stock: HashMap<i64, i64> =
+                initial.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect();
+            let before = stock.clone();
+            let events: Vec<Event> = raw.iter().map(|(id, p, q, seq)| event(*id, *p, *q, *seq)).collect();
+            let outcomes = allocate(&events, &mut stock, &mut HashMap::new());
+
+            let mut replay = before.clone();
+            let mut deducted_ids = std::collections::HashSet::new();
+            for (e, o) in events.iter().zip(&outcomes) {
+                match o {
+                    Outcome::Applied => {
+                        let s = replay.get_mut(&e.product_id).unwrap();
+                        prop_assert!(*s >= e.qty);
+                        *s -= e.qty;
+                        prop_assert!(deducted_ids.insert(e.event_id.clone()), "{} deducted twice", e.event_id);
+                    }
+                    Outcome::Rejected => {
+                        prop_assert!(replay[&e.product_id] < e.qty);
+                        prop_assert!(deducted_ids.insert(e.event_id.clone()));
+                    }
+                    Outcome::UnknownProduct => prop_assert!(!before.contains_key(&e.product_id)),
+                    Outcome::AlreadyApplied | Outcome::AlreadyRejected | Outcome::Duplicate => {
+                        prop_assert!(deducted_ids.contains(&e.event_id));
+                    }
+                }
+            }
+            prop_assert_eq!(&replay, &stock);
+            prop_assert!(stock.values().all(|s| *s >= 0));
+        }
     }
 }
