@@ -15,7 +15,8 @@
 //!
 //! - [`config`]: the one typed configuration (flags and environment), secrets redacted.
 //! - [`queue`]: the Redis side — key names ([`queue::Keys`]), the Lua scripts of `lua/`,
-//!   claim, settle, renew, release and recovery.
+//!   claim, settle, renew, release and recovery; one server or a cluster
+//!   ([`queue::conn`]); a queue spread over shards ([`queue::Shards`]).
 //! - [`event`]: the event format, its validation and the dead-letter envelope.
 //! - [`reserve`]: the seckill front door; [`produce`]: the load generator built on it.
 //! - [`ledger`]: the MySQL side — migrations, the batch transaction, the check's snapshot.

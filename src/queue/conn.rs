@@ -85,11 +85,22 @@ impl Endpoint {
 
     /// The shared, reconnecting connection for scripts and acknowledgements.
     pub async fn shared(&self, response_timeout: Duration) -> Result<Conn> {
+        self.connect(Some(response_timeout)).await
+    }
+
+    /// A dedicated connection for one consumer's BLMOVE, so that nothing queues behind it.
+    /// It has no response timeout of its own: the wait is bounded by BLMOVE's timeout
+    /// argument and by the caller.
+    pub async fn blocking(&self) -> Result<Conn> {
+        self.connect(None).await
+    }
+
+    async fn connect(&self, response_timeout: Option<Duration>) -> Result<Conn> {
         match self {
             Endpoint::Single(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(response_timeout))
+                    .set_response_timeout(response_timeout)
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_millis(500));
@@ -102,34 +113,8 @@ impl Endpoint {
                 Ok(Conn::Single(conn))
             }
             Endpoint::Cluster(nodes) => {
-                let client = Self::cluster(nodes, response_timeout)?;
-                let conn =
-                    bounded("redis (connect)", CONNECT_TIMEOUT * 3, client.get_async_connection()).await?;
-                Ok(Conn::Cluster(conn))
-            }
-        }
-    }
-
-    /// A dedicated connection for one consumer's BLMOVE, so that nothing queues behind it.
-    /// Its response timeout is generous: the wait is bounded by BLMOVE's own timeout.
-    pub async fn blocking(&self) -> Result<Conn> {
-        const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3600);
-        match self {
-            Endpoint::Single(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(None)
-                    .set_number_of_retries(1);
-                let conn = bounded(
-                    "redis (connect)",
-                    CONNECT_TIMEOUT * 2,
-                    client.get_connection_manager_with_config(config),
-                )
-                .await?;
-                Ok(Conn::Single(conn))
-            }
-            Endpoint::Cluster(nodes) => {
-                let client = Self::cluster(nodes, BLOCKING_RESPONSE_TIMEOUT)?;
+                // the cluster client wants a response timeout: an hour stands for none
+                let client = Self::cluster(nodes, response_timeout.unwrap_or(Duration::from_secs(3600)))?;
                 let conn =
                     bounded("redis (connect)", CONNECT_TIMEOUT * 3, client.get_async_connection()).await?;
                 Ok(Conn::Cluster(conn))

@@ -43,7 +43,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
     +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
-    +smembers +xadd +scan";
+    +smembers +xadd";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub type Entry = Vec<u8>;
