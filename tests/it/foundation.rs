@@ -452,3 +452,50 @@ async fn bad_input_and_unreachable_stores() {
     assert_eq!(code, 0);
     assert!(out.contains("Usage:") && out.contains("reserve"), "{out}");
 }
+
+/// A second signal exits at once, even with a batch stuck on MySQL; what the worker held is
+/// recovered by the janitor and applied once.
+#[tokio::test]
+async fn a_second_signal_exits_at_once_and_loses_nothing() {
+    let env = TestEnv::with(|s| s.visibility_timeout = Duration::from_secs(1)).await;
+    env.stock(1, 100).await;
+    for _ in 0..10 {
+        env.reserve_ok(1, 1, &new_event_id()).await;
+    }
+    // hold product 1 so the worker's batch waits on MySQL
+    let mut locker = env.ledger.pool().begin().await.unwrap();
+    sqlx::query("SELECT stock FROM products WHERE id = 1 FOR UPDATE").execute(&mut *locker).await.unwrap();
+
+    let mut worker = env.command(&["worker"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    env.eventually(Duration::from_secs(10), "the worker to claim the 10 events", || async {
+        env.len("processing").await == 10
+    })
+    .await;
+    let pid = worker.id().unwrap();
+    crate::helpers::send_signal(pid, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the first signal must let the stuck batch finish");
+    let second = Instant::now();
+    crate::helpers::send_signal(pid, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), worker.wait()).await.unwrap().unwrap();
+    assert!(second.elapsed() < Duration::from_secs(2), "took {:?}", second.elapsed());
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    worker.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    assert!(stderr.contains("second SIGTERM"), "{stderr}");
+    assert_eq!(env.log_counts().await, (0, 0), "nothing may have been applied while the row was held");
+
+    // the forced exit left its claims behind; the janitor recovers them and they apply once
+    locker.rollback().await.unwrap();
+    let janitor = env.janitor();
+    env.eventually(Duration::from_secs(10), "the janitor to re-queue the abandoned claims", || async {
+        janitor.recover().await.unwrap();
+        env.len("pending").await == 10
+    })
+    .await;
+    env.drain(20).await;
+    assert_eq!(env.log_counts().await, (10, 0));
+    assert_eq!(env.mysql_stock(1).await, 90);
+    assert_eq!(env.redis_stock(1).await, Some(90));
+    env.assert_books_balance().await;
+}
