@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::queue::Shards;
 use crate::reserve::{Reservation, new_event_id, reserve};
 
-pub const DEFAULT_IN_FLIGHT: usize = 64;
+pub const DEFAULT_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct ProduceOptions {
