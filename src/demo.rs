@@ -190,7 +190,7 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
              Redis == MySQL for every product."
         );
         println!(
-            "   inspect it: redis-cli --scan --pattern '{{{DEMO_QUEUE}}}:*'; the demo data stays until the next run."
+            "   inspect it: redis-cli --scan --pattern '{{{DEMO_QUEUE}*'; the demo data stays until the next run."
         );
         Ok(0)
     } else {
