@@ -96,7 +96,7 @@ async fn drained(shards: &Shards) -> bool {
 #[tokio::test]
 async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     let cluster = Cluster::start();
-    let env = TestEnv::with_cluster(&cluster.url, |s| {
+    let env = TestEnv::with_redis(&cluster.url, |s| {
         s.shards = SHARDS;
         s.visibility_timeout = Duration::from_secs(1);
         s.janitor_interval = Duration::from_millis(200);

@@ -348,33 +348,17 @@ pub async fn terminate(child: &mut tokio::process::Child) -> i32 {
     status.code().unwrap_or(-1)
 }
 
-// ---- Helpers for faults.rs: an environment on a Redis server of the test's own. ----
+// ---- Helpers for faults.rs, security.rs and cluster.rs: a Redis of the test's own. ----
 
 impl TestEnv {
-    /// Like [`TestEnv::with`], but on the Redis server at `url` (a private server the test
-    /// starts, stops and restarts) instead of the shared one. Drop cleans that server.
+    /// Like [`TestEnv::with`], but on the Redis at `url` (a private server the test starts,
+    /// stops and restarts, or the comma-separated nodes of a cluster) instead of the shared
+    /// one. `env.redis` connects to the first node named: on a cluster it serves that node's
+    /// keys only, so use `env.shards()` and stockq's own functions for the queue there.
     pub async fn with_redis(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         let redis_url =
             stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
-        let mut env = Self::with(|s| {
-            s.redis_url = redis_url;
-            tweak(s);
-        })
-        .await;
-        env.redis = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-        env
-    }
-}
-
-// ---- Helpers for cluster.rs: an environment on a local Redis Cluster. ----
-
-impl TestEnv {
-    /// Like [`TestEnv::with`], on the cluster whose nodes `url` lists (comma-separated).
-    /// `env.redis` is a plain connection to the first node, good for that node's keys only;
-    /// use `env.shards()` and stockq's own functions for the queue.
-    pub async fn with_cluster(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
-        let redis_url = stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis"]).expect("redis url");
-        let first = url.split(',').next().unwrap().to_string();
+        let first = url.split(',').next().unwrap();
         let mut env = Self::with(|s| {
             s.redis_url = redis_url;
             tweak(s);
