@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Backoff, now_ms};
 use crate::check::{self, CheckReport};
 use crate::error::{Result, bounded};
 use crate::event::dead_envelope;
 use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Queue, Settlement, Shards};
 use crate::telemetry::metrics as m;
-use crate::worker::{Backoff, now_ms};
 
 /// Expired claims handled per script call, so one call never blocks Redis for long.
 const REQUEUE_LIMIT: usize = 1000;

@@ -4,50 +4,61 @@
 //!
 //! ```text
 //! reserve ─▶ lua/reserve.lua: DECRBY {q}:stock:<p> and LPUSH {q}:pending, atomically
-//! worker  ─▶ queue::Queue::claim   pending → processing, with a claim deadline
-//!         ─▶ ledger::Ledger::apply_batch   one MySQL transaction per batch, stock_log dedup
-//!         ─▶ queue::Queue::settle  LREM from processing (+ give-back or dead letter)
-//! janitor ─▶ queue::Queue::requeue_expired   expired claims back to pending, or dead
-//!         ─▶ check::check   redis == mysql − in-flight, per product
+//! worker  ─▶ Queue::claim          pending → processing, with a claim deadline
+//!         ─▶ Ledger::apply_batch   one MySQL transaction per batch, stock_log dedup
+//!         ─▶ Queue::settle         LREM from processing (+ give-back or dead letter)
+//! janitor ─▶ Queue::requeue_expired   expired claims back to pending, or dead
+//!         ─▶ check                 redis == mysql − in-flight, per product
 //! ```
 //!
 //! # The layout
 //!
-//! - [`config`]: the one typed configuration (flags and environment), secrets redacted.
-//! - [`queue`]: the Redis side — key names ([`queue::Keys`]), the Lua scripts of `lua/`,
-//!   claim, settle, renew, release and recovery; one server or a cluster
-//!   ([`queue::conn`]); a queue spread over shards ([`queue::Shards`]).
-//! - [`event`]: the event format, its validation and the dead-letter envelope.
-//! - [`reserve`]: the seckill front door; [`produce`]: the load generator built on it.
-//! - [`ledger`]: the MySQL side — migrations, the batch transaction, the check's snapshot.
-//! - [`worker`]: the claim/apply/settle loop; [`heartbeat`]: workers announcing themselves.
-//! - [`janitor`]: recovery of abandoned claims, dead-lettering, the periodic check.
-//! - [`check`]: the exact consistency check and its repair.
-//! - [`stock`]: operators' restocks, applied to both stores together.
-//! - [`dead`]: listing, re-queueing and dropping dead letters.
-//! - [`health`]: `/healthz` and `/metrics`; [`web`]: `stockq serve`, the HTTP front door.
-//! - [`stats`], [`demo`], [`bench`], [`cli`], [`shutdown`], [`telemetry`], [`error`].
+//! The core, each the only door to what it names:
+//! - `queue/`: everything that talks to Redis. Key names (`keys`), the Lua scripts of `lua/`
+//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`).
+//! - `ledger/`: everything that talks to MySQL. The batch transaction (`apply`), the check's
+//!   snapshot and operators' adjustments (`books`), migrations (`migrate`).
+//! - `worker/`: the claim/apply/settle loop; its heartbeat.
+//! - `janitor`: recovery of abandoned claims, dead-lettering, the periodic check.
+//! - `check`: the exact consistency check and its repair.
+//! - `reserve`: the seckill front door. `event`: the event format and the dead-letter envelope.
+//!
+//! Around it:
+//! - `admin/`: operators' actions (`stock`, `dead`, `stats`).
+//! - `http/`: `stockq serve` (`serve`), `/healthz` and `/metrics` (`health`).
+//! - `cli/`: the command line, one function per command.
+//! - `tools/`: the demo, the benchmark and the load generator.
+//! - `config`, `error`, `backoff`, `shutdown`, `telemetry`: what every part shares.
+//!
+//! Only what the binary and the integration tests use is exported below.
 
-pub mod bench;
-pub mod check;
+mod admin;
+mod backoff;
+mod check;
 pub mod cli;
-pub mod config;
-pub mod dead;
-pub mod demo;
-pub mod error;
-pub mod event;
-pub mod health;
-pub mod heartbeat;
-pub mod janitor;
-pub mod ledger;
-pub mod produce;
-pub mod queue;
-pub mod reserve;
-pub mod shutdown;
-pub mod stats;
-pub mod stock;
+mod config;
+mod error;
+mod event;
+mod http;
+mod janitor;
+mod ledger;
+mod queue;
+mod reserve;
+mod shutdown;
 pub mod telemetry;
-pub mod web;
-pub mod worker;
+mod tools;
+mod worker;
 
+pub use admin::stats::depths;
+pub use admin::stock::{Change, adjust};
+pub use check::{ProductBooks, check};
+pub use config::{SecretUrl, Settings, install_tls_provider};
 pub use error::{Error, Result};
+pub use event::Event;
+pub use janitor::Janitor;
+pub use ledger::{Ledger, Outcome, migrate};
+pub use queue::{ACL_COMMANDS, Queue, Shards};
+pub use reserve::{Reservation, new_event_id, reserve};
+pub use tools::produce::{ProduceOptions, ProduceReport, produce};
+pub use worker::heartbeat::live_workers;
+pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use stockq::check::{ProductBooks, check};
-use stockq::event::Event;
-use stockq::produce::{ProduceOptions, produce};
-use stockq::worker::{StepOutcome, Worker, WorkerOptions};
+use stockq::Event;
+use stockq::{ProduceOptions, produce};
+use stockq::{ProductBooks, check};
+use stockq::{StepOutcome, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::TestEnv;

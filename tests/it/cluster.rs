@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use stockq::queue::Shards;
-use stockq::reserve::{Reservation, new_event_id, reserve};
+use stockq::Shards;
+use stockq::{Reservation, new_event_id, reserve};
 
 use crate::helpers::{TestEnv, terminate};
 
@@ -85,7 +85,7 @@ impl Drop for Cluster {
 
 async fn drained(shards: &Shards) -> bool {
     for queue in shards.all() {
-        match stockq::stats::depths(queue).await {
+        match stockq::depths(queue).await {
             Ok(d) if d.pending == 0 && d.processing == 0 => {}
             _ => return false,
         }
@@ -148,13 +148,12 @@ async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     );
 
     env.eventually(Duration::from_secs(60), "every shard drained and settled", || async {
-        drained(&shards).await
-            && stockq::check::check(&shards, &env.ledger).await.is_ok_and(|r| r.is_consistent())
+        drained(&shards).await && stockq::check(&shards, &env.ledger).await.is_ok_and(|r| r.is_consistent())
     })
     .await;
 
     // exact books: every unit Redis gave out was deducted once in MySQL, on every product
-    let report = stockq::check::check(&shards, &env.ledger).await.unwrap();
+    let report = stockq::check(&shards, &env.ledger).await.unwrap();
     assert_eq!(report.products.len(), PRODUCTS as usize);
     let mut applied_total = 0;
     for p in &report.products {
@@ -167,7 +166,7 @@ async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     assert!(applied_total as u64 >= reserved, "applied {applied_total} < reserved {reserved}");
     assert_eq!(env.log_counts().await, (applied_total, 0));
     for queue in shards.all() {
-        let d = stockq::stats::depths(queue).await.unwrap();
+        let d = stockq::depths(queue).await.unwrap();
         assert_eq!(d.dead, 0, "{}", queue.keys().prefix());
         assert!(
             d.counters.get("applied").copied().unwrap_or(0) > 0,

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sqlx::Connection;
-use stockq::ledger::Ledger;
-use stockq::reserve::{Reservation, new_event_id, reserve};
+use stockq::Ledger;
+use stockq::{Reservation, new_event_id, reserve};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 
@@ -372,7 +372,7 @@ async fn wait_drained(env: &TestEnv, within: Duration) {
 async fn heartbeats_after(env: &TestEnv, pids: &[u32], after_ms: u64) -> HashMap<u32, u64> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let beats = stockq::heartbeat::live_workers(&env.queue).await.expect("heartbeats");
+        let beats = stockq::live_workers(&env.queue).await.expect("heartbeats");
         let applied: HashMap<u32, u64> =
             beats.iter().filter(|b| b.seen_at > after_ms).map(|b| (b.pid, b.applied)).collect();
         if pids.iter().all(|p| applied.contains_key(p)) {

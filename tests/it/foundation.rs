@@ -10,10 +10,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use stockq::event::Event;
-use stockq::ledger::Outcome;
-use stockq::produce::{ProduceOptions, produce};
-use stockq::reserve::{Reservation, new_event_id, reserve};
+use stockq::Event;
+use stockq::Outcome;
+use stockq::{ProduceOptions, produce};
+use stockq::{Reservation, new_event_id, reserve};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
@@ -103,7 +103,7 @@ async fn stock_log_rows(env: &TestEnv) -> i64 {
     applied + rejected
 }
 
-async fn produce_quietly(env: &TestEnv, events: u64, products: i64) -> stockq::produce::ProduceReport {
+async fn produce_quietly(env: &TestEnv, events: u64, products: i64) -> stockq::ProduceReport {
     let options =
         ProduceOptions { events, products, qty: 1, hot: false, rate: None, in_flight: 64, progress: false };
     produce(&env.shards(), &options).await.expect("produce")
@@ -111,7 +111,7 @@ async fn produce_quietly(env: &TestEnv, events: u64, products: i64) -> stockq::p
 
 /// [`TestEnv::drain`], bounded as a whole (a step that keeps retrying must fail the test,
 /// not hang it).
-async fn drain(env: &TestEnv, batch: usize) -> Vec<stockq::worker::BatchReport> {
+async fn drain(env: &TestEnv, batch: usize) -> Vec<stockq::BatchReport> {
     tokio::time::timeout(Duration::from_secs(60), env.drain(batch))
         .await
         .expect("drain did not finish within 60s")
@@ -250,7 +250,7 @@ async fn redelivered_applied_events_change_mysql_once() {
     assert_eq!((env.len("pending").await, env.len("processing").await), (5, 0));
 
     let reports = drain(&env, 10).await;
-    let sum = |f: fn(&stockq::worker::BatchReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&stockq::BatchReport) -> u64| reports.iter().map(f).sum::<u64>();
     assert_eq!(sum(|r| r.redelivered), 5);
     assert_eq!(sum(|r| r.applied), 0);
     assert_eq!(sum(|r| r.rejected + r.duplicates + r.dead), 0);

@@ -7,10 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use stockq::config::Settings;
-use stockq::ledger::{self, Ledger};
-use stockq::queue::Queue;
-use stockq::worker::{StepOutcome, Worker, WorkerOptions};
+use stockq::Ledger;
+use stockq::Queue;
+use stockq::Settings;
+use stockq::{StepOutcome, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 /// Redis used by the tests (override with STOCKQ_TEST_REDIS_URL).
@@ -50,7 +50,7 @@ impl TestEnv {
         let mut settings =
             Settings::new(&redis_url(), &format!("{}/{database}", mysql_server_url()), &name).unwrap();
         tweak(&mut settings);
-        ledger::migrate(&settings).await.expect("migrate (is scripts/services.sh run?)");
+        stockq::migrate(&settings).await.expect("migrate (is scripts/services.sh run?)");
         let queue = Queue::connect(&settings).await.expect("redis");
         let ledger = Ledger::connect(&settings, 8).await.expect("mysql");
         let redis =
@@ -59,8 +59,8 @@ impl TestEnv {
     }
 
     /// The test's queue as the (single) shard set that workers, checks and producers take.
-    pub fn shards(&self) -> stockq::queue::Shards {
-        stockq::queue::Shards::over(self.queue.clone(), &self.name, self.settings.shards)
+    pub fn shards(&self) -> stockq::Shards {
+        stockq::Shards::over(self.queue.clone(), &self.name, self.settings.shards)
     }
 
     pub fn key(&self, suffix: &str) -> String {
@@ -104,7 +104,7 @@ impl TestEnv {
 
     /// Sets a product's stock through stockq (both stores).
     pub async fn stock(&self, product: i64, qty: i64) {
-        stockq::stock::adjust(&self.queue, &self.ledger, product, stockq::stock::Change::Set(qty))
+        stockq::adjust(&self.queue, &self.ledger, product, stockq::Change::Set(qty))
             .await
             .expect("stock set");
     }
@@ -164,7 +164,7 @@ impl TestEnv {
     }
 
     /// Runs worker steps (without blocking waits) until pending is empty; returns the reports.
-    pub async fn drain(&self, batch: usize) -> Vec<stockq::worker::BatchReport> {
+    pub async fn drain(&self, batch: usize) -> Vec<stockq::BatchReport> {
         let worker = self.worker(batch);
         let token = CancellationToken::new();
         let mut reports = Vec::new();
@@ -194,7 +194,7 @@ impl TestEnv {
 
     /// Asserts the stores agree for every product and the exact check finds no drift.
     pub async fn assert_books_balance(&self) {
-        let report = stockq::check::check(&self.shards(), &self.ledger).await.unwrap();
+        let report = stockq::check(&self.shards(), &self.ledger).await.unwrap();
         let drifts: Vec<_> = report.drifts().collect();
         assert!(drifts.is_empty(), "drift: {drifts:?}");
     }
@@ -258,8 +258,8 @@ impl TestEnv {
     }
 
     /// A janitor on this environment's queue and settings.
-    pub fn janitor(&self) -> stockq::janitor::Janitor {
-        stockq::janitor::Janitor::new(
+    pub fn janitor(&self) -> stockq::Janitor {
+        stockq::Janitor::new(
             self.queue.clone(),
             self.ledger.clone(),
             self.settings.janitor_interval,
@@ -275,8 +275,8 @@ impl TestEnv {
 
     /// Reserves through the library and insists it was reserved; returns the sequence number.
     pub async fn reserve_ok(&self, product: i64, qty: i64, event_id: &str) -> i64 {
-        match stockq::reserve::reserve(&self.queue, product, qty, event_id).await.unwrap() {
-            stockq::reserve::Reservation::Reserved { seq, .. } => seq,
+        match stockq::reserve(&self.queue, product, qty, event_id).await.unwrap() {
+            stockq::Reservation::Reserved { seq, .. } => seq,
             other => panic!("reserve {event_id} ({product} x{qty}): {other:?}"),
         }
     }
@@ -356,8 +356,7 @@ impl TestEnv {
     /// one. `env.redis` connects to the first node named: on a cluster it serves that node's
     /// keys only, so use `env.shards()` and stockq's own functions for the queue there.
     pub async fn with_redis(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
-        let redis_url =
-            stockq::config::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
+        let redis_url = stockq::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
         let first = url.split(',').next().unwrap();
         let mut env = Self::with(|s| {
             s.redis_url = redis_url;

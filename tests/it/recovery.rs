@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use redis::AsyncCommands;
-use stockq::produce::{ProduceOptions, produce};
+use stockq::{ProduceOptions, produce};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestEnv, send_signal, terminate};
@@ -224,7 +224,7 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
     assert_eq!((r.requeued, r.adopted, r.dead_lettered), (0, 0, 0));
 
     // Still a reservation: Redis 8 == MySQL 10 − 2 in flight.
-    let report = stockq::check::check(&env.shards(), &env.ledger).await.unwrap();
+    let report = stockq::check(&env.shards(), &env.ledger).await.unwrap();
     let p = report.products.iter().find(|p| p.product_id == 1).unwrap();
     assert_eq!((p.redis, p.mysql, p.in_flight, p.delta), (Some(8), 10, 2, 0));
     env.assert_books_balance().await;
@@ -315,9 +315,9 @@ async fn two_janitors_at_once_never_duplicate() {
     for i in 0..N {
         env.reserve_ok(1, 1, &format!("race-{i}")).await;
     }
-    let other_queue = stockq::queue::Queue::connect(&env.settings).await.unwrap();
+    let other_queue = stockq::Queue::connect(&env.settings).await.unwrap();
     let j1 = env.janitor();
-    let j2 = stockq::janitor::Janitor::new(
+    let j2 = stockq::Janitor::new(
         other_queue,
         env.ledger.clone(),
         env.settings.janitor_interval,

@@ -32,7 +32,7 @@ async fn an_acl_user_limited_to_the_queue_runs_every_command() {
         .arg(format!("~{{{}}}:*", env.name))
         .arg("resetchannels")
         .arg("-@all");
-    for command in stockq::queue::ACL_COMMANDS.split_whitespace() {
+    for command in stockq::ACL_COMMANDS.split_whitespace() {
         setuser.arg(command);
     }
     let () = setuser.query_async(&mut c).await.expect("ACL SETUSER");
@@ -145,7 +145,7 @@ async fn start_tls_redis() -> TlsRedis {
 
 #[tokio::test]
 async fn redis_over_tls() {
-    stockq::config::install_tls_provider();
+    stockq::install_tls_provider();
     let server = start_tls_redis().await;
     let env = TestEnv::with_redis(&format!("rediss://127.0.0.1:{}/#insecure", server.port), |_| {}).await;
     env.stock(1, 10).await;

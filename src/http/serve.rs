@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?}` | 201 `{"event_id", "seq", "remaining"}`; 409 sold out; 404 unknown product; 400 bad input |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
-//! | `GET /healthz`, `GET /metrics` | as in [`crate::health`] |
+//! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
 //!
 //! Every error body is `{"error": "..."}`. A reservation is one call of the reservation
 //! script over a multiplexed connection, so concurrent requests are pipelined to Redis.
@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, bounded};
-use crate::health::{self, Health};
+use crate::http::health::{self, Health};
 use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};

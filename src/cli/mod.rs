@@ -5,16 +5,16 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::admin::dead::{self, Selection};
+use crate::admin::stock::{self, Change};
 use crate::check;
 use crate::config::{GlobalArgs, Settings};
-use crate::dead::{self, Selection};
 use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
-use crate::produce::{self, ProduceOptions};
 use crate::queue::Shards;
 use crate::reserve::{self, Reservation};
-use crate::stock::{self, Change};
+use crate::tools::produce::{self, ProduceOptions};
 use crate::worker::{self, Worker, WorkerOptions};
 
 /// Exit status of `reserve` when there is not enough stock (nothing was taken).
@@ -97,9 +97,9 @@ pub enum Command {
     /// The HTTP front door for shoppers: POST /reserve, GET /stock/<id>, /healthz, /metrics (listens on PORT, default 8080)
     Serve,
     /// The one-command showcase: a flash sale against local Redis and MariaDB, reconciled
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::tools::demo::DemoArgs),
     /// Measure reservations/s, latency, and events applied/s end to end (its own queue and database)
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,9 +306,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
             let (shards, ledger) = connect(&settings, concurrency as u32 + 2).await?;
             tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
-            let ops = settings
-                .port
-                .map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
+            let ops = settings.port.map(|port| {
+                crate::http::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone())
+            });
             let worker = Worker::new(shards, ledger, options)?;
             worker.run(shutdown.clone()).await?;
             if let Some(ops) = ops {
@@ -332,9 +332,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             let shutdown = crate::shutdown::install()
                 .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let ops = settings
-                .port
-                .map(|port| crate::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()));
+            let ops = settings.port.map(|port| {
+                crate::http::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone())
+            });
             janitor.run(shutdown).await?;
             if let Some(ops) = ops {
                 let _ = ops.await;
@@ -358,7 +358,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Stats { json } => {
             let (shards, ledger) = connect(&settings, 2).await?;
-            let stats = crate::stats::collect(&shards, &ledger).await?;
+            let stats = crate::admin::stats::collect(&shards, &ledger).await?;
             if json {
                 println!("{}", serde_json::to_string(&stats).unwrap_or_default());
             } else {
@@ -408,16 +408,21 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Demo(args) => crate::demo::run(&settings, &args).await,
+        Command::Demo(args) => crate::tools::demo::run(&settings, &args).await,
         Command::Serve => {
             let shutdown = crate::shutdown::install()
                 .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
             let (shards, ledger) = connect(&settings, 4).await?;
-            crate::web::run(settings.port.unwrap_or(crate::web::DEFAULT_PORT), shards, ledger, shutdown)
-                .await?;
+            crate::http::serve::run(
+                settings.port.unwrap_or(crate::http::serve::DEFAULT_PORT),
+                shards,
+                ledger,
+                shutdown,
+            )
+            .await?;
             Ok(0)
         }
-        Command::Bench(args) => crate::bench::run(&settings, &args).await,
+        Command::Bench(args) => crate::tools::bench::run(&settings, &args).await,
     }
 }
 
@@ -471,7 +476,7 @@ fn print_check(report: &check::CheckReport, json: bool, last: bool) {
     }
 }
 
-fn print_stats(s: &crate::stats::Stats) {
+fn print_stats(s: &crate::admin::stats::Stats) {
     println!("queue        {}", s.queue);
     println!("pending      {}", s.pending);
     println!("processing   {}", s.processing);

@@ -11,9 +11,10 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::now_ms;
 use crate::error::{Result, bounded};
 use crate::queue::{CALL_TIMEOUT, Queue};
-use crate::worker::{Totals, now_ms};
+use crate::worker::Totals;
 
 /// How often a worker announces itself.
 pub const INTERVAL: Duration = Duration::from_secs(2);

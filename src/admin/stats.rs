@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use crate::check::{self, ProductBooks};
 use crate::error::{Result, bounded};
-use crate::heartbeat::{self, Heartbeat};
 use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Queue, Shards};
+use crate::worker::heartbeat::{self, Heartbeat};
 
 #[derive(Debug, Serialize)]
 pub struct Stats {

@@ -15,13 +15,16 @@
 //! re-queued and redelivered, and `stock_log` turns the redelivery into a pure acknowledgement
 //! (with its give-back if rejected). Nothing is lost and nothing is applied twice.
 
+pub mod heartbeat;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::backoff::{Backoff, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
 use crate::ledger::{Ledger, Outcome};
@@ -158,7 +161,7 @@ impl Worker {
             shards = self.shards.len(),
             "worker started"
         );
-        let heartbeat = tokio::spawn(crate::heartbeat::run(
+        let heartbeat = tokio::spawn(crate::worker::heartbeat::run(
             self.shards.first().clone(),
             self.id.to_string(),
             self.totals.clone(),
@@ -439,74 +442,6 @@ impl Worker {
     }
 }
 
-/// Exponential backoff with rate-limited logging: one line per kind of failure every few
-/// seconds across the whole process (however many loops and batches fail at once), so an
-/// outage is visible without flooding the log.
-pub(crate) struct Backoff {
-    delay: Duration,
-    failures: u64,
-}
-
-/// When each kind of failure (its message) was last logged, process-wide.
-static LAST_LOGGED: std::sync::Mutex<Vec<(&'static str, Instant)>> = std::sync::Mutex::new(Vec::new());
-
-/// Whether a line of this kind may be logged now (at most one every [`Backoff::LOG_EVERY`]).
-fn may_log(what: &'static str) -> bool {
-    let mut last = LAST_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
-    match last.iter_mut().find(|(kind, _)| *kind == what) {
-        Some((_, at)) if at.elapsed() < Backoff::LOG_EVERY => false,
-        Some((_, at)) => {
-            *at = Instant::now();
-            true
-        }
-        None => {
-            last.push((what, Instant::now()));
-            true
-        }
-    }
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(2);
-    const LOG_EVERY: Duration = Duration::from_secs(5);
-
-    pub(crate) fn new() -> Self {
-        Backoff { delay: Self::MIN, failures: 0 }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "working again after failures");
-        }
-        *self = Backoff::new();
-    }
-
-    /// Counts a failure and logs it, rate-limited per kind (`what`) across the process.
-    pub(crate) fn log(&mut self, error: &Error, what: &'static str) {
-        self.failures += 1;
-        if let Some(store) = error.store() {
-            metrics::counter!(m::STORE_ERRORS, "store" => store).increment(1);
-        }
-        if may_log(what) {
-            tracing::warn!(error = %error, failures = self.failures, "{what}");
-        }
-    }
-
-    pub(crate) async fn pause(&mut self) {
-        let jitter = rand::random_range(0..=self.delay.as_millis() as u64 / 2);
-        tokio::time::sleep(self.delay + Duration::from_millis(jitter)).await;
-        self.delay = (self.delay * 2).min(Self::MAX);
-    }
-
-    pub(crate) async fn sleep(&mut self, shutdown: &CancellationToken) {
-        tokio::select! {
-            _ = self.pause() => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-}
-
 fn worker_id() -> String {
     let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
     let host: String = host
@@ -519,8 +454,4 @@ fn worker_id() -> String {
 
 fn add_elapsed(total: &AtomicU64, since: Instant) {
     total.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -112,7 +112,7 @@ pub async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
 async fn sample_once(shards: &Shards) -> Result<()> {
     let (mut pending, mut processing, mut dead, mut oldest_ms) = (0, 0, 0, 0);
     for queue in shards.all() {
-        let d = crate::stats::depths(queue).await?;
+        let d = crate::admin::stats::depths(queue).await?;
         pending += d.pending;
         processing += d.processing;
         dead += d.dead;
@@ -122,7 +122,7 @@ async fn sample_once(shards: &Shards) -> Result<()> {
     metrics::gauge!(m::PROCESSING).set(processing as f64);
     metrics::gauge!(m::DEAD).set(dead as f64);
     metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(oldest_ms as f64 / 1000.0);
-    let live = crate::heartbeat::live_workers(shards.first()).await?;
+    let live = crate::worker::heartbeat::live_workers(shards.first()).await?;
     metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);
     Ok(())
 }

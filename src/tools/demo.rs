@@ -19,6 +19,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::stock::{self, Change};
 use crate::check;
 use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
@@ -26,7 +27,6 @@ use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
 use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};
-use crate::stock::{self, Change};
 use crate::worker::{Worker, WorkerOptions};
 
 pub const DEMO_QUEUE: &str = "demo";
@@ -103,7 +103,7 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
                     reserve(shards.for_product(product), product, 1, &new_event_id()).await
                 }
             })
-            .buffer_unordered(crate::produce::DEFAULT_IN_FLIGHT);
+            .buffer_unordered(crate::tools::produce::DEFAULT_IN_FLIGHT);
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -245,7 +245,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
 pub(crate) async fn depths(shards: &Shards) -> Result<(u64, u64)> {
     let mut total = (0, 0);
     for queue in shards.all() {
-        let d = crate::stats::depths(queue).await?;
+        let d = crate::admin::stats::depths(queue).await?;
         total.0 += d.pending;
         total.1 += d.processing;
     }

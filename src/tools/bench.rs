@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
+use crate::admin::stock::{self, Change};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ledger::{self, Ledger};
-use crate::produce::{self, Latency, ProduceOptions};
 use crate::queue::Shards;
-use crate::stock::{self, Change};
+use crate::tools::produce::{self, Latency, ProduceOptions};
 
 pub const BENCH_QUEUE: &str = "bench";
 pub const BENCH_DATABASE: &str = "stockq_bench";
@@ -78,7 +78,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     }
     crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }
         .validate()?;
-    let settings = crate::demo::own_settings(settings, BENCH_QUEUE, BENCH_DATABASE)?;
+    let settings = crate::tools::demo::own_settings(settings, BENCH_QUEUE, BENCH_DATABASE)?;
     ledger::migrate(&settings).await?;
     let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 2).await?;
@@ -148,7 +148,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
 }
 
 async fn prepare(shards: &Shards, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
-    crate::demo::reset(shards, ledger).await?;
+    crate::tools::demo::reset(shards, ledger).await?;
     for product in 1..=products {
         stock::adjust(shards.for_product(product), ledger, product, Change::Set(per_product)).await?;
     }
@@ -219,7 +219,7 @@ async fn one_run(
     let mut rss_early = None;
     let mut last_rss_sample = Instant::now();
     loop {
-        let (pending, processing) = crate::demo::depths(shards).await?;
+        let (pending, processing) = crate::tools::demo::depths(shards).await?;
         if pending == 0 && processing == 0 {
             break;
         }

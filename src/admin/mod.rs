@@ -1,0 +1,5 @@
+//! Operators' actions: restocks applied to both stores together, dead letters, statistics.
+
+pub mod dead;
+pub mod stats;
+pub mod stock;
