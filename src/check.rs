@@ -154,7 +154,7 @@ async fn check_shard(
 /// Runs the check and, if it finds drift, once more: only a drift seen twice with the same
 /// delta is reported. Real drift persists; this filters the one window the sequence cannot
 /// order, an operator's restock caught between its Redis and MySQL halves.
-pub async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
+pub(crate) async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
     let first = check(shards, ledger).await?;
     if first.is_consistent() {
         return Ok(first);
@@ -173,7 +173,7 @@ pub async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<CheckRe
 
 /// Corrects Redis by each drifting product's delta (INCRBY, never SET). Returns the number
 /// of products corrected.
-pub async fn repair(shards: &Shards, report: &CheckReport) -> Result<usize> {
+pub(crate) async fn repair(shards: &Shards, report: &CheckReport) -> Result<usize> {
     let mut n = 0;
     for p in report.drifts() {
         let queue = shards.for_product(p.product_id);

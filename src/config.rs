@@ -11,52 +11,52 @@ use clap::{Args, ValueEnum};
 
 use crate::error::{Error, Result};
 
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-pub const DEFAULT_DATABASE_URL: &str = "mysql://stockq:stockq@127.0.0.1:3306/stockq";
-pub const DEFAULT_QUEUE: &str = "stockq";
+pub(crate) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub(crate) const DEFAULT_DATABASE_URL: &str = "mysql://stockq:stockq@127.0.0.1:3306/stockq";
+pub(crate) const DEFAULT_QUEUE: &str = "stockq";
 
 /// The settings every command shares (SPEC §2). Flattened into each subcommand's arguments.
 #[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// Redis URL (redis:// or rediss:// for TLS)
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true)]
-    pub redis_url: String,
+    pub(crate) redis_url: String,
 
     /// MySQL/MariaDB URL; `migrate` creates its database when missing
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
-    pub database_url: String,
+    pub(crate) database_url: String,
 
     /// Queue name: every Redis key of the queue starts with {name}
     #[arg(long, env = "STOCKQ_QUEUE", default_value = DEFAULT_QUEUE, global = true)]
-    pub queue: String,
+    pub(crate) queue: String,
 
     /// A claimed entry neither acknowledged nor renewed within this is re-queued
     #[arg(long, env = "STOCKQ_VISIBILITY_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
-    pub visibility_timeout: Duration,
+    pub(crate) visibility_timeout: Duration,
 
     /// Deliveries before an entry is dead-lettered
     #[arg(long, env = "STOCKQ_MAX_ATTEMPTS", default_value_t = 5, global = true)]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 
     /// How often the janitor looks for timed-out claims
     #[arg(long, env = "STOCKQ_JANITOR_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub janitor_interval: Duration,
+    pub(crate) janitor_interval: Duration,
 
     /// How often the janitor runs the consistency check
     #[arg(long, env = "STOCKQ_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
-    pub check_interval: Duration,
+    pub(crate) check_interval: Duration,
 
     /// Serve /healthz and /metrics on this port (worker, janitor); the port of `serve`
     #[arg(long, env = "PORT", global = true)]
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
 
     /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
     #[arg(long, env = "STOCKQ_SHARDS", default_value_t = 1, global = true)]
-    pub shards: u32,
+    pub(crate) shards: u32,
 
     /// Log format
     #[arg(long, env = "STOCKQ_LOG_FORMAT", default_value = "pretty", global = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,7 +66,7 @@ pub enum LogFormat {
 }
 
 /// Parses a human-readable duration (`500ms`, `30s`, `5m`).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (write a duration such as 500ms, 30s or 5m)"))
 }
@@ -89,7 +89,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_args(args: &GlobalArgs) -> Result<Self> {
+    pub(crate) fn from_args(args: &GlobalArgs) -> Result<Self> {
         let redis_url = SecretUrl::parse("REDIS_URL", &args.redis_url, &["redis", "rediss"])?;
         let database_url = SecretUrl::parse("DATABASE_URL", &args.database_url, &["mysql", "mariadb"])?;
         validate_queue_name(&args.queue)?;
@@ -168,7 +168,7 @@ pub fn install_tls_provider() {
 }
 
 /// Queue names become part of every key inside a Redis Cluster hash tag, so braces are out.
-pub fn validate_queue_name(name: &str) -> Result<()> {
+pub(crate) fn validate_queue_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
@@ -215,10 +215,6 @@ impl SecretUrl {
     /// The URL with its password; hand it only to a client library.
     pub fn expose(&self) -> &str {
         &self.raw
-    }
-
-    pub fn redacted(&self) -> &str {
-        &self.redacted
     }
 }
 

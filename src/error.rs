@@ -44,12 +44,12 @@ impl From<redis::ParsingError> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Error::Usage(message.into())
     }
 
     /// The process exit status for this error (SPEC §3).
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
             _ => 1,
@@ -57,7 +57,7 @@ impl Error {
     }
 
     /// The store an error came from, for metrics and logs.
-    pub fn store(&self) -> Option<&'static str> {
+    pub(crate) fn store(&self) -> Option<&'static str> {
         match self {
             Error::Redis(_) => Some("redis"),
             Error::Database(_) | Error::Migrate(_) => Some("mysql"),
@@ -69,7 +69,7 @@ impl Error {
 
     /// Whether the same call may succeed if tried again later: connection trouble, timeouts,
     /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
             Error::Timeout { .. } => true,
@@ -121,7 +121,7 @@ fn is_transient_sql(e: &sqlx::Error) -> bool {
 }
 
 /// Bounds a future by `after`, naming what timed out.
-pub async fn bounded<T, E>(
+pub(crate) async fn bounded<T, E>(
     what: &'static str,
     after: Duration,
     fut: impl Future<Output = std::result::Result<T, E>>,

@@ -9,11 +9,11 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 /// The largest entry accepted, in bytes.
-pub const MAX_ENTRY_BYTES: usize = 4096;
+pub(crate) const MAX_ENTRY_BYTES: usize = 4096;
 /// The largest quantity one event may carry.
-pub const MAX_QTY: i64 = 1_000_000;
+pub(crate) const MAX_QTY: i64 = 1_000_000;
 /// The longest event id.
-pub const MAX_EVENT_ID_LEN: usize = 64;
+pub(crate) const MAX_EVENT_ID_LEN: usize = 64;
 
 /// A valid stock event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,18 +56,18 @@ impl Event {
 }
 
 /// An event id: 1 to 64 characters of `[A-Za-z0-9._:-]`.
-pub fn validate_event_id(id: &str) -> Result<(), String> {
+pub(crate) fn validate_event_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_EVENT_ID_LEN
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if ok { Ok(()) } else { Err(format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]")) }
 }
 
-pub fn validate_product_id(product_id: i64) -> Result<(), String> {
+pub(crate) fn validate_product_id(product_id: i64) -> Result<(), String> {
     if product_id > 0 { Ok(()) } else { Err(format!("product_id {product_id} is not a positive integer")) }
 }
 
-pub fn validate_qty(qty: i64) -> Result<(), String> {
+pub(crate) fn validate_qty(qty: i64) -> Result<(), String> {
     if (1..=MAX_QTY).contains(&qty) {
         Ok(())
     } else {
@@ -90,7 +90,7 @@ fn integer_field(fields: &Map<String, Value>, name: &str) -> Result<Option<i64>,
 
 /// The JSON envelope stored in `{q}:dead` (SPEC §4). An entry that is not UTF-8 is kept
 /// exactly, as `entry_base64`.
-pub fn dead_envelope(entry: &[u8], reason: &str, attempts: u64, failed_at_ms: u64) -> String {
+pub(crate) fn dead_envelope(entry: &[u8], reason: &str, attempts: u64, failed_at_ms: u64) -> String {
     let mut envelope = json!({
         "reason": reason,
         "attempts": attempts,
@@ -107,19 +107,19 @@ pub fn dead_envelope(entry: &[u8], reason: &str, attempts: u64, failed_at_ms: u6
 
 /// A dead-letter envelope read back from `{q}:dead`.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The envelope exactly as stored (the handle for requeue and drop).
-    pub raw: Vec<u8>,
+    pub(crate) raw: Vec<u8>,
     /// The original entry, decoded.
-    pub entry: Vec<u8>,
-    pub reason: String,
-    pub attempts: u64,
-    pub failed_at_ms: u64,
+    pub(crate) entry: Vec<u8>,
+    pub(crate) reason: String,
+    pub(crate) attempts: u64,
+    pub(crate) failed_at_ms: u64,
 }
 
 impl DeadLetter {
     /// Reads an envelope; `None` when it is not one stockq wrote.
-    pub fn parse(raw: &[u8]) -> Option<DeadLetter> {
+    pub(crate) fn parse(raw: &[u8]) -> Option<DeadLetter> {
         let value: Value = serde_json::from_slice(raw).ok()?;
         let entry = match (value.get("entry"), value.get("entry_base64")) {
             (Some(Value::String(s)), _) => s.as_bytes().to_vec(),
@@ -136,7 +136,7 @@ impl DeadLetter {
     }
 
     /// The event the entry holds, if it is a valid one.
-    pub fn event(&self) -> Option<Event> {
+    pub(crate) fn event(&self) -> Option<Event> {
         Event::parse(&self.entry).ok()
     }
 }

@@ -182,7 +182,7 @@ impl Janitor {
     }
 
     /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+    pub(crate) async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(
             queue = self.shards.first().keys().prefix(),
             shards = self.shards.len(),

@@ -11,14 +11,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return stockq::cli::usage_error(e),
     };
-    // The demo draws progress bars: only warnings may interrupt them, unless RUST_LOG says so.
-    let default_filter =
-        if matches!(cli.command, stockq::cli::Command::Demo(_) | stockq::cli::Command::Bench(_)) {
-            "warn"
-        } else {
-            "info"
-        };
-    stockq::telemetry::init(cli.global.log_format, default_filter);
+    stockq::telemetry::init(cli.log_format(), cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -11,7 +11,7 @@ use signal_hook_tokio::Signals;
 use tokio_util::sync::CancellationToken;
 
 /// Installs the signal handlers and returns the token they cancel.
-pub fn install() -> std::io::Result<CancellationToken> {
+pub(crate) fn install() -> std::io::Result<CancellationToken> {
     let token = CancellationToken::new();
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let cancel = token.clone();

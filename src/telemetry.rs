@@ -20,37 +20,37 @@ pub fn init(format: LogFormat, default_filter: &str) {
 /// Labels are low-cardinality only (a result, a store), with one exception kept bounded:
 /// `stockq_drift_units` carries a `product_id` label for products that are drifting now,
 /// which a healthy system has none of.
-pub mod metrics {
+pub(crate) mod metrics {
     use std::sync::OnceLock;
 
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-    pub const APPLIED: &str = "stockq_events_applied_total";
-    pub const REJECTED: &str = "stockq_events_rejected_total";
-    pub const DUPLICATES: &str = "stockq_events_duplicate_total";
-    pub const REDELIVERED: &str = "stockq_events_redelivered_total";
-    pub const DEAD_LETTERED: &str = "stockq_events_dead_lettered_total";
-    pub const REQUEUED: &str = "stockq_events_requeued_total";
-    pub const ADOPTED: &str = "stockq_claims_adopted_total";
-    pub const BATCH_SIZE: &str = "stockq_batch_size";
-    pub const APPLY_SECONDS: &str = "stockq_batch_apply_seconds";
-    pub const RESERVATIONS: &str = "stockq_reservations_total";
-    pub const RESERVE_SECONDS: &str = "stockq_reserve_seconds";
-    pub const PENDING: &str = "stockq_queue_pending";
-    pub const PROCESSING: &str = "stockq_queue_processing";
-    pub const DEAD: &str = "stockq_queue_dead";
-    pub const OLDEST_CLAIM_SECONDS: &str = "stockq_oldest_claim_age_seconds";
-    pub const LIVE_WORKERS: &str = "stockq_live_workers";
-    pub const DRIFTING_PRODUCTS: &str = "stockq_drifting_products";
-    pub const DRIFT_UNITS: &str = "stockq_drift_units";
-    pub const CHECKS: &str = "stockq_checks_total";
-    pub const STORE_ERRORS: &str = "stockq_store_errors_total";
-    pub const RECONNECTS: &str = "stockq_redis_reconnects_total";
+    pub(crate) const APPLIED: &str = "stockq_events_applied_total";
+    pub(crate) const REJECTED: &str = "stockq_events_rejected_total";
+    pub(crate) const DUPLICATES: &str = "stockq_events_duplicate_total";
+    pub(crate) const REDELIVERED: &str = "stockq_events_redelivered_total";
+    pub(crate) const DEAD_LETTERED: &str = "stockq_events_dead_lettered_total";
+    pub(crate) const REQUEUED: &str = "stockq_events_requeued_total";
+    pub(crate) const ADOPTED: &str = "stockq_claims_adopted_total";
+    pub(crate) const BATCH_SIZE: &str = "stockq_batch_size";
+    pub(crate) const APPLY_SECONDS: &str = "stockq_batch_apply_seconds";
+    pub(crate) const RESERVATIONS: &str = "stockq_reservations_total";
+    pub(crate) const RESERVE_SECONDS: &str = "stockq_reserve_seconds";
+    pub(crate) const PENDING: &str = "stockq_queue_pending";
+    pub(crate) const PROCESSING: &str = "stockq_queue_processing";
+    pub(crate) const DEAD: &str = "stockq_queue_dead";
+    pub(crate) const OLDEST_CLAIM_SECONDS: &str = "stockq_oldest_claim_age_seconds";
+    pub(crate) const LIVE_WORKERS: &str = "stockq_live_workers";
+    pub(crate) const DRIFTING_PRODUCTS: &str = "stockq_drifting_products";
+    pub(crate) const DRIFT_UNITS: &str = "stockq_drift_units";
+    pub(crate) const CHECKS: &str = "stockq_checks_total";
+    pub(crate) const STORE_ERRORS: &str = "stockq_store_errors_total";
+    pub(crate) const RECONNECTS: &str = "stockq_redis_reconnects_total";
 
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
     /// Installs the Prometheus recorder (once per process) and returns its handle.
-    pub fn install() -> PrometheusHandle {
+    pub(crate) fn install() -> PrometheusHandle {
         HANDLE
             .get_or_init(|| {
                 let recorder = PrometheusBuilder::new()

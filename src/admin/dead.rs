@@ -12,7 +12,7 @@ use crate::queue::{CALL_TIMEOUT, Shards, scripts};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone)]
-pub enum Selection {
+pub(crate) enum Selection {
     All,
     /// Every dead letter whose event has this id.
     EventId(String),
@@ -20,7 +20,7 @@ pub enum Selection {
 
 /// Every dead letter with the index of its shard, newest first within a shard. Envelopes
 /// stockq did not write are skipped.
-pub async fn list(shards: &Shards) -> Result<Vec<(usize, DeadLetter)>> {
+pub(crate) async fn list(shards: &Shards) -> Result<Vec<(usize, DeadLetter)>> {
     let mut letters = Vec::new();
     for (shard, queue) in shards.all().iter().enumerate() {
         let mut conn = queue.conn();
@@ -52,7 +52,7 @@ fn select(letters: Vec<(usize, DeadLetter)>, which: &Selection) -> Result<Vec<(u
 
 /// Sends dead letters back to pending; returns how many moved. Entries that are not valid
 /// events stay: they would only come straight back.
-pub async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
+pub(crate) async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
     let chosen = select(list(shards).await?, which)?;
     let mut moved = 0;
     let mut skipped = 0;
@@ -78,7 +78,7 @@ pub async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
 
 /// Discards dead letters, giving back the stock each valid one still holds. Returns
 /// (dropped, units given back).
-pub async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
+pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
     let chosen = select(list(shards).await?, which)?;
     let mut dropped = 0;
     let mut given = 0;

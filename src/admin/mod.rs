@@ -1,5 +1,5 @@
 //! Operators' actions: restocks applied to both stores together, dead letters, statistics.
 
-pub mod dead;
-pub mod stats;
-pub mod stock;
+pub(crate) mod dead;
+pub(crate) mod stats;
+pub(crate) mod stock;

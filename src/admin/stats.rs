@@ -11,24 +11,24 @@ use crate::queue::{CALL_TIMEOUT, Queue, Shards};
 use crate::worker::heartbeat::{self, Heartbeat};
 
 #[derive(Debug, Serialize)]
-pub struct Stats {
-    pub queue: String,
-    pub pending: u64,
-    pub processing: u64,
-    pub dead: u64,
+pub(crate) struct Stats {
+    pub(crate) queue: String,
+    pub(crate) pending: u64,
+    pub(crate) processing: u64,
+    pub(crate) dead: u64,
     /// Age of the oldest claim still held, in milliseconds (from its last claim or renewal).
-    pub oldest_claim_age_ms: Option<u64>,
-    pub live_workers: Vec<Heartbeat>,
+    pub(crate) oldest_claim_age_ms: Option<u64>,
+    pub(crate) live_workers: Vec<Heartbeat>,
     /// Events settled per second by all live workers, over their last few seconds.
-    pub throughput: f64,
+    pub(crate) throughput: f64,
     /// Running totals since the queue was created: applied, rejected, dead, requeued, ...
-    pub counters: BTreeMap<String, u64>,
+    pub(crate) counters: BTreeMap<String, u64>,
     /// Per product: Redis, MySQL and in-flight figures, from one consistency check.
-    pub products: Vec<ProductBooks>,
-    pub consistent: bool,
+    pub(crate) products: Vec<ProductBooks>,
+    pub(crate) consistent: bool,
 }
 
-pub async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
+pub(crate) async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
     let mut stats = Stats {
         queue: shards.all().iter().map(|q| q.keys().prefix()).collect::<Vec<_>>().join(","),
         pending: 0,

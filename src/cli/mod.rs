@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::admin::dead::{self, Selection};
 use crate::admin::stock::{self, Change};
 use crate::check;
-use crate::config::{GlobalArgs, Settings};
+use crate::config::{GlobalArgs, LogFormat, Settings};
 use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
@@ -18,9 +18,9 @@ use crate::tools::produce::{self, ProduceOptions};
 use crate::worker::{self, Worker, WorkerOptions};
 
 /// Exit status of `reserve` when there is not enough stock (nothing was taken).
-pub const EXIT_SOLD_OUT: u8 = 3;
+pub(crate) const EXIT_SOLD_OUT: u8 = 3;
 /// Exit status of `reserve` for a product that was never stocked.
-pub const EXIT_UNKNOWN_PRODUCT: u8 = 4;
+pub(crate) const EXIT_UNKNOWN_PRODUCT: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,13 +35,13 @@ pub const EXIT_UNKNOWN_PRODUCT: u8 = 4;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub(crate) global: GlobalArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create the database if missing and apply the migrations
     Migrate,
     /// Set or change a product's stock in MySQL and Redis together
@@ -103,7 +103,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum StockCommand {
+pub(crate) enum StockCommand {
     /// Set a product's stock (creating the product if needed)
     Set {
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -121,7 +121,7 @@ pub enum StockCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DeadCommand {
+pub(crate) enum DeadCommand {
     /// List dead letters, newest first
     List {
         #[arg(long)]
@@ -135,7 +135,7 @@ pub enum DeadCommand {
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
-pub struct DeadSelection {
+pub(crate) struct DeadSelection {
     /// Every dead letter
     #[arg(long)]
     all: bool,
@@ -153,7 +153,7 @@ impl DeadSelection {
 }
 
 #[derive(Debug, Args)]
-pub struct ProduceArgs {
+pub(crate) struct ProduceArgs {
     /// Reservations to make
     #[arg(long)]
     events: u64,
@@ -175,6 +175,21 @@ pub struct ProduceArgs {
     /// One JSON object on stdout instead of the summary line
     #[arg(long)]
     json: bool,
+}
+
+impl Cli {
+    pub fn log_format(&self) -> LogFormat {
+        self.global.log_format
+    }
+
+    /// The demo and the benchmark draw progress bars: only warnings may interrupt them,
+    /// unless RUST_LOG says otherwise.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) | Command::Bench(_) => "warn",
+            _ => "info",
+        }
+    }
 }
 
 /// Prints a clap error as one line (help and version print in full) and picks the status.

@@ -23,18 +23,18 @@ use crate::queue::Shards;
 use crate::telemetry::metrics as m;
 
 /// How often the queue gauges are refreshed.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
-pub struct Health {
-    pub shards: Shards,
-    pub ledger: Ledger,
-    pub metrics: PrometheusHandle,
+pub(crate) struct Health {
+    pub(crate) shards: Shards,
+    pub(crate) ledger: Ledger,
+    pub(crate) metrics: PrometheusHandle,
 }
 
 /// The `/healthz` and `/metrics` routes.
-pub fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router<S> {
     Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics_text)).with_state(health)
 }
 
@@ -67,7 +67,7 @@ async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
 }
 
 /// Serves `router` on 0.0.0.0:`port` until `shutdown`.
-pub async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Result<()> {
+pub(crate) async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Result<()> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -80,7 +80,7 @@ pub async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Re
 }
 
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
-pub fn spawn_ops(
+pub(crate) fn spawn_ops(
     port: u16,
     shards: Shards,
     ledger: Ledger,
@@ -97,7 +97,7 @@ pub fn spawn_ops(
 }
 
 /// Refreshes the queue gauges every [`SAMPLE_EVERY`] until `shutdown`.
-pub async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
+pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
     loop {
         if let Err(e) = sample_once(&shards).await {
             tracing::debug!(error = %e, "could not sample the queue");

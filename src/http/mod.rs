@@ -1,5 +1,5 @@
 //! The HTTP surfaces: `stockq serve` for shoppers, and `/healthz` + `/metrics` for every
 //! long-running process.
 
-pub mod health;
-pub mod serve;
+pub(crate) mod health;
+pub(crate) mod serve;

@@ -27,7 +27,7 @@ use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::telemetry::metrics as m;
 
-pub const DEFAULT_PORT: u16 = 8080;
+pub(crate) const DEFAULT_PORT: u16 = 8080;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,7 +93,7 @@ async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Resp
 }
 
 /// The whole front door.
-pub fn router(shards: Shards, ledger: Ledger) -> Router {
+pub(crate) fn router(shards: Shards, ledger: Ledger) -> Router {
     let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
     Router::new()
         .route("/reserve", post(post_reserve))
@@ -106,7 +106,12 @@ pub fn router(shards: Shards, ledger: Ledger) -> Router {
 }
 
 /// Serves the front door on `port` until `shutdown`.
-pub async fn run(port: u16, shards: Shards, ledger: Ledger, shutdown: CancellationToken) -> Result<()> {
+pub(crate) async fn run(
+    port: u16,
+    shards: Shards,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
     let served = health::serve(port, router(shards, ledger), shutdown).await;
     let _ = sampler.await;

@@ -36,7 +36,7 @@ use crate::error::{Error, Result, bounded};
 use crate::event::Event;
 
 /// How long a MySQL call (a batch transaction included) may take before it counts as failed.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Session lock-wait timeout, in seconds: a batch waiting on a row held elsewhere gives up
 /// (error 1205, retried) instead of hanging on to its claim.
 const LOCK_WAIT_TIMEOUT_SECS: u32 = 5;
@@ -64,13 +64,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// Whether the reservation's Redis stock must be given back on acknowledgement.
-    pub fn gives_back(self) -> bool {
+    pub(crate) fn gives_back(self) -> bool {
         matches!(self, Outcome::Rejected | Outcome::AlreadyRejected | Outcome::Duplicate)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Applied,
     Rejected,
 }
@@ -90,21 +90,21 @@ impl Status {
 
 /// A `stock_log` row as the queue needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
-    pub status: Status,
-    pub seq: Option<i64>,
+pub(crate) struct Settled {
+    pub(crate) status: Status,
+    pub(crate) seq: Option<i64>,
 }
 
 /// The MySQL side of a consistency check, read in one consistent snapshot.
 #[derive(Debug, Default)]
-pub struct Books {
-    pub stock: HashMap<i64, i64>,
+pub(crate) struct Books {
+    pub(crate) stock: HashMap<i64, i64>,
     /// Per product, units applied by events stamped after the Redis snapshot.
-    pub applied_after: HashMap<i64, i64>,
+    pub(crate) applied_after: HashMap<i64, i64>,
     /// Per product, operator adjustments stamped after the Redis snapshot.
-    pub adjusted_after: HashMap<i64, i64>,
+    pub(crate) adjusted_after: HashMap<i64, i64>,
     /// `stock_log` rows of the event ids asked about.
-    pub settled: HashMap<String, Settled>,
+    pub(crate) settled: HashMap<String, Settled>,
 }
 
 /// A handle on the MySQL database.
@@ -261,7 +261,7 @@ impl Ledger {
     ///
     /// Recording it first makes MySQL the arbiter: a worker that still holds the event (hung
     /// past its claim) will find this row and change nothing.
-    pub async fn settle_dropped(&self, event: &Event) -> Result<bool> {
+    pub(crate) async fn settle_dropped(&self, event: &Event) -> Result<bool> {
         bounded("mysql (drop)", CALL_TIMEOUT, async {
             let mut tx = self.pool.begin().await?;
             sqlx::query(
@@ -285,7 +285,7 @@ impl Ledger {
     }
 
     /// All product ids, ascending.
-    pub async fn product_ids(&self) -> Result<Vec<i64>> {
+    pub(crate) async fn product_ids(&self) -> Result<Vec<i64>> {
         bounded("mysql (products)", CALL_TIMEOUT, async {
             sqlx::query_scalar::<_, i64>("SELECT id FROM products ORDER BY id").fetch_all(&self.pool).await
         })
@@ -293,7 +293,7 @@ impl Ledger {
     }
 
     /// The highest sequence number MySQL has recorded.
-    pub async fn max_seq(&self) -> Result<i64> {
+    pub(crate) async fn max_seq(&self) -> Result<i64> {
         bounded("mysql (max seq)", CALL_TIMEOUT, async {
             sqlx::query_scalar::<_, i64>(
                 "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM stock_log), 0), \
@@ -307,7 +307,7 @@ impl Ledger {
 
     /// Reads the MySQL side of a consistency check in one consistent snapshot, taken after
     /// the Redis snapshot whose sequence number is `seq`.
-    pub async fn read_books(&self, seq: i64, event_ids: &[&str]) -> Result<Books> {
+    pub(crate) async fn read_books(&self, seq: i64, event_ids: &[&str]) -> Result<Books> {
         bounded("mysql (check)", CALL_TIMEOUT * 2, async {
             let mut conn = self.pool.acquire().await?;
             // The session default is READ COMMITTED; this one transaction needs one snapshot.
@@ -360,7 +360,7 @@ impl Ledger {
 /// * an event whose product is not in `stock` is an unknown product.
 ///
 /// `stock` is left holding the new stock of each product; `settled` gains the new rows.
-pub fn allocate(
+pub(crate) fn allocate(
     events: &[Event],
     stock: &mut HashMap<i64, i64>,
     settled: &mut HashMap<String, Settled>,
@@ -469,7 +469,7 @@ where
 }
 
 /// The database name of `DATABASE_URL`, validated so it can be quoted safely.
-pub fn database_name(settings: &Settings) -> Result<String> {
+pub(crate) fn database_name(settings: &Settings) -> Result<String> {
     let url = url::Url::parse(settings.database_url.expose())
         .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
     let name = url.path().trim_start_matches('/').to_string();

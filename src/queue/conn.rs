@@ -15,11 +15,11 @@ use crate::config::SecretUrl;
 use crate::error::{Error, Result, bounded};
 
 /// How long a connection attempt may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection to one server or to a cluster; cheap to clone (multiplexed).
 #[derive(Clone)]
-pub enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -54,13 +54,13 @@ impl ConnectionLike for Conn {
 
 /// Where Redis is.
 #[derive(Clone)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Single(Box<Client>),
     Cluster(Vec<String>),
 }
 
 impl Endpoint {
-    pub fn open(url: &SecretUrl) -> Result<Endpoint> {
+    pub(crate) fn open(url: &SecretUrl) -> Result<Endpoint> {
         let nodes: Vec<&str> = url.expose().split(',').map(str::trim).collect();
         if nodes.len() == 1 {
             let client = Client::open(nodes[0])
@@ -84,14 +84,14 @@ impl Endpoint {
     }
 
     /// The shared, reconnecting connection for scripts and acknowledgements.
-    pub async fn shared(&self, response_timeout: Duration) -> Result<Conn> {
+    pub(crate) async fn shared(&self, response_timeout: Duration) -> Result<Conn> {
         self.connect(Some(response_timeout)).await
     }
 
     /// A dedicated connection for one consumer's BLMOVE, so that nothing queues behind it.
     /// It has no response timeout of its own: the wait is bounded by BLMOVE's timeout
     /// argument and by the caller.
-    pub async fn blocking(&self) -> Result<Conn> {
+    pub(crate) async fn blocking(&self) -> Result<Conn> {
         self.connect(None).await
     }
 

@@ -17,14 +17,14 @@
 //! reconnecting). A blocking BLMOVE would stall everything queued behind it on that
 //! connection, so every consumer loop waits on its own [`Waiter`] connection instead.
 
-pub mod conn;
-pub mod keys;
-pub mod scripts;
-pub mod shards;
+pub(crate) mod conn;
+pub(crate) mod keys;
+pub(crate) mod scripts;
+pub(crate) mod shards;
 
 use std::time::Duration;
 
-pub use conn::{Conn, Endpoint};
+pub(crate) use conn::{Conn, Endpoint};
 pub use keys::Keys;
 pub use shards::Shards;
 
@@ -32,7 +32,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
 
 /// How long an ordinary Redis call may take before it counts as failed.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every Redis command stockq sends, directly or from its scripts. A Redis ACL user limited
 /// to these and to one queue's keys runs every stockq command on that queue:
@@ -46,7 +46,7 @@ pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +smembers +xadd";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
-pub type Entry = Vec<u8>;
+pub(crate) type Entry = Vec<u8>;
 
 /// A handle on one queue.
 #[derive(Clone)]
@@ -73,48 +73,44 @@ pub struct Claim {
 
 /// What settle.lua should do with a batch whose MySQL outcome is decided.
 #[derive(Debug, Default)]
-pub struct Settlement {
+pub(crate) struct Settlement {
     /// Applied in MySQL (now or on an earlier delivery): remove.
-    pub acks: Vec<Entry>,
+    pub(crate) acks: Vec<Entry>,
     /// Not deducted in MySQL: remove and give `qty` back to the product's Redis stock.
-    pub give_backs: Vec<(Entry, i64, i64)>,
+    pub(crate) give_backs: Vec<(Entry, i64, i64)>,
     /// Cannot be processed: remove and push the envelope onto `{q}:dead`.
-    pub dead: Vec<(Entry, String)>,
+    pub(crate) dead: Vec<(Entry, String)>,
     /// Running totals to add to `{q}:counters`.
-    pub counters: Vec<(&'static str, u64)>,
+    pub(crate) counters: Vec<(&'static str, u64)>,
 }
 
 impl Settlement {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.acks.is_empty() && self.give_backs.is_empty() && self.dead.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.acks.len() + self.give_backs.len() + self.dead.len()
     }
 }
 
 /// What settle.lua did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
+pub(crate) struct Settled {
     /// Entries removed from processing (acknowledged or given back).
-    pub acknowledged: u64,
+    pub(crate) acknowledged: u64,
     /// Units of stock returned to Redis.
-    pub units_given_back: i64,
-    pub dead_lettered: u64,
+    pub(crate) units_given_back: i64,
+    pub(crate) dead_lettered: u64,
 }
 
 /// What one recovery pass did.
 #[derive(Debug, Default)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Entries whose claim expired, moved back to pending.
-    pub requeued: u64,
+    pub(crate) requeued: u64,
     /// Entries found in processing without a claim, given a deadline.
-    pub adopted: u64,
+    pub(crate) adopted: u64,
     /// Entries that reached max attempts: (entry, attempts). Still in processing.
-    pub exhausted: Vec<(Entry, u64)>,
+    pub(crate) exhausted: Vec<(Entry, u64)>,
     /// Time until the earliest claim deadline still standing, if any.
-    pub next_deadline_in: Option<Duration>,
+    pub(crate) next_deadline_in: Option<Duration>,
 }
 
 impl Queue {
@@ -133,7 +129,7 @@ impl Queue {
     }
 
     /// The same connection, for another queue's keys (a shard).
-    pub fn with_keys(&self, keys: Keys) -> Queue {
+    pub(crate) fn with_keys(&self, keys: Keys) -> Queue {
         Queue { keys, ..self.clone() }
     }
 
@@ -142,21 +138,17 @@ impl Queue {
     }
 
     /// A clone of the shared connection (cheap: it is multiplexed).
-    pub fn conn(&self) -> Conn {
+    pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
-    pub fn visibility_timeout(&self) -> Duration {
+    pub(crate) fn visibility_timeout(&self) -> Duration {
         self.visibility_timeout
-    }
-
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
     }
 
     /// Opens a dedicated connection for BLMOVE. It has no response timeout of its own: the
     /// wait is bounded by BLMOVE's timeout argument and by [`Queue::wait_for_entry`].
-    pub async fn waiter(&self) -> Result<Waiter> {
+    pub(crate) async fn waiter(&self) -> Result<Waiter> {
         Ok(Waiter { conn: self.endpoint.blocking().await? })
     }
 
@@ -164,7 +156,7 @@ impl Queue {
     ///
     /// The moved entry has no claim deadline yet: pass it to [`Queue::claim`] at once. If this
     /// process dies first, or the reply is lost, the janitor adopts the entry (requeue.lua).
-    pub async fn wait_for_entry(&self, waiter: &mut Waiter, wait: Duration) -> Result<Option<Entry>> {
+    pub(crate) async fn wait_for_entry(&self, waiter: &mut Waiter, wait: Duration) -> Result<Option<Entry>> {
         let mut cmd = redis::cmd("BLMOVE");
         cmd.arg(self.keys.pending())
             .arg(self.keys.processing())
@@ -202,7 +194,7 @@ impl Queue {
     }
 
     /// Acknowledges a decided batch in one atomic step.
-    pub async fn settle(&self, s: &Settlement) -> Result<Settled> {
+    pub(crate) async fn settle(&self, s: &Settlement) -> Result<Settled> {
         if s.is_empty() && s.counters.is_empty() {
             return Ok(Settled::default());
         }
@@ -234,7 +226,7 @@ impl Queue {
     }
 
     /// Extends the claims of entries a live worker still holds.
-    pub async fn renew(&self, entries: &[Entry]) -> Result<u64> {
+    pub(crate) async fn renew(&self, entries: &[Entry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
@@ -262,7 +254,7 @@ impl Queue {
     }
 
     /// One recovery pass over claims whose deadline passed (at most `limit` of them).
-    pub async fn requeue_expired(&self, limit: usize) -> Result<Recovery> {
+    pub(crate) async fn requeue_expired(&self, limit: usize) -> Result<Recovery> {
         let mut invocation = scripts::REQUEUE.prepare_invoke();
         invocation
             .key(self.keys.processing())

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::queue::{Keys, Queue};
 
 /// The largest number of shards.
-pub const MAX_SHARDS: u32 = 1024;
+pub(crate) const MAX_SHARDS: u32 = 1024;
 
 /// Every shard of one queue; cheap to clone.
 #[derive(Clone)]
@@ -48,12 +48,8 @@ impl Shards {
         &self.queues
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queues.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queues.is_empty()
     }
 
     /// The shard that holds a product.
@@ -62,7 +58,7 @@ impl Shards {
     }
 
     /// The shard that holds worker heartbeats and the alerts stream.
-    pub fn first(&self) -> &Queue {
+    pub(crate) fn first(&self) -> &Queue {
         &self.queues[0]
     }
 }
@@ -74,7 +70,7 @@ impl From<Queue> for Shards {
 }
 
 /// The shard index of a product.
-pub fn shard_of(product_id: i64, shards: usize) -> usize {
+pub(crate) fn shard_of(product_id: i64, shards: usize) -> usize {
     product_id.rem_euclid(shards.max(1) as i64) as usize
 }
 

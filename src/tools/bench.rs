@@ -24,11 +24,11 @@ use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
 use crate::tools::produce::{self, Latency, ProduceOptions};
 
-pub const BENCH_QUEUE: &str = "bench";
-pub const BENCH_DATABASE: &str = "stockq_bench";
+pub(crate) const BENCH_QUEUE: &str = "bench";
+pub(crate) const BENCH_DATABASE: &str = "stockq_bench";
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Events per run with the chosen batch size
     #[arg(long, default_value_t = 100_000)]
     events: u64,
@@ -72,7 +72,7 @@ struct Run {
     consistent: bool,
 }
 
-pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
+pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     if args.events == 0 || args.single_events == 0 || args.workers == 0 {
         return Err(Error::usage("--events, --single-events and --workers must be at least 1"));
     }
@@ -277,7 +277,7 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
-pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }

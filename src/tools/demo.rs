@@ -29,11 +29,11 @@ use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::worker::{Worker, WorkerOptions};
 
-pub const DEMO_QUEUE: &str = "demo";
-pub const DEMO_DATABASE: &str = "stockq_demo";
+pub(crate) const DEMO_QUEUE: &str = "demo";
+pub(crate) const DEMO_DATABASE: &str = "stockq_demo";
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Shoppers in the sale (each tries to buy one unit)
     #[arg(long, default_value_t = 20_000)]
     buyers: u64,
@@ -45,7 +45,7 @@ pub struct DemoArgs {
     stock: i64,
 }
 
-pub async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
+pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     if args.buyers == 0 {
         return Err(Error::usage("--buyers must be at least 1"));
     }
@@ -242,7 +242,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
 }
 
 /// Pending and processing, over every shard.
-pub(crate) async fn depths(shards: &Shards) -> Result<(u64, u64)> {
+pub async fn depths(shards: &Shards) -> Result<(u64, u64)> {
     let mut total = (0, 0);
     for queue in shards.all() {
         let d = crate::admin::stats::depths(queue).await?;

@@ -1,5 +1,5 @@
 //! Tools built on the library: the one-command demo, the benchmark, the load generator.
 
-pub mod bench;
-pub mod demo;
-pub mod produce;
+pub(crate) mod bench;
+pub(crate) mod demo;
+pub(crate) mod produce;

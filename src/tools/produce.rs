@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::queue::Shards;
 use crate::reserve::{Reservation, new_event_id, reserve};
 
-pub const DEFAULT_IN_FLIGHT: usize = 32;
+pub(crate) const DEFAULT_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct ProduceOptions {
@@ -31,7 +31,7 @@ pub struct ProduceOptions {
 }
 
 impl ProduceOptions {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.events == 0 {
             return Err(Error::usage("--events must be at least 1"));
         }
@@ -59,7 +59,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn from_samples(mut samples: Vec<u64>) -> Latency {
+    pub(crate) fn from_samples(mut samples: Vec<u64>) -> Latency {
         if samples.is_empty() {
             return Latency::default();
         }
@@ -84,7 +84,7 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, 
 }
 
 impl ProduceReport {
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         (self.reserved + self.sold_out + self.unknown_product) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }

@@ -17,9 +17,9 @@ use crate::queue::{CALL_TIMEOUT, Queue};
 use crate::worker::Totals;
 
 /// How often a worker announces itself.
-pub const INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(2);
 /// How long an announcement lasts: a worker silent for this long counts as gone.
-pub const TTL: Duration = Duration::from_secs(10);
+pub(crate) const TTL: Duration = Duration::from_secs(10);
 /// The window over which a worker reports its recent throughput.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -37,7 +37,7 @@ pub struct Heartbeat {
     pub rate: f64,
 }
 
-pub async fn run(queue: Queue, id: String, totals: Arc<Totals>, shutdown: CancellationToken) {
+pub(crate) async fn run(queue: Queue, id: String, totals: Arc<Totals>, shutdown: CancellationToken) {
     let started_at = now_ms();
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
     loop {

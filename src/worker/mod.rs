@@ -15,7 +15,7 @@
 //! re-queued and redelivered, and `stock_log` turns the redelivery into a pure acknowledgement
 //! (with its give-back if rejected). Nothing is lost and nothing is applied twice.
 
-pub mod heartbeat;
+pub(crate) mod heartbeat;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,13 +31,13 @@ use crate::ledger::{Ledger, Outcome};
 use crate::queue::{Entry, Queue, Settlement, Shards, Waiter};
 use crate::telemetry::metrics as m;
 
-pub const DEFAULT_BATCH: usize = 100;
-pub const DEFAULT_CONCURRENCY: usize = 2;
+pub(crate) const DEFAULT_BATCH: usize = 100;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 2;
 /// Longest single BLMOVE wait; also the longest a stop request waits for an idle loop.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 /// After a stop request, how long a batch that cannot reach MySQL keeps trying before its
 /// entries are handed back to pending. Well within a platform's 30 s stop grace.
-pub const DRAIN_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_RETRY: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 5000;
 /// The shortest BLMOVE wait when the wait is shared among shards.
 const MIN_SHARD_WAIT: Duration = Duration::from_millis(100);
@@ -60,7 +60,7 @@ impl Default for WorkerOptions {
 }
 
 impl WorkerOptions {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(1..=MAX_BATCH).contains(&self.batch) {
             return Err(Error::usage(format!("--batch must be from 1 to {MAX_BATCH}")));
         }
@@ -73,20 +73,20 @@ impl WorkerOptions {
 
 /// Running totals of one worker process.
 #[derive(Debug, Default)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Steps taken (each one a span with this number as its batch id).
-    pub steps: AtomicU64,
+    pub(crate) steps: AtomicU64,
     /// Steps that claimed something.
-    pub batches: AtomicU64,
-    pub applied: AtomicU64,
-    pub rejected: AtomicU64,
-    pub redelivered: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub dead: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) applied: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) dead: AtomicU64,
     /// Wall time spent claiming (Redis), applying (MySQL) and settling (Redis), in µs.
-    pub claim_us: AtomicU64,
-    pub apply_us: AtomicU64,
-    pub settle_us: AtomicU64,
+    pub(crate) claim_us: AtomicU64,
+    pub(crate) apply_us: AtomicU64,
+    pub(crate) settle_us: AtomicU64,
 }
 
 /// What one batch came to.
@@ -143,11 +143,7 @@ impl Worker {
         })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn totals(&self) -> &Totals {
+    pub(crate) fn totals(&self) -> &Totals {
         &self.totals
     }
 
@@ -271,86 +267,40 @@ impl Worker {
         entries: Vec<Entry>,
         shutdown: &CancellationToken,
     ) -> Result<BatchReport> {
-        let mut report = BatchReport { claimed: entries.len(), ..Default::default() };
-        let mut settlement = Settlement::default();
-        let mut events = Vec::with_capacity(entries.len());
-        let mut event_entries = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            match Event::parse(entry) {
-                Ok(event) => {
-                    events.push(event);
-                    event_entries.push(entry);
-                }
-                Err(reason) => {
-                    tracing::warn!(%reason, "dead-lettering an invalid entry");
-                    settlement.dead.push((entry.clone(), dead_envelope(entry, &reason, 1, now_ms())));
-                }
-            }
-        }
-
+        let parsed = Parsed::from_entries(&entries);
         let started = Instant::now();
-        let applied = self.apply_holding(queue, &entries, &events, shutdown).await?;
-        add_elapsed(&self.totals.apply_us, started);
-        metrics::histogram!(m::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(m::BATCH_SIZE).record(entries.len() as f64);
-        let outcomes = match applied {
-            Some(outcomes) => outcomes,
-            None => {
-                // stopping, and MySQL out of reach: hand everything back, invalid ones too
-                report.released = queue.release(&entries).await?;
-                tracing::warn!(
-                    released = report.released,
-                    "MySQL unreachable at shutdown; entries handed back to pending"
-                );
-                return Ok(report);
-            }
+        let applied = self.apply_holding(queue, &entries, &parsed.events, shutdown).await?;
+        self.record_apply(started, entries.len());
+        let Some(outcomes) = applied else {
+            // stopping, and MySQL out of reach: hand everything back, invalid ones too
+            let released = queue.release(&entries).await?;
+            tracing::warn!(released, "MySQL unreachable at shutdown; entries handed back to pending");
+            return Ok(BatchReport { claimed: entries.len(), released, ..Default::default() });
         };
-
-        for ((event, entry), outcome) in events.iter().zip(event_entries).zip(&outcomes) {
-            match outcome {
-                Outcome::Applied => {
-                    report.applied += 1;
-                    settlement.acks.push(entry.clone());
-                }
-                Outcome::AlreadyApplied => {
-                    report.redelivered += 1;
-                    settlement.acks.push(entry.clone());
-                }
-                Outcome::Rejected | Outcome::AlreadyRejected | Outcome::Duplicate => {
-                    match outcome {
-                        Outcome::Rejected => report.rejected += 1,
-                        Outcome::Duplicate => report.duplicates += 1,
-                        _ => report.redelivered += 1,
-                    }
-                    settlement.give_backs.push((entry.clone(), event.product_id, event.qty));
-                }
-                Outcome::UnknownProduct => {
-                    let reason = format!("unknown product {}", event.product_id);
-                    tracing::warn!(event_id = %event.event_id, %reason, "dead-lettering");
-                    settlement.dead.push((entry.clone(), dead_envelope(entry, &reason, 1, now_ms())));
-                }
-            }
-        }
-        report.dead = settlement.dead.len() as u64;
-        settlement.counters = [
-            ("applied", report.applied),
-            ("rejected", report.rejected),
-            ("duplicates", report.duplicates),
-            ("redelivered", report.redelivered),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect();
-
+        let (settlement, mut report) = decide(&parsed, &outcomes, now_ms());
         let started = Instant::now();
         let settled = self.settle_holding(queue, &entries, &settlement).await?;
         add_elapsed(&self.totals.settle_us, started);
         report.acknowledged = settled.acknowledged;
+        self.record_batch(&report, settled.dead_lettered);
+        tracing::debug!(?report, "batch settled");
+        Ok(report)
+    }
+
+    fn record_apply(&self, started: Instant, batch: usize) {
+        add_elapsed(&self.totals.apply_us, started);
+        metrics::histogram!(m::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(batch as f64);
+    }
+
+    /// The one place a settled batch is counted: the process's metrics and the totals its
+    /// heartbeat publishes.
+    fn record_batch(&self, report: &BatchReport, dead_lettered: u64) {
         metrics::counter!(m::APPLIED).increment(report.applied);
         metrics::counter!(m::REJECTED).increment(report.rejected);
         metrics::counter!(m::DUPLICATES).increment(report.duplicates);
         metrics::counter!(m::REDELIVERED).increment(report.redelivered);
-        metrics::counter!(m::DEAD_LETTERED).increment(settled.dead_lettered);
+        metrics::counter!(m::DEAD_LETTERED).increment(dead_lettered);
         let t = &self.totals;
         t.batches.fetch_add(1, Ordering::Relaxed);
         t.applied.fetch_add(report.applied, Ordering::Relaxed);
@@ -358,8 +308,6 @@ impl Worker {
         t.redelivered.fetch_add(report.redelivered, Ordering::Relaxed);
         t.duplicates.fetch_add(report.duplicates, Ordering::Relaxed);
         t.dead.fetch_add(report.dead, Ordering::Relaxed);
-        tracing::debug!(?report, "batch settled");
-        Ok(report)
     }
 
     /// Applies the batch, retrying transient failures while renewing the claims. Returns
@@ -442,6 +390,82 @@ impl Worker {
     }
 }
 
+/// A claimed batch split into the events MySQL will decide and the entries that are not
+/// valid events (dead-lettered with their reason, never retried).
+struct Parsed<'a> {
+    events: Vec<Event>,
+    /// The entry of each event, index for index.
+    event_entries: Vec<&'a Entry>,
+    invalid: Vec<(&'a Entry, String)>,
+}
+
+impl<'a> Parsed<'a> {
+    fn from_entries(entries: &'a [Entry]) -> Self {
+        let mut parsed = Parsed {
+            events: Vec::with_capacity(entries.len()),
+            event_entries: Vec::new(),
+            invalid: Vec::new(),
+        };
+        for entry in entries {
+            match Event::parse(entry) {
+                Ok(event) => {
+                    parsed.events.push(event);
+                    parsed.event_entries.push(entry);
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "dead-lettering an invalid entry");
+                    parsed.invalid.push((entry, reason));
+                }
+            }
+        }
+        parsed
+    }
+}
+
+/// What a batch comes to once MySQL has decided each event: which entries are acknowledged,
+/// which give their stock back, which are dead-lettered, and the counts. Free of I/O so that
+/// the mapping is tested alone; `outcomes` is index for index with `parsed.events`.
+fn decide(parsed: &Parsed, outcomes: &[Outcome], now_ms: u64) -> (Settlement, BatchReport) {
+    let claimed = parsed.events.len() + parsed.invalid.len();
+    let mut report = BatchReport { claimed, ..Default::default() };
+    let mut settlement = Settlement::default();
+    for (entry, reason) in &parsed.invalid {
+        settlement.dead.push(((*entry).clone(), dead_envelope(entry, reason, 1, now_ms)));
+    }
+    for ((event, entry), outcome) in parsed.events.iter().zip(&parsed.event_entries).zip(outcomes) {
+        let entry = (*entry).clone();
+        match outcome {
+            Outcome::Applied => report.applied += 1,
+            Outcome::Rejected => report.rejected += 1,
+            Outcome::Duplicate => report.duplicates += 1,
+            Outcome::AlreadyApplied | Outcome::AlreadyRejected => report.redelivered += 1,
+            Outcome::UnknownProduct => {
+                let reason = format!("unknown product {}", event.product_id);
+                tracing::warn!(event_id = %event.event_id, %reason, "dead-lettering");
+                let envelope = dead_envelope(&entry, &reason, 1, now_ms);
+                settlement.dead.push((entry, envelope));
+                continue;
+            }
+        }
+        if outcome.gives_back() {
+            settlement.give_backs.push((entry, event.product_id, event.qty));
+        } else {
+            settlement.acks.push(entry);
+        }
+    }
+    report.dead = settlement.dead.len() as u64;
+    settlement.counters = [
+        ("applied", report.applied),
+        ("rejected", report.rejected),
+        ("duplicates", report.duplicates),
+        ("redelivered", report.redelivered),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    (settlement, report)
+}
+
 fn worker_id() -> String {
     let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
     let host: String = host
@@ -454,4 +478,57 @@ fn worker_id() -> String {
 
 fn add_elapsed(total: &AtomicU64, since: Instant) {
     total.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, product: i64, qty: i64) -> Entry {
+        format!(r#"{{"event_id":"{id}","product_id":{product},"qty":{qty},"seq":1}}"#).into_bytes()
+    }
+
+    #[test]
+    fn each_outcome_settles_its_own_way() {
+        let entries = vec![
+            entry("a", 1, 1),
+            entry("b", 1, 2),
+            b"garbage".to_vec(),
+            entry("c", 2, 3),
+            entry("d", 9, 1),
+            entry("e", 1, 1),
+            entry("f", 1, 4),
+        ];
+        let parsed = Parsed::from_entries(&entries);
+        let outcomes = [
+            Outcome::Applied,
+            Outcome::Rejected,
+            Outcome::AlreadyApplied,
+            Outcome::UnknownProduct,
+            Outcome::Duplicate,
+            Outcome::AlreadyRejected,
+        ];
+        let (s, report) = decide(&parsed, &outcomes, 7);
+        assert_eq!(s.acks, [entries[0].clone(), entries[3].clone()]);
+        assert_eq!(
+            s.give_backs,
+            [(entries[1].clone(), 1, 2), (entries[5].clone(), 1, 1), (entries[6].clone(), 1, 4)]
+        );
+        let dead: Vec<&Entry> = s.dead.iter().map(|(e, _)| e).collect();
+        assert_eq!(dead, [&entries[2], &entries[4]]);
+        assert!(s.dead[1].1.contains("unknown product 9"));
+        assert_eq!(
+            report,
+            BatchReport {
+                claimed: 7,
+                applied: 1,
+                rejected: 1,
+                redelivered: 2,
+                duplicates: 1,
+                dead: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(s.counters, [("applied", 1), ("rejected", 1), ("duplicates", 1), ("redelivered", 2)]);
+    }
 }

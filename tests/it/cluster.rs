@@ -104,7 +104,7 @@ async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     })
     .await;
     let shards = Shards::connect(&env.settings).await.unwrap();
-    assert_eq!(shards.len(), SHARDS as usize);
+    assert_eq!(shards.all().len(), SHARDS as usize);
     for product in 1..=PRODUCTS {
         let (code, _, err) = env.run(&["stock", "set", &product.to_string(), &STOCK.to_string()]).await;
         assert_eq!(code, 0, "{err}");
