@@ -1,19 +1,40 @@
 //! The schema and the first contact: creating the database and applying `migrations/`,
 //! reading `DATABASE_URL`, and turning a failed connect into what to do about it.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::mysql::MySqlConnectOptions;
-use sqlx::{Connection, Executor};
+use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
 
-/// The database name of `DATABASE_URL`, validated so it can be quoted safely.
-fn database_name(settings: &Settings) -> Result<String> {
-    let url = url::Url::parse(settings.database_url.expose())
-        .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
+/// `DATABASE_URL`, read once: the database it names, and the options to reach the server
+/// with that database and without one.
+pub(super) struct DatabaseUrl {
+    /// Validated so that it can be quoted safely in `CREATE DATABASE`.
+    pub(super) name: String,
+    pub(super) database: MySqlConnectOptions,
+    /// `migrate` creates the database, so its first connection must not name it: the server
+    /// would refuse it (1049) while it does not exist yet.
+    pub(super) server: MySqlConnectOptions,
+}
+
+impl DatabaseUrl {
+    pub(super) fn parse(settings: &Settings) -> Result<DatabaseUrl> {
+        let mut url = url::Url::parse(settings.database_url.expose())
+            .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
+        let name = database_name(&url)?;
+        url.set_path("/");
+        let server = MySqlConnectOptions::from_url(&url).map_err(|e| {
+            Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.database_url))
+        })?;
+        let database = server.clone().database(&name);
+        Ok(DatabaseUrl { name, database, server })
+    }
+}
+
+fn database_name(url: &url::Url) -> Result<String> {
     let name = url.path().trim_start_matches('/').to_string();
     if name.is_empty() {
         return Err(Error::usage("DATABASE_URL names no database (add /stockq to its path)"));
@@ -26,21 +47,10 @@ fn database_name(settings: &Settings) -> Result<String> {
     Ok(name)
 }
 
-pub(super) fn connect_options(settings: &Settings) -> Result<MySqlConnectOptions> {
-    database_name(settings)?;
-    MySqlConnectOptions::from_str(settings.database_url.expose())
-        .map_err(|e| Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.database_url)))
-}
-
 /// Creates the database if missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> Result<()> {
     crate::config::install_tls_provider();
-    let name = database_name(settings)?;
-    let mut server_url = url::Url::parse(settings.database_url.expose())
-        .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
-    server_url.set_path("/");
-    let server = MySqlConnectOptions::from_str(server_url.as_str())
-        .map_err(|e| Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.database_url)))?;
+    let DatabaseUrl { name, database, server } = DatabaseUrl::parse(settings)?;
     bounded("mysql (connect)", Duration::from_secs(8), async {
         let mut conn = sqlx::MySqlConnection::connect_with(&server).await?;
         conn.execute(sqlx::AssertSqlSafe(format!(
@@ -52,9 +62,8 @@ pub async fn migrate(settings: &Settings) -> Result<()> {
     .await
     .map_err(|e| describe_connect_error(e, settings))?;
 
-    let options = connect_options(settings)?;
     let mut conn =
-        bounded("mysql (connect)", Duration::from_secs(8), sqlx::MySqlConnection::connect_with(&options))
+        bounded("mysql (connect)", Duration::from_secs(8), sqlx::MySqlConnection::connect_with(&database))
             .await
             .map_err(|e| describe_connect_error(e, settings))?;
     sqlx::migrate!("./migrations").run(&mut conn).await?;
@@ -77,5 +86,33 @@ pub(super) fn describe_connect_error(e: Error, settings: &Settings) -> Error {
     match e {
         Error::Usage(_) => e,
         _ => Error::Refused(format!("cannot use MySQL at {} ({message}); {hint}", settings.database_url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<DatabaseUrl> {
+        DatabaseUrl::parse(&Settings::new("redis://127.0.0.1", url, "q").unwrap())
+    }
+
+    #[test]
+    fn one_parse_gives_the_name_and_both_ways_in() {
+        let url = parse("mysql://app:pw@db.example:3307/shop_1?ssl-mode=disabled").unwrap();
+        assert_eq!(url.name, "shop_1");
+        assert_eq!(url.database.get_database(), Some("shop_1"));
+        assert_eq!(url.server.get_database(), None);
+        for options in [&url.database, &url.server] {
+            assert_eq!((options.get_host(), options.get_port()), ("db.example", 3307));
+            assert_eq!(options.get_username(), "app");
+        }
+    }
+
+    #[test]
+    fn a_name_that_could_not_be_quoted_safely_is_refused() {
+        let message = |url: &str| parse(url).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message("mysql://app:pw@db/").contains("names no database"));
+        assert!(message("mysql://app:pw@db/a%60b").contains("use letters, digits and _ only"));
     }
 }
