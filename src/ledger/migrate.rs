@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::mysql::MySqlConnectOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError};
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::Settings;
@@ -74,18 +74,34 @@ pub async fn migrate(settings: &Settings) -> Result<()> {
 /// Turns a failed first contact into one line that says what to do.
 pub(super) fn describe_connect_error(e: Error, settings: &Settings) -> Error {
     let message = crate::queue::one_line(&e.to_string());
-    let hint = if message.contains("1146") || message.contains("doesn't exist") {
-        "run `stockq migrate` first"
-    } else if message.contains("1045") || message.contains("denied") {
-        "check the user and password in DATABASE_URL (scripts/services.sh creates stockq/stockq)"
-    } else if message.contains("1049") || message.contains("Unknown database") {
-        "run `stockq migrate` to create it"
-    } else {
-        "start it (scripts/services.sh) or set DATABASE_URL"
-    };
+    let hint = connect_hint(mysql_error_number(&e));
     match e {
         Error::Usage(_) => e,
         _ => Error::Refused(format!("cannot use MySQL at {} ({message}); {hint}", settings.database_url)),
+    }
+}
+
+fn connect_hint(number: Option<u16>) -> &'static str {
+    match number {
+        Some(1146) => "run `stockq migrate` first", // no such table
+        // a wrong password (1045, or 1698 for an account that only takes the unix socket), or
+        // an account without the grants on the database (1044) or its tables (1142)
+        Some(1044 | 1045 | 1142 | 1698) => {
+            "check the user and password in DATABASE_URL (scripts/services.sh creates stockq/stockq)"
+        }
+        Some(1049) => "run `stockq migrate` to create it", // unknown database
+        _ => "start it (scripts/services.sh) or set DATABASE_URL",
+    }
+}
+
+/// The MySQL error number, when the server answered with an error (`code()` would be the
+/// SQLSTATE, shared by many numbers).
+fn mysql_error_number(e: &Error) -> Option<u16> {
+    match e {
+        Error::Database(sqlx::Error::Database(db)) => {
+            db.try_downcast_ref::<MySqlDatabaseError>().map(MySqlDatabaseError::number)
+        }
+        _ => None,
     }
 }
 
