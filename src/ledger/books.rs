@@ -1,9 +1,9 @@
 //! What the check reads, and what changes the books besides a batch: a dead-lettered event
-//! settled as dropped.
+//! settled as dropped, an operator's stock change.
 
 use std::collections::HashMap;
 
-use sqlx::Executor;
+use sqlx::{Executor, MySql, Transaction};
 
 use super::{CALL_TIMEOUT, Ledger, Settled, Status, read_settled};
 use crate::error::{Result, bounded};
@@ -110,6 +110,66 @@ impl Ledger {
             .await;
             let _ = conn.execute("COMMIT").await;
             result
+        })
+        .await
+    }
+}
+
+/// An operator's stock change under way: the product's row is locked until
+/// [`Adjustment::commit`], or rolled back when this is dropped, so that the change can wait
+/// for the other store's half without another change slipping in between.
+pub(crate) struct Adjustment {
+    tx: Transaction<'static, MySql>,
+    product_id: i64,
+    stock: i64,
+}
+
+impl Ledger {
+    /// Locks a product's row for a stock change, creating it (with no stock) if missing.
+    pub(crate) async fn begin_adjustment(&self, product_id: i64) -> Result<Adjustment> {
+        let mut tx = bounded("mysql (begin)", CALL_TIMEOUT, self.pool.begin()).await?;
+        bounded("mysql (stock)", CALL_TIMEOUT, async {
+            sqlx::query("INSERT IGNORE INTO products (id, stock) VALUES (?, 0)")
+                .bind(product_id)
+                .execute(&mut *tx)
+                .await
+        })
+        .await?;
+        let stock = bounded("mysql (stock)", CALL_TIMEOUT, async {
+            sqlx::query_scalar::<_, i64>("SELECT stock FROM products WHERE id = ? FOR UPDATE")
+                .bind(product_id)
+                .fetch_one(&mut *tx)
+                .await
+        })
+        .await?;
+        Ok(Adjustment { tx, product_id, stock })
+    }
+}
+
+impl Adjustment {
+    /// The product's stock, as locked.
+    pub(crate) fn stock(&self) -> i64 {
+        self.stock
+    }
+
+    /// Moves the stock by `delta`, which the caller has checked keeps it non-negative, and
+    /// commits it with a `stock_adjustments` row stamped `seq`: the sequence number of the
+    /// same move in Redis, by which the check orders the two stores' histories.
+    pub(crate) async fn commit(self, delta: i64, seq: i64) -> Result<()> {
+        let Adjustment { mut tx, product_id, stock } = self;
+        bounded("mysql (stock)", CALL_TIMEOUT, async {
+            sqlx::query("UPDATE products SET stock = ? WHERE id = ?")
+                .bind(stock + delta)
+                .bind(product_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO stock_adjustments (seq, product_id, delta) VALUES (?, ?, ?)")
+                .bind(seq)
+                .bind(product_id)
+                .bind(delta)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
         })
         .await
     }

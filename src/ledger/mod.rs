@@ -2,7 +2,7 @@
 //!
 //! - `apply`: the workers' batch transaction, and the pure allocation at its heart;
 //! - `books`: what the check reads, and what changes the books besides a batch (a dead letter
-//!   settled as dropped);
+//!   settled as dropped, an operator's stock change);
 //! - `migrate`: the schema, the database URL, and what a failed first contact means.
 
 mod apply;
