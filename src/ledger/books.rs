@@ -115,6 +115,26 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// `stock_log` rows: (applied, all).
+    pub(crate) async fn log_counts(&self) -> Result<(u64, u64)> {
+        let (applied, rows): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(status = 'applied'), 0) AS SIGNED), COUNT(*) FROM stock_log",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((applied as u64, rows as u64))
+    }
+
+    /// Empties every table: for the demo's and the benchmark's databases of their own.
+    pub(crate) async fn reset(&self) -> Result<()> {
+        for table in ["stock_log", "stock_adjustments", "products"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}"))).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
 /// An operator's stock change under way: the product's row is locked until
 /// [`Adjustment::commit`], or rolled back when this is dropped, so that the change can wait
 /// for the other store's half without another change slipping in between.

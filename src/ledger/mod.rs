@@ -116,6 +116,12 @@ impl Ledger {
         Ok(Ledger { pool })
     }
 
+    /// Whether the database answers within `within`.
+    pub(crate) async fn ping(&self, within: Duration) -> Result<()> {
+        bounded("mysql (ping)", within, sqlx::query("SELECT 1").execute(&self.pool)).await?;
+        Ok(())
+    }
+
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
     }
