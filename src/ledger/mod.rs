@@ -122,6 +122,12 @@ impl Ledger {
         Ok(())
     }
 
+    /// Closes the pool: idle connections now, the others as they come back; any later call
+    /// fails.
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
     }
