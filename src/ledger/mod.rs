@@ -80,7 +80,8 @@ pub(crate) struct Settled {
     pub(crate) seq: Option<i64>,
 }
 
-/// A handle on the MySQL database.
+/// A handle on the MySQL database. Its pool stays inside the ledger, so every statement stockq
+/// sends is one of the ledger's methods.
 #[derive(Clone)]
 pub struct Ledger {
     pool: MySqlPool,
@@ -126,10 +127,6 @@ impl Ledger {
     /// fails.
     pub async fn close(&self) {
         self.pool.close().await
-    }
-
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
     }
 }
 
