@@ -10,10 +10,8 @@
 //! (both stores unreachable at once), the check reports the drift and `check --repair`
 //! corrects it.
 
-use sqlx::Row;
-
 use crate::error::{Error, Result, bounded};
-use crate::ledger::{self, Ledger};
+use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Queue, scripts};
 
 /// A stock change.
@@ -41,22 +39,8 @@ pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Cha
     {
         return Err(Error::usage(format!("stock cannot be negative (got {qty})")));
     }
-    let mut tx = bounded("mysql (begin)", ledger::CALL_TIMEOUT, ledger.pool().begin()).await?;
-    bounded("mysql (stock)", ledger::CALL_TIMEOUT, async {
-        sqlx::query("INSERT IGNORE INTO products (id, stock) VALUES (?, 0)")
-            .bind(product_id)
-            .execute(&mut *tx)
-            .await
-    })
-    .await?;
-    let row = bounded("mysql (stock)", ledger::CALL_TIMEOUT, async {
-        sqlx::query("SELECT stock FROM products WHERE id = ? FOR UPDATE")
-            .bind(product_id)
-            .fetch_one(&mut *tx)
-            .await
-    })
-    .await?;
-    let before: i64 = row.try_get(0).map_err(Error::Database)?;
+    let adjustment = ledger.begin_adjustment(product_id).await?;
+    let before = adjustment.stock();
     let delta = match change {
         Change::Set(qty) => qty - before,
         Change::Add(d) => d,
@@ -82,21 +66,7 @@ pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Cha
         )));
     }
 
-    let committed = bounded("mysql (stock)", ledger::CALL_TIMEOUT, async {
-        sqlx::query("UPDATE products SET stock = ? WHERE id = ?")
-            .bind(after)
-            .bind(product_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO stock_adjustments (seq, product_id, delta) VALUES (?, ?, ?)")
-            .bind(seq)
-            .bind(product_id)
-            .bind(delta)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    })
-    .await;
+    let committed = adjustment.commit(delta, seq).await;
     if let Err(e) = committed {
         let revert: Result<i64> = bounded(
             "redis (adjust)",

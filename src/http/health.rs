@@ -44,10 +44,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
         redis::cmd("PING").query_async::<String>(&mut conn).await
     })
     .await;
-    let mysql = bounded("mysql (ping)", PROBE_TIMEOUT, async {
-        sqlx::query("SELECT 1").execute(h.ledger.pool()).await
-    })
-    .await;
+    let mysql = h.ledger.ping(PROBE_TIMEOUT).await;
     let describe = |r: std::result::Result<(), Error>| match r {
         Ok(()) => "ok".to_string(),
         Err(e) => crate::queue::one_line(&e.to_string()),

@@ -164,7 +164,7 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
 
     // 5. reconcile
     let report = check::check(&shards, &ledger).await?;
-    let (log_applied, log_rows) = log_counts(&ledger).await?;
+    let (log_applied, log_rows) = ledger.log_counts().await?;
     println!("5. reconciliation:");
     println!(
         "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  books",
@@ -235,10 +235,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
             bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
         }
     }
-    for table in ["stock_log", "stock_adjustments", "products"] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}"))).execute(ledger.pool()).await?;
-    }
-    Ok(())
+    ledger.reset().await
 }
 
 /// Pending and processing, over every shard.
@@ -250,13 +247,4 @@ pub async fn depths(shards: &Shards) -> Result<(u64, u64)> {
         total.1 += d.processing;
     }
     Ok(total)
-}
-
-async fn log_counts(ledger: &Ledger) -> Result<(u64, u64)> {
-    let (applied, rows): (i64, i64) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(status = 'applied'), 0) AS SIGNED), COUNT(*) FROM stock_log",
-    )
-    .fetch_one(ledger.pool())
-    .await?;
-    Ok((applied as u64, rows as u64))
 }

@@ -152,10 +152,7 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
     // Drift: Redis of product 3 up by 5, MySQL of product 4 up by 7.
     let mut c = env.redis.clone();
     let _: i64 = redis::AsyncCommands::incr(&mut c, env.key("stock:3"), 5).await.unwrap();
-    sqlx::query("UPDATE products SET stock = stock + 7 WHERE id = 4")
-        .execute(env.ledger.pool())
-        .await
-        .unwrap();
+    sqlx::query("UPDATE products SET stock = stock + 7 WHERE id = 4").execute(&env.mysql).await.unwrap();
 
     let report = check(&env.shards(), &env.ledger).await.unwrap();
     let drifts: Vec<_> = report.drifts().map(|p| (p.product_id, p.delta)).collect();

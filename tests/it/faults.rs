@@ -310,7 +310,7 @@ async fn assert_exact_books(env: &TestEnv, tally: &Tally, products: i64, initial
     let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
         "SELECT event_id, product_id, CAST(qty AS SIGNED), CAST(status AS CHAR) FROM stock_log",
     )
-    .fetch_all(env.ledger.pool())
+    .fetch_all(&env.mysql)
     .await
     .unwrap();
     let mut applied_per_product: BTreeMap<i64, i64> = BTreeMap::new();
@@ -563,12 +563,14 @@ async fn mysql_connections_killed_under_a_backlog() {
     let tally = Tally::default();
     tally.backlog(&env, 5000, PRODUCTS).await;
 
-    // The test's own MySQL access goes through one connection that is spared; its pool is
-    // closed so that every other stockq connection on this database belongs to the processes.
+    // The test's own MySQL access goes through one connection that is spared; its pools (the
+    // ledger's and its own) are closed so that every other stockq connection on this database
+    // belongs to the processes.
     let mut probe = sqlx::MySqlConnection::connect(env.settings.database_url.expose()).await.unwrap();
     let probe_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()").fetch_one(&mut probe).await.unwrap();
     let probe = tokio::sync::Mutex::new(probe);
-    env.ledger.pool().close().await;
+    env.ledger.close().await;
+    env.mysql.close().await;
 
     let procs = vec![
         Proc::spawn(&env, "janitor", &["janitor"]),
@@ -616,6 +618,7 @@ async fn mysql_connections_killed_under_a_backlog() {
     }
     assert_eq!(tally.uncertain(), 0, "Redis was never down");
     env.ledger = Ledger::connect(&env.settings, 8).await.unwrap();
+    env.mysql = crate::helpers::open_mysql(&env.settings).await;
     wait_drained(&env, Duration::from_secs(60)).await;
     let mut procs = procs;
     for p in &mut procs {
@@ -674,7 +677,7 @@ async fn row_lock_past_the_lock_wait_timeout_is_retried_and_applied_once() {
     assert!(waited >= Duration::from_secs(5), "a 1205 after {waited:?}, before the 5 s lock-wait timeout");
     assert_eq!(env.mysql_stock(1).await, INITIAL, "nothing on product 1 while its row is locked");
     let applied_to_1: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stock_log WHERE product_id = 1")
-        .fetch_one(env.ledger.pool())
+        .fetch_one(&env.mysql)
         .await
         .unwrap();
     assert_eq!(applied_to_1, 0);

@@ -268,11 +268,7 @@ async fn redelivered_applied_events_change_mysql_once() {
 async fn redelivered_rejected_events_give_stock_back_once() {
     let env = TestEnv::new().await;
     env.stock(1, 3).await;
-    sqlx::query("UPDATE products SET stock = 0 WHERE id = ?")
-        .bind(1i64)
-        .execute(env.ledger.pool())
-        .await
-        .unwrap();
+    sqlx::query("UPDATE products SET stock = 0 WHERE id = ?").bind(1i64).execute(&env.mysql).await.unwrap();
     for _ in 0..2 {
         let r = reserve(&env.queue, 1, 1, &new_event_id()).await.unwrap();
         assert!(matches!(r, Reservation::Reserved { .. }), "{r:?}");
@@ -304,11 +300,7 @@ async fn redelivered_rejected_events_give_stock_back_once() {
 async fn drift_is_rejected_reported_and_repaired() {
     let env = TestEnv::new().await;
     env.stock(1, 10).await;
-    sqlx::query("UPDATE products SET stock = 3 WHERE id = ?")
-        .bind(1i64)
-        .execute(env.ledger.pool())
-        .await
-        .unwrap();
+    sqlx::query("UPDATE products SET stock = 3 WHERE id = ?").bind(1i64).execute(&env.mysql).await.unwrap();
     for _ in 0..10 {
         let r = reserve(&env.queue, 1, 1, &new_event_id()).await.unwrap();
         assert!(matches!(r, Reservation::Reserved { .. }), "{r:?}");
@@ -320,7 +312,7 @@ async fn drift_is_rejected_reported_and_repaired() {
     assert_eq!(env.mysql_stock(1).await, 0);
     assert_eq!(env.redis_stock(1).await, Some(7), "the 7 rejected units are returned");
     let negative: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE stock < 0")
-        .fetch_one(env.ledger.pool())
+        .fetch_one(&env.mysql)
         .await
         .unwrap();
     assert_eq!(negative, 0, "MySQL stock went negative");
@@ -463,7 +455,7 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
         env.reserve_ok(1, 1, &new_event_id()).await;
     }
     // hold product 1 so the worker's batch waits on MySQL
-    let mut locker = env.ledger.pool().begin().await.unwrap();
+    let mut locker = env.mysql.begin().await.unwrap();
     sqlx::query("SELECT stock FROM products WHERE id = 1 FOR UPDATE").execute(&mut *locker).await.unwrap();
 
     let mut worker = env.command(&["worker"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();

@@ -35,6 +35,9 @@ pub struct TestEnv {
     pub queue: Queue,
     pub ledger: Ledger,
     pub redis: redis::aio::MultiplexedConnection,
+    /// The test's own way into the database, to read the books and act behind stockq's back
+    /// (change a row by hand, hold a row lock).
+    pub mysql: sqlx::MySqlPool,
 }
 
 impl TestEnv {
@@ -55,7 +58,8 @@ impl TestEnv {
         let ledger = Ledger::connect(&settings, 8).await.expect("mysql");
         let redis =
             redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        TestEnv { name, database, settings, queue, ledger, redis }
+        let mysql = open_mysql(&settings).await;
+        TestEnv { name, database, settings, queue, ledger, redis, mysql }
     }
 
     /// The test's queue as the (single) shard set that workers, checks and producers take.
@@ -117,7 +121,7 @@ impl TestEnv {
     pub async fn mysql_stock(&self, product: i64) -> i64 {
         sqlx::query_scalar("SELECT stock FROM products WHERE id = ?")
             .bind(product)
-            .fetch_one(self.ledger.pool())
+            .fetch_one(&self.mysql)
             .await
             .unwrap()
     }
@@ -136,7 +140,7 @@ impl TestEnv {
     pub async fn log_counts(&self) -> (i64, i64) {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT CAST(status AS CHAR), COUNT(*) FROM stock_log GROUP BY status")
-                .fetch_all(self.ledger.pool())
+                .fetch_all(&self.mysql)
                 .await
                 .unwrap();
         let get = |s: &str| rows.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
@@ -149,7 +153,7 @@ impl TestEnv {
             "SELECT CAST(COALESCE(SUM(qty), 0) AS SIGNED) FROM stock_log WHERE product_id = ? AND status = 'applied'",
         )
         .bind(product)
-        .fetch_one(self.ledger.pool())
+        .fetch_one(&self.mysql)
         .await
         .unwrap()
     }
@@ -198,6 +202,15 @@ impl TestEnv {
         let drifts: Vec<_> = report.drifts().collect();
         assert!(drifts.is_empty(), "drift: {drifts:?}");
     }
+}
+
+/// A pool on the test's database, apart from stockq's.
+pub async fn open_mysql(settings: &Settings) -> sqlx::MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(settings.database_url.expose())
+        .await
+        .expect("the test's own MySQL pool")
 }
 
 impl Drop for TestEnv {
@@ -309,14 +322,14 @@ impl TestEnv {
 
     /// Total stock_log rows.
     pub async fn log_rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM stock_log").fetch_one(self.ledger.pool()).await.unwrap()
+        sqlx::query_scalar("SELECT COUNT(*) FROM stock_log").fetch_one(&self.mysql).await.unwrap()
     }
 
     /// The stock_log status of one event id, if settled.
     pub async fn log_status(&self, event_id: &str) -> Option<String> {
         sqlx::query_scalar("SELECT CAST(status AS CHAR) FROM stock_log WHERE event_id = ?")
             .bind(event_id)
-            .fetch_optional(self.ledger.pool())
+            .fetch_optional(&self.mysql)
             .await
             .unwrap()
     }

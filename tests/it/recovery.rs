@@ -249,7 +249,7 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
     env.reserve_ok(1, 2, "late-1").await;
     if reject {
         // MySQL changed behind stockq's back: it cannot honour the reservation.
-        sqlx::query("UPDATE products SET stock = 1 WHERE id = 1").execute(env.ledger.pool()).await.unwrap();
+        sqlx::query("UPDATE products SET stock = 1 WHERE id = 1").execute(&env.mysql).await.unwrap();
     }
     let old = env.worker(10);
     let new = env.worker(10);
@@ -290,7 +290,7 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
         assert_eq!(env.mysql_stock(1).await, 1, "{case}");
         assert_eq!(env.redis_stock(1).await, Some(10), "{case}: stock given back exactly once");
         // Put MySQL back as it was before the tampering: the stores then agree.
-        sqlx::query("UPDATE products SET stock = 10 WHERE id = 1").execute(env.ledger.pool()).await.unwrap();
+        sqlx::query("UPDATE products SET stock = 10 WHERE id = 1").execute(&env.mysql).await.unwrap();
     } else {
         assert_eq!(env.log_counts().await, (1, 0), "{case}");
         assert_eq!(env.mysql_stock(1).await, 8, "{case}: applied once");

@@ -1,0 +1,316 @@
+//! The workers' batch transaction. A batch of events is applied in one transaction; the
+//! common case, a batch of first deliveries ([`Ledger::apply_batch`] → `apply_fresh`):
+//!
+//! 1. insert one `stock_log` row per event, as 'applied': outside the locked window, and the
+//!    primary key doubles as the redelivery test (a duplicate key sends the batch to step 1′);
+//! 2. lock each distinct product of the batch once, in ascending id order (so two batches
+//!    never deadlock on each other's products), with `FORCE INDEX (PRIMARY)` so the lock covers
+//!    the named rows only;
+//! 3. allocate stock to the events in batch order, so a short stock rejects exactly the
+//!    events that do not fit, and mark those rows 'rejected';
+//! 4. update every changed product in one statement, and commit. Only then does the worker
+//!    acknowledge in Redis.
+//!
+//! 1′. When an event id is already in `stock_log` (a redelivery after a crash between commit
+//! and acknowledgement, or a second reservation under the same id), `apply_checked` locks
+//! the products first, reads the batch's rows, and settles each event from what it finds:
+//! same reservation (same seq) → its recorded outcome, another reservation → a duplicate.
+//!
+//! Sessions run at READ COMMITTED: once the product locks are held, the reads see every row
+//! committed by a batch that held them before; and no gap locks are taken, so batches
+//! inserting unrelated event ids never block each other. A concurrent batch that settles the
+//! same event id makes our insert wait for it and then fail with a duplicate key, after which
+//! the checked path finds its row.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sqlx::{MySql, QueryBuilder};
+
+use super::{CALL_TIMEOUT, Ledger, Outcome, Settled, Status, push_list, read_settled};
+use crate::error::{Result, bounded};
+use crate::event::Event;
+
+impl Ledger {
+    /// Applies a batch of valid events in one transaction (see the module docs).
+    pub async fn apply_batch(&self, events: &[Event]) -> Result<Vec<Outcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        bounded("mysql (apply batch)", CALL_TIMEOUT, self.apply_batch_unbounded(events)).await
+    }
+
+    async fn apply_batch_unbounded(&self, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let distinct_ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        if distinct_ids.len() == events.len()
+            && let Some(outcomes) = self.apply_fresh(events).await?
+        {
+            return Ok(outcomes);
+        }
+        self.apply_checked(events).await
+    }
+
+    /// The common case, a batch of first deliveries, with the product locks held as briefly
+    /// as possible: the `stock_log` rows go in first (as 'applied'), outside the locked
+    /// window, and their primary key doubles as the redelivery test. `None` when an event id
+    /// is already settled: the transaction is rolled back and [`Self::apply_checked`] runs.
+    async fn apply_fresh(&self, events: &[Event]) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut q =
+            QueryBuilder::<MySql>::new("INSERT INTO stock_log (event_id, product_id, qty, status, seq) ");
+        q.push_values(events, |mut row, event| {
+            row.push_bind(event.event_id.clone())
+                .push_bind(event.product_id)
+                .push_bind(event.qty)
+                .push_bind("applied")
+                .push_bind(event.seq);
+        });
+        match q.build().execute(&mut *tx).await {
+            Ok(_) => {}
+            // code() is the SQLSTATE (23000) for MySQL; the 1062 is the error number
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+
+        let mut stock = lock_products(&mut tx, events).await?;
+        let before = stock.clone();
+        // every id is new here (the insert proved it), so nothing is settled yet
+        let outcomes = allocate(events, &mut stock, &mut HashMap::new());
+        let ids_with = |wanted: Outcome| -> Vec<String> {
+            events
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| **o == wanted)
+                .map(|(e, _)| e.event_id.clone())
+                .collect()
+        };
+        let rejected = ids_with(Outcome::Rejected);
+        let unknown = ids_with(Outcome::UnknownProduct);
+        if !rejected.is_empty() {
+            let mut q =
+                QueryBuilder::<MySql>::new("UPDATE stock_log SET status = 'rejected' WHERE event_id IN (");
+            push_list(&mut q, rejected.into_iter());
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        if !unknown.is_empty() {
+            // an unknown product's event is dead-lettered, not settled
+            let mut q = QueryBuilder::<MySql>::new("DELETE FROM stock_log WHERE event_id IN (");
+            push_list(&mut q, unknown.into_iter());
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        update_products(&mut tx, &before, &stock).await?;
+        tx.commit().await?;
+        Ok(Some(outcomes))
+    }
+
+    /// The general case: redeliveries and duplicate event ids, read from `stock_log` under
+    /// the product locks (see the module docs).
+    async fn apply_checked(&self, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut stock = lock_products(&mut tx, events).await?;
+        let before = stock.clone();
+
+        let mut settled = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
+        let outcomes = allocate(events, &mut stock, &mut settled);
+        let new_rows: Vec<(&Event, Status)> = events
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(e, o)| match o {
+                Outcome::Applied => Some((e, Status::Applied)),
+                Outcome::Rejected => Some((e, Status::Rejected)),
+                _ => None,
+            })
+            .collect();
+
+        if !new_rows.is_empty() {
+            let mut q =
+                QueryBuilder::<MySql>::new("INSERT INTO stock_log (event_id, product_id, qty, status, seq) ");
+            q.push_values(&new_rows, |mut row, (event, status)| {
+                row.push_bind(event.event_id.clone())
+                    .push_bind(event.product_id)
+                    .push_bind(event.qty)
+                    .push_bind(status.as_str())
+                    .push_bind(event.seq);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        update_products(&mut tx, &before, &stock).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+/// Decides every event of a batch, in batch order, against the locked stock and the rows
+/// already settled: the heart of the ledger, kept free of I/O so that it can be tested alone.
+///
+/// * an event id already settled (or settled earlier in this batch) by the same reservation
+///   (same seq) keeps its outcome; by another reservation, it is a duplicate;
+/// * otherwise the event takes its quantity if the product has it, and is rejected if not,
+///   so a short stock rejects exactly the events that do not fit, and stock never goes
+///   negative;
+/// * an event whose product is not in `stock` is an unknown product.
+///
+/// `stock` is left holding the new stock of each product; `settled` gains the new rows.
+fn allocate(
+    events: &[Event],
+    stock: &mut HashMap<i64, i64>,
+    settled: &mut HashMap<String, Settled>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let outcome = if let Some(row) = settled.get(&event.event_id) {
+            match (row.seq == event.seq, row.status) {
+                (true, Status::Applied) => Outcome::AlreadyApplied,
+                (true, Status::Rejected) => Outcome::AlreadyRejected,
+                (false, _) => Outcome::Duplicate,
+            }
+        } else if let Some(available) = stock.get_mut(&event.product_id) {
+            let status = if *available >= event.qty {
+                *available -= event.qty;
+                Status::Applied
+            } else {
+                Status::Rejected
+            };
+            settled.insert(event.event_id.clone(), Settled { status, seq: event.seq });
+            match status {
+                Status::Applied => Outcome::Applied,
+                Status::Rejected => Outcome::Rejected,
+            }
+        } else {
+            Outcome::UnknownProduct
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// Locks the batch's products, each once, in ascending id order, and reads their stock.
+/// `FORCE INDEX (PRIMARY)` keeps the plan a range over the named rows: a scan of the whole
+/// table would lock every row it passes and make concurrent batches deadlock.
+async fn lock_products(
+    tx: &mut sqlx::Transaction<'static, MySql>,
+    events: &[Event],
+) -> Result<HashMap<i64, i64>, sqlx::Error> {
+    let products: BTreeSet<i64> = events.iter().map(|e| e.product_id).collect();
+    let mut q =
+        QueryBuilder::<MySql>::new("SELECT id, stock FROM products FORCE INDEX (PRIMARY) WHERE id IN (");
+    push_list(&mut q, products.into_iter());
+    q.push(") ORDER BY id FOR UPDATE");
+    Ok(q.build_query_as::<(i64, i64)>().fetch_all(&mut **tx).await?.into_iter().collect())
+}
+
+/// Writes each product whose stock the batch changed, in one statement. The rows are locked
+/// and the new values computed from the locked read, so setting them is exact.
+async fn update_products(
+    tx: &mut sqlx::Transaction<'static, MySql>,
+    before: &HashMap<i64, i64>,
+    after: &HashMap<i64, i64>,
+) -> Result<(), sqlx::Error> {
+    let mut changed: Vec<(i64, i64)> =
+        after.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(id, s)| (*id, *s)).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    changed.sort_unstable();
+    let mut q = QueryBuilder::<MySql>::new("UPDATE products FORCE INDEX (PRIMARY) SET stock = CASE id");
+    for (id, s) in &changed {
+        q.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*s);
+    }
+    q.push(" END WHERE id IN (");
+    push_list(&mut q, changed.iter().map(|(id, _)| *id));
+    q.push(")");
+    q.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(id: u8, product: i64, qty: i64, seq: Option<i64>) -> Event {
+        Event { event_id: format!("e{id}"), product_id: product, qty, seq }
+    }
+
+    #[test]
+    fn a_short_stock_rejects_exactly_what_does_not_fit() {
+        let mut stock = HashMap::from([(1, 5)]);
+        let events =
+            [event(1, 1, 3, Some(1)), event(2, 1, 3, Some(2)), event(3, 1, 2, Some(3)), event(4, 9, 1, None)];
+        let outcomes = allocate(&events, &mut stock, &mut HashMap::new());
+        assert_eq!(
+            outcomes,
+            [Outcome::Applied, Outcome::Rejected, Outcome::Applied, Outcome::UnknownProduct]
+        );
+        assert_eq!(stock[&1], 0);
+    }
+
+    #[test]
+    fn redeliveries_and_duplicates_are_told_apart_by_seq() {
+        let mut settled = HashMap::from([
+            ("e1".to_string(), Settled { status: Status::Applied, seq: Some(1) }),
+            ("e2".to_string(), Settled { status: Status::Rejected, seq: Some(2) }),
+        ]);
+        let mut stock = HashMap::from([(1, 10)]);
+        let events = [
+            event(1, 1, 1, Some(1)),
+            event(2, 1, 1, Some(2)),
+            event(1, 1, 1, Some(7)),
+            event(3, 1, 1, Some(3)),
+            event(3, 1, 1, Some(8)),
+        ];
+        let outcomes = allocate(&events, &mut stock, &mut settled);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::AlreadyApplied,
+                Outcome::AlreadyRejected,
+                Outcome::Duplicate,
+                Outcome::Applied,
+                Outcome::Duplicate
+            ]
+        );
+        assert_eq!(stock[&1], 9);
+    }
+
+    proptest! {
+        /// Whatever the batch, stock never goes negative, what was taken is exactly what the
+        /// applied events asked for, an event is rejected only when its product could not
+        /// cover it at its turn, and each event id deducts at most once.
+        #[test]
+        fn allocation_keeps_the_books(
+            initial in proptest::collection::vec(0i64..20, 1..5),
+            raw in proptest::collection::vec((0u8..12, 0i64..6, 1i64..8, proptest::option::of(0i64..3)), 0..40),
+        ) {
+            let mut stock: HashMap<i64, i64> =
+                initial.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect();
+            let before = stock.clone();
+            let events: Vec<Event> = raw.iter().map(|(id, p, q, seq)| event(*id, *p, *q, *seq)).collect();
+            let outcomes = allocate(&events, &mut stock, &mut HashMap::new());
+
+            let mut replay = before.clone();
+            let mut deducted_ids = std::collections::HashSet::new();
+            for (e, o) in events.iter().zip(&outcomes) {
+                match o {
+                    Outcome::Applied => {
+                        let s = replay.get_mut(&e.product_id).unwrap();
+                        prop_assert!(*s >= e.qty);
+                        *s -= e.qty;
+                        prop_assert!(deducted_ids.insert(e.event_id.clone()), "{} deducted twice", e.event_id);
+                    }
+                    Outcome::Rejected => {
+                        prop_assert!(replay[&e.product_id] < e.qty);
+                        prop_assert!(deducted_ids.insert(e.event_id.clone()));
+                    }
+                    Outcome::UnknownProduct => prop_assert!(!before.contains_key(&e.product_id)),
+                    Outcome::AlreadyApplied | Outcome::AlreadyRejected | Outcome::Duplicate => {
+                        prop_assert!(deducted_ids.contains(&e.event_id));
+                    }
+                }
+            }
+            prop_assert_eq!(&replay, &stock);
+            prop_assert!(stock.values().all(|s| *s >= 0));
+        }
+    }
+}
