@@ -71,6 +71,10 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         .map_err(|e| format!("{e} (write a duration such as 500ms, 30s or 5m)"))
 }
 
+/// The largest number of shards. Checked here only: the rest of the crate trusts validated
+/// settings.
+pub(crate) const MAX_SHARDS: u32 = 1024;
+
 /// The longest duration a setting may take.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -98,11 +102,8 @@ impl Settings {
                 "STOCKQ_VISIBILITY_TIMEOUT must be at least 100ms (a claim must outlive one batch)",
             ));
         }
-        if !(1..=crate::queue::shards::MAX_SHARDS).contains(&args.shards) {
-            return Err(Error::usage(format!(
-                "STOCKQ_SHARDS must be from 1 to {}",
-                crate::queue::shards::MAX_SHARDS
-            )));
+        if !(1..=MAX_SHARDS).contains(&args.shards) {
+            return Err(Error::usage(format!("STOCKQ_SHARDS must be from 1 to {MAX_SHARDS}")));
         }
         if args.max_attempts == 0 {
             return Err(Error::usage("STOCKQ_MAX_ATTEMPTS must be at least 1"));
