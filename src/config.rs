@@ -171,7 +171,8 @@ fn default_duration(text: &str) -> Duration {
 }
 
 /// Installs the process-wide TLS crypto provider (ring) that `rediss://` and MySQL's
-/// `ssl-mode` need; harmless to call again.
+/// `ssl-mode` need. A process-wide side effect, so the program calls it once before anything
+/// connects (`main` does, and so do the integration tests); harmless to call again.
 pub fn install_tls_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

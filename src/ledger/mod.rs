@@ -116,7 +116,6 @@ pub struct Ledger {
 impl Ledger {
     /// Opens a pool of at most `max_connections` and checks that the database answers.
     pub async fn connect(settings: &Settings, max_connections: u32) -> Result<Ledger> {
-        crate::config::install_tls_provider();
         let options = connect_options(settings)?;
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -492,7 +491,6 @@ fn connect_options(settings: &Settings) -> Result<MySqlConnectOptions> {
 
 /// Creates the database if missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> Result<()> {
-    crate::config::install_tls_provider();
     let name = database_name(settings)?;
     let mut server_url = url::Url::parse(settings.database_url.expose())
         .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
