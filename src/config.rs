@@ -22,7 +22,8 @@ pub(crate) const DEFAULT_JANITOR_INTERVAL: &str = "5s";
 pub(crate) const DEFAULT_CHECK_INTERVAL: &str = "60s";
 pub(crate) const DEFAULT_SHARDS: u32 = 1;
 
-/// The settings every command shares (SPEC §2). Flattened into each subcommand's arguments.
+/// The settings every command shares (README "Configuration"). Flattened into each
+/// subcommand's arguments.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct GlobalArgs {
     /// Redis URL (redis:// or rediss:// for TLS)
