@@ -11,11 +11,19 @@ use clap::{Args, ValueEnum};
 
 use crate::error::{Error, Result};
 
+// The defaults, used by the flags and by `Settings::new` alike. Durations are written as a
+// user would type them, because the help prints them as written (`60s`, not `1m`).
 pub(crate) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub(crate) const DEFAULT_DATABASE_URL: &str = "mysql://stockq:stockq@127.0.0.1:3306/stockq";
 pub(crate) const DEFAULT_QUEUE: &str = "stockq";
+pub(crate) const DEFAULT_VISIBILITY_TIMEOUT: &str = "10s";
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+pub(crate) const DEFAULT_JANITOR_INTERVAL: &str = "5s";
+pub(crate) const DEFAULT_CHECK_INTERVAL: &str = "60s";
+pub(crate) const DEFAULT_SHARDS: u32 = 1;
 
-/// The settings every command shares (SPEC §2). Flattened into each subcommand's arguments.
+/// The settings every command shares (README "Configuration"). Flattened into each
+/// subcommand's arguments.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct GlobalArgs {
     /// Redis URL (redis:// or rediss:// for TLS)
@@ -31,19 +39,19 @@ pub(crate) struct GlobalArgs {
     pub(crate) queue: String,
 
     /// A claimed entry neither acknowledged nor renewed within this is re-queued
-    #[arg(long, env = "STOCKQ_VISIBILITY_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_VISIBILITY_TIMEOUT", default_value = DEFAULT_VISIBILITY_TIMEOUT, value_parser = parse_duration, global = true)]
     pub(crate) visibility_timeout: Duration,
 
     /// Deliveries before an entry is dead-lettered
-    #[arg(long, env = "STOCKQ_MAX_ATTEMPTS", default_value_t = 5, global = true)]
+    #[arg(long, env = "STOCKQ_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS, global = true)]
     pub(crate) max_attempts: u32,
 
     /// How often the janitor looks for timed-out claims
-    #[arg(long, env = "STOCKQ_JANITOR_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_JANITOR_INTERVAL", default_value = DEFAULT_JANITOR_INTERVAL, value_parser = parse_duration, global = true)]
     pub(crate) janitor_interval: Duration,
 
     /// How often the janitor runs the consistency check
-    #[arg(long, env = "STOCKQ_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_CHECK_INTERVAL", default_value = DEFAULT_CHECK_INTERVAL, value_parser = parse_duration, global = true)]
     pub(crate) check_interval: Duration,
 
     /// Serve /healthz and /metrics on this port (worker, janitor); the port of `serve`
@@ -51,16 +59,17 @@ pub(crate) struct GlobalArgs {
     pub(crate) port: Option<u16>,
 
     /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
-    #[arg(long, env = "STOCKQ_SHARDS", default_value_t = 1, global = true)]
+    #[arg(long, env = "STOCKQ_SHARDS", default_value_t = DEFAULT_SHARDS, global = true)]
     pub(crate) shards: u32,
 
     /// Log format
-    #[arg(long, env = "STOCKQ_LOG_FORMAT", default_value = "pretty", global = true)]
+    #[arg(long, env = "STOCKQ_LOG_FORMAT", value_enum, default_value_t, global = true)]
     pub(crate) log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    #[default]
     Pretty,
     Json,
 }
@@ -70,6 +79,10 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (write a duration such as 500ms, 30s or 5m)"))
 }
+
+/// The largest number of shards. Checked here only: the rest of the crate trusts validated
+/// settings.
+pub(crate) const MAX_SHARDS: u32 = 1024;
 
 /// The longest duration a setting may take.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -98,11 +111,8 @@ impl Settings {
                 "STOCKQ_VISIBILITY_TIMEOUT must be at least 100ms (a claim must outlive one batch)",
             ));
         }
-        if !(1..=crate::queue::shards::MAX_SHARDS).contains(&args.shards) {
-            return Err(Error::usage(format!(
-                "STOCKQ_SHARDS must be from 1 to {}",
-                crate::queue::shards::MAX_SHARDS
-            )));
+        if !(1..=MAX_SHARDS).contains(&args.shards) {
+            return Err(Error::usage(format!("STOCKQ_SHARDS must be from 1 to {MAX_SHARDS}")));
         }
         if args.max_attempts == 0 {
             return Err(Error::usage("STOCKQ_MAX_ATTEMPTS must be at least 1"));
@@ -139,27 +149,31 @@ impl Settings {
         })
     }
 
-    /// Settings for tests and embedding: the given URLs and queue, every other value default.
+    /// Settings for tests and embedding: the given URLs and queue, every other value the
+    /// default of its flag, validated as the flags are.
     pub fn new(redis_url: &str, database_url: &str, queue: &str) -> Result<Self> {
-        Ok(Settings {
-            redis_url: SecretUrl::parse("REDIS_URL", redis_url, &["redis", "rediss"])?,
-            database_url: SecretUrl::parse("DATABASE_URL", database_url, &["mysql", "mariadb"])?,
-            queue: {
-                validate_queue_name(queue)?;
-                queue.to_string()
-            },
-            visibility_timeout: Duration::from_secs(10),
-            max_attempts: 5,
-            janitor_interval: Duration::from_secs(5),
-            check_interval: Duration::from_secs(60),
+        Settings::from_args(&GlobalArgs {
+            redis_url: redis_url.to_string(),
+            database_url: database_url.to_string(),
+            queue: queue.to_string(),
+            visibility_timeout: default_duration(DEFAULT_VISIBILITY_TIMEOUT),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            janitor_interval: default_duration(DEFAULT_JANITOR_INTERVAL),
+            check_interval: default_duration(DEFAULT_CHECK_INTERVAL),
             port: None,
-            shards: 1,
+            shards: DEFAULT_SHARDS,
+            log_format: LogFormat::default(),
         })
     }
 }
 
+fn default_duration(text: &str) -> Duration {
+    parse_duration(text).expect("the default durations parse (see the tests)")
+}
+
 /// Installs the process-wide TLS crypto provider (ring) that `rediss://` and MySQL's
-/// `ssl-mode` need; harmless to call again.
+/// `ssl-mode` need. A process-wide side effect, so the program calls it once before anything
+/// connects (`main` does, and so do the integration tests); harmless to call again.
 pub fn install_tls_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -251,6 +265,15 @@ mod tests {
         assert_eq!(u.expose(), "mysql://app:hunter2@db:3306/stockq");
         let nodes = SecretUrl::parse("X", "redis://:pw@a:7000,redis://:pw@b:7001", &["redis"]).unwrap();
         assert_eq!(nodes.to_string(), "redis://:***@a:7000,redis://:***@b:7001");
+    }
+
+    #[test]
+    fn settings_new_takes_the_defaults_of_the_flags() {
+        let s = Settings::new(DEFAULT_REDIS_URL, DEFAULT_DATABASE_URL, DEFAULT_QUEUE).unwrap();
+        assert_eq!(s.visibility_timeout, Duration::from_secs(10));
+        assert_eq!(s.janitor_interval, Duration::from_secs(5));
+        assert_eq!(s.check_interval, Duration::from_secs(60));
+        assert_eq!((s.max_attempts, s.shards, s.port), (5, 1, None));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `stockq` binary: parse the command line, set up logging, run the command, and turn
-//! the result into one line on stderr and an exit status (SPEC §3).
+//! the result into one line on stderr and an exit status (README "Commands").
 
 use std::process::ExitCode;
 
@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         Err(e) => return stockq::cli::usage_error(e),
     };
     stockq::telemetry::init(cli.log_format(), cli.default_log_filter());
+    // Process-wide state for rediss:// and ssl-mode, set once here before anything connects.
+    stockq::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

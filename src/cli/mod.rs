@@ -1,26 +1,25 @@
-//! The command line (SPEC §3): one subcommand per job, each a thin call into the library.
+//! The command line (README "Commands"): one subcommand per job, each a thin call into the
+//! library. This file is the grammar and the dispatch; the commands live by topic:
+//! `processes` (migrate, worker, janitor, serve: what a deployment runs), `stock` (stock,
+//! reserve, produce), `books` (check, stats), `dead` (dead letters), and `print` renders
+//! their reports as text.
+
+mod books;
+mod dead;
+mod print;
+mod processes;
+mod stock;
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 
-use crate::admin::dead::{self, Selection};
-use crate::admin::stock::{self, Change};
-use crate::check;
 use crate::config::{GlobalArgs, LogFormat, Settings};
-use crate::error::{Error, Result};
-use crate::janitor::Janitor;
-use crate::ledger::{self, Ledger};
+use crate::error::Result;
+use crate::ledger::Ledger;
 use crate::queue::Shards;
-use crate::reserve::{self, Reservation};
-use crate::tools::produce::{self, ProduceOptions};
-use crate::worker::{self, Worker, WorkerOptions};
-
-/// Exit status of `reserve` when there is not enough stock (nothing was taken).
-pub(crate) const EXIT_SOLD_OUT: u8 = 3;
-/// Exit status of `reserve` for a product that was never stocked.
-pub(crate) const EXIT_UNKNOWN_PRODUCT: u8 = 4;
+use crate::tools::produce;
+use crate::worker;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,15 +142,6 @@ pub(crate) struct DeadSelection {
     id: Option<String>,
 }
 
-impl DeadSelection {
-    fn selection(&self) -> Selection {
-        match &self.id {
-            Some(id) if !self.all => Selection::EventId(id.clone()),
-            _ => Selection::All,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct ProduceArgs {
     /// Reservations to make
@@ -237,289 +227,29 @@ pub async fn run(cli: Cli) -> u8 {
 
 async fn dispatch(cli: Cli) -> Result<u8> {
     let settings = Settings::from_args(&cli.global)?;
+    let settings = &settings;
     match cli.command {
-        Command::Migrate => {
-            ledger::migrate(&settings).await?;
-            println!("migrated {}", settings.database_url);
-            Ok(0)
-        }
-        Command::Stock(cmd) => {
-            let (shards, ledger) = connect(&settings, 1).await?;
-            let (product, change) = match cmd {
-                StockCommand::Set { product, qty } => (product, Change::Set(qty)),
-                StockCommand::Add { product, delta } => (product, Change::Add(delta)),
-            };
-            let done = stock::adjust(shards.for_product(product), &ledger, product, change).await?;
-            println!(
-                "product {}: mysql {} (change {:+}), redis {}",
-                done.product_id, done.mysql, done.delta, done.redis
-            );
-            Ok(0)
-        }
-        Command::Reserve { product, qty, event_id } => {
-            let event_id = event_id.unwrap_or_else(reserve::new_event_id);
-            crate::event::validate_event_id(&event_id).map_err(Error::usage)?;
-            let shards = Shards::connect(&settings).await?;
-            match reserve::reserve(shards.for_product(product), product, qty, &event_id).await? {
-                Reservation::Reserved { event_id, .. } => {
-                    println!("{event_id}");
-                    Ok(0)
-                }
-                Reservation::SoldOut { available } => {
-                    eprintln!(
-                        "stockq: sold out: product {product} has {available} left, {qty} asked; nothing taken"
-                    );
-                    Ok(EXIT_SOLD_OUT)
-                }
-                Reservation::UnknownProduct => {
-                    eprintln!(
-                        "stockq: unknown product {product}: stock it first with `stockq stock set {product} <qty>`"
-                    );
-                    Ok(EXIT_UNKNOWN_PRODUCT)
-                }
-            }
-        }
-        Command::Produce(args) => {
-            let options = ProduceOptions {
-                events: args.events,
-                products: args.products,
-                qty: args.qty,
-                hot: args.hot,
-                rate: args.rate,
-                in_flight: args.in_flight,
-                progress: !args.json,
-            };
-            options.validate()?;
-            let shards = Shards::connect(&settings).await?;
-            let report = produce::produce(&shards, &options).await?;
-            if args.json {
-                let mut v = serde_json::to_value(&report).unwrap_or_default();
-                v["per_second"] = json!(report.per_second());
-                println!("{v}");
-            } else {
-                let l = &report.latency;
-                println!(
-                    "reserved {} and sold out {} (unknown product {}) in {:.2}s: {:.0} reservations/s; \
-                     latency p50 {}us p99 {}us p99.9 {}us max {}us",
-                    report.reserved,
-                    report.sold_out,
-                    report.unknown_product,
-                    report.elapsed.as_secs_f64(),
-                    report.per_second(),
-                    l.p50_us,
-                    l.p99_us,
-                    l.p999_us,
-                    l.max_us
-                );
-            }
-            Ok(0)
-        }
-        Command::Worker { concurrency, batch } => {
-            let options = WorkerOptions { concurrency, batch, ..Default::default() };
-            options.validate()?;
-            let shutdown = crate::shutdown::install()
-                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let (shards, ledger) = connect(&settings, concurrency as u32 + 2).await?;
-            tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
-            let ops = settings.port.map(|port| {
-                crate::http::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone())
-            });
-            let worker = Worker::new(shards, ledger, options)?;
-            worker.run(shutdown.clone()).await?;
-            if let Some(ops) = ops {
-                shutdown.cancel();
-                let _ = ops.await;
-            }
-            Ok(0)
-        }
-        Command::Janitor { once } => {
-            let (shards, ledger) = connect(&settings, 3).await?;
-            let janitor = Janitor::new(
-                shards.clone(),
-                ledger.clone(),
-                settings.janitor_interval,
-                settings.check_interval,
-            );
-            if once {
-                janitor.recover().await?;
-                let report = janitor.check().await?;
-                return Ok(if report.is_consistent() { 0 } else { 1 });
-            }
-            let shutdown = crate::shutdown::install()
-                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let ops = settings.port.map(|port| {
-                crate::http::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone())
-            });
-            janitor.run(shutdown).await?;
-            if let Some(ops) = ops {
-                let _ = ops.await;
-            }
-            Ok(0)
-        }
-        Command::Check { repair, json } => {
-            let (shards, ledger) = connect(&settings, 2).await?;
-            let mut report = check::check_confirmed(&shards, &ledger).await?;
-            let mut repaired = 0;
-            if repair && !report.is_consistent() {
-                print_check(&report, json, false);
-                repaired = check::repair(&shards, &report).await?;
-                report = check::check_confirmed(&shards, &ledger).await?;
-            }
-            print_check(&report, json, true);
-            if repair && repaired > 0 && !json {
-                println!("repaired {repaired} product(s) in Redis");
-            }
-            Ok(if report.is_consistent() { 0 } else { 1 })
-        }
-        Command::Stats { json } => {
-            let (shards, ledger) = connect(&settings, 2).await?;
-            let stats = crate::admin::stats::collect(&shards, &ledger).await?;
-            if json {
-                println!("{}", serde_json::to_string(&stats).unwrap_or_default());
-            } else {
-                print_stats(&stats);
-            }
-            Ok(0)
-        }
-        Command::Dead(cmd) => {
-            match cmd {
-                DeadCommand::List { json } => {
-                    let shards = Shards::connect(&settings).await?;
-                    let letters = dead::list(&shards).await?;
-                    if json {
-                        for (_, d) in &letters {
-                            println!("{}", String::from_utf8_lossy(&d.raw));
-                        }
-                    } else if letters.is_empty() {
-                        println!("no dead letters");
-                    } else {
-                        for (_, d) in &letters {
-                            let id = d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into());
-                            println!(
-                                "{id}\tattempts {}\tfailed_at {}\t{}\t{}",
-                                d.attempts,
-                                d.failed_at_ms,
-                                d.reason,
-                                String::from_utf8_lossy(&d.entry).chars().take(120).collect::<String>()
-                            );
-                        }
-                    }
-                }
-                DeadCommand::Requeue(sel) => {
-                    let shards = Shards::connect(&settings).await?;
-                    let (moved, skipped) = dead::requeue(&shards, &sel.selection()).await?;
-                    println!("requeued {moved}");
-                    if skipped > 0 {
-                        println!(
-                            "left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)"
-                        );
-                    }
-                }
-                DeadCommand::Drop(sel) => {
-                    let (shards, ledger) = connect(&settings, 1).await?;
-                    let (dropped, given) = dead::drop(&shards, &ledger, &sel.selection()).await?;
-                    println!("dropped {dropped}, gave back {given} units of stock");
-                }
-            }
-            Ok(0)
-        }
-        Command::Demo(args) => crate::tools::demo::run(&settings, &args).await,
-        Command::Serve => {
-            let shutdown = crate::shutdown::install()
-                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let (shards, ledger) = connect(&settings, 4).await?;
-            crate::http::serve::run(
-                settings.port.unwrap_or(crate::http::serve::DEFAULT_PORT),
-                shards,
-                ledger,
-                shutdown,
-            )
-            .await?;
-            Ok(0)
-        }
-        Command::Bench(args) => crate::tools::bench::run(&settings, &args).await,
+        Command::Migrate => processes::migrate(settings).await,
+        Command::Stock(StockCommand::Set { product, qty }) => stock::set(settings, product, qty).await,
+        Command::Stock(StockCommand::Add { product, delta }) => stock::add(settings, product, delta).await,
+        Command::Reserve { product, qty, event_id } => stock::reserve(settings, product, qty, event_id).await,
+        Command::Produce(args) => stock::produce(settings, &args).await,
+        Command::Worker { concurrency, batch } => processes::worker(settings, concurrency, batch).await,
+        Command::Janitor { once } => processes::janitor(settings, once).await,
+        Command::Check { repair, json } => books::check(settings, repair, json).await,
+        Command::Stats { json } => books::stats(settings, json).await,
+        Command::Dead(DeadCommand::List { json }) => dead::list(settings, json).await,
+        Command::Dead(DeadCommand::Requeue(which)) => dead::requeue(settings, &which).await,
+        Command::Dead(DeadCommand::Drop(which)) => dead::drop(settings, &which).await,
+        Command::Serve => processes::serve(settings).await,
+        Command::Demo(args) => crate::tools::demo::run(settings, &args).await,
+        Command::Bench(args) => crate::tools::bench::run(settings, &args).await,
     }
 }
 
+/// Redis and MySQL, for the commands that need both.
 async fn connect(settings: &Settings, mysql_connections: u32) -> Result<(Shards, Ledger)> {
     let shards = Shards::connect(settings).await?;
     let ledger = Ledger::connect(settings, mysql_connections).await?;
     Ok((shards, ledger))
-}
-
-fn print_check(report: &check::CheckReport, json: bool, last: bool) {
-    if json {
-        if last {
-            let drifts: Vec<_> = report.drifts().collect();
-            println!(
-                "{}",
-                json!({
-                    "consistent": report.is_consistent(),
-                    "seq": report.seq,
-                    "products_checked": report.products.len(),
-                    "took_ms": report.took.as_millis() as u64,
-                    "drifts": drifts,
-                })
-            );
-        }
-        return;
-    }
-    for p in report.drifts() {
-        println!(
-            "drift: product {}: redis {}{}, mysql {}, in-flight {}, expected redis {}, delta {:+}",
-            p.product_id,
-            p.redis.unwrap_or(0),
-            if p.redis.is_none() { " (key missing)" } else { "" },
-            p.mysql,
-            p.in_flight,
-            p.expected_redis,
-            p.delta
-        );
-    }
-    if last {
-        let n = report.drifts().count();
-        if n == 0 {
-            println!(
-                "consistent: {} products, redis == mysql − in-flight (seq {}, {} ms)",
-                report.products.len(),
-                report.seq,
-                report.took.as_millis()
-            );
-        } else {
-            println!("{n} of {} products drifted", report.products.len());
-        }
-    }
-}
-
-fn print_stats(s: &crate::admin::stats::Stats) {
-    println!("queue        {}", s.queue);
-    println!("pending      {}", s.pending);
-    println!("processing   {}", s.processing);
-    println!(
-        "oldest claim {}",
-        s.oldest_claim_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
-    );
-    println!("dead         {}", s.dead);
-    println!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
-    for w in &s.live_workers {
-        println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
-    }
-    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
-    println!("books        {}", if s.consistent { "consistent" } else { "DRIFT (see stockq check)" });
-    const SHOWN: usize = 20;
-    println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
-    for p in s.products.iter().take(SHOWN) {
-        println!(
-            "{:>12} {:>12} {:>12} {:>10} {:>+8}",
-            p.product_id,
-            p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            p.mysql,
-            p.in_flight,
-            p.delta
-        );
-    }
-    if s.products.len() > SHOWN {
-        println!("... and {} more (stockq stats --json lists all)", s.products.len() - SHOWN);
-    }
 }

@@ -49,7 +49,6 @@ fn database_name(url: &url::Url) -> Result<String> {
 
 /// Creates the database if missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> Result<()> {
-    crate::config::install_tls_provider();
     let DatabaseUrl { name, database, server } = DatabaseUrl::parse(settings)?;
     bounded("mysql (connect)", Duration::from_secs(8), async {
         let mut conn = sqlx::MySqlConnection::connect_with(&server).await?;

@@ -90,7 +90,6 @@ pub struct Ledger {
 impl Ledger {
     /// Opens a pool of at most `max_connections` and checks that the database answers.
     pub async fn connect(settings: &Settings, max_connections: u32) -> Result<Ledger> {
-        crate::config::install_tls_provider();
         let options = migrate::DatabaseUrl::parse(settings)?.database;
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections.max(1))

@@ -116,7 +116,6 @@ pub(crate) struct Recovery {
 impl Queue {
     /// Connects to Redis and checks that it answers.
     pub async fn connect(settings: &Settings) -> Result<Queue> {
-        crate::config::install_tls_provider();
         let endpoint = Endpoint::open(&settings.redis_url)?;
         let conn = endpoint.shared(CALL_TIMEOUT).await.map_err(|e| describe_connect_error(e, settings))?;
         Ok(Queue {

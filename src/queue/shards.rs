@@ -12,11 +12,8 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::queue::{Keys, Queue};
-
-/// The largest number of shards.
-pub(crate) const MAX_SHARDS: u32 = 1024;
 
 /// Every shard of one queue; cheap to clone.
 #[derive(Clone)]
@@ -25,11 +22,9 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Connects once and builds a handle per shard over the same connection.
+    /// Connects once and builds a handle per shard over the same connection. The shard
+    /// count was bounded when the settings were read.
     pub async fn connect(settings: &Settings) -> Result<Shards> {
-        if !(1..=MAX_SHARDS).contains(&settings.shards) {
-            return Err(Error::usage(format!("STOCKQ_SHARDS must be from 1 to {MAX_SHARDS}")));
-        }
         let queue = Queue::connect(settings).await?;
         Ok(Self::over(queue, &settings.queue, settings.shards))
     }

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
+use tokio::process::Child;
 
 use crate::admin::stock::{self, Change};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
-use crate::tools::produce::{self, Latency, ProduceOptions};
+use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport};
 
 pub(crate) const BENCH_QUEUE: &str = "bench";
 pub(crate) const BENCH_DATABASE: &str = "stockq_bench";
@@ -85,22 +86,7 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
 
     let idle = idle_latency(&shards, &ledger).await?;
     if !args.json {
-        println!(
-            "single reservations, one at a time: p50 {}us p99 {}us p99.9 {}us",
-            idle.p50_us, idle.p99_us, idle.p999_us
-        );
-        println!(
-            "{:<8} {:>6} {:>8} {:>11} {:>22} {:>11} {:>9} {:>10} {:>8}",
-            "mode",
-            "batch",
-            "events",
-            "reserve/s",
-            "reserve p50/p99/p99.9",
-            "applied/s",
-            "cpu/event",
-            "peak RSS",
-            "books"
-        );
+        print_header(&idle);
     }
     let modes: Vec<&'static str> = match args.mode.as_deref() {
         Some("hot") => vec!["hot"],
@@ -109,42 +95,81 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     };
     let mut all_consistent = true;
     for mode in modes {
-        let mut batched_rate = None;
-        let mut shapes = vec![(args.batch, args.events)];
-        if !args.no_single && args.batch != 1 {
-            shapes.push((1, args.single_events));
-        }
-        for (batch, events) in shapes {
-            let run = one_run(&settings, &shards, &ledger, args, mode, batch, events).await?;
-            all_consistent &= run.consistent;
-            if args.json {
-                println!("{}", serde_json::to_string(&run).unwrap_or_default());
-            } else {
-                let l = &run.reserve_latency;
-                println!(
-                    "{:<8} {:>6} {:>8} {:>11.0} {:>22} {:>11.0} {:>7.1}us {:>7}KiB {:>8}{}",
-                    run.mode,
-                    run.batch,
-                    run.events,
-                    run.reservations_per_s,
-                    format!("{}/{}/{}us", l.p50_us, l.p99_us, l.p999_us),
-                    run.applied_per_s,
-                    run.worker_cpu_us_per_event,
-                    run.worker_peak_rss_kib,
-                    if run.consistent { "balanced" } else { "DRIFT" },
-                    match batched_rate {
-                        Some(rate) if batch == 1 =>
-                            format!("  (batch {} is {:.1}x)", args.batch, rate / run.applied_per_s),
-                        _ => String::new(),
-                    }
-                );
-            }
-            if batch != 1 {
-                batched_rate = Some(run.applied_per_s);
-            }
-        }
+        all_consistent &= bench_mode(&settings, &shards, &ledger, args, mode).await?;
     }
     Ok(if all_consistent { 0 } else { 1 })
+}
+
+/// The runs of one mode: the chosen batch size, then (unless `--no-single`) one event per
+/// transaction, compared with it. Returns whether every run's books balanced.
+async fn bench_mode(
+    settings: &Settings,
+    shards: &Shards,
+    ledger: &Ledger,
+    args: &BenchArgs,
+    mode: &'static str,
+) -> Result<bool> {
+    let mut consistent = true;
+    let mut batched_rate = None;
+    let mut shapes = vec![(args.batch, args.events)];
+    if !args.no_single && args.batch != 1 {
+        shapes.push((1, args.single_events));
+    }
+    for (batch, events) in shapes {
+        let run = one_run(settings, shards, ledger, args, mode, batch, events).await?;
+        consistent &= run.consistent;
+        print_run(&run, args, batched_rate);
+        if batch != 1 {
+            batched_rate = Some(run.applied_per_s);
+        }
+    }
+    Ok(consistent)
+}
+
+fn print_header(idle: &Latency) {
+    println!(
+        "single reservations, one at a time: p50 {}us p99 {}us p99.9 {}us",
+        idle.p50_us, idle.p99_us, idle.p999_us
+    );
+    println!(
+        "{:<8} {:>6} {:>8} {:>11} {:>22} {:>11} {:>9} {:>10} {:>8}",
+        "mode",
+        "batch",
+        "events",
+        "reserve/s",
+        "reserve p50/p99/p99.9",
+        "applied/s",
+        "cpu/event",
+        "peak RSS",
+        "books"
+    );
+}
+
+/// One run as a line of the table (or a JSON object); a batch-1 run after a batched one
+/// says how many times faster the batched run applied.
+fn print_run(run: &Run, args: &BenchArgs, batched_rate: Option<f64>) {
+    if args.json {
+        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        return;
+    }
+    let l = &run.reserve_latency;
+    println!(
+        "{:<8} {:>6} {:>8} {:>11.0} {:>22} {:>11.0} {:>7.1}us {:>7}KiB {:>8}{}",
+        run.mode,
+        run.batch,
+        run.events,
+        run.reservations_per_s,
+        format!("{}/{}/{}us", l.p50_us, l.p99_us, l.p999_us),
+        run.applied_per_s,
+        run.worker_cpu_us_per_event,
+        run.worker_peak_rss_kib,
+        if run.consistent { "balanced" } else { "DRIFT" },
+        match batched_rate {
+            Some(rate) if run.batch == 1 =>
+                format!("  (batch {} is {:.1}x)", args.batch, rate / run.applied_per_s),
+            _ => String::new(),
+        }
+    );
 }
 
 async fn prepare(shards: &Shards, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
@@ -179,49 +204,92 @@ async fn one_run(
     batch: usize,
     events: u64,
 ) -> Result<Run> {
-    let hot = mode == "hot";
+    let produced = reserve_events(shards, ledger, mode == "hot", events).await?;
+    let started = Instant::now();
+    let workers = start_workers(settings, args, batch)?;
+    let first_pid = workers.first().and_then(|c| c.id());
+    let rss_early = wait_for_drain(shards, first_pid, events, started).await?;
+    let drain = started.elapsed();
+    let usage = stop_workers(workers).await;
+    let consistent = crate::check::check(shards, ledger).await?.is_consistent();
+    // 100 ticks a second is the Linux user-space clock (USER_HZ) on every common platform
+    let cpu_us = usage.cpu_ticks as f64 * 10_000.0;
+    Ok(Run {
+        mode,
+        batch,
+        events,
+        reservations_per_s: produced.per_second(),
+        reserve_latency: produced.latency,
+        applied_per_s: events as f64 / drain.as_secs_f64(),
+        drain_s: drain.as_secs_f64(),
+        worker_cpu_us_per_event: cpu_us / events as f64,
+        worker_peak_rss_kib: usage.peak_rss_kib,
+        worker_rss_early_kib: rss_early.unwrap_or(0),
+        worker_rss_end_kib: usage.rss_end_kib,
+        consistent,
+    })
+}
+
+/// Steps 1 and 2: a fresh queue and database with enough stock for every event, then the
+/// events reserved (uniformly over 100 products, or all on one when `hot`).
+async fn reserve_events(shards: &Shards, ledger: &Ledger, hot: bool, events: u64) -> Result<ProduceReport> {
     let products = if hot { 1 } else { 100 };
     prepare(shards, ledger, products, events as i64 + 1).await?;
-    let produced = produce::produce(
-        shards,
-        &ProduceOptions {
-            events,
-            products,
-            qty: 1,
-            hot,
-            rate: None,
-            in_flight: produce::DEFAULT_IN_FLIGHT,
-            progress: false,
-        },
-    )
-    .await?;
+    let options = ProduceOptions {
+        events,
+        products,
+        qty: 1,
+        hot,
+        rate: None,
+        in_flight: produce::DEFAULT_IN_FLIGHT,
+        progress: false,
+    };
+    produce::produce(shards, &options).await
+}
 
+/// Step 3: worker processes of this binary on the bench's queue and database. They are
+/// killed if dropped, so an error on the way leaves none behind.
+fn start_workers(settings: &Settings, args: &BenchArgs, batch: usize) -> Result<Vec<Child>> {
     let exe =
         std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
-    let started = Instant::now();
-    let mut children = Vec::new();
-    for _ in 0..args.workers {
-        let child = tokio::process::Command::new(&exe)
-            .args(["worker", "--batch", &batch.to_string(), "--concurrency", &args.concurrency.to_string()])
-            .env("REDIS_URL", settings.redis_url.expose())
-            .env("DATABASE_URL", settings.database_url.expose())
-            .env("STOCKQ_QUEUE", BENCH_QUEUE)
-            .env("STOCKQ_SHARDS", settings.shards.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::Refused(format!("cannot start a worker: {e}")))?;
-        children.push(child);
-    }
+    (0..args.workers)
+        .map(|_| {
+            tokio::process::Command::new(&exe)
+                .args([
+                    "worker",
+                    "--batch",
+                    &batch.to_string(),
+                    "--concurrency",
+                    &args.concurrency.to_string(),
+                ])
+                .env("REDIS_URL", settings.redis_url.expose())
+                .env("DATABASE_URL", settings.database_url.expose())
+                .env("STOCKQ_QUEUE", BENCH_QUEUE)
+                .env("STOCKQ_SHARDS", settings.shards.to_string())
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::Refused(format!("cannot start a worker: {e}")))
+        })
+        .collect()
+}
+
+/// Waits until every event is applied and acknowledged. Returns the first worker's resident
+/// memory once 5% of the events were applied.
+async fn wait_for_drain(
+    shards: &Shards,
+    first_pid: Option<u32>,
+    events: u64,
+    started: Instant,
+) -> Result<Option<u64>> {
     let deadline = started + Duration::from_secs(600);
-    let first_pid = children.first().and_then(|c| c.id());
     let mut rss_early = None;
     let mut last_rss_sample = Instant::now();
     loop {
         let (pending, processing) = crate::tools::demo::depths(shards).await?;
         if pending == 0 && processing == 0 {
-            break;
+            return Ok(rss_early);
         }
         if rss_early.is_none() && last_rss_sample.elapsed() >= Duration::from_millis(50) {
             last_rss_sample = Instant::now();
@@ -234,38 +302,32 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let drain = started.elapsed();
+}
 
-    let rss_end = first_pid.and_then(|pid| proc_status_kib(pid, "VmRSS")).unwrap_or(0);
-    let mut cpu_ticks = 0u64;
-    let mut peak_rss = 0u64;
-    for child in &children {
+/// What the worker processes used, read from /proc while they still run.
+struct Usage {
+    cpu_ticks: u64,
+    peak_rss_kib: u64,
+    /// The first worker's, at the end.
+    rss_end_kib: u64,
+}
+
+/// Step 4: reads each worker's usage, then stops it with SIGTERM and waits (bounded) for it.
+async fn stop_workers(workers: Vec<Child>) -> Usage {
+    let first_pid = workers.first().and_then(|c| c.id());
+    let rss_end_kib = first_pid.and_then(|pid| proc_status_kib(pid, "VmRSS")).unwrap_or(0);
+    let mut usage = Usage { cpu_ticks: 0, peak_rss_kib: 0, rss_end_kib };
+    for child in &workers {
         if let Some(pid) = child.id() {
-            cpu_ticks += proc_cpu_ticks(pid).unwrap_or(0);
-            peak_rss = peak_rss.max(proc_status_kib(pid, "VmHWM").unwrap_or(0));
+            usage.cpu_ticks += proc_cpu_ticks(pid).unwrap_or(0);
+            usage.peak_rss_kib = usage.peak_rss_kib.max(proc_status_kib(pid, "VmHWM").unwrap_or(0));
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
     }
-    for mut child in children {
+    for mut child in workers {
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     }
-    let consistent = crate::check::check(shards, ledger).await?.is_consistent();
-    // 100 ticks a second is the Linux user-space clock (USER_HZ) on every common platform
-    let cpu_us = cpu_ticks as f64 * 10_000.0;
-    Ok(Run {
-        mode,
-        batch,
-        events,
-        reservations_per_s: produced.per_second(),
-        reserve_latency: produced.latency,
-        applied_per_s: events as f64 / drain.as_secs_f64(),
-        drain_s: drain.as_secs_f64(),
-        worker_cpu_us_per_event: cpu_us / events as f64,
-        worker_peak_rss_kib: peak_rss,
-        worker_rss_early_kib: rss_early.unwrap_or(0),
-        worker_rss_end_kib: rss_end,
-        consistent,
-    })
+    usage
 }
 
 /// utime + stime of a process, in clock ticks.

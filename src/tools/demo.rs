@@ -50,87 +50,149 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
         return Err(Error::usage("--buyers must be at least 1"));
     }
     let settings = own_settings(settings, DEMO_QUEUE, DEMO_DATABASE)?;
+    introduce(&settings, args);
+    let (shards, ledger) = stock_products(&settings, args).await?;
+    let crew = Crew::start(&shards, &ledger)?;
+    let bars = Bars::new(args.buyers);
+    let sale = sell(&shards, args, &crew.worker, &bars).await?;
+    let drained_after = drain(&shards, &crew.worker, &bars.applying, sale.started).await?;
+    let worker = crew.stop().await;
+    let _ = bars.all.clear();
+    tell_sale(args, &sale, &worker, drained_after);
+    reconcile(&shards, &ledger, args, sale.reserved).await
+}
+
+fn introduce(settings: &Settings, args: &DemoArgs) {
     println!(
         "stockq demo: a flash sale of {} products x {} units for {} buyers",
         args.products, args.stock, args.buyers
     );
     println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis_url, settings.database_url);
+}
 
-    ledger::migrate(&settings).await?;
-    let shards = Shards::connect(&settings).await?;
-    let ledger = Ledger::connect(&settings, 4).await?;
+/// Step 1: the demo's own database and queue, emptied, and every product stocked in both stores.
+async fn stock_products(settings: &Settings, args: &DemoArgs) -> Result<(Shards, Ledger)> {
+    ledger::migrate(settings).await?;
+    let shards = Shards::connect(settings).await?;
+    let ledger = Ledger::connect(settings, 4).await?;
     reset(&shards, &ledger).await?;
     for product in 1..=args.products {
         stock::adjust(shards.for_product(product), &ledger, product, Change::Set(args.stock)).await?;
     }
     println!("1. stocked products 1..={} with {} units each, in MySQL and Redis", args.products, args.stock);
+    Ok((shards, ledger))
+}
 
-    let shutdown = CancellationToken::new();
-    let worker = Worker::new(shards.clone(), ledger.clone(), WorkerOptions::default())?;
-    let workers = {
-        let (w, s) = (worker.clone(), shutdown.clone());
-        tokio::spawn(async move { w.run(s).await })
-    };
-    let janitor = {
-        let j = Janitor::new(shards.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
-        let s = shutdown.clone();
-        tokio::spawn(async move { j.run(s).await })
-    };
-    println!(
-        "2. started a worker ({} loops, batches of {}) and a janitor in this process",
-        crate::worker::DEFAULT_CONCURRENCY,
-        crate::worker::DEFAULT_BATCH
-    );
+/// Step 2: a worker and a janitor in this process, stopped together.
+struct Crew {
+    worker: Worker,
+    shutdown: CancellationToken,
+    tasks: [tokio::task::JoinHandle<Result<()>>; 2],
+}
 
-    let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template("   {prefix:<9} [{bar:40}] {pos:>6}/{len:<6} {msg}")
-        .expect("static template")
-        .progress_chars("=> ");
-    let reserving = bars.add(ProgressBar::new(args.buyers).with_style(style.clone()).with_prefix("buyers"));
-    let applying = bars.add(ProgressBar::new(0).with_style(style).with_prefix("applied"));
+impl Crew {
+    fn start(shards: &Shards, ledger: &Ledger) -> Result<Crew> {
+        let shutdown = CancellationToken::new();
+        let worker = Worker::new(shards.clone(), ledger.clone(), WorkerOptions::default())?;
+        let workers = {
+            let (w, s) = (worker.clone(), shutdown.clone());
+            tokio::spawn(async move { w.run(s).await })
+        };
+        let janitor = {
+            let j =
+                Janitor::new(shards.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
+            let s = shutdown.clone();
+            tokio::spawn(async move { j.run(s).await })
+        };
+        println!(
+            "2. started a worker ({} loops, batches of {}) and a janitor in this process",
+            crate::worker::DEFAULT_CONCURRENCY,
+            crate::worker::DEFAULT_BATCH
+        );
+        Ok(Crew { worker, shutdown, tasks: [workers, janitor] })
+    }
 
-    // 3. the sale: buyers pick a product, the first one twice as often as the others
+    /// Stops gracefully, as SIGTERM would; returns the worker, whose totals are then final.
+    async fn stop(self) -> Worker {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.worker
+    }
+}
+
+/// The live bars of steps 3 and 4: buyers answered, reservations applied.
+struct Bars {
+    all: MultiProgress,
+    reserving: ProgressBar,
+    applying: ProgressBar,
+}
+
+impl Bars {
+    fn new(buyers: u64) -> Bars {
+        let all = MultiProgress::new();
+        let style = ProgressStyle::with_template("   {prefix:<9} [{bar:40}] {pos:>6}/{len:<6} {msg}")
+            .expect("static template")
+            .progress_chars("=> ");
+        let reserving = all.add(ProgressBar::new(buyers).with_style(style.clone()).with_prefix("buyers"));
+        let applying = all.add(ProgressBar::new(0).with_style(style).with_prefix("applied"));
+        Bars { all, reserving, applying }
+    }
+}
+
+/// How the buyers were answered.
+struct Sale {
+    reserved: u64,
+    sold_out: u64,
+    started: Instant,
+    took: Duration,
+}
+
+/// Step 3, the sale: every buyer tries to reserve one unit, while the workers apply what is
+/// reserved.
+async fn sell(shards: &Shards, args: &DemoArgs, worker: &Worker, bars: &Bars) -> Result<Sale> {
+    use futures::StreamExt;
     let started = Instant::now();
     let (mut reserved, mut sold_out) = (0u64, 0u64);
-    {
-        use futures::StreamExt;
-        let products = args.products;
-        let mut answers = futures::stream::iter(0..args.buyers)
-            .map(|_| {
-                let shards = &shards;
-                async move {
-                    let product = rand::random_range(0..=products).max(1);
-                    reserve(shards.for_product(product), product, 1, &new_event_id()).await
-                }
-            })
-            .buffer_unordered(crate::tools::produce::DEFAULT_IN_FLIGHT);
-        let mut ticker = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                answer = answers.next() => match answer {
-                    None => break,
-                    Some(answer) => {
-                        match answer? {
-                            Reservation::Reserved { .. } => reserved += 1,
-                            _ => sold_out += 1,
-                        }
-                        reserving.inc(1);
-                        reserving.set_message(format!("reserved {reserved}, sold out {sold_out}"));
-                        applying.set_length(reserved);
+    let products = args.products;
+    let mut answers = futures::stream::iter(0..args.buyers)
+        .map(|_| async move {
+            // buyers pick a product, the first one twice as often as the others
+            let product = rand::random_range(0..=products).max(1);
+            reserve(shards.for_product(product), product, 1, &new_event_id()).await
+        })
+        .buffer_unordered(crate::tools::produce::DEFAULT_IN_FLIGHT);
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            answer = answers.next() => match answer {
+                None => break,
+                Some(answer) => {
+                    match answer? {
+                        Reservation::Reserved { .. } => reserved += 1,
+                        _ => sold_out += 1,
                     }
-                },
-                _ = ticker.tick() => show_applied(&worker, &applying),
-            }
+                    bars.reserving.inc(1);
+                    bars.reserving.set_message(format!("reserved {reserved}, sold out {sold_out}"));
+                    bars.applying.set_length(reserved);
+                }
+            },
+            _ = ticker.tick() => show_applied(worker, &bars.applying),
         }
     }
-    let sale_took = started.elapsed();
-    reserving.finish();
+    let took = started.elapsed();
+    bars.reserving.finish();
+    Ok(Sale { reserved, sold_out, started, took })
+}
 
-    // 4. wait for the workers to catch up, then stop them gracefully
+/// Step 4: waits for the workers to catch up; returns the time from the start of the sale until
+/// the queue was empty.
+async fn drain(shards: &Shards, worker: &Worker, applying: &ProgressBar, since: Instant) -> Result<Duration> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        show_applied(&worker, &applying);
-        let (pending, processing) = depths(&shards).await?;
+        show_applied(worker, applying);
+        let (pending, processing) = depths(shards).await?;
         if pending == 0 && processing == 0 {
             break;
         }
@@ -141,48 +203,36 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let drain_took = started.elapsed();
+    let took = since.elapsed();
     applying.finish();
-    shutdown.cancel();
-    let _ = workers.await;
-    let _ = janitor.await;
-    let _ = bars.clear();
+    Ok(took)
+}
 
+/// Steps 3 and 4 in words, once the bars are gone.
+fn tell_sale(args: &DemoArgs, sale: &Sale, worker: &Worker, drained_after: Duration) {
+    let Sale { reserved, sold_out, took, .. } = sale;
     println!(
         "3. {} buyers answered in {:.2}s ({:.0}/s): {reserved} reserved, {sold_out} turned away as sold out",
         args.buyers,
-        sale_took.as_secs_f64(),
-        args.buyers as f64 / sale_took.as_secs_f64().max(1e-9)
+        took.as_secs_f64(),
+        args.buyers as f64 / took.as_secs_f64().max(1e-9)
     );
     let totals = worker.totals();
     let applied = totals.applied.load(std::sync::atomic::Ordering::Relaxed);
     let batches = totals.batches.load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "4. workers applied {applied} deductions to MySQL in {batches} transactions; queue empty after {:.2}s",
-        drain_took.as_secs_f64()
+        drained_after.as_secs_f64()
     );
+}
 
-    // 5. reconcile
-    let report = check::check(&shards, &ledger).await?;
+/// Step 5, reconciliation: the books per product, and whether every reservation was applied
+/// exactly once (exit 0) or not (exit 1).
+async fn reconcile(shards: &Shards, ledger: &Ledger, args: &DemoArgs, reserved: u64) -> Result<u8> {
+    let report = check::check(shards, ledger).await?;
     let (log_applied, log_rows) = ledger.log_counts().await?;
     println!("5. reconciliation:");
-    println!(
-        "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  books",
-        "product", "stocked", "sold", "mysql", "redis", "in-flight"
-    );
-    for p in &report.products {
-        let sold = args.stock - p.mysql;
-        println!(
-            "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}",
-            p.product_id,
-            args.stock,
-            sold,
-            p.mysql,
-            p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            p.in_flight,
-            if p.delta == 0 { "balanced" } else { "DRIFT" }
-        );
-    }
+    print_books(&report, args.stock);
     let balanced = report.is_consistent() && log_applied == reserved && log_rows == reserved;
     if balanced {
         println!(
@@ -198,6 +248,26 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
             "   the books do NOT balance: {reserved} reserved, {log_applied} applied in stock_log ({log_rows} rows); see `stockq check`"
         );
         Ok(1)
+    }
+}
+
+fn print_books(report: &check::CheckReport, stocked: i64) {
+    println!(
+        "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  books",
+        "product", "stocked", "sold", "mysql", "redis", "in-flight"
+    );
+    for p in &report.products {
+        let sold = stocked - p.mysql;
+        println!(
+            "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}",
+            p.product_id,
+            stocked,
+            sold,
+            p.mysql,
+            p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            p.in_flight,
+            if p.delta == 0 { "balanced" } else { "DRIFT" }
+        );
     }
 }
 

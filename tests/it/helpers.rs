@@ -47,6 +47,8 @@ impl TestEnv {
 
     /// A fresh environment whose settings `tweak` may change (visibility timeout, ...).
     pub async fn with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
+        // as the binary does in main, before anything connects
+        stockq::install_tls_provider();
         let tag = format!("{:08x}", rand::random::<u32>());
         let name = format!("t{tag}");
         let database = format!("stockq_t{tag}");

@@ -1,0 +1,37 @@
+//! The books: `check` proves that Redis and MySQL agree, `stats` shows the queue and the
+//! books at a glance.
+
+use super::{connect, print};
+use crate::config::Settings;
+use crate::error::Result;
+
+/// `stockq check [--repair] [--json]`: exit 0 consistent, 1 drift; `run` turns an error
+/// into 2 (could not run), as diff does.
+pub(super) async fn check(settings: &Settings, repair: bool, json: bool) -> Result<u8> {
+    let (shards, ledger) = connect(settings, 2).await?;
+    let mut report = crate::check::check_confirmed(&shards, &ledger).await?;
+    let mut repaired = 0;
+    if repair && !report.is_consistent() {
+        // the drift as found, then the books as the repair left them
+        print::check(&report, json, false);
+        repaired = crate::check::repair(&shards, &report).await?;
+        report = crate::check::check_confirmed(&shards, &ledger).await?;
+    }
+    print::check(&report, json, true);
+    if repair && repaired > 0 && !json {
+        println!("repaired {repaired} product(s) in Redis");
+    }
+    Ok(if report.is_consistent() { 0 } else { 1 })
+}
+
+/// `stockq stats [--json]`
+pub(super) async fn stats(settings: &Settings, json: bool) -> Result<u8> {
+    let (shards, ledger) = connect(settings, 2).await?;
+    let stats = crate::admin::stats::collect(&shards, &ledger).await?;
+    if json {
+        println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+    } else {
+        print::stats(&stats);
+    }
+    Ok(0)
+}

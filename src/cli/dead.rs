@@ -1,0 +1,42 @@
+//! Dead letters: `dead list`, `dead requeue`, `dead drop`.
+
+use super::{DeadSelection, connect, print};
+use crate::admin::dead::{self as letters, Selection};
+use crate::config::Settings;
+use crate::error::Result;
+use crate::queue::Shards;
+
+/// `stockq dead list [--json]`
+pub(super) async fn list(settings: &Settings, json: bool) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    print::dead_letters(&letters::list(&shards).await?, json);
+    Ok(0)
+}
+
+/// `stockq dead requeue (--all | ID)`
+pub(super) async fn requeue(settings: &Settings, which: &DeadSelection) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    let (moved, skipped) = letters::requeue(&shards, &selection(which)).await?;
+    println!("requeued {moved}");
+    if skipped > 0 {
+        println!(
+            "left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)"
+        );
+    }
+    Ok(0)
+}
+
+/// `stockq dead drop (--all | ID)`
+pub(super) async fn drop(settings: &Settings, which: &DeadSelection) -> Result<u8> {
+    let (shards, ledger) = connect(settings, 1).await?;
+    let (dropped, given) = letters::drop(&shards, &ledger, &selection(which)).await?;
+    println!("dropped {dropped}, gave back {given} units of stock");
+    Ok(0)
+}
+
+fn selection(which: &DeadSelection) -> Selection {
+    match &which.id {
+        Some(id) if !which.all => Selection::EventId(id.clone()),
+        _ => Selection::All,
+    }
+}

@@ -1,0 +1,134 @@
+//! The reports of the commands as text (or JSON) on stdout; their wording is part of the
+//! command line's contract, so it lives apart from what the commands do.
+
+use serde_json::json;
+
+use crate::admin::stats::Stats;
+use crate::check::CheckReport;
+use crate::event::DeadLetter;
+use crate::tools::produce::ProduceReport;
+
+/// A check's report; `last` is false for the drift found before a repair, whose JSON is not
+/// printed (one JSON object per run).
+pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
+    if json {
+        if last {
+            let drifts: Vec<_> = report.drifts().collect();
+            println!(
+                "{}",
+                json!({
+                    "consistent": report.is_consistent(),
+                    "seq": report.seq,
+                    "products_checked": report.products.len(),
+                    "took_ms": report.took.as_millis() as u64,
+                    "drifts": drifts,
+                })
+            );
+        }
+        return;
+    }
+    for p in report.drifts() {
+        println!(
+            "drift: product {}: redis {}{}, mysql {}, in-flight {}, expected redis {}, delta {:+}",
+            p.product_id,
+            p.redis.unwrap_or(0),
+            if p.redis.is_none() { " (key missing)" } else { "" },
+            p.mysql,
+            p.in_flight,
+            p.expected_redis,
+            p.delta
+        );
+    }
+    if last {
+        let n = report.drifts().count();
+        if n == 0 {
+            println!(
+                "consistent: {} products, redis == mysql − in-flight (seq {}, {} ms)",
+                report.products.len(),
+                report.seq,
+                report.took.as_millis()
+            );
+        } else {
+            println!("{n} of {} products drifted", report.products.len());
+        }
+    }
+}
+
+pub(super) fn stats(s: &Stats) {
+    println!("queue        {}", s.queue);
+    println!("pending      {}", s.pending);
+    println!("processing   {}", s.processing);
+    println!(
+        "oldest claim {}",
+        s.oldest_claim_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+    );
+    println!("dead         {}", s.dead);
+    println!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
+    for w in &s.live_workers {
+        println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
+    }
+    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
+    println!("books        {}", if s.consistent { "consistent" } else { "DRIFT (see stockq check)" });
+    const SHOWN: usize = 20;
+    println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
+    for p in s.products.iter().take(SHOWN) {
+        println!(
+            "{:>12} {:>12} {:>12} {:>10} {:>+8}",
+            p.product_id,
+            p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            p.mysql,
+            p.in_flight,
+            p.delta
+        );
+    }
+    if s.products.len() > SHOWN {
+        println!("... and {} more (stockq stats --json lists all)", s.products.len() - SHOWN);
+    }
+}
+
+pub(super) fn produce(report: &ProduceReport, json: bool) {
+    if json {
+        let mut v = serde_json::to_value(report).unwrap_or_default();
+        v["per_second"] = json!(report.per_second());
+        println!("{v}");
+        return;
+    }
+    let l = &report.latency;
+    println!(
+        "reserved {} and sold out {} (unknown product {}) in {:.2}s: {:.0} reservations/s; \
+         latency p50 {}us p99 {}us p99.9 {}us max {}us",
+        report.reserved,
+        report.sold_out,
+        report.unknown_product,
+        report.elapsed.as_secs_f64(),
+        report.per_second(),
+        l.p50_us,
+        l.p99_us,
+        l.p999_us,
+        l.max_us
+    );
+}
+
+/// Dead letters, one a line: as stored with `--json`, else the event id, attempts, time,
+/// reason and the start of the entry.
+pub(super) fn dead_letters(letters: &[(usize, DeadLetter)], json: bool) {
+    if json {
+        for (_, d) in letters {
+            println!("{}", String::from_utf8_lossy(&d.raw));
+        }
+    } else if letters.is_empty() {
+        println!("no dead letters");
+    } else {
+        for (_, d) in letters {
+            let id = d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into());
+            println!(
+                "{id}\tattempts {}\tfailed_at {}\t{}\t{}",
+                d.attempts,
+                d.failed_at_ms,
+                d.reason,
+                String::from_utf8_lossy(&d.entry).chars().take(120).collect::<String>()
+            );
+        }
+    }
+}
