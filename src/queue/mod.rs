@@ -21,12 +21,15 @@ pub(crate) mod conn;
 pub(crate) mod keys;
 pub(crate) mod scripts;
 pub(crate) mod shards;
+mod stock;
 
 use std::time::Duration;
 
 pub(crate) use conn::{Conn, Endpoint};
 pub use keys::Keys;
 pub use shards::Shards;
+pub(crate) use stock::Adjustment;
+pub use stock::Reservation;
 
 use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
@@ -142,6 +145,16 @@ impl Queue {
         self.conn.clone()
     }
 
+    /// Runs a script on the shared connection; `what` names it in a timeout error.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        bounded(what, CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+    }
+
     pub(crate) fn visibility_timeout(&self) -> Duration {
         self.visibility_timeout
     }
@@ -181,12 +194,7 @@ impl Queue {
         if let Some(entry) = &moved {
             invocation.arg(entry.as_slice());
         }
-        let mut conn = self.conn.clone();
-        let (deadline_ms, mut taken): (i64, Vec<Entry>) = {
-            let reply: Vec<redis::Value> =
-                bounded("redis (claim)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
-            split_head(reply)?
-        };
+        let (deadline_ms, mut taken) = split_head(self.invoke("redis (claim)", &invocation).await?)?;
         let mut entries = Vec::with_capacity(taken.len() + 1);
         entries.extend(moved);
         entries.append(&mut taken);
@@ -219,9 +227,8 @@ impl Queue {
         for (entry, envelope) in &s.dead {
             invocation.arg(entry.as_slice()).arg(envelope.as_str());
         }
-        let mut conn = self.conn.clone();
         let (acknowledged, units_given_back, dead_lettered): (u64, i64, u64) =
-            bounded("redis (settle)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+            self.invoke("redis (settle)", &invocation).await?;
         Ok(Settled { acknowledged, units_given_back, dead_lettered })
     }
 
@@ -235,8 +242,7 @@ impl Queue {
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
-        let mut conn = self.conn.clone();
-        bounded("redis (renew)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+        self.invoke("redis (renew)", &invocation).await
     }
 
     /// Hands entries back to pending without counting a failed delivery.
@@ -249,8 +255,7 @@ impl Queue {
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
-        let mut conn = self.conn.clone();
-        bounded("redis (release)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+        self.invoke("redis (release)", &invocation).await
     }
 
     /// One recovery pass over claims whose deadline passed (at most `limit` of them).
@@ -265,9 +270,7 @@ impl Queue {
             .arg(self.max_attempts)
             .arg(millis(self.visibility_timeout))
             .arg(limit);
-        let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> =
-            bounded("redis (requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        let reply: Vec<redis::Value> = self.invoke("redis (requeue)", &invocation).await?;
         let mut values = reply.into_iter();
         let requeued: u64 = next_value(&mut values)?;
         let adopted: u64 = next_value(&mut values)?;
