@@ -17,6 +17,7 @@
 //! reconnecting). A blocking BLMOVE would stall everything queued behind it on that
 //! connection, so every consumer loop waits on its own [`Waiter`] connection instead.
 
+mod books;
 pub(crate) mod conn;
 pub(crate) mod keys;
 pub(crate) mod scripts;
