@@ -19,6 +19,7 @@
 
 mod books;
 pub(crate) mod conn;
+mod dead;
 pub(crate) mod keys;
 pub(crate) mod scripts;
 pub(crate) mod shards;
