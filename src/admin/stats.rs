@@ -7,8 +7,7 @@ use serde::Serialize;
 use crate::check::{self, ProductBooks};
 use crate::error::{Result, bounded};
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue, Shards};
-use crate::worker::heartbeat::{self, Heartbeat};
+use crate::queue::{CALL_TIMEOUT, Heartbeat, Queue, Shards};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Stats {
@@ -51,7 +50,7 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
             *stats.counters.entry(name).or_default() += n;
         }
     }
-    stats.live_workers = heartbeat::live_workers(shards.first()).await?;
+    stats.live_workers = shards.first().live_workers().await?;
     stats.throughput = stats.live_workers.iter().fold(0.0, |sum, w| sum + w.rate);
     let report = check::check(shards, ledger).await?;
     stats.consistent = report.is_consistent();

@@ -122,7 +122,7 @@ async fn sample_once(shards: &Shards) -> Result<()> {
     metrics::gauge!(m::PROCESSING).set(processing as f64);
     metrics::gauge!(m::DEAD).set(dead as f64);
     metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(oldest_ms as f64 / 1000.0);
-    let live = crate::worker::heartbeat::live_workers(shards.first()).await?;
+    let live = shards.first().live_workers().await?;
     metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);
     Ok(())
 }

@@ -24,6 +24,7 @@ pub(crate) mod keys;
 pub(crate) mod scripts;
 pub(crate) mod shards;
 mod stock;
+mod workers;
 
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub use keys::Keys;
 pub use shards::Shards;
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
+pub use workers::Heartbeat;
 
 use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
