@@ -49,7 +49,6 @@ pub mod telemetry;
 mod tools;
 mod worker;
 
-pub use admin::stats::{Depths, depths};
 pub use admin::stock::{Adjusted, Change, adjust};
 pub use check::{CheckReport, ProductBooks, check};
 pub use config::{LogFormat, SecretUrl, Settings, install_tls_provider};
@@ -57,7 +56,7 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};
 pub use ledger::{Ledger, Outcome, migrate};
-pub use queue::{ACL_COMMANDS, Claim, Heartbeat, Keys, Queue, Shards, Waiter};
+pub use queue::{ACL_COMMANDS, Claim, Depths, Heartbeat, Keys, Queue, Shards, Waiter};
 pub use reserve::{Reservation, new_event_id, reserve};
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};
 pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

@@ -39,11 +39,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
-    let redis = bounded("redis (ping)", PROBE_TIMEOUT, async {
-        let mut conn = h.shards.first().conn();
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    })
-    .await;
+    let redis = h.shards.first().ping(PROBE_TIMEOUT).await;
     let mysql = bounded("mysql (ping)", PROBE_TIMEOUT, async {
         sqlx::query("SELECT 1").execute(h.ledger.pool()).await
     })
@@ -112,7 +108,7 @@ pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
 async fn sample_once(shards: &Shards) -> Result<()> {
     let (mut pending, mut processing, mut dead, mut oldest_ms) = (0, 0, 0, 0);
     for queue in shards.all() {
-        let d = crate::admin::stats::depths(queue).await?;
+        let d = queue.depths().await?;
         pending += d.pending;
         processing += d.processing;
         dead += d.dead;

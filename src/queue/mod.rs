@@ -21,6 +21,7 @@ mod books;
 pub(crate) mod conn;
 mod dead;
 pub(crate) mod keys;
+mod ops;
 pub(crate) mod scripts;
 pub(crate) mod shards;
 mod stock;
@@ -30,6 +31,8 @@ use std::time::Duration;
 
 pub(crate) use conn::{Conn, Endpoint};
 pub use keys::Keys;
+pub(crate) use ops::Alert;
+pub use ops::Depths;
 pub use shards::Shards;
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
