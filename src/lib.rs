@@ -15,7 +15,8 @@
 //!
 //! The core, each the only door to what it names:
 //! - `queue/`: everything that talks to Redis. Key names (`keys`), the Lua scripts of `lua/`
-//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`).
+//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`); the
+//!   methods grouped by what they serve (`stock`, `books`, `dead`, `workers`, `ops`).
 //! - `ledger/`: everything that talks to MySQL. The batch transaction (`apply`), the check's
 //!   snapshot and operators' adjustments (`books`), migrations (`migrate`).
 //! - `worker/`: the claim/apply/settle loop; its heartbeat.
