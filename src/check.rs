@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{Result, bounded};
+use crate::error::Result;
 use crate::event::{DeadLetter, Event};
 use crate::ledger::{Ledger, Status};
 use crate::queue::shards::shard_of;
-use crate::queue::{CALL_TIMEOUT, Entry, Queue, Shards, scripts};
+use crate::queue::{Queue, Shards};
 
 /// One product's books.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,15 +72,6 @@ impl CheckReport {
     }
 }
 
-/// The Redis half of a check.
-struct Snapshot {
-    seq: i64,
-    stocks: Vec<Option<i64>>,
-    pending: Vec<Entry>,
-    processing: Vec<Entry>,
-    dead: Vec<Entry>,
-}
-
 /// Runs the check once (both snapshots) over every product in MySQL, shard by shard: each
 /// shard has its own sequence and its own atomic snapshot.
 pub async fn check(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
@@ -112,7 +103,7 @@ async fn check_shard(
     ids: &[i64],
     floor: i64,
 ) -> Result<(Vec<ProductBooks>, i64)> {
-    let snap = snapshot(queue, ids, floor).await?;
+    let snap = queue.snapshot(ids, floor).await?;
 
     // The events whose Redis stock is taken, by where they sit.
     let mut held: Vec<Event> =
@@ -176,30 +167,8 @@ pub(crate) async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<
 pub(crate) async fn repair(shards: &Shards, report: &CheckReport) -> Result<usize> {
     let mut n = 0;
     for p in report.drifts() {
-        let queue = shards.for_product(p.product_id);
-        let mut conn = queue.conn();
-        bounded(
-            "redis (repair)",
-            CALL_TIMEOUT,
-            redis::AsyncCommands::incr::<_, _, i64>(&mut conn, queue.keys().stock(p.product_id), -p.delta),
-        )
-        .await?;
+        shards.for_product(p.product_id).repair_stock(p.product_id, -p.delta).await?;
         n += 1;
     }
     Ok(n)
-}
-
-async fn snapshot(queue: &Queue, product_ids: &[i64], floor: i64) -> Result<Snapshot> {
-    let keys = queue.keys();
-    let mut invocation = scripts::SNAPSHOT.prepare_invoke();
-    invocation.key(keys.seq()).key(keys.pending()).key(keys.processing()).key(keys.dead());
-    for id in product_ids {
-        invocation.key(keys.stock(*id));
-    }
-    invocation.arg(floor);
-    let mut conn = queue.conn();
-    type Reply = (i64, Vec<Option<i64>>, Vec<Entry>, Vec<Entry>, Vec<Entry>);
-    let (seq, stocks, pending, processing, dead): Reply =
-        bounded("redis (check snapshot)", CALL_TIMEOUT * 2, invocation.invoke_async(&mut conn)).await?;
-    Ok(Snapshot { seq, stocks, pending, processing, dead })
 }

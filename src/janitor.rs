@@ -11,18 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, now_ms};
 use crate::check::{self, CheckReport};
-use crate::error::{Result, bounded};
+use crate::error::Result;
 use crate::event::dead_envelope;
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue, Settlement, Shards};
+use crate::queue::{Alert, Queue, Settlement, Shards};
 use crate::telemetry::metrics as m;
 
 /// Expired claims handled per script call, so one call never blocks Redis for long.
 const REQUEUE_LIMIT: usize = 1000;
 /// Margin past a claim deadline before the janitor looks again (clock granularity).
 const DEADLINE_SLACK: Duration = Duration::from_millis(20);
-/// Entries kept in `{q}:alerts`.
-const ALERTS_MAX_LEN: usize = 10_000;
 
 /// What one recovery pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +127,7 @@ impl Janitor {
             );
             return Ok(report);
         }
-        let mut pipe = redis::pipe();
+        let mut alerts = Vec::new();
         for p in report.drifts() {
             tracing::error!(
                 product_id = p.product_id,
@@ -140,28 +138,15 @@ impl Janitor {
                 delta = p.delta,
                 "consistency check: drift (run `stockq check --repair` to correct Redis)"
             );
-            pipe.cmd("XADD")
-                .arg(self.shards.first().keys().alerts())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(ALERTS_MAX_LEN)
-                .arg("*")
-                .arg("product_id")
-                .arg(p.product_id)
-                .arg("redis")
-                .arg(p.redis.unwrap_or(0))
-                .arg("mysql")
-                .arg(p.mysql)
-                .arg("in_flight")
-                .arg(p.in_flight)
-                .arg("delta")
-                .arg(p.delta)
-                .arg("seq")
-                .arg(report.seq)
-                .ignore();
+            alerts.push(Alert {
+                product_id: p.product_id,
+                redis: p.redis.unwrap_or(0),
+                mysql: p.mysql,
+                in_flight: p.in_flight,
+                delta: p.delta,
+            });
         }
-        let mut conn = self.shards.first().conn();
-        bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
+        self.shards.first().add_alerts(report.seq, &alerts).await?;
         Ok(report)
     }
 

@@ -15,7 +15,8 @@
 //!
 //! The core, each the only door to what it names:
 //! - `queue/`: everything that talks to Redis. Key names (`keys`), the Lua scripts of `lua/`
-//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`).
+//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`); the
+//!   methods grouped by what they serve (`stock`, `books`, `dead`, `workers`, `ops`).
 //! - `ledger/`: everything that talks to MySQL. The batch transaction (`apply`), the check's
 //!   snapshot and operators' adjustments (`books`), migrations (`migrate`).
 //! - `worker/`: the claim/apply/settle loop; its heartbeat.
@@ -49,7 +50,6 @@ pub mod telemetry;
 mod tools;
 mod worker;
 
-pub use admin::stats::{Depths, depths};
 pub use admin::stock::{Adjusted, Change, adjust};
 pub use check::{CheckReport, ProductBooks, check};
 pub use config::{LogFormat, SecretUrl, Settings, install_tls_provider};
@@ -57,8 +57,7 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};
 pub use ledger::{Ledger, Outcome, migrate};
-pub use queue::{ACL_COMMANDS, Claim, Keys, Queue, Shards, Waiter};
+pub use queue::{ACL_COMMANDS, Claim, Depths, Heartbeat, Keys, Queue, Shards, Waiter};
 pub use reserve::{Reservation, new_event_id, reserve};
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};
-pub use worker::heartbeat::{Heartbeat, live_workers};
 pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

@@ -5,10 +5,10 @@
 //! applied it), so a worker still holding it can no longer apply it, and then removes it and
 //! gives its stock back in one script: dropping twice returns nothing twice.
 
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result};
 use crate::event::DeadLetter;
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Shards, scripts};
+use crate::queue::Shards;
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone)]
@@ -23,13 +23,7 @@ pub(crate) enum Selection {
 pub(crate) async fn list(shards: &Shards) -> Result<Vec<(usize, DeadLetter)>> {
     let mut letters = Vec::new();
     for (shard, queue) in shards.all().iter().enumerate() {
-        let mut conn = queue.conn();
-        let raw: Vec<Vec<u8>> = bounded(
-            "redis (dead list)",
-            CALL_TIMEOUT,
-            redis::AsyncCommands::lrange(&mut conn, queue.keys().dead(), 0, -1),
-        )
-        .await?;
+        let raw = queue.dead_letters().await?;
         letters.extend(raw.iter().filter_map(|r| DeadLetter::parse(r)).map(|d| (shard, d)));
     }
     Ok(letters)
@@ -57,21 +51,11 @@ pub(crate) async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, 
     let mut moved = 0;
     let mut skipped = 0;
     for (shard, letter) in chosen {
-        let queue = &shards.all()[shard];
-        let mut conn = queue.conn();
         if letter.event().is_none() {
             skipped += 1;
             continue;
         }
-        let mut invocation = scripts::DEAD_REQUEUE.prepare_invoke();
-        invocation
-            .key(queue.keys().dead())
-            .key(queue.keys().pending())
-            .arg(letter.raw.as_slice())
-            .arg(letter.entry.as_slice());
-        let n: u64 =
-            bounded("redis (dead requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
-        moved += n;
+        moved += u64::from(shards.all()[shard].dead_requeue(&letter.raw, &letter.entry).await?);
     }
     Ok((moved, skipped))
 }
@@ -83,21 +67,16 @@ pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) ->
     let mut dropped = 0;
     let mut given = 0;
     for (shard, letter) in chosen {
-        let queue = &shards.all()[shard];
-        let mut conn = queue.conn();
-        let (stock_key, units) = match letter.event() {
+        let give_back = match letter.event() {
             Some(event) => {
                 let give_back = ledger.settle_dropped(&event).await?;
-                (queue.keys().stock(event.product_id), if give_back { event.qty } else { 0 })
+                Some((event.product_id, if give_back { event.qty } else { 0 }))
             }
-            None => (queue.keys().dead(), 0),
+            None => None,
         };
-        let mut invocation = scripts::DEAD_DROP.prepare_invoke();
-        invocation.key(queue.keys().dead()).key(stock_key).arg(letter.raw.as_slice()).arg(units);
-        let n: u64 = bounded("redis (dead drop)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
-        if n > 0 {
+        if shards.all()[shard].dead_drop(&letter.raw, give_back).await? {
             dropped += 1;
-            given += units;
+            given += give_back.map_or(0, |(_, units)| units);
         }
     }
     Ok((dropped, given))

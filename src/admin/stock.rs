@@ -10,9 +10,9 @@
 //! (both stores unreachable at once), the check reports the drift and `check --repair`
 //! corrects it.
 
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result};
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Queue, scripts};
+use crate::queue::{Adjustment, Queue};
 
 /// A stock change.
 #[derive(Debug, Clone, Copy)]
@@ -49,32 +49,21 @@ pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Cha
         Error::usage(format!("cannot remove {} from product {product_id}: MySQL holds {before}", -delta))
     })?;
 
-    let keys = queue.keys();
-    let mut conn = queue.conn();
-    let (ok, seq, redis): (i64, i64, i64) = bounded("redis (adjust)", CALL_TIMEOUT, async {
-        let mut invocation = scripts::ADJUST.prepare_invoke();
-        invocation.key(keys.stock(product_id)).key(keys.seq()).arg(delta);
-        invocation.invoke_async(&mut conn).await
-    })
-    .await?;
-    if ok != 1 {
-        return Err(Error::usage(format!(
-            "cannot remove {} from product {product_id}: Redis holds only {redis} (the rest is reserved \
-             and not yet deducted, or Redis lost its data: see `stockq check`); wait for the workers \
-             or remove less",
-            -delta
-        )));
-    }
+    let (seq, redis) = match queue.adjust(product_id, delta).await? {
+        Adjustment::Applied { seq, stock } => (seq, stock),
+        Adjustment::Refused { stock: redis } => {
+            return Err(Error::usage(format!(
+                "cannot remove {} from product {product_id}: Redis holds only {redis} (the rest is \
+                 reserved and not yet deducted, or Redis lost its data: see `stockq check`); wait for \
+                 the workers or remove less",
+                -delta
+            )));
+        }
+    };
 
     let committed = adjustment.commit(delta, seq).await;
     if let Err(e) = committed {
-        let revert: Result<i64> = bounded(
-            "redis (adjust)",
-            CALL_TIMEOUT,
-            redis::AsyncCommands::incr(&mut conn, keys.stock(product_id), -delta),
-        )
-        .await;
-        if let Err(r) = revert {
+        if let Err(r) = queue.undo_adjust(product_id, delta).await {
             tracing::error!(product_id, delta, error = %r, "could not undo the Redis half of a failed stock change; run `stockq check --repair`");
         }
         return Err(e);

@@ -17,7 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::queue::Shards;
 use crate::telemetry::metrics as m;
@@ -39,11 +39,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
-    let redis = bounded("redis (ping)", PROBE_TIMEOUT, async {
-        let mut conn = h.shards.first().conn();
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    })
-    .await;
+    let redis = h.shards.first().ping(PROBE_TIMEOUT).await;
     let mysql = h.ledger.ping(PROBE_TIMEOUT).await;
     let describe = |r: std::result::Result<(), Error>| match r {
         Ok(()) => "ok".to_string(),
@@ -109,7 +105,7 @@ pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
 async fn sample_once(shards: &Shards) -> Result<()> {
     let (mut pending, mut processing, mut dead, mut oldest_ms) = (0, 0, 0, 0);
     for queue in shards.all() {
-        let d = crate::admin::stats::depths(queue).await?;
+        let d = queue.depths().await?;
         pending += d.pending;
         processing += d.processing;
         dead += d.dead;
@@ -119,7 +115,7 @@ async fn sample_once(shards: &Shards) -> Result<()> {
     metrics::gauge!(m::PROCESSING).set(processing as f64);
     metrics::gauge!(m::DEAD).set(dead as f64);
     metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(oldest_ms as f64 / 1000.0);
-    let live = crate::worker::heartbeat::live_workers(shards.first()).await?;
+    let live = shards.first().live_workers().await?;
     metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);
     Ok(())
 }

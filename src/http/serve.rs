@@ -15,15 +15,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result};
 use crate::http::health::{self, Health};
 use crate::ledger::Ledger;
-use crate::queue::{CALL_TIMEOUT, Shards};
+use crate::queue::Shards;
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::telemetry::metrics as m;
 
@@ -78,11 +77,7 @@ async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Resp
     let Some(product_id) = id.parse::<i64>().ok().filter(|p| *p > 0) else {
         return error(StatusCode::BAD_REQUEST, format!("product id {id:?} is not a positive integer"));
     };
-    let queue = shards.for_product(product_id);
-    let mut conn = queue.conn();
-    match bounded("redis (stock)", CALL_TIMEOUT, conn.get::<_, Option<i64>>(queue.keys().stock(product_id)))
-        .await
-    {
+    match shards.for_product(product_id).stock(product_id).await {
         Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown product {product_id}")),
         Err(e) => {

@@ -1,4 +1,14 @@
-//! The reliable queue in Redis: claim, acknowledge, renew, release and recover.
+//! The reliable queue in Redis, and the only code that talks to Redis: every command is sent
+//! from here, and every script of `lua/` through one typed method that states its contract.
+//!
+//! - this file: an entry's life (wait, claim, settle, renew, release, recover);
+//! - `stock`: reservations, operators' adjustments, reading and correcting a product's stock;
+//! - `books`: the consistency check's snapshot and its repair;
+//! - `dead`: listing, requeuing and dropping dead letters;
+//! - `workers`: the worker registry that heartbeats write;
+//! - `ops`: depths, ping, the alerts stream, and the reset of the demo and the benchmark;
+//! - `keys` (key names), `scripts` (the Lua files), `conn` (one server or a cluster),
+//!   `shards` (a queue spread over several).
 //!
 //! One event's life in Redis:
 //!
@@ -17,22 +27,32 @@
 //! reconnecting). A blocking BLMOVE would stall everything queued behind it on that
 //! connection, so every consumer loop waits on its own [`Waiter`] connection instead.
 
-pub(crate) mod conn;
-pub(crate) mod keys;
-pub(crate) mod scripts;
+mod books;
+mod conn;
+mod dead;
+mod keys;
+mod ops;
+mod scripts;
 pub(crate) mod shards;
+mod stock;
+mod workers;
 
 use std::time::Duration;
 
-pub(crate) use conn::{Conn, Endpoint};
+use conn::{Conn, Endpoint};
 pub use keys::Keys;
+pub(crate) use ops::Alert;
+pub use ops::Depths;
 pub use shards::Shards;
+pub(crate) use stock::Adjustment;
+pub use stock::Reservation;
+pub use workers::Heartbeat;
 
 use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
 
 /// How long an ordinary Redis call may take before it counts as failed.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every Redis command stockq sends, directly or from its scripts. A Redis ACL user limited
 /// to these and to one queue's keys runs every stockq command on that queue:
@@ -137,8 +157,18 @@ impl Queue {
     }
 
     /// A clone of the shared connection (cheap: it is multiplexed).
-    pub(crate) fn conn(&self) -> Conn {
+    fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Runs a script on the shared connection; `what` names it in a timeout error.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        bounded(what, CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
     }
 
     pub(crate) fn visibility_timeout(&self) -> Duration {
@@ -165,9 +195,9 @@ impl Queue {
         bounded("redis (BLMOVE)", wait + CALL_TIMEOUT, cmd.query_async(&mut waiter.conn)).await
     }
 
-    /// Takes up to `max` entries from pending into processing, with one deadline for all;
-    /// `moved` is an entry already moved by [`Queue::wait_for_entry`], which is given the
-    /// same deadline and counts towards `max`.
+    /// Takes up to `max` entries from pending into processing, with one deadline for all
+    /// (`lua/claim.lua`); `moved` is an entry already moved by [`Queue::wait_for_entry`],
+    /// which is given the same deadline and counts towards `max`.
     pub async fn claim(&self, max: usize, moved: Option<Entry>) -> Result<Claim> {
         let more = max.saturating_sub(usize::from(moved.is_some()));
         let mut invocation = scripts::CLAIM.prepare_invoke();
@@ -180,19 +210,14 @@ impl Queue {
         if let Some(entry) = &moved {
             invocation.arg(entry.as_slice());
         }
-        let mut conn = self.conn.clone();
-        let (deadline_ms, mut taken): (i64, Vec<Entry>) = {
-            let reply: Vec<redis::Value> =
-                bounded("redis (claim)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
-            split_head(reply)?
-        };
+        let (deadline_ms, mut taken) = split_head(self.invoke("redis (claim)", &invocation).await?)?;
         let mut entries = Vec::with_capacity(taken.len() + 1);
         entries.extend(moved);
         entries.append(&mut taken);
         Ok(Claim { deadline_ms, entries })
     }
 
-    /// Acknowledges a decided batch in one atomic step.
+    /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).
     pub(crate) async fn settle(&self, s: &Settlement) -> Result<Settled> {
         if s.is_empty() && s.counters.is_empty() {
             return Ok(Settled::default());
@@ -218,13 +243,13 @@ impl Queue {
         for (entry, envelope) in &s.dead {
             invocation.arg(entry.as_slice()).arg(envelope.as_str());
         }
-        let mut conn = self.conn.clone();
         let (acknowledged, units_given_back, dead_lettered): (u64, i64, u64) =
-            bounded("redis (settle)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+            self.invoke("redis (settle)", &invocation).await?;
         Ok(Settled { acknowledged, units_given_back, dead_lettered })
     }
 
-    /// Extends the claims of entries a live worker still holds.
+    /// Extends the claims of entries a live worker still holds (`lua/renew.lua`). Returns how
+    /// many were extended: a claim already gone gets no new one.
     pub(crate) async fn renew(&self, entries: &[Entry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
@@ -234,11 +259,11 @@ impl Queue {
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
-        let mut conn = self.conn.clone();
-        bounded("redis (renew)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+        self.invoke("redis (renew)", &invocation).await
     }
 
-    /// Hands entries back to pending without counting a failed delivery.
+    /// Hands entries back to pending without counting a failed delivery (`lua/release.lua`).
+    /// Returns how many went back: an entry no longer in processing is left alone.
     pub async fn release(&self, entries: &[Entry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
@@ -248,11 +273,11 @@ impl Queue {
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
-        let mut conn = self.conn.clone();
-        bounded("redis (release)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await
+        self.invoke("redis (release)", &invocation).await
     }
 
-    /// One recovery pass over claims whose deadline passed (at most `limit` of them).
+    /// One recovery pass over claims whose deadline passed, at most `limit` of them
+    /// (`lua/requeue.lua`).
     pub(crate) async fn requeue_expired(&self, limit: usize) -> Result<Recovery> {
         let mut invocation = scripts::REQUEUE.prepare_invoke();
         invocation
@@ -264,9 +289,7 @@ impl Queue {
             .arg(self.max_attempts)
             .arg(millis(self.visibility_timeout))
             .arg(limit);
-        let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> =
-            bounded("redis (requeue)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
+        let reply: Vec<redis::Value> = self.invoke("redis (requeue)", &invocation).await?;
         let mut values = reply.into_iter();
         let requeued: u64 = next_value(&mut values)?;
         let adopted: u64 = next_value(&mut values)?;
@@ -282,7 +305,7 @@ impl Queue {
     }
 }
 
-pub(crate) fn millis(d: Duration) -> u64 {
+fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

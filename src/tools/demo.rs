@@ -16,16 +16,15 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::stock::{self, Change};
 use crate::check;
 use crate::config::Settings;
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
-use crate::queue::{CALL_TIMEOUT, Shards};
+use crate::queue::Shards;
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::worker::{Worker, WorkerOptions};
 
@@ -290,20 +289,11 @@ pub(crate) fn own_settings(settings: &Settings, queue: &str, database: &str) -> 
     Ok(own)
 }
 
-/// Empties a queue's keys (every shard) and the database's tables. The keys are named, not
-/// scanned for: SCAN would visit one node of a cluster only.
+/// Empties a queue's keys (every shard) and the database's tables.
 pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
     let products = ledger.product_ids().await?;
     for queue in shards.all() {
-        let k = queue.keys();
-        let mut conn = queue.conn();
-        let workers: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, conn.smembers(k.workers())).await?;
-        let mut keys = k.fixed().to_vec();
-        keys.extend(workers.iter().map(|id| k.worker(id)));
-        keys.extend(products.iter().map(|p| k.stock(*p)));
-        for chunk in keys.chunks(1000) {
-            bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
-        }
+        queue.reset(&products).await?;
     }
     ledger.reset().await
 }
@@ -312,7 +302,7 @@ pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
 pub async fn depths(shards: &Shards) -> Result<(u64, u64)> {
     let mut total = (0, 0);
     for queue in shards.all() {
-        let d = crate::admin::stats::depths(queue).await?;
+        let d = queue.depths().await?;
         total.0 += d.pending;
         total.1 += d.processing;
     }

@@ -1,19 +1,15 @@
-//! Worker heartbeats: `{q}:worker:<id>` holds a small JSON status with a TTL, and
-//! `{q}:workers` names every worker that announced itself. A worker is live while its key
-//! exists; the janitor forgets ids whose key expired.
+//! A worker's heartbeat: every [`INTERVAL`] it announces itself with its totals and recent
+//! rate in the queue's worker registry, and it leaves the registry when it stops.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::now_ms;
-use crate::error::{Result, bounded};
-use crate::queue::{CALL_TIMEOUT, Queue};
+use crate::queue::{Heartbeat, Queue};
 use crate::worker::Totals;
 
 /// How often a worker announces itself.
@@ -22,20 +18,6 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(2);
 pub(crate) const TTL: Duration = Duration::from_secs(10);
 /// The window over which a worker reports its recent throughput.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
-
-/// What a worker says about itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub id: String,
-    pub pid: u32,
-    pub started_at: u64,
-    pub seen_at: u64,
-    pub applied: u64,
-    pub rejected: u64,
-    pub dead: u64,
-    /// Events settled per second over the last few seconds.
-    pub rate: f64,
-}
 
 pub(crate) async fn run(queue: Queue, id: String, totals: Arc<Totals>, shutdown: CancellationToken) {
     let started_at = now_ms();
@@ -59,7 +41,7 @@ pub(crate) async fn run(queue: Queue, id: String, totals: Arc<Totals>, shutdown:
             dead: totals.dead.load(Ordering::Relaxed),
             rate: if secs > 0.0 { (settled - n0) as f64 / secs } else { 0.0 },
         };
-        if let Err(e) = announce(&queue, &beat).await {
+        if let Err(e) = queue.announce(&beat, TTL).await {
             tracing::debug!(error = %e, "heartbeat failed");
         }
         tokio::select! {
@@ -68,50 +50,5 @@ pub(crate) async fn run(queue: Queue, id: String, totals: Arc<Totals>, shutdown:
         }
     }
     // Leave at once rather than linger as "live" for a TTL.
-    let mut conn = queue.conn();
-    let keys = queue.keys();
-    let _ = bounded("redis (heartbeat)", CALL_TIMEOUT, async {
-        redis::pipe().del(keys.worker(&id)).srem(keys.workers(), &id).query_async::<()>(&mut conn).await
-    })
-    .await;
-}
-
-async fn announce(queue: &Queue, beat: &Heartbeat) -> Result<()> {
-    let keys = queue.keys();
-    let mut conn = queue.conn();
-    let body = serde_json::to_string(beat).unwrap_or_default();
-    bounded("redis (heartbeat)", CALL_TIMEOUT, async {
-        redis::pipe()
-            .set_ex(keys.worker(&beat.id), body, TTL.as_secs())
-            .sadd(keys.workers(), &beat.id)
-            .query_async::<()>(&mut conn)
-            .await
-    })
-    .await
-}
-
-/// The heartbeats of live workers; forgets (SREM) ids whose key has expired.
-pub async fn live_workers(queue: &Queue) -> Result<Vec<Heartbeat>> {
-    let keys = queue.keys();
-    let mut conn = queue.conn();
-    let ids: Vec<String> = bounded("redis (workers)", CALL_TIMEOUT, conn.smembers(keys.workers())).await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let worker_keys: Vec<String> = ids.iter().map(|id| keys.worker(id)).collect();
-    let bodies: Vec<Option<String>> =
-        bounded("redis (workers)", CALL_TIMEOUT, conn.mget(&worker_keys)).await?;
-    let mut live = Vec::new();
-    let mut gone = Vec::new();
-    for (id, body) in ids.into_iter().zip(bodies) {
-        match body.and_then(|b| serde_json::from_str::<Heartbeat>(&b).ok()) {
-            Some(beat) => live.push(beat),
-            None => gone.push(id),
-        }
-    }
-    if !gone.is_empty() {
-        let _: Result<u64> = bounded("redis (workers)", CALL_TIMEOUT, conn.srem(keys.workers(), &gone)).await;
-    }
-    live.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(live)
+    let _ = queue.leave(&id).await;
 }

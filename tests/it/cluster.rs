@@ -85,7 +85,7 @@ impl Drop for Cluster {
 
 async fn drained(shards: &Shards) -> bool {
     for queue in shards.all() {
-        match stockq::depths(queue).await {
+        match queue.depths().await {
             Ok(d) if d.pending == 0 && d.processing == 0 => {}
             _ => return false,
         }
@@ -166,7 +166,7 @@ async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     assert!(applied_total as u64 >= reserved, "applied {applied_total} < reserved {reserved}");
     assert_eq!(env.log_counts().await, (applied_total, 0));
     for queue in shards.all() {
-        let d = stockq::depths(queue).await.unwrap();
+        let d = queue.depths().await.unwrap();
         assert_eq!(d.dead, 0, "{}", queue.keys().prefix());
         assert!(
             d.counters.get("applied").copied().unwrap_or(0) > 0,

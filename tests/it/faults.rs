@@ -372,7 +372,7 @@ async fn wait_drained(env: &TestEnv, within: Duration) {
 async fn heartbeats_after(env: &TestEnv, pids: &[u32], after_ms: u64) -> HashMap<u32, u64> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let beats = stockq::live_workers(&env.queue).await.expect("heartbeats");
+        let beats = env.queue.live_workers().await.expect("heartbeats");
         let applied: HashMap<u32, u64> =
             beats.iter().filter(|b| b.seen_at > after_ms).map(|b| (b.pid, b.applied)).collect();
         if pids.iter().all(|p| applied.contains_key(p)) {
