@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew.lua: a live worker extends the deadlines of the entries it still holds.
 --
 -- KEYS[1]  {q}:claims
@@ -6,6 +7,8 @@
 --
 -- Returns the number of claims extended. An entry whose claim is gone (acknowledged, or
 -- re-queued by the janitor) is not given a new one: XX only updates existing members.
+-- `allow-oom`: it only updates scores, and a live worker must keep what it holds when Redis
+-- is full.
 
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- requeue.lua: the janitor's recovery pass.
 --
 -- KEYS[1]  {q}:processing
@@ -5,6 +6,7 @@
 -- KEYS[3]  {q}:attempts
 -- KEYS[4]  {q}:pending
 -- KEYS[5]  {q}:counters
+-- KEYS[6]  {q}:unsure       set of entries whose earlier delivery may have committed
 -- ARGV[1]  max attempts (deliveries before an entry is dead-lettered)
 -- ARGV[2]  visibility timeout in milliseconds
 -- ARGV[3]  at most this many expired claims per call
@@ -21,7 +23,11 @@
 --   an abandoned BLMOVE moved it for nobody) is adopted with a full deadline, so it is
 --   recovered one visibility timeout later and never while a live worker may be claiming it;
 -- * an expired entry moves from processing to pending in one step: it is never in both lists
---   and never in neither, however many janitors run at once.
+--   and never in neither, however many janitors run at once;
+-- * an expired entry is marked unsure: its worker may have committed it in MySQL before it
+--   died, so the consistency check looks its row up (it does not read the backlog).
+--
+-- `allow-oom`: recovery only moves entries, so it runs when Redis is full.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,6 +52,7 @@ for _, entry in ipairs(expired) do
     redis.call('ZREM', KEYS[2], entry)
   else
     local attempts = redis.call('HINCRBY', KEYS[3], entry, 1)
+    redis.call('SADD', KEYS[6], entry)
     if attempts >= max_attempts then
       redis.call('ZADD', KEYS[2], now + vt, entry)
       result[#result + 1] = entry

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- settle.lua: acknowledge a batch once MySQL has decided every event in it.
 --
 -- KEYS[1]  {q}:processing
@@ -5,23 +6,30 @@
 -- KEYS[3]  {q}:attempts     hash: entry -> deliveries that timed out
 -- KEYS[4]  {q}:dead
 -- KEYS[5]  {q}:counters     hash of running totals (applied, rejected, dead, ...)
--- KEYS[6..5+G]  the stock key of each give-back below, in order
+-- KEYS[6]  {q}:inflight     hash: product_id -> units reserved and not yet settled
+-- KEYS[7]  {q}:unsure       set of entries whose earlier delivery may have committed
+-- KEYS[8..7+G]  the stock key of each give-back below, in order
 -- ARGV[1]  D: entries to acknowledge only (applied in MySQL)
 -- ARGV[2]  G: entries to acknowledge and give back (rejected in MySQL, or a duplicate event id)
 -- ARGV[3]  X: entries to dead-letter
 -- ARGV[4]  counters to add, as "field=n,field=n" (may be empty)
--- then D entries, then G pairs (entry, qty), then X pairs (entry, dead envelope)
+-- then D triples (entry, product_id, counted), then G quadruples (entry, product_id, qty,
+-- counted), then X pairs (entry, dead envelope). `counted` is the qty reserve.lua added to
+-- the product's in-flight units (0 for an event pushed by hand without a seq).
 --
 -- Returns {acknowledged, units_given_back, dead_lettered}.
 --
--- Invariant kept atomic: a give-back or a dead letter happens only together with the
--- removal of its entry from processing. Every reservation is exactly one entry in pending,
+-- Invariant kept atomic: a give-back, a dead letter or an in-flight decrement happens only
+-- together with the removal of its entry from processing. Every reservation is exactly one entry in pending,
 -- processing or dead, so however often an event is delivered, its stock is returned at most
 -- once, and an entry the janitor already re-queued is left alone (a late acknowledgement).
 --
 -- Cost: LREM per entry would scan processing once per entry. Instead the entries are found
 -- in windows from the head (where fresh claims sit), overwritten in place with a tombstone,
 -- and removed by one LREM: about one pass over the part of processing that holds them.
+--
+-- `allow-oom`: this script only shrinks the queue, so it runs when Redis is full; a worker
+-- that could not acknowledge would otherwise apply to MySQL again and again.
 
 local d, g, x = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 
@@ -38,8 +46,8 @@ local function want(entry, kind, extra)
   stack[#stack + 1] = i
 end
 local a = 5
-for i = 1, d do want(ARGV[a], 'ack'); a = a + 1 end
-for i = 1, g do want(ARGV[a], 'give', {5 + i, ARGV[a + 1]}); a = a + 2 end
+for i = 1, d do want(ARGV[a], 'ack', {ARGV[a + 1], ARGV[a + 2]}); a = a + 3 end
+for i = 1, g do want(ARGV[a], 'give', {7 + i, ARGV[a + 2], ARGV[a + 1], ARGV[a + 3]}); a = a + 4 end
 for i = 1, x do want(ARGV[a], 'dead', ARGV[a + 1]); a = a + 2 end
 
 local t = redis.call('TIME')
@@ -67,15 +75,23 @@ if remaining < #targets then
 end
 
 local acked, given, dead = 0, 0, 0
-local claims, attempts = {}, {}
+local claims, settled, uncount = {}, {}, {}
+local function settle(product_id, counted)
+  local n = tonumber(counted)
+  if n > 0 then uncount[product_id] = (uncount[product_id] or 0) + n end
+end
 for i, target in ipairs(targets) do
   if found[i] then
     local entry, kind, extra = target[1], target[2], target[3]
     claims[#claims + 1] = entry
     if kind == 'ack' then
+      settle(extra[1], extra[2])
+      settled[#settled + 1] = entry
       acked = acked + 1
     elseif kind == 'give' then
       redis.call('INCRBY', KEYS[extra[1]], extra[2])
+      settle(extra[3], extra[4])
+      settled[#settled + 1] = entry
       given = given + tonumber(extra[2])
       acked = acked + 1
     else
@@ -89,6 +105,13 @@ for i = 1, #claims, 1000 do
   local last = math.min(i + 999, #claims)
   redis.call('ZREM', KEYS[2], unpack(claims, i, last))
   redis.call('HDEL', KEYS[3], unpack(claims, i, last))
+end
+-- a dead letter keeps its reservation (and its unsure mark) until `dead requeue` or `drop`
+for i = 1, (redis.call('EXISTS', KEYS[7]) == 1) and #settled or 0, 1000 do
+  redis.call('SREM', KEYS[7], unpack(settled, i, math.min(i + 999, #settled)))
+end
+for product_id, n in pairs(uncount) do
+  redis.call('HINCRBY', KEYS[6], product_id, -n)
 end
 for field, n in string.gmatch(ARGV[4], '([%w_]+)=(%d+)') do
   redis.call('HINCRBY', KEYS[5], field, n)

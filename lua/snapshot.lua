@@ -1,17 +1,24 @@
--- snapshot.lua: the Redis side of the consistency check, read at one instant.
+#!lua flags=allow-oom
+-- snapshot.lua: the Redis side of the consistency check for one chunk of products, read at
+-- one instant.
 --
 -- KEYS[1]  {q}:seq
--- KEYS[2]  {q}:pending
+-- KEYS[2]  {q}:inflight     hash: product_id -> units reserved and not yet settled
 -- KEYS[3]  {q}:processing
--- KEYS[4]  {q}:dead
--- KEYS[5..] the stock keys of the products to check
+-- KEYS[4]  {q}:unsure       set of entries whose earlier delivery may have committed
+-- KEYS[5..4+N]  the stock keys of the chunk's products
 -- ARGV[1]  the highest sequence number MySQL has seen
+-- ARGV[2..1+N]  the chunk's product ids, in the order of their stock keys
 --
--- Returns {seq, {stock...}, {pending...}, {processing...}, {dead...}}; a missing stock key
--- reads as false (nil).
+-- Returns {seq, {stock...}, {inflight...}, {processing...}, {unsure...}}; a missing stock
+-- key or in-flight field reads as false (nil).
 --
--- Atomic because the check's exactness rests on it: every reservation with a sequence
--- number up to seq is either settled (its entry gone) or one of the entries returned.
+-- Atomic because the check's exactness rests on it: at this instant every reservation
+-- stamped up to seq and not yet settled is counted in its product's in-flight units, and the
+-- only such reservations MySQL can already have applied under a claim numbered up to seq
+-- are the entries in processing and the unsure ones. Both are bounded by what workers hold
+-- (and by crash recoveries), never by the backlog in pending, so a chunk costs
+-- O(products in it + entries held), whatever waits in the queue.
 
 -- A Redis that lost its data (restarted without persistence) restarts the sequence at 1, and
 -- the check would then mistake every settled row for one made after the snapshot. Raising
@@ -23,14 +30,22 @@ if seq < floor then
   seq = floor
 end
 
-local stocks = {}
-for i = 5, #KEYS do
-  stocks[#stocks + 1] = redis.call('GET', KEYS[i])
+local stocks, inflight = {}, {}
+local n = #KEYS - 4
+-- MGET/HMGET in slices: unpack is bounded by Lua's stack
+for i = 1, n, 1000 do
+  local last = math.min(i + 999, n)
+  local s = redis.call('MGET', unpack(KEYS, 4 + i, 4 + last))
+  local f = redis.call('HMGET', KEYS[2], unpack(ARGV, 1 + i, 1 + last))
+  for j = 1, #s do
+    stocks[#stocks + 1] = s[j]
+    inflight[#inflight + 1] = f[j]
+  end
 end
 return {
   seq,
   stocks,
-  redis.call('LRANGE', KEYS[2], 0, -1),
+  inflight,
   redis.call('LRANGE', KEYS[3], 0, -1),
-  redis.call('LRANGE', KEYS[4], 0, -1),
+  redis.call('SMEMBERS', KEYS[4]),
 }

@@ -1,38 +1,47 @@
-//! The checker: per product, `redis_stock == mysql_stock − in_flight`, exact under live load.
+//! The checker: per product, `redis_stock == mysql_stock − in_flight`, exact under live load,
+//! at a cost that grows with the products and what workers hold, never with the backlog.
 //!
 //! Reading the two stores one after the other would report false drift whenever an event is
-//! between them. The check instead orders both reads against the reservation sequence:
+//! between them. The check instead orders both reads against the queue's sequence, which
+//! numbers reservations, claims and restocks alike:
 //!
-//! 1. **Redis, in one atomic script** (snapshot.lua): the sequence `S`, every product's stock,
-//!    and every entry in pending, processing and dead. Every reservation stamped `≤ S` is then
-//!    either settled (its entry gone) or one of those entries.
-//! 2. **MySQL, in one consistent snapshot taken after that**: every product's stock, the
-//!    `stock_log` rows of those entries, and what was applied (or restocked) with a sequence
-//!    number `> S`, which the Redis snapshot cannot have seen.
+//! 1. **Redis, a chunk of products at a time, each chunk in one atomic script**
+//!    (snapshot.lua): the sequence `S`, each product's stock and in-flight units (kept by the
+//!    scripts in the same steps that move the stock: +qty on reservation, −qty when the entry
+//!    is acknowledged, given back or dropped), and the *held* entries: those in processing and
+//!    the unsure ones (whose delivery may have committed before its claim expired). Only a
+//!    held entry can be applied in MySQL under a claim numbered `≤ S` while still counted in
+//!    flight: an entry waiting in pending can only be applied under a later claim.
+//! 2. **MySQL, in one consistent snapshot taken after every chunk**: every product's stock,
+//!    the `stock_log` rows of the held entries, and what was applied under a claim numbered
+//!    after the first chunk's `S` (or restocked after it). Both are bounded by the work done
+//!    during the check.
 //!
-//! Then, per product:
+//! Then, per product, against its own chunk's `S`:
 //!
 //! ```text
-//! in_flight = Σ qty of its entries, except those MySQL already applied (same event id and seq)
-//! expected  = mysql_stock + Σ qty applied after S − Σ restocks after S − in_flight
+//! in_flight = in-flight units − Σ qty of held events MySQL applied under a claim ≤ S
+//! expected  = mysql_stock + Σ qty applied under claims > S − Σ restocks > S − in_flight
 //! delta     = redis_stock − expected           (0 when the stores agree)
 //! ```
 //!
 //! A rejected event counts as in flight until its acknowledgement gives the stock back; a
-//! valid event in `{q}:dead` counts until `dead requeue` or `dead drop` (SPEC §7.7). A real
+//! valid event in `{q}:dead` counts until `dead requeue` or `dead drop` (README, "Guarantees").
+//! An event pushed by hand without a seq is not counted in flight: the check is exact for
+//! stamped events, and an unstamped one shows as drift only until it is applied. A real
 //! drift (a store changed behind stockq's back) shows as a non-zero delta on every run;
 //! `repair` adds `−delta` to Redis with INCRBY, so reservations made meanwhile survive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::event::{DeadLetter, Event};
-use crate::ledger::{Ledger, Status};
+use crate::event::Event;
+use crate::ledger::{Books, Ledger, Status};
 use crate::queue::shards::shard_of;
-use crate::queue::{Queue, Shards};
+use crate::queue::{Entry, SNAPSHOT_CHUNK, Shards, Snapshot};
 
 /// One product's books.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,64 +81,109 @@ impl CheckReport {
     }
 }
 
-/// Runs the check once (both snapshots) over every product in MySQL, shard by shard: each
-/// shard has its own sequence and its own atomic snapshot.
+/// A chunk of one shard's products and what Redis held for them at one instant.
+struct Chunk {
+    ids: Vec<i64>,
+    snap: Snapshot,
+}
+
+/// Runs the check once over every product in MySQL: Redis chunk by chunk (each chunk one
+/// atomic read with its own sequence), then MySQL in one consistent snapshot.
 pub async fn check(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
     let started = Instant::now();
     let ids = ledger.product_ids().await?;
+    // Every shard's sequence is raised to at least this, so rows written before the check
+    // are numbered below every chunk's sequence, whichever shard wrote them.
     let floor = ledger.max_seq().await?;
     let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); shards.len()];
     for id in ids {
         by_shard[shard_of(id, shards.len())].push(id);
     }
+    let mut chunks = Vec::new();
+    for (queue, ids) in shards.all().iter().zip(&by_shard) {
+        for part in ids.chunks(SNAPSHOT_CHUNK) {
+            chunks.push(Chunk { ids: part.to_vec(), snap: queue.snapshot(part, floor).await? });
+        }
+    }
+    let held: Vec<Vec<Event>> = chunks.iter().map(|c| held_events(&c.snap.held)).collect();
+    let event_ids: BTreeSet<&str> = held.iter().flatten().map(|e| e.event_id.as_str()).collect();
+    let since = chunks.iter().map(|c| c.snap.seq).min().unwrap_or(floor);
+    let books = ledger.read_books(since, &event_ids.into_iter().collect::<Vec<_>>()).await?;
+    let after = Since::index(&books);
+
     let mut products = Vec::new();
     let mut seq = 0;
-    for (queue, ids) in shards.all().iter().zip(by_shard) {
-        if ids.is_empty() && shards.len() > 1 {
-            continue;
-        }
-        let (part, shard_seq) = check_shard(queue, ledger, &ids, floor).await?;
-        products.extend(part);
-        seq = seq.max(shard_seq);
+    for (chunk, held) in chunks.iter().zip(&held) {
+        products.extend(chunk_books(chunk, held, &books, &after));
+        seq = seq.max(chunk.snap.seq);
     }
     products.sort_unstable_by_key(|p| p.product_id);
     Ok(CheckReport { seq, products, took: started.elapsed() })
 }
 
-/// One shard's check: its products, its snapshot, its sequence.
-async fn check_shard(
-    queue: &Queue,
-    ledger: &Ledger,
-    ids: &[i64],
-    floor: i64,
-) -> Result<(Vec<ProductBooks>, i64)> {
-    let snap = queue.snapshot(ids, floor).await?;
+/// The valid, stamped events among held entries, each reservation once (an entry can be
+/// both in processing and unsure). Unstamped events were never counted in flight.
+fn held_events(entries: &[Entry]) -> Vec<Event> {
+    let mut seen = HashSet::new();
+    entries
+        .iter()
+        .filter_map(|e| Event::parse(e).ok())
+        .filter(|e| e.seq.is_some() && seen.insert((e.event_id.clone(), e.seq)))
+        .collect()
+}
 
-    // The events whose Redis stock is taken, by where they sit.
-    let mut held: Vec<Event> =
-        snap.pending.iter().chain(&snap.processing).filter_map(|e| Event::parse(e).ok()).collect();
-    held.extend(snap.dead.iter().filter_map(|raw| DeadLetter::parse(raw)?.event()));
-    let event_ids: Vec<&str> = held.iter().map(|e| e.event_id.as_str()).collect();
-    let books = ledger.read_books(snap.seq, &event_ids).await?;
+/// MySQL's changes after the first snapshot, by product: (sequence, units).
+struct Since {
+    applied: HashMap<i64, Vec<(i64, i64)>>,
+    adjusted: HashMap<i64, Vec<(i64, i64)>>,
+}
 
-    let mut in_flight: HashMap<i64, i64> = HashMap::new();
-    for event in &held {
-        let applied = books
-            .settled
-            .get(&event.event_id)
-            .is_some_and(|row| row.status == Status::Applied && row.seq == event.seq);
-        if !applied {
-            *in_flight.entry(event.product_id).or_default() += event.qty;
-        }
+impl Since {
+    fn index(books: &Books) -> Since {
+        let group = |rows: &[(i64, i64, i64)]| {
+            let mut by: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+            for &(product_id, seq, units) in rows {
+                by.entry(product_id).or_default().push((seq, units));
+            }
+            by
+        };
+        Since { applied: group(&books.applied_since), adjusted: group(&books.adjusted_since) }
     }
 
-    let mut products = Vec::with_capacity(ids.len());
-    for (product_id, redis) in ids.iter().copied().zip(snap.stocks) {
+    /// Units applied under claims numbered after `seq`, minus restocks numbered after it.
+    fn after(&self, product_id: i64, seq: i64) -> i64 {
+        let sum = |rows: Option<&Vec<(i64, i64)>>| {
+            rows.map_or(0, |rows| rows.iter().filter(|(s, _)| *s > seq).map(|(_, u)| u).sum::<i64>())
+        };
+        sum(self.applied.get(&product_id)) - sum(self.adjusted.get(&product_id))
+    }
+}
+
+/// One chunk's books, against its own sequence `S`:
+///
+/// ```text
+/// in_flight = inflight units − Σ qty of held events MySQL applied under a claim ≤ S
+/// expected  = mysql + Σ applied under claims > S − Σ restocks > S − in_flight
+/// ```
+fn chunk_books(chunk: &Chunk, held: &[Event], books: &Books, since: &Since) -> Vec<ProductBooks> {
+    let snap = &chunk.snap;
+    let mut applied_held: HashMap<i64, i64> = HashMap::new();
+    for event in held {
+        let applied = books.held.get(&event.event_id).is_some_and(|row| {
+            row.status == Status::Applied
+                && row.seq == event.seq
+                && row.claim_seq.is_none_or(|claim| claim <= snap.seq)
+        });
+        if applied {
+            *applied_held.entry(event.product_id).or_default() += event.qty;
+        }
+    }
+    let mut products = Vec::with_capacity(chunk.ids.len());
+    for (i, &product_id) in chunk.ids.iter().enumerate() {
         let Some(&mysql) = books.stock.get(&product_id) else { continue };
-        let in_flight = in_flight.get(&product_id).copied().unwrap_or(0);
-        let as_of_snapshot = mysql + books.applied_after.get(&product_id).copied().unwrap_or(0)
-            - books.adjusted_after.get(&product_id).copied().unwrap_or(0);
-        let expected_redis = as_of_snapshot - in_flight;
+        let redis = snap.stocks[i];
+        let in_flight = snap.inflight[i] - applied_held.get(&product_id).copied().unwrap_or(0);
+        let expected_redis = mysql + since.after(product_id, snap.seq) - in_flight;
         products.push(ProductBooks {
             product_id,
             redis,
@@ -139,7 +193,7 @@ async fn check_shard(
             delta: redis.unwrap_or(0) - expected_redis,
         });
     }
-    Ok((products, snap.seq))
+    products
 }
 
 /// Runs the check and, if it finds drift, once more: only a drift seen twice with the same

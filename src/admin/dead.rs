@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::event::DeadLetter;
 use crate::ledger::Ledger;
-use crate::queue::Shards;
+use crate::queue::{Dropped, Shards};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone)]
@@ -67,16 +67,21 @@ pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) ->
     let mut dropped = 0;
     let mut given = 0;
     for (shard, letter) in chosen {
-        let give_back = match letter.event() {
+        let event = match letter.event() {
             Some(event) => {
                 let give_back = ledger.settle_dropped(&event).await?;
-                Some((event.product_id, if give_back { event.qty } else { 0 }))
+                Some(Dropped {
+                    product_id: event.product_id,
+                    give_back: if give_back { event.qty } else { 0 },
+                    // reserve.lua counted the stamped events in flight
+                    counted: if event.seq.is_some() { event.qty } else { 0 },
+                })
             }
             None => None,
         };
-        if shards.all()[shard].dead_drop(&letter.raw, give_back).await? {
+        if shards.all()[shard].dead_drop(&letter.raw, &letter.entry, event).await? {
             dropped += 1;
-            given += give_back.map_or(0, |(_, units)| units);
+            given += event.map_or(0, |d| d.give_back);
         }
     }
     Ok((dropped, given))

@@ -31,38 +31,50 @@ use crate::error::{Result, bounded};
 use crate::event::Event;
 
 impl Ledger {
-    /// Applies a batch of valid events in one transaction (see the module docs).
-    pub async fn apply_batch(&self, events: &[Event]) -> Result<Vec<Outcome>> {
+    /// Applies a batch of valid events in one transaction (see the module docs). `claim_seq`
+    /// is the number of the claim that delivered them (see `lua/claim.lua`); every row the
+    /// batch writes records it.
+    pub async fn apply_batch(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Outcome>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        bounded("mysql (apply batch)", CALL_TIMEOUT, self.apply_batch_unbounded(events)).await
+        bounded("mysql (apply batch)", CALL_TIMEOUT, self.apply_batch_unbounded(events, claim_seq)).await
     }
 
-    async fn apply_batch_unbounded(&self, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
+    async fn apply_batch_unbounded(
+        &self,
+        events: &[Event],
+        claim_seq: i64,
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
         let distinct_ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         if distinct_ids.len() == events.len()
-            && let Some(outcomes) = self.apply_fresh(events).await?
+            && let Some(outcomes) = self.apply_fresh(events, claim_seq).await?
         {
             return Ok(outcomes);
         }
-        self.apply_checked(events).await
+        self.apply_checked(events, claim_seq).await
     }
 
     /// The common case, a batch of first deliveries, with the product locks held as briefly
     /// as possible: the `stock_log` rows go in first (as 'applied'), outside the locked
     /// window, and their primary key doubles as the redelivery test. `None` when an event id
     /// is already settled: the transaction is rolled back and [`Self::apply_checked`] runs.
-    async fn apply_fresh(&self, events: &[Event]) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    async fn apply_fresh(
+        &self,
+        events: &[Event],
+        claim_seq: i64,
+    ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut q =
-            QueryBuilder::<MySql>::new("INSERT INTO stock_log (event_id, product_id, qty, status, seq) ");
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) ",
+        );
         q.push_values(events, |mut row, event| {
             row.push_bind(event.event_id.clone())
                 .push_bind(event.product_id)
                 .push_bind(event.qty)
                 .push_bind("applied")
-                .push_bind(event.seq);
+                .push_bind(event.seq)
+                .push_bind(claim_seq);
         });
         match q.build().execute(&mut *tx).await {
             Ok(_) => {}
@@ -106,7 +118,7 @@ impl Ledger {
 
     /// The general case: redeliveries and duplicate event ids, read from `stock_log` under
     /// the product locks (see the module docs).
-    async fn apply_checked(&self, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
+    async fn apply_checked(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Outcome>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut stock = lock_products(&mut tx, events).await?;
         let before = stock.clone();
@@ -124,14 +136,16 @@ impl Ledger {
             .collect();
 
         if !new_rows.is_empty() {
-            let mut q =
-                QueryBuilder::<MySql>::new("INSERT INTO stock_log (event_id, product_id, qty, status, seq) ");
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) ",
+            );
             q.push_values(&new_rows, |mut row, (event, status)| {
                 row.push_bind(event.event_id.clone())
                     .push_bind(event.product_id)
                     .push_bind(event.qty)
                     .push_bind(status.as_str())
-                    .push_bind(event.seq);
+                    .push_bind(event.seq)
+                    .push_bind(claim_seq);
             });
             q.build().execute(&mut *tx).await?;
         }

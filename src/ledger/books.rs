@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Executor, MySql, Transaction};
+use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
 
-use super::{CALL_TIMEOUT, Ledger, Settled, Status, read_settled};
+use super::{CALL_TIMEOUT, IN_CHUNK, Ledger, Settled, Status, push_list, read_settled};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -13,12 +13,21 @@ use crate::event::Event;
 #[derive(Debug, Default)]
 pub(crate) struct Books {
     pub(crate) stock: HashMap<i64, i64>,
-    /// Per product, units applied by events stamped after the Redis snapshot.
-    pub(crate) applied_after: HashMap<i64, i64>,
-    /// Per product, operator adjustments stamped after the Redis snapshot.
-    pub(crate) adjusted_after: HashMap<i64, i64>,
+    /// Applied rows whose claim is numbered after the asked sequence: (product, claim, qty).
+    pub(crate) applied_since: Vec<(i64, i64, i64)>,
+    /// Operator adjustments numbered after the asked sequence: (product, seq, delta).
+    pub(crate) adjusted_since: Vec<(i64, i64, i64)>,
     /// `stock_log` rows of the event ids asked about.
-    pub(crate) settled: HashMap<String, Settled>,
+    pub(crate) held: HashMap<String, HeldRow>,
+}
+
+/// The `stock_log` row of an event the check found held in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldRow {
+    pub(crate) status: Status,
+    pub(crate) seq: Option<i64>,
+    /// `None` for rows written before claims were numbered: older than any snapshot.
+    pub(crate) claim_seq: Option<i64>,
 }
 
 impl Ledger {
@@ -58,11 +67,12 @@ impl Ledger {
         .await
     }
 
-    /// The highest sequence number MySQL has recorded.
+    /// The highest sequence number MySQL has recorded (reservations, claims, adjustments).
     pub(crate) async fn max_seq(&self) -> Result<i64> {
         bounded("mysql (max seq)", CALL_TIMEOUT, async {
             sqlx::query_scalar::<_, i64>(
                 "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM stock_log), 0), \
+                                 COALESCE((SELECT MAX(claim_seq) FROM stock_log), 0), \
                                  COALESCE((SELECT MAX(seq) FROM stock_adjustments), 0))",
             )
             .fetch_one(&self.pool)
@@ -72,47 +82,57 @@ impl Ledger {
     }
 
     /// Reads the MySQL side of a consistency check in one consistent snapshot, taken after
-    /// the Redis snapshot whose sequence number is `seq`.
-    pub(crate) async fn read_books(&self, seq: i64, event_ids: &[&str]) -> Result<Books> {
+    /// every Redis snapshot of the check; `since` is the lowest of their sequence numbers.
+    /// Each part is bounded by what happened since the first Redis snapshot or by what
+    /// workers hold, never by the backlog.
+    pub(crate) async fn read_books(&self, since: i64, event_ids: &[&str]) -> Result<Books> {
         bounded("mysql (check)", CALL_TIMEOUT * 2, async {
             let mut conn = self.pool.acquire().await?;
             // The session default is READ COMMITTED; this one transaction needs one snapshot.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").await?;
             conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
-            let result = async {
-                let stock = sqlx::query_as::<_, (i64, i64)>("SELECT id, stock FROM products")
-                    .fetch_all(&mut *conn)
-                    .await?
-                    .into_iter()
-                    .collect();
-                let applied_after = sqlx::query_as::<_, (i64, i64)>(
-                    "SELECT product_id, CAST(SUM(qty) AS SIGNED) FROM stock_log \
-                     WHERE seq > ? AND status = 'applied' GROUP BY product_id",
-                )
-                .bind(seq)
-                .fetch_all(&mut *conn)
-                .await?;
-                let adjusted_after = sqlx::query_as::<_, (i64, i64)>(
-                    "SELECT product_id, CAST(SUM(delta) AS SIGNED) FROM stock_adjustments \
-                     WHERE seq > ? GROUP BY product_id",
-                )
-                .bind(seq)
-                .fetch_all(&mut *conn)
-                .await?;
-                let settled = read_settled(&mut conn, event_ids.iter().copied()).await?;
-                Ok::<_, sqlx::Error>(Books {
-                    stock,
-                    applied_after: applied_after.into_iter().collect(),
-                    adjusted_after: adjusted_after.into_iter().collect(),
-                    settled,
-                })
-            }
-            .await;
+            let result = read_books_in(&mut conn, since, event_ids).await;
             let _ = conn.execute("COMMIT").await;
             result
         })
         .await
     }
+}
+
+async fn read_books_in(
+    conn: &mut sqlx::MySqlConnection,
+    since: i64,
+    event_ids: &[&str],
+) -> Result<Books, sqlx::Error> {
+    let stock =
+        sqlx::query_as::<_, (i64, i64)>("SELECT id, stock FROM products").fetch_all(&mut *conn).await?;
+    let applied_since = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT product_id, claim_seq, qty FROM stock_log WHERE claim_seq > ? AND status = 'applied'",
+    )
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    let adjusted_since = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT product_id, seq, delta FROM stock_adjustments WHERE seq > ?",
+    )
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut held = HashMap::with_capacity(event_ids.len());
+    for chunk in event_ids.chunks(IN_CHUNK) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT event_id, status, seq, claim_seq FROM stock_log WHERE event_id IN (",
+        );
+        push_list(&mut q, chunk.iter().map(|id| id.to_string()));
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let status: String = row.try_get(1)?;
+            let row_of =
+                HeldRow { status: Status::parse(&status), seq: row.try_get(2)?, claim_seq: row.try_get(3)? };
+            held.insert(row.try_get::<String, _>(0)?, row_of);
+        }
+    }
+    Ok(Books { stock: stock.into_iter().collect(), applied_since, adjusted_since, held })
 }
 
 impl Ledger {

@@ -18,6 +18,7 @@ use sqlx::{Connection, Executor, MySql, QueryBuilder, Row};
 use crate::config::Settings;
 use crate::error::{Result, bounded};
 
+pub(crate) use books::Books;
 pub use migrate::migrate;
 
 /// How long a MySQL call (a batch transaction included) may take before it counts as failed.

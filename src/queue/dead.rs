@@ -23,19 +23,44 @@ impl Queue {
         Ok(moved > 0)
     }
 
-    /// Removes a dead-letter `envelope` and, with it, gives `units` back to product
-    /// `give_back`'s stock when that key exists (`lua/dead_drop.lua`). `None` for an envelope
-    /// that holds no reservation. False when the envelope was no longer there: nothing was
-    /// given back, so dropping twice never returns stock twice.
-    pub(crate) async fn dead_drop(&self, envelope: &[u8], give_back: Option<(i64, i64)>) -> Result<bool> {
-        let (stock_key, units) = match give_back {
-            Some((product_id, units)) => (self.keys.stock(product_id), units),
+    /// Removes a dead-letter `envelope` holding `entry` and, with it, settles the event it
+    /// holds (`lua/dead_drop.lua`): `give_back` units back to the product's stock when that key
+    /// exists, its in-flight units uncounted. `None` for an envelope that holds no event.
+    /// False when the envelope was no longer there: nothing was given back, so dropping twice
+    /// never returns stock twice.
+    pub(crate) async fn dead_drop(
+        &self,
+        envelope: &[u8],
+        entry: &[u8],
+        event: Option<Dropped>,
+    ) -> Result<bool> {
+        let (stock_key, d) = match event {
+            Some(d) => (self.keys.stock(d.product_id), d),
             // the script wants a key of the queue even when it gives nothing back
-            None => (self.keys.dead(), 0),
+            None => (self.keys.dead(), Dropped::default()),
         };
         let mut invocation = scripts::DEAD_DROP.prepare_invoke();
-        invocation.key(self.keys.dead()).key(stock_key).arg(envelope).arg(units);
+        invocation
+            .key(self.keys.dead())
+            .key(stock_key)
+            .key(self.keys.inflight())
+            .key(self.keys.unsure())
+            .arg(envelope)
+            .arg(d.give_back)
+            .arg(d.product_id)
+            .arg(d.counted)
+            .arg(entry);
         let dropped: u64 = self.invoke("redis (dead drop)", &invocation).await?;
         Ok(dropped > 0)
     }
+}
+
+/// The event a dropped dead letter holds, as `lua/dead_drop.lua` settles it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Dropped {
+    pub(crate) product_id: i64,
+    /// Units back to the product's stock: its qty, or 0 when MySQL had applied it.
+    pub(crate) give_back: i64,
+    /// Units reserve.lua counted in flight for it (0 for an event pushed by hand).
+    pub(crate) counted: i64,
 }

@@ -60,6 +60,20 @@ impl Keys {
         format!("{}:counters", self.prefix)
     }
 
+    /// Hash: product id -> units reserved and not yet settled (in pending, processing or
+    /// dead), kept by the scripts in the same steps that move the stock. The check reads it
+    /// instead of the backlog.
+    pub fn inflight(&self) -> String {
+        format!("{}:inflight", self.prefix)
+    }
+
+    /// Set of entries whose earlier delivery may have committed in MySQL without being
+    /// acknowledged (its claim expired, or it was handed back): the only entries outside
+    /// processing that the check must look up in `stock_log`.
+    pub fn unsure(&self) -> String {
+        format!("{}:unsure", self.prefix)
+    }
+
     /// Set of worker ids that have announced themselves.
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
@@ -77,7 +91,7 @@ impl Keys {
 
     /// Every key of the queue with a fixed name (not the per-product stock keys nor the
     /// per-worker heartbeats).
-    pub fn fixed(&self) -> [String; 9] {
+    pub fn fixed(&self) -> [String; 11] {
         [
             self.pending(),
             self.processing(),
@@ -88,6 +102,8 @@ impl Keys {
             self.counters(),
             self.workers(),
             self.alerts(),
+            self.inflight(),
+            self.unsure(),
         ]
     }
 }

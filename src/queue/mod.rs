@@ -39,7 +39,9 @@ mod workers;
 
 use std::time::Duration;
 
+pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
+pub(crate) use dead::Dropped;
 pub use keys::Keys;
 pub(crate) use ops::Alert;
 pub use ops::Depths;
@@ -63,7 +65,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
     +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
-    +smembers +xadd";
+    +smembers +xadd +hmget";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub(crate) type Entry = Vec<u8>;
@@ -84,10 +86,14 @@ pub struct Waiter {
 }
 
 /// A batch of entries just claimed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Claim {
     /// Their claim deadline, unix ms on the Redis clock.
     pub deadline_ms: i64,
+    /// The claim's number in the queue's sequence (0 when nothing was claimed): recorded in
+    /// the `stock_log` rows of this batch, so the check can tell what MySQL applied after
+    /// its snapshot (see src/check.rs).
+    pub seq: i64,
     pub entries: Vec<Entry>,
 }
 
@@ -95,13 +101,33 @@ pub struct Claim {
 #[derive(Debug, Default)]
 pub(crate) struct Settlement {
     /// Applied in MySQL (now or on an earlier delivery): remove.
-    pub(crate) acks: Vec<Entry>,
+    pub(crate) acks: Vec<Ack>,
     /// Not deducted in MySQL: remove and give `qty` back to the product's Redis stock.
-    pub(crate) give_backs: Vec<(Entry, i64, i64)>,
+    pub(crate) give_backs: Vec<GiveBack>,
     /// Cannot be processed: remove and push the envelope onto `{q}:dead`.
     pub(crate) dead: Vec<(Entry, String)>,
     /// Running totals to add to `{q}:counters`.
     pub(crate) counters: Vec<(&'static str, u64)>,
+}
+
+/// An entry to acknowledge: MySQL has its deduction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) entry: Entry,
+    pub(crate) product_id: i64,
+    /// The units reserve.lua counted in the product's in-flight total for this entry (its
+    /// qty, or 0 for an event pushed by hand without a seq), uncounted with the removal.
+    pub(crate) counted: i64,
+}
+
+/// An entry to acknowledge whose Redis stock goes back: MySQL did not deduct it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GiveBack {
+    pub(crate) entry: Entry,
+    pub(crate) product_id: i64,
+    pub(crate) qty: i64,
+    /// As for [`Ack::counted`].
+    pub(crate) counted: i64,
 }
 
 impl Settlement {
@@ -205,16 +231,22 @@ impl Queue {
             .key(self.keys.pending())
             .key(self.keys.processing())
             .key(self.keys.claims())
+            .key(self.keys.seq())
             .arg(more)
             .arg(millis(self.visibility_timeout));
         if let Some(entry) = &moved {
             invocation.arg(entry.as_slice());
         }
-        let (deadline_ms, mut taken) = split_head(self.invoke("redis (claim)", &invocation).await?)?;
-        let mut entries = Vec::with_capacity(taken.len() + 1);
+        let reply: Vec<redis::Value> = self.invoke("redis (claim)", &invocation).await?;
+        let mut values = reply.into_iter();
+        let deadline_ms: i64 = next_value(&mut values)?;
+        let seq: i64 = next_value(&mut values)?;
+        let mut entries = Vec::with_capacity(values.len() + 1);
         entries.extend(moved);
-        entries.append(&mut taken);
-        Ok(Claim { deadline_ms, entries })
+        for value in values {
+            entries.push(redis::from_redis_value(value)?);
+        }
+        Ok(Claim { deadline_ms, seq, entries })
     }
 
     /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).
@@ -228,17 +260,19 @@ impl Queue {
             .key(self.keys.claims())
             .key(self.keys.attempts())
             .key(self.keys.dead())
-            .key(self.keys.counters());
-        for (_, product_id, _) in &s.give_backs {
-            invocation.key(self.keys.stock(*product_id));
+            .key(self.keys.counters())
+            .key(self.keys.inflight())
+            .key(self.keys.unsure());
+        for give_back in &s.give_backs {
+            invocation.key(self.keys.stock(give_back.product_id));
         }
         let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         invocation.arg(s.acks.len()).arg(s.give_backs.len()).arg(s.dead.len()).arg(counters.join(","));
-        for entry in &s.acks {
-            invocation.arg(entry.as_slice());
+        for ack in &s.acks {
+            invocation.arg(ack.entry.as_slice()).arg(ack.product_id).arg(ack.counted);
         }
-        for (entry, _, qty) in &s.give_backs {
-            invocation.arg(entry.as_slice()).arg(*qty);
+        for g in &s.give_backs {
+            invocation.arg(g.entry.as_slice()).arg(g.product_id).arg(g.qty).arg(g.counted);
         }
         for (entry, envelope) in &s.dead {
             invocation.arg(entry.as_slice()).arg(envelope.as_str());
@@ -269,7 +303,11 @@ impl Queue {
             return Ok(0);
         }
         let mut invocation = scripts::RELEASE.prepare_invoke();
-        invocation.key(self.keys.processing()).key(self.keys.claims()).key(self.keys.pending());
+        invocation
+            .key(self.keys.processing())
+            .key(self.keys.claims())
+            .key(self.keys.pending())
+            .key(self.keys.unsure());
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
@@ -286,6 +324,7 @@ impl Queue {
             .key(self.keys.attempts())
             .key(self.keys.pending())
             .key(self.keys.counters())
+            .key(self.keys.unsure())
             .arg(self.max_attempts)
             .arg(millis(self.visibility_timeout))
             .arg(limit);
@@ -317,14 +356,6 @@ fn next_value<T: redis::FromRedisValue>(values: &mut impl Iterator<Item = redis:
         )))
     })?;
     Ok(redis::from_redis_value(value)?)
-}
-
-/// Splits a script reply `{head, entry, entry, ...}`.
-fn split_head(reply: Vec<redis::Value>) -> Result<(i64, Vec<Entry>)> {
-    let mut values = reply.into_iter();
-    let head: i64 = next_value(&mut values)?;
-    let entries = values.map(redis::from_redis_value).collect::<Result<Vec<Entry>, _>>()?;
-    Ok((head, entries))
 }
 
 /// Turns a failed first connection into one line that says what to do.

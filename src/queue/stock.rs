@@ -40,6 +40,7 @@ impl Queue {
             .key(keys.stock(product_id))
             .key(keys.pending())
             .key(keys.seq())
+            .key(keys.inflight())
             .arg(event_id)
             .arg(product_id)
             .arg(qty);

@@ -28,7 +28,7 @@ use crate::backoff::{Backoff, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
 use crate::ledger::{Ledger, Outcome};
-use crate::queue::{Entry, Queue, Settlement, Shards, Waiter};
+use crate::queue::{Ack, Claim, Entry, GiveBack, Queue, Settlement, Shards, Waiter};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_BATCH: usize = 100;
@@ -242,7 +242,7 @@ impl Worker {
             let claim = queue.claim(self.options.batch, None).await?;
             add_elapsed(&self.totals.claim_us, started);
             if !claim.entries.is_empty() {
-                return Ok(StepOutcome::Batch(self.process(queue, claim.entries, shutdown).await?));
+                return Ok(StepOutcome::Batch(self.process(queue, claim, shutdown).await?));
             }
         }
         let Some(waiter) = waiter else { return Ok(StepOutcome::Idle) };
@@ -257,19 +257,20 @@ impl Worker {
         let started = Instant::now();
         let claim = queue.claim(self.options.batch, Some(entry)).await?;
         add_elapsed(&self.totals.claim_us, started);
-        Ok(StepOutcome::Batch(self.process(queue, claim.entries, shutdown).await?))
+        Ok(StepOutcome::Batch(self.process(queue, claim, shutdown).await?))
     }
 
-    /// Validates, applies and settles entries claimed from `queue`.
+    /// Validates, applies and settles a batch claimed from `queue`.
     pub async fn process(
         &self,
         queue: &Queue,
-        entries: Vec<Entry>,
+        claim: Claim,
         shutdown: &CancellationToken,
     ) -> Result<BatchReport> {
+        let entries = claim.entries;
         let parsed = Parsed::from_entries(&entries);
         let started = Instant::now();
-        let applied = self.apply_holding(queue, &entries, &parsed.events, shutdown).await?;
+        let applied = self.apply_holding(queue, &entries, &parsed.events, claim.seq, shutdown).await?;
         self.record_apply(started, entries.len());
         let Some(outcomes) = applied else {
             // stopping, and MySQL out of reach: hand everything back, invalid ones too
@@ -317,13 +318,14 @@ impl Worker {
         queue: &Queue,
         entries: &[Entry],
         events: &[Event],
+        claim_seq: i64,
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<Outcome>>> {
         let mut backoff = Backoff::new();
         let attempt = async {
             let mut stopping_since: Option<Instant> = None;
             loop {
-                match self.ledger.apply_batch(events).await {
+                match self.ledger.apply_batch(events, claim_seq).await {
                     Ok(outcomes) => return Ok(Some(outcomes)),
                     Err(e) => {
                         if !e.is_transient() {
@@ -447,10 +449,13 @@ fn decide(parsed: &Parsed, outcomes: &[Outcome], now_ms: u64) -> (Settlement, Ba
                 continue;
             }
         }
+        // reserve.lua counted the stamped events in the product's in-flight units
+        let counted = if event.seq.is_some() { event.qty } else { 0 };
+        let product_id = event.product_id;
         if outcome.gives_back() {
-            settlement.give_backs.push((entry, event.product_id, event.qty));
+            settlement.give_backs.push(GiveBack { entry, product_id, qty: event.qty, counted });
         } else {
-            settlement.acks.push(entry);
+            settlement.acks.push(Ack { entry, product_id, counted });
         }
     }
     report.dead = settlement.dead.len() as u64;
@@ -509,11 +514,10 @@ mod tests {
             Outcome::AlreadyRejected,
         ];
         let (s, report) = decide(&parsed, &outcomes, 7);
-        assert_eq!(s.acks, [entries[0].clone(), entries[3].clone()]);
-        assert_eq!(
-            s.give_backs,
-            [(entries[1].clone(), 1, 2), (entries[5].clone(), 1, 1), (entries[6].clone(), 1, 4)]
-        );
+        let ack = |i: usize, product_id, counted| Ack { entry: entries[i].clone(), product_id, counted };
+        assert_eq!(s.acks, [ack(0, 1, 1), ack(3, 2, 3)]);
+        let give = |i: usize, qty| GiveBack { entry: entries[i].clone(), product_id: 1, qty, counted: qty };
+        assert_eq!(s.give_backs, [give(1, 2), give(5, 1), give(6, 4)]);
         let dead: Vec<&Entry> = s.dead.iter().map(|(e, _)| e).collect();
         assert_eq!(dead, [&entries[2], &entries[4]]);
         assert!(s.dead[1].1.contains("unknown product 9"));

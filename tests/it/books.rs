@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use redis::AsyncCommands;
 use stockq::Event;
 use stockq::{ProduceOptions, produce};
 use stockq::{ProductBooks, check};
@@ -136,10 +137,10 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
     }
     // A worker claimed the three oldest and applied the first in MySQL, then stalled before
     // acknowledging anything.
-    let held = env.queue.claim(3, None).await.unwrap().entries;
-    let first = Event::parse(&held[0]).unwrap();
+    let held = env.queue.claim(3, None).await.unwrap();
+    let first = Event::parse(&held.entries[0]).unwrap();
     assert_eq!((first.event_id.as_str(), first.product_id), ("flight-0", 3));
-    env.ledger.apply_batch(std::slice::from_ref(&first)).await.unwrap();
+    env.ledger.apply_batch(std::slice::from_ref(&first), held.seq).await.unwrap();
     assert_eq!((env.len("pending").await, env.len("processing").await), (4, 3));
 
     let report = check(&env.shards(), &env.ledger).await.unwrap();
@@ -261,10 +262,11 @@ async fn dead_letter_requeued_after_the_product_exists_is_applied() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!((env.mysql_stock(77).await, env.redis_stock(77).await), (5, Some(5)));
     // The hand-pushed event says its unit was taken from Redis, which never happened (there
-    // was no stock key): the check counts it in flight, so Redis shows exactly 1 too many.
+    // was no stock key). Unstamped, it is not counted in flight, so while it waits the books
+    // agree; once applied, Redis holds exactly the 1 unit too many that MySQL deducted.
     let report = check(&env.shards(), &env.ledger).await.unwrap();
     let p = books_of(&report.products, 77);
-    assert_eq!((p.in_flight, p.delta), (1, 1));
+    assert_eq!((p.in_flight, p.delta), (0, 0));
 
     let (code, out, err) = env.run(&["dead", "requeue", "order-x"]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -302,11 +304,11 @@ async fn dead_drop_gives_stock_back_exactly_once() {
     env.stock(5, 10).await;
     env.reserve_ok(5, 3, "order-y").await;
     let janitor = env.janitor();
-    let mut held = Vec::new();
+    let mut held = None;
     for attempt in 1..=2 {
         let claim = env.queue.claim(10, None).await.unwrap();
         assert_eq!(claim.entries.len(), 1, "delivery {attempt}");
-        held = claim.entries.clone();
+        held = Some(claim.clone());
         env.wait_past(claim.deadline_ms).await;
         let r = janitor.recover().await.unwrap();
         assert_eq!((r.requeued, r.dead_lettered), if attempt == 1 { (1, 0) } else { (0, 1) });
@@ -340,7 +342,7 @@ async fn dead_drop_gives_stock_back_exactly_once() {
     // The worker that held the last delivery (hung past every claim) finally settles it: the
     // drop's rejected row wins, nothing is deducted and nothing given back a second time.
     let token = CancellationToken::new();
-    let late = env.worker(10).process(&env.queue, held, &token).await.unwrap();
+    let late = env.worker(10).process(&env.queue, held.unwrap(), &token).await.unwrap();
     assert_eq!((late.applied, late.redelivered, late.acknowledged), (0, 1, 0), "{late:?}");
     assert_eq!(env.mysql_stock(5).await, 10);
     assert_eq!(env.redis_stock(5).await, Some(10));
@@ -363,7 +365,7 @@ async fn dead_drop_after_a_late_apply_gives_nothing_back() {
     assert_eq!(env.janitor().recover().await.unwrap().dead_lettered, 1);
 
     let token = CancellationToken::new();
-    let late = env.worker(10).process(&env.queue, claim.entries, &token).await.unwrap();
+    let late = env.worker(10).process(&env.queue, claim, &token).await.unwrap();
     assert_eq!((late.applied, late.acknowledged), (1, 0), "{late:?}");
     assert_eq!(env.len("dead").await, 1, "the late acknowledgement does not touch the dead letter");
     assert_eq!((env.mysql_stock(6).await, env.redis_stock(6).await), (6, Some(6)));
@@ -376,5 +378,39 @@ async fn dead_drop_after_a_late_apply_gives_nothing_back() {
     assert!(out.contains("dropped 1, gave back 0"), "{out}");
     assert_eq!((env.mysql_stock(6).await, env.redis_stock(6).await), (6, Some(6)));
     assert_eq!(env.log_status("order-z").await.as_deref(), Some("applied"));
+    env.assert_books_balance().await;
+}
+
+/// A worker that committed a batch and died before acknowledging it: its entries go back to
+/// pending marked unsure, and the check, which reads in-flight totals instead of the backlog,
+/// still finds them applied and reports no drift, before and after their redelivery.
+#[tokio::test]
+async fn check_is_exact_when_a_committed_batch_is_requeued() {
+    let env = TestEnv::with(|s| s.visibility_timeout = Duration::from_millis(300)).await;
+    env.stock(1, 50).await;
+    env.stock(2, 50).await;
+    for i in 0..40 {
+        env.reserve_ok(1 + i % 2, 1, &format!("unsure-{i}")).await;
+    }
+    let claim = env.queue.claim(10, None).await.unwrap();
+    let events: Vec<Event> = claim.entries.iter().map(|e| Event::parse(e).unwrap()).collect();
+    env.ledger.apply_batch(&events, claim.seq).await.unwrap();
+    env.assert_books_balance().await;
+
+    env.wait_past(claim.deadline_ms).await;
+    assert_eq!(env.janitor().recover().await.unwrap().requeued, 10);
+    let mut c = env.redis.clone();
+    let unsure: usize = c.scard(env.key("unsure")).await.unwrap();
+    assert_eq!(unsure, 10, "the requeued entries are marked unsure");
+    env.assert_books_balance().await;
+
+    let reports = env.drain(7).await;
+    assert_eq!(reports.iter().map(|r| r.redelivered).sum::<u64>(), 10);
+    assert_eq!(reports.iter().map(|r| r.applied).sum::<u64>(), 30);
+    let unsure: usize = c.scard(env.key("unsure")).await.unwrap();
+    assert_eq!(unsure, 0, "settled entries leave the unsure set");
+    let inflight: std::collections::HashMap<String, i64> = c.hgetall(env.key("inflight")).await.unwrap();
+    assert!(inflight.values().all(|n| *n == 0), "nothing in flight: {inflight:?}");
+    assert_eq!((env.mysql_stock(1).await, env.mysql_stock(2).await), (30, 30));
     env.assert_books_balance().await;
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use redis::AsyncCommands;
 use sqlx::Connection;
 use stockq::Ledger;
 use stockq::{Reservation, new_event_id, reserve};
@@ -752,4 +753,59 @@ async fn hostile_environment_values_exit_2_with_one_line() {
     }
     // nothing reached the queue
     assert_eq!(env.len("pending").await, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full Redis.
+
+/// Redis at `maxmemory` with `noeviction`: reservations and claims are refused with nothing
+/// taken, while what only shrinks or moves the queue still runs: a batch already applied in
+/// MySQL is acknowledged, an expired claim is re-queued, a dead letter is dropped. Once memory
+/// is freed the queue drains and the books balance.
+#[tokio::test]
+async fn a_full_redis_refuses_new_work_and_still_settles() {
+    let server = RedisServer::start().await;
+    let env = TestEnv::with_redis(&server.url(), |s| s.visibility_timeout = Duration::from_millis(300)).await;
+    env.stock(1, 100).await;
+    env.push_raw(b"garbage").await;
+    for i in 0..30 {
+        env.reserve_ok(1, 1, &format!("oom-{i}")).await;
+    }
+    // Before Redis fills up: one dead letter, one batch applied in MySQL and not yet
+    // acknowledged, one claim about to expire.
+    let worker = env.worker(10);
+    let token = tokio_util::sync::CancellationToken::new();
+    let garbage = env.queue.claim(1, None).await.unwrap();
+    assert_eq!(worker.process(&env.queue, garbage, &token).await.unwrap().dead, 1);
+    let applied = env.queue.claim(10, None).await.unwrap();
+    let events: Vec<stockq::Event> =
+        applied.entries.iter().filter_map(|e| stockq::Event::parse(e).ok()).collect();
+    env.ledger.apply_batch(&events, applied.seq).await.unwrap();
+    let abandoned = env.queue.claim(10, None).await.unwrap();
+
+    let mut c = env.redis.clone();
+    let _: () = c.set("ballast", vec![b'x'; 4 << 20]).await.unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1mb").query_async(&mut c).await.unwrap();
+
+    let (stock, pending) = (env.redis_stock(1).await, env.len("pending").await);
+    let refused = reserve(&env.queue, 1, 1, "oom-late").await.expect_err("a full Redis takes no reservation");
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    assert_eq!((env.redis_stock(1).await, env.len("pending").await), (stock, pending), "nothing taken");
+    let refused = env.queue.claim(10, None).await.expect_err("a full Redis hands out no work");
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+
+    let report = worker.process(&env.queue, applied, &token).await.expect("acknowledged when full");
+    assert_eq!((report.redelivered, report.acknowledged), (10, 10), "{report:?}");
+    env.wait_past(abandoned.deadline_ms).await;
+    assert_eq!(env.janitor().recover().await.expect("recovery when full").requeued, 10);
+    let (code, out, err) = env.run(&["dead", "drop", "--all"]).await;
+    assert_eq!(code, 0, "dead drop when full: {out}{err}");
+    assert_eq!(env.len("dead").await, 0, "{out}{err}");
+
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut c).await.unwrap();
+    env.drain(10).await;
+    assert_eq!(env.applied_units(1).await, 30);
+    assert_eq!((env.redis_stock(1).await, env.mysql_stock(1).await), (Some(70), 70));
+    env.assert_books_balance().await;
 }

@@ -226,7 +226,7 @@ async fn apply_without_settle(env: &TestEnv, expected: usize) -> (Vec<Vec<u8>>, 
     let claim = env.queue.claim(10, None).await.expect("claim");
     assert_eq!(claim.entries.len(), expected);
     let events: Vec<Event> = claim.entries.iter().map(|e| Event::parse(e).expect("valid event")).collect();
-    let outcomes = env.ledger.apply_batch(&events).await.expect("apply batch");
+    let outcomes = env.ledger.apply_batch(&events, claim.seq).await.expect("apply batch");
     assert_eq!(env.len("processing").await, expected, "not acknowledged: still in processing");
     (claim.entries, outcomes)
 }

@@ -264,12 +264,12 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
 
     let (first, second) = if old_holder_first {
         (
-            old.process(&env.queue, slow.entries.clone(), &token).await.unwrap(),
-            new.process(&env.queue, again.entries, &token).await.unwrap(),
+            old.process(&env.queue, slow.clone(), &token).await.unwrap(),
+            new.process(&env.queue, again.clone(), &token).await.unwrap(),
         )
     } else {
-        let a = new.process(&env.queue, again.entries, &token).await.unwrap();
-        (a, old.process(&env.queue, slow.entries.clone(), &token).await.unwrap())
+        let a = new.process(&env.queue, again.clone(), &token).await.unwrap();
+        (a, old.process(&env.queue, slow.clone(), &token).await.unwrap())
     };
     if reject {
         assert_eq!((first.rejected, first.acknowledged), (1, 1), "{case}: {first:?}");
