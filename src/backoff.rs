@@ -54,7 +54,7 @@ impl Backoff {
     pub(crate) fn log(&mut self, error: &Error, what: &'static str) {
         self.failures += 1;
         if let Some(store) = error.store() {
-            metrics::counter!(m::STORE_ERRORS, "store" => store).increment(1);
+            metrics::counter!(m::STORE_ERRORS, "store" => store.as_str()).increment(1);
         }
         if may_log(what) {
             tracing::warn!(error = %error, failures = self.failures, "{what}");

@@ -26,13 +26,31 @@ pub enum Error {
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 
-    /// A call did not answer within its bound.
+    /// A call to a store did not answer within its bound. `what` names the call as the user
+    /// reads it (`redis (claim)`).
     #[error("{what} did not answer within {}", humantime::format_duration(*.after))]
-    Timeout { what: &'static str, after: Duration },
+    Timeout { store: Store, what: &'static str, after: Duration },
 
     /// The operation was refused because of the state of the stores (not a bad argument).
     #[error("{0}")]
     Refused(String),
+}
+
+/// The two stores, to say which one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Redis,
+    Mysql,
+}
+
+impl Store {
+    /// The store's name in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Redis => "redis",
+            Store::Mysql => "mysql",
+        }
+    }
 }
 
 impl From<redis::ParsingError> for Error {
@@ -57,13 +75,12 @@ impl Error {
     }
 
     /// The store an error came from, for metrics and logs.
-    pub(crate) fn store(&self) -> Option<&'static str> {
+    pub(crate) fn store(&self) -> Option<Store> {
         match self {
-            Error::Redis(_) => Some("redis"),
-            Error::Database(_) | Error::Migrate(_) => Some("mysql"),
-            Error::Timeout { what, .. } if what.starts_with("redis") => Some("redis"),
-            Error::Timeout { what, .. } if what.starts_with("mysql") => Some("mysql"),
-            _ => None,
+            Error::Redis(_) => Some(Store::Redis),
+            Error::Database(_) | Error::Migrate(_) => Some(Store::Mysql),
+            Error::Timeout { store, .. } => Some(*store),
+            Error::Usage(_) | Error::Refused(_) => None,
         }
     }
 
@@ -71,25 +88,24 @@ impl Error {
     /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
             Error::Timeout { .. } => true,
-            Error::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.kind(),
-                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    )
-            }
+            Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
+            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
         }
     }
+}
+
+fn is_transient_redis(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{BusyLoading, ClusterDown, MasterDown, ReadOnly, TryAgain};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(BusyLoading | TryAgain | ClusterDown | MasterDown | ReadOnly)
+        )
 }
 
 /// MySQL error numbers after which the same transaction may well succeed.
@@ -120,17 +136,42 @@ fn is_transient_sql(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Bounds a future by `after`, naming what timed out.
-pub(crate) async fn bounded<T, E>(
+/// The error type of a store's client, which tells the store it belongs to.
+pub(crate) trait StoreError: Into<Error> {
+    const STORE: Store;
+}
+
+impl StoreError for redis::RedisError {
+    const STORE: Store = Store::Redis;
+}
+
+impl StoreError for sqlx::Error {
+    const STORE: Store = Store::Mysql;
+}
+
+/// Bounds a call to a store by `after`, naming `what` timed out. The store a timeout blames is
+/// the one whose client error the call fails with, so the two cannot disagree.
+pub(crate) async fn bounded<T, E: StoreError>(
     what: &'static str,
     after: Duration,
     fut: impl Future<Output = std::result::Result<T, E>>,
-) -> Result<T>
-where
-    Error: From<E>,
-{
+) -> Result<T> {
     match tokio::time::timeout(after, fut).await {
-        Ok(result) => result.map_err(Error::from),
-        Err(_) => Err(Error::Timeout { what, after }),
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Error::Timeout { store: E::STORE, what, after }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timeout_names_the_store_of_the_call() {
+        let never = std::future::pending::<std::result::Result<(), sqlx::Error>>();
+        let e = bounded("mysql (ping)", Duration::from_millis(1), never).await.unwrap_err();
+        assert_eq!(e.store(), Some(Store::Mysql));
+        assert!(e.is_transient());
+        assert_eq!(e.to_string(), "mysql (ping) did not answer within 1ms");
     }
 }
