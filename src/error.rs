@@ -4,6 +4,9 @@
 //! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (SPEC §3:
 //! 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that loops retry
 //! what is transient and `main` maps everything else to one line on stderr and a status.
+//!
+//! A failure that has a cause keeps it as its `source()`, and also prints it in its message:
+//! the binary shows one line (`to_string()`), and that line must say why.
 
 use std::time::Duration;
 
@@ -31,6 +34,18 @@ pub enum Error {
     #[error("{what} did not answer within {}", humantime::format_duration(*.after))]
     Timeout { store: Store, what: &'static str, after: Duration },
 
+    /// The first contact with a store failed: it is down, or refuses the credentials, or lacks
+    /// the database or the schema. `target` is its URL with the password redacted; `hint` says
+    /// what to do about it.
+    #[error("{} at {target} ({}); {hint}", .store.cannot_use(), one_line(&.source.to_string()))]
+    Connect {
+        store: Store,
+        target: String,
+        hint: &'static str,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The operation was refused because of the state of the stores (not a bad argument).
     #[error("{0}")]
     Refused(String),
@@ -49,6 +64,15 @@ impl Store {
         match self {
             Store::Redis => "redis",
             Store::Mysql => "mysql",
+        }
+    }
+
+    /// How a failed first contact reads. Reaching Redis is all its first contact does;
+    /// MySQL's also proves the credentials, the database and the schema, hence "use".
+    fn cannot_use(self) -> &'static str {
+        match self {
+            Store::Redis => "cannot reach Redis",
+            Store::Mysql => "cannot use MySQL",
         }
     }
 }
@@ -79,19 +103,22 @@ impl Error {
         match self {
             Error::Redis(_) => Some(Store::Redis),
             Error::Database(_) | Error::Migrate(_) => Some(Store::Mysql),
-            Error::Timeout { store, .. } => Some(*store),
+            Error::Timeout { store, .. } | Error::Connect { store, .. } => Some(*store),
             Error::Usage(_) | Error::Refused(_) => None,
         }
     }
 
     /// Whether the same call may succeed if tried again later: connection trouble, timeouts,
     /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
+    ///
+    /// A failed first contact is not: a command that cannot reach a store at start-up says so
+    /// at once instead of waiting for it.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Timeout { .. } => true,
             Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
-            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
+            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) | Error::Connect { .. } => false,
         }
     }
 }
@@ -162,9 +189,19 @@ pub(crate) async fn bounded<T, E: StoreError>(
     }
 }
 
+/// The first line of an error message, without a trailing period: what fits on stderr's one
+/// line and in a health probe's answer.
+pub(crate) fn one_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim_end_matches('.').to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused() -> Error {
+        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)).into()
+    }
 
     #[tokio::test]
     async fn a_timeout_names_the_store_of_the_call() {
@@ -173,5 +210,21 @@ mod tests {
         assert_eq!(e.store(), Some(Store::Mysql));
         assert!(e.is_transient());
         assert_eq!(e.to_string(), "mysql (ping) did not answer within 1ms");
+    }
+
+    #[test]
+    fn a_failed_first_contact_keeps_its_cause_and_is_final() {
+        let e = Error::Connect {
+            store: Store::Redis,
+            target: "redis://:***@db:6379".into(),
+            hint: "start it",
+            source: Box::new(refused()),
+        };
+        assert!(e.to_string().starts_with("cannot reach Redis at redis://:***@db:6379 (redis: "));
+        assert!(e.to_string().ends_with("); start it"));
+        let cause = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Box<Error>>());
+        assert!(cause.is_some_and(|c| c.is_transient()), "the cause is kept, typed");
+        assert!(!e.is_transient());
+        assert_eq!((e.store(), e.exit_code()), (Some(Store::Redis), 1));
     }
 }

@@ -218,7 +218,7 @@ pub async fn run(cli: Cli) -> u8 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("stockq: {}", crate::queue::one_line(&e.to_string()));
+            eprintln!("stockq: {}", crate::error::one_line(&e.to_string()));
             // `check` reports "could not run" as 2, as diff does
             if is_check { 2 } else { e.exit_code() as u8 }
         }

@@ -43,7 +43,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
     let mysql = h.ledger.ping(PROBE_TIMEOUT).await;
     let describe = |r: std::result::Result<(), Error>| match r {
         Ok(()) => "ok".to_string(),
-        Err(e) => crate::queue::one_line(&e.to_string()),
+        Err(e) => crate::error::one_line(&e.to_string()),
     };
     let healthy = redis.is_ok() && mysql.is_ok();
     let body = json!({

@@ -51,7 +51,7 @@ pub use stock::Reservation;
 pub use workers::Heartbeat;
 
 use crate::config::Settings;
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result, Store, bounded};
 
 /// How long an ordinary Redis call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -362,15 +362,11 @@ fn next_value<T: redis::FromRedisValue>(values: &mut impl Iterator<Item = redis:
 fn describe_connect_error(e: Error, settings: &Settings) -> Error {
     match e {
         Error::Usage(_) => e,
-        other => Error::Refused(format!(
-            "cannot reach Redis at {} ({}); start it (scripts/services.sh) or set REDIS_URL",
-            settings.redis_url,
-            one_line(&other.to_string())
-        )),
+        source => Error::Connect {
+            store: Store::Redis,
+            target: settings.redis_url.to_string(),
+            hint: "start it (scripts/services.sh) or set REDIS_URL",
+            source: Box::new(source),
+        },
     }
-}
-
-/// The first line of an error message, without a trailing period.
-pub(crate) fn one_line(message: &str) -> String {
-    message.lines().next().unwrap_or("").trim_end_matches('.').to_string()
 }
