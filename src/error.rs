@@ -46,9 +46,41 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// The operation was refused because of the state of the stores (not a bad argument).
-    #[error("{0}")]
-    Refused(String),
+    /// The SIGTERM/SIGINT handlers could not be installed, so a process could not stop
+    /// gracefully: it does not start.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+
+    /// The HTTP endpoint could not bind its port.
+    #[error("cannot listen on port {port}: {source}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The HTTP endpoint stopped serving on an I/O error.
+    #[error("HTTP server on port {port} failed: {source}")]
+    Serve {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The benchmark could not start its worker processes; `what` is the step that failed.
+    #[error("cannot {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The demo's or the benchmark's workers left entries in the queue past their deadline.
+    #[error(
+        "the workers did not drain the queue within {} ({pending} pending, {processing} processing)",
+        humantime::format_duration(*.within)
+    )]
+    NotDrained { within: Duration, pending: u64, processing: u64 },
 }
 
 /// The two stores, to say which one failed.
@@ -104,7 +136,12 @@ impl Error {
             Error::Redis(_) => Some(Store::Redis),
             Error::Database(_) | Error::Migrate(_) => Some(Store::Mysql),
             Error::Timeout { store, .. } | Error::Connect { store, .. } => Some(*store),
-            Error::Usage(_) | Error::Refused(_) => None,
+            Error::Usage(_)
+            | Error::Signals(_)
+            | Error::Listen { .. }
+            | Error::Serve { .. }
+            | Error::Spawn { .. }
+            | Error::NotDrained { .. } => None,
         }
     }
 
@@ -118,7 +155,14 @@ impl Error {
             Error::Timeout { .. } => true,
             Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
-            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) | Error::Connect { .. } => false,
+            Error::Usage(_)
+            | Error::Migrate(_)
+            | Error::Connect { .. }
+            | Error::Signals(_)
+            | Error::Listen { .. }
+            | Error::Serve { .. }
+            | Error::Spawn { .. }
+            | Error::NotDrained { .. } => false,
         }
     }
 }
@@ -226,5 +270,14 @@ mod tests {
         assert!(cause.is_some_and(|c| c.is_transient()), "the cause is kept, typed");
         assert!(!e.is_transient());
         assert_eq!((e.store(), e.exit_code()), (Some(Store::Redis), 1));
+    }
+
+    #[test]
+    fn only_usage_exits_2() {
+        let io = || std::io::Error::other("boom");
+        assert_eq!(Error::usage("bad").exit_code(), 2);
+        for e in [Error::Signals(io()), Error::Listen { port: 1, source: io() }, refused()] {
+            assert_eq!(e.exit_code(), 1, "{e}");
+        }
     }
 }

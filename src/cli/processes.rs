@@ -61,7 +61,7 @@ pub(super) async fn serve(settings: &Settings) -> Result<u8> {
 
 /// The token that SIGTERM and SIGINT cancel (see `crate::shutdown`).
 fn install_signals() -> Result<CancellationToken> {
-    crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))
+    crate::shutdown::install().map_err(Error::Signals)
 }
 
 /// `/healthz` and `/metrics` of a worker or janitor, when `PORT` is set.

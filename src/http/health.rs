@@ -62,14 +62,13 @@ async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
 /// Serves `router` on 0.0.0.0:`port` until `shutdown`.
 pub(crate) async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Result<()> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Refused(format!("cannot listen on port {port}: {e}")))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Listen { port, source })?;
     tracing::info!(%addr, "serving HTTP");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-        .map_err(|e| Error::Refused(format!("HTTP server on port {port} failed: {e}")))
+        .map_err(|source| Error::Serve { port, source })
 }
 
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.

@@ -30,6 +30,8 @@ use crate::worker::{Worker, WorkerOptions};
 
 pub(crate) const DEMO_QUEUE: &str = "demo";
 pub(crate) const DEMO_DATABASE: &str = "stockq_demo";
+/// Far longer than the demo's sale takes to drain: past it, the workers are stuck.
+const DRAIN_WITHIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -188,7 +190,7 @@ async fn sell(shards: &Shards, args: &DemoArgs, worker: &Worker, bars: &Bars) ->
 /// Step 4: waits for the workers to catch up; returns the time from the start of the sale until
 /// the queue was empty.
 async fn drain(shards: &Shards, worker: &Worker, applying: &ProgressBar, since: Instant) -> Result<Duration> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + DRAIN_WITHIN;
     loop {
         show_applied(worker, applying);
         let (pending, processing) = depths(shards).await?;
@@ -196,9 +198,7 @@ async fn drain(shards: &Shards, worker: &Worker, applying: &ProgressBar, since: 
             break;
         }
         if Instant::now() > deadline {
-            return Err(Error::Refused(format!(
-                "the workers did not drain the queue within 60 s ({pending} pending, {processing} processing)"
-            )));
+            return Err(Error::NotDrained { within: DRAIN_WITHIN, pending, processing });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
