@@ -52,7 +52,10 @@ mod worker;
 
 pub use admin::stock::{Adjusted, Change, adjust};
 pub use check::{CheckReport, ProductBooks, check};
-pub use config::{LogFormat, SecretUrl, Settings, install_tls_provider};
+pub use config::{
+    DeliverySettings, HttpSettings, JanitorSettings, LogFormat, MysqlSettings, RedisSettings, SecretUrl,
+    Settings, install_tls_provider,
+};
 pub use error::{Error, Result, Store};
 pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};

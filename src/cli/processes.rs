@@ -15,7 +15,7 @@ use crate::worker::{Worker, WorkerOptions};
 /// `stockq migrate`
 pub(super) async fn migrate(settings: &Settings) -> Result<u8> {
     ledger::migrate(settings).await?;
-    println!("migrated {}", settings.database_url);
+    println!("migrated {}", settings.mysql.url);
     Ok(0)
 }
 
@@ -25,7 +25,7 @@ pub(super) async fn worker(settings: &Settings, concurrency: usize, batch: usize
     options.validate()?;
     let shutdown = install_signals()?;
     let (shards, ledger) = connect(settings, concurrency as u32 + 2).await?;
-    tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
+    tracing::info!(redis = %settings.redis.url, mysql = %settings.mysql.url, "connected");
     let ops = start_ops(settings, &shards, &ledger, &shutdown);
     let worker = Worker::new(shards, ledger, options)?;
     worker.run(shutdown.clone()).await?;
@@ -36,8 +36,7 @@ pub(super) async fn worker(settings: &Settings, concurrency: usize, batch: usize
 /// `stockq janitor [--once]`
 pub(super) async fn janitor(settings: &Settings, once: bool) -> Result<u8> {
     let (shards, ledger) = connect(settings, 3).await?;
-    let janitor =
-        Janitor::new(shards.clone(), ledger.clone(), settings.janitor_interval, settings.check_interval);
+    let janitor = Janitor::new(shards.clone(), ledger.clone(), settings.janitor);
     if once {
         janitor.recover().await?;
         let report = janitor.check().await?;
@@ -54,7 +53,7 @@ pub(super) async fn janitor(settings: &Settings, once: bool) -> Result<u8> {
 pub(super) async fn serve(settings: &Settings) -> Result<u8> {
     let shutdown = install_signals()?;
     let (shards, ledger) = connect(settings, 4).await?;
-    let port = settings.port.unwrap_or(crate::http::serve::DEFAULT_PORT);
+    let port = settings.http.port.unwrap_or(crate::http::serve::DEFAULT_PORT);
     crate::http::serve::run(port, shards, ledger, shutdown).await?;
     Ok(0)
 }
@@ -72,6 +71,7 @@ fn start_ops(
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
     settings
+        .http
         .port
         .map(|port| crate::http::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()))
 }

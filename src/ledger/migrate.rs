@@ -22,13 +22,12 @@ pub(super) struct DatabaseUrl {
 
 impl DatabaseUrl {
     pub(super) fn parse(settings: &Settings) -> Result<DatabaseUrl> {
-        let mut url = url::Url::parse(settings.database_url.expose())
+        let mut url = url::Url::parse(settings.mysql.url.expose())
             .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
         let name = database_name(&url)?;
         url.set_path("/");
-        let server = MySqlConnectOptions::from_url(&url).map_err(|e| {
-            Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.database_url))
-        })?;
+        let server = MySqlConnectOptions::from_url(&url)
+            .map_err(|e| Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.mysql.url)))?;
         let database = server.clone().database(&name);
         Ok(DatabaseUrl { name, database, server })
     }
@@ -77,7 +76,7 @@ pub(super) fn describe_connect_error(e: Error, settings: &Settings) -> Error {
         Error::Usage(_) => e,
         source => Error::Connect {
             store: Store::Mysql,
-            target: settings.database_url.to_string(),
+            target: settings.mysql.url.to_string(),
             hint,
             source: Box::new(source),
         },

@@ -162,14 +162,14 @@ pub(crate) struct Recovery {
 impl Queue {
     /// Connects to Redis and checks that it answers.
     pub async fn connect(settings: &Settings) -> Result<Queue> {
-        let endpoint = Endpoint::open(&settings.redis_url)?;
+        let endpoint = Endpoint::open(&settings.redis.url)?;
         let conn = endpoint.shared(CALL_TIMEOUT).await.map_err(|e| describe_connect_error(e, settings))?;
         Ok(Queue {
-            keys: Keys::new(&settings.queue),
+            keys: Keys::new(&settings.redis.queue),
             endpoint,
             conn,
-            visibility_timeout: settings.visibility_timeout,
-            max_attempts: settings.max_attempts,
+            visibility_timeout: settings.delivery.visibility_timeout,
+            max_attempts: settings.delivery.max_attempts,
         })
     }
 
@@ -364,7 +364,7 @@ fn describe_connect_error(e: Error, settings: &Settings) -> Error {
         Error::Usage(_) => e,
         source => Error::Connect {
             store: Store::Redis,
-            target: settings.redis_url.to_string(),
+            target: settings.redis.url.to_string(),
             hint: "start it (scripts/services.sh) or set REDIS_URL",
             source: Box::new(source),
         },

@@ -26,7 +26,7 @@ impl Shards {
     /// count was bounded when the settings were read.
     pub async fn connect(settings: &Settings) -> Result<Shards> {
         let queue = Queue::connect(settings).await?;
-        Ok(Self::over(queue, &settings.queue, settings.shards))
+        Ok(Self::over(queue, &settings.redis.queue, settings.redis.shards))
     }
 
     /// The shards of queue `name`, sharing `queue`'s connection.

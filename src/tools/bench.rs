@@ -264,10 +264,10 @@ fn start_workers(settings: &Settings, args: &BenchArgs, batch: usize) -> Result<
                     "--concurrency",
                     &args.concurrency.to_string(),
                 ])
-                .env("REDIS_URL", settings.redis_url.expose())
-                .env("DATABASE_URL", settings.database_url.expose())
+                .env("REDIS_URL", settings.redis.url.expose())
+                .env("DATABASE_URL", settings.mysql.url.expose())
                 .env("STOCKQ_QUEUE", BENCH_QUEUE)
-                .env("STOCKQ_SHARDS", settings.shards.to_string())
+                .env("STOCKQ_SHARDS", settings.redis.shards.to_string())
                 .env("RUST_LOG", "warn")
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true)

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::stock::{self, Change};
 use crate::check;
-use crate::config::Settings;
+use crate::config::{JanitorSettings, Settings};
 use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
@@ -68,7 +68,7 @@ fn introduce(settings: &Settings, args: &DemoArgs) {
         "stockq demo: a flash sale of {} products x {} units for {} buyers",
         args.products, args.stock, args.buyers
     );
-    println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis_url, settings.database_url);
+    println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis.url, settings.mysql.url);
 }
 
 /// Step 1: the demo's own database and queue, emptied, and every product stocked in both stores.
@@ -100,8 +100,9 @@ impl Crew {
             tokio::spawn(async move { w.run(s).await })
         };
         let janitor = {
-            let j =
-                Janitor::new(shards.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
+            let timing =
+                JanitorSettings { interval: Duration::from_secs(1), check_interval: Duration::from_secs(5) };
+            let j = Janitor::new(shards.clone(), ledger.clone(), timing);
             let s = shutdown.clone();
             tokio::spawn(async move { j.run(s).await })
         };
@@ -280,12 +281,12 @@ fn show_applied(worker: &Worker, bar: &ProgressBar) {
 
 /// A queue and a database of their own on the configured servers (demo, bench).
 pub(crate) fn own_settings(settings: &Settings, queue: &str, database: &str) -> Result<Settings> {
-    let mut url = url::Url::parse(settings.database_url.expose())
+    let mut url = url::Url::parse(settings.mysql.url.expose())
         .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
     url.set_path(&format!("/{database}"));
-    let mut own = Settings::new(settings.redis_url.expose(), url.as_str(), queue)?;
-    own.visibility_timeout = settings.visibility_timeout;
-    own.shards = settings.shards;
+    let mut own = Settings::new(settings.redis.url.expose(), url.as_str(), queue)?;
+    own.delivery.visibility_timeout = settings.delivery.visibility_timeout;
+    own.redis.shards = settings.redis.shards;
     Ok(own)
 }
 
