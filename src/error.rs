@@ -1,9 +1,10 @@
 //! Errors, and the decision each one carries.
 //!
 //! Two questions matter when something fails: *should the caller retry* (a lost connection, a
-//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (SPEC §3:
-//! 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that loops retry
-//! what is transient and `main` maps everything else to one line on stderr and a status.
+//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (README
+//! "Commands": 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that
+//! loops retry what is transient and `main` maps everything else to one line on stderr and a
+//! status.
 //!
 //! A failure that has a cause keeps it as its `source()`, and also prints it in its message:
 //! the binary shows one line (`to_string()`), and that line must say why.
@@ -122,7 +123,7 @@ impl Error {
         Error::Usage(message.into())
     }
 
-    /// The process exit status for this error (SPEC §3).
+    /// The process exit status for this error (README "Commands").
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,

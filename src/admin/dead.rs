@@ -1,6 +1,6 @@
-//! Dead letters: list, requeue and drop (SPEC §3).
+//! Dead letters: list, requeue and drop (README "Commands").
 //!
-//! A valid event in `{q}:dead` still holds its reservation (SPEC §7.7). `requeue` sends it on
+//! A valid event in `{q}:dead` still holds its reservation. `requeue` sends it on
 //! to pending; `drop` first settles it in MySQL as rejected (unless an earlier delivery
 //! applied it), so a worker still holding it can no longer apply it, and then removes it and
 //! gives its stock back in one script: dropping twice returns nothing twice.

@@ -1,5 +1,6 @@
 //! The books: the exact consistency check under load and against injected drift, duplicate
-//! event ids, and dead letters re-queued or dropped (SPEC §3, §7.3, §7.4, §7.7, §7.8).
+//! event ids, and dead letters re-queued or dropped (README "The exact consistency check",
+//! "How it works", "Commands").
 
 use std::time::{Duration, Instant};
 

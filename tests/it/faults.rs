@@ -1,6 +1,6 @@
-//! Faults (SPEC §7.1, §7.2): Redis SIGKILLed and restarted under load, the workers' MySQL
-//! connections killed under a backlog, a product row locked past the lock-wait timeout, and
-//! hostile configuration values.
+//! Faults (README "Operations and failure modes"): Redis SIGKILLed and restarted under load,
+//! the workers' MySQL connections killed under a backlog, a product row locked past the
+//! lock-wait timeout, and hostile configuration values.
 //!
 //! Everything runs against real servers: the Redis test gets a redis-server of its own (a
 //! child process on a free private port, AOF with `appendfsync always`, its own directory), so

@@ -1,5 +1,5 @@
 //! Recovery: crashed workers, orphaned entries, max attempts, late acknowledgements, racing
-//! janitors and garbage on the queue (SPEC §7.1, §7.2, §7.5, §7.7).
+//! janitors and garbage on the queue (README "Operations and failure modes").
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
