@@ -31,6 +31,8 @@
 //! - `tools/`: the demo, the benchmark and the load generator.
 //! - `config`, `error`, `backoff`, `shutdown`, `telemetry`: what every part shares.
 //!
+//! README "Code map" says the same, with `lua/`, `migrations/`, `tests/` and `scripts/`.
+//!
 //! Only what the binary and the integration tests use is exported below.
 
 mod admin;
