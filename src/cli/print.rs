@@ -69,10 +69,19 @@ pub(super) fn stats(s: &Stats) {
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
-    println!("books        {}", if s.consistent { "consistent" } else { "DRIFT (see stockq check)" });
-    const SHOWN: usize = 20;
+    if s.consistent {
+        println!("books        consistent, {} products", s.products_total);
+    } else {
+        println!(
+            "books        DRIFT in {} of {} products (see stockq check)",
+            s.drifting_total, s.products_total
+        );
+    }
+    if s.offset > 0 {
+        println!("... {} products before these", s.offset);
+    }
     println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
-    for p in s.products.iter().take(SHOWN) {
+    for p in &s.products {
         println!(
             "{:>12} {:>12} {:>12} {:>10} {:>+8}",
             p.product_id,
@@ -82,8 +91,9 @@ pub(super) fn stats(s: &Stats) {
             p.delta
         );
     }
-    if s.products.len() > SHOWN {
-        println!("... and {} more (stockq stats --json lists all)", s.products.len() - SHOWN);
+    let more = s.products_total.saturating_sub(s.offset + s.products.len());
+    if more > 0 {
+        println!("... and {more} more (stockq stats --limit 0 lists all)");
     }
 }
 
