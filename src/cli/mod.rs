@@ -128,10 +128,17 @@ pub(crate) enum StockCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeadCommand {
-    /// List dead letters, newest first
+    /// List dead letters, newest first, and how many there are
     List {
+        /// One JSON object on stdout: {"total", "offset", "limit", "dead": [envelopes]}
         #[arg(long)]
         json: bool,
+        /// Dead letters shown; 0 shows all
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = page_size())]
+        limit: u64,
+        /// Dead letters skipped before the first shown, newest first (to page through them)
+        #[arg(long, value_name = "N", default_value_t = 0, value_parser = page_size())]
+        offset: u64,
     },
     /// Send dead letters back to pending
     Requeue(DeadSelection),
@@ -251,7 +258,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Janitor { once } => processes::janitor(settings, once).await,
         Command::Check { repair, json } => books::check(settings, repair, json).await,
         Command::Stats { json, limit, offset } => books::stats(settings, json, page(offset, limit)).await,
-        Command::Dead(DeadCommand::List { json }) => dead::list(settings, json).await,
+        Command::Dead(DeadCommand::List { json, limit, offset }) => {
+            dead::list(settings, json, page(offset, limit)).await
+        }
         Command::Dead(DeadCommand::Requeue(which)) => dead::requeue(settings, &which).await,
         Command::Dead(DeadCommand::Drop(which)) => dead::drop(settings, &which).await,
         Command::Serve => processes::serve(settings).await,
