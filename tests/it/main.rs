@@ -9,5 +9,6 @@ mod cluster;
 mod faults;
 mod foundation;
 mod helpers;
+mod listings;
 mod recovery;
 mod security;
