@@ -66,19 +66,6 @@ async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
 }
 
-/// Serves `router` on 0.0.0.0:`port` until `shutdown`.
-pub(crate) async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Result<()> {
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Refused(format!("cannot listen on port {port}: {e}")))?;
-    tracing::info!(%addr, "serving HTTP");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| Error::Refused(format!("HTTP server on port {port} failed: {e}")))
-}
-
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
 pub(crate) fn spawn_ops(
     port: u16,
@@ -89,7 +76,8 @@ pub(crate) fn spawn_ops(
     let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
     let sampler = tokio::spawn(sample_queue(shards, shutdown.clone()));
     tokio::spawn(async move {
-        if let Err(e) = serve(port, routes(health), shutdown).await {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        if let Err(e) = crate::http::listen::serve(addr, routes(health), shutdown).await {
             tracing::error!(error = %e, "health and metrics endpoint stopped");
         }
         let _ = sampler.await;

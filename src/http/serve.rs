@@ -6,8 +6,11 @@
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
 //!
-//! Every error body is `{"error": "..."}`. A reservation is one call of the reservation
-//! script over a multiplexed connection, so concurrent requests are pipelined to Redis.
+//! Every error body is `{"error": "..."}` (see [`crate::http::answer`]). A reservation is one
+//! call of the reservation script over a multiplexed connection, so concurrent requests are
+//! pipelined to Redis.
+
+use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -21,6 +24,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, bounded};
+use crate::http::answer::{clip, error};
 use crate::http::health::{self, Health};
 use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Shards};
@@ -37,19 +41,28 @@ struct ReserveRequest {
     event_id: Option<String>,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
-}
-
 async fn post_reserve(
     State(shards): State<Shards>,
     body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>,
 ) -> Response {
     let axum::Json(req) = match body {
         Ok(req) => req,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(rejection) => {
+            let status = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, rejection.body_text());
+        }
     };
     let event_id = req.event_id.unwrap_or_else(new_event_id);
+    if crate::event::validate_event_id(&event_id).is_err() {
+        let id = clip(&event_id);
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]"),
+        );
+    }
     if let Err(e) = crate::event::validate_product_id(req.product_id) {
         return error(StatusCode::BAD_REQUEST, e);
     }
@@ -69,14 +82,19 @@ async fn post_reserve(
         Err(Error::Usage(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(e) => {
             tracing::warn!(error = %e, "reservation failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again")
+            let error = "reservations are unavailable; try again with the same event_id";
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": error, "event_id": event_id })))
+                .into_response()
         }
     }
 }
 
 async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Response {
     let Some(product_id) = id.parse::<i64>().ok().filter(|p| *p > 0) else {
-        return error(StatusCode::BAD_REQUEST, format!("product id {id:?} is not a positive integer"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("product id {:?} is not a positive integer", clip(&id)),
+        );
     };
     let queue = shards.for_product(product_id);
     let mut conn = queue.conn();
@@ -113,7 +131,8 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
-    let served = health::serve(port, router(shards, ledger), shutdown).await;
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let served = crate::http::listen::serve(addr, router(shards, ledger), shutdown).await;
     let _ = sampler.await;
     served
 }

@@ -1,6 +1,8 @@
-//! `stockq serve` over real sockets: memory that stays flat when nobody scrapes /metrics.
+//! `stockq serve` over real sockets: error answers, timeouts and shutdown whatever clients
+//! do, and memory that stays flat when nobody scrapes /metrics.
 //!
-//! The clients are raw HTTP/1.1 over TCP, so that a test controls every byte it sends.
+//! The clients are raw HTTP/1.1 over TCP, so that a test can send what no library would:
+//! half a request head, a malformed request line, a URI of a megabyte.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -46,6 +48,15 @@ impl Server {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    async fn request(&self, method: &str, path: &str, body: &str) -> Answer {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        exchange(self.addr, &[head.as_bytes(), body.as_bytes()].concat()).await
+    }
+
     /// SIGTERMs the server; (exit status, time it took to exit).
     async fn terminate(&mut self, within: Duration) -> (i32, Duration) {
         let started = Instant::now();
@@ -58,8 +69,50 @@ impl Server {
     }
 }
 
+#[derive(Debug)]
 struct Answer {
     status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{} body is not JSON ({e}): {:?}", self.status, self.text()))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// An error answer as the README promises: `{"error": "..."}`, short whatever was sent.
+    fn assert_json_error(&self, status: u16) {
+        assert_eq!(self.status, status, "{} {}", self.head, self.text());
+        assert!(self.body.len() <= 1024, "{} bytes of error body", self.body.len());
+        assert!(self.head.to_ascii_lowercase().contains("content-type: application/json"), "{}", self.head);
+        let error = self.json();
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{error}");
+    }
+}
+
+/// Sends `request` on a new connection and reads one answer. A server that answers before
+/// the request is all sent (and closes) is fine: the write error is ignored.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let request = request.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut buf = Vec::new();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_answer(&mut read, &mut buf))
+        .await
+        .expect("no answer within 10s")
+        .expect("an answer");
+    writer.abort();
+    answer
 }
 
 /// Reads one answer from `stream`, keeping what follows it in `buf`; None on a clean EOF.
@@ -91,8 +144,135 @@ async fn read_answer(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    let body = buf[head_end..head_end + length].to_vec();
     buf.drain(..head_end + length);
-    Some(Answer { status })
+    Some(Answer { status, head, body })
+}
+
+async fn is_closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
+}
+
+#[tokio::test]
+async fn every_error_answer_is_short_json() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    let mut server = Server::start(&env).await;
+
+    server.request("GET", "/nowhere", "").await.assert_json_error(404);
+    server.request("GET", "/reserve", "").await.assert_json_error(405);
+    server.request("POST", "/reserve", "{not json").await.assert_json_error(400);
+    server.request("POST", "/reserve", r#"{"product_id": 1}"#).await.assert_json_error(400);
+    // an event id too long to be one is refused without being sent back whole
+    let long_id = "x".repeat(10_000);
+    let answer = server
+        .request("POST", "/reserve", &format!(r#"{{"product_id":1,"qty":1,"event_id":"{long_id}"}}"#))
+        .await;
+    answer.assert_json_error(400);
+    let bad_type = format!(r#"{{"product_id":"{long_id}","qty":1}}"#);
+    server.request("POST", "/reserve", &bad_type).await.assert_json_error(400);
+    server.request("GET", &format!("/stock/{}", &long_id[..5000]), "").await.assert_json_error(400);
+    // a body of 1.5 MB is refused for its size
+    let huge = format!(r#"{{"product_id":1,"qty":1,"event_id":"{}"}}"#, "y".repeat(1_500_000));
+    server.request("POST", "/reserve", &huge).await.assert_json_error(413);
+
+    // what the HTTP layer refuses before any route sees it
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(10_000));
+    exchange(server.addr, long_uri.as_bytes()).await.assert_json_error(414);
+    let huge_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(1_500_000));
+    let answer = exchange(server.addr, huge_uri.as_bytes()).await;
+    assert!(matches!(answer.status, 414 | 431), "{answer:?}");
+    answer.assert_json_error(answer.status);
+    let big_header = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "h".repeat(100_000));
+    exchange(server.addr, big_header.as_bytes()).await.assert_json_error(431);
+    exchange(server.addr, b"NOT A REQUEST\r\n\r\n").await.assert_json_error(400);
+    exchange(server.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await.assert_json_error(400);
+
+    // and the server still takes reservations
+    let answer = server.request("POST", "/reserve", r#"{"product_id":1,"qty":2}"#).await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(answer.json()["remaining"], 8);
+    assert_eq!(server.terminate(Duration::from_secs(10)).await.0, 0);
+}
+
+/// A request head that never completes.
+async fn half_sent(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"POST /reserve HTTP/1.1\r\nHost: t\r\nContent-Le").await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn sigterm_finishes_what_is_in_flight_and_exits_whatever_clients_hold() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    let mut server = Server::start(&env).await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut half = Vec::new();
+    for _ in 0..200 {
+        half.push(half_sent(server.addr).await);
+    }
+    // a reservation whose body is still on its way when the signal comes
+    let body = br#"{"product_id":1,"qty":1}"#;
+    let mut in_flight = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /reserve HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.write_all(&body[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    send_signal(server.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(TcpStream::connect(server.addr).await.is_err(), "still accepting after SIGTERM");
+    in_flight.write_all(&body[5..]).await.unwrap();
+    let answer =
+        read_answer(&mut in_flight, &mut Vec::new()).await.expect("the in-flight reservation's answer");
+    assert_eq!(answer.status, 201, "{}", answer.text());
+
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("stockq serve still running 10s after SIGTERM")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("serve exited {took:?} after SIGTERM with 300 idle and 200 half-sent connections");
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(10));
+    for stream in idle.iter_mut().chain(half.iter_mut()) {
+        assert!(is_closed_by_server(stream).await);
+    }
+}
+
+#[tokio::test]
+async fn half_sent_requests_are_cut_and_keep_alive_connections_are_not() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    let server = Server::start(&env).await;
+    let mut kept = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let get = b"GET /stock/1 HTTP/1.1\r\nHost: t\r\n\r\n";
+    kept.write_all(get).await.unwrap();
+    assert_eq!(read_answer(&mut kept, &mut buf).await.unwrap().status, 200);
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut half = half_sent(server.addr).await;
+
+    let started = Instant::now();
+    let within = Duration::from_secs(20);
+    let half_cut = tokio::time::timeout(within, is_closed_by_server(&mut half)).await;
+    assert_eq!(half_cut, Ok(true), "a half-sent request head was not cut");
+    let silent_cut = tokio::time::timeout(within, is_closed_by_server(&mut silent)).await;
+    assert_eq!(silent_cut, Ok(true), "a connection that sent nothing was not cut");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(5), "cut after {waited:?}: too eager");
+    // an idle keep-alive connection between two requests outlives the head timeout
+    kept.write_all(get).await.unwrap();
+    assert_eq!(read_answer(&mut kept, &mut buf).await.expect("the kept connection answers").status, 200);
 }
 
 /// Requests to send in the flat-memory test (override with STOCKQ_TEST_HTTP_REQUESTS to
