@@ -50,6 +50,10 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "PORT", global = true)]
     pub(crate) port: Option<u16>,
 
+    /// The address `serve` listens on (all interfaces by default; 127.0.0.1 for local only)
+    #[arg(long, env = "STOCKQ_BIND", default_value = "0.0.0.0", global = true)]
+    pub(crate) bind: std::net::IpAddr,
+
     /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
     #[arg(long, env = "STOCKQ_SHARDS", default_value_t = 1, global = true)]
     pub(crate) shards: u32,
@@ -85,6 +89,7 @@ pub struct Settings {
     pub janitor_interval: Duration,
     pub check_interval: Duration,
     pub port: Option<u16>,
+    pub bind: std::net::IpAddr,
     pub shards: u32,
 }
 
@@ -135,6 +140,7 @@ impl Settings {
             janitor_interval: args.janitor_interval,
             check_interval: args.check_interval,
             port: args.port,
+            bind: args.bind,
             shards: args.shards,
         })
     }
@@ -153,6 +159,7 @@ impl Settings {
             janitor_interval: Duration::from_secs(5),
             check_interval: Duration::from_secs(60),
             port: None,
+            bind: std::net::Ipv4Addr::UNSPECIFIED.into(),
             shards: 1,
         })
     }

@@ -425,16 +425,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Demo(args) => crate::tools::demo::run(&settings, &args).await,
         Command::Serve => {
-            let shutdown = crate::shutdown::install()
-                .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
-            let (shards, ledger) = connect(&settings, 4).await?;
-            crate::http::serve::run(
-                settings.port.unwrap_or(crate::http::serve::DEFAULT_PORT),
-                shards,
-                ledger,
-                shutdown,
-            )
-            .await?;
+            crate::http::serve::run(&settings).await?;
             Ok(0)
         }
         Command::Bench(args) => crate::tools::bench::run(&settings, &args).await,

@@ -8,7 +8,8 @@
 //!
 //! Every error body is `{"error": "..."}` (see [`crate::http::answer`]). A reservation is one
 //! call of the reservation script over a multiplexed connection, so concurrent requests are
-//! pipelined to Redis.
+//! pipelined to Redis. Reserving needs Redis alone: `serve` starts without MySQL, connects
+//! to it in the background, and says "degraded" on `/healthz` until then.
 
 use std::net::SocketAddr;
 
@@ -23,9 +24,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+use crate::config::Settings;
 use crate::error::{Error, Result, bounded};
 use crate::http::answer::{clip, error};
-use crate::http::health::{self, Health};
+use crate::http::health::{self, Health, LedgerSlot};
 use crate::ledger::Ledger;
 use crate::queue::{CALL_TIMEOUT, Shards};
 use crate::reserve::{Reservation, new_event_id, reserve};
@@ -39,6 +42,19 @@ struct ReserveRequest {
     product_id: i64,
     qty: i64,
     event_id: Option<String>,
+}
+
+/// MySQL serves `/healthz` only.
+const MYSQL_CONNECTIONS: u32 = 2;
+
+/// Logs a failed request, one line per kind every few seconds however many fail.
+fn log_failure(what: &'static str, e: &Error) {
+    if let Some(store) = e.store() {
+        metrics::counter!(m::STORE_ERRORS, "store" => store).increment(1);
+    }
+    if crate::backoff::may_log(what) {
+        tracing::warn!(error = %e, "{what} (logged once every few seconds)");
+    }
 }
 
 async fn post_reserve(
@@ -81,7 +97,7 @@ async fn post_reserve(
         }
         Err(Error::Usage(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(e) => {
-            tracing::warn!(error = %e, "reservation failed");
+            log_failure("reservation failed", &e);
             let error = "reservations are unavailable; try again with the same event_id";
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": error, "event_id": event_id })))
                 .into_response()
@@ -104,15 +120,15 @@ async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Resp
         Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown product {product_id}")),
         Err(e) => {
-            tracing::warn!(error = %e, "stock lookup failed");
+            log_failure("stock lookup failed", &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "stock is unavailable; try again")
         }
     }
 }
 
 /// The whole front door.
-pub(crate) fn router(shards: Shards, ledger: Ledger) -> Router {
-    let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
+pub(crate) fn router(shards: Shards, ledger: LedgerSlot) -> Router {
+    let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
     Router::new()
         .route("/reserve", post(post_reserve))
         .route("/stock/{id}", get(get_stock))
@@ -123,16 +139,38 @@ pub(crate) fn router(shards: Shards, ledger: Ledger) -> Router {
         })
 }
 
-/// Serves the front door on `port` until `shutdown`.
-pub(crate) async fn run(
-    port: u16,
-    shards: Shards,
-    ledger: Ledger,
-    shutdown: CancellationToken,
-) -> Result<()> {
+/// `stockq serve`: connects to Redis, serves the front door on `STOCKQ_BIND`:`PORT` until
+/// SIGTERM or SIGINT, and connects to MySQL in the background meanwhile.
+pub(crate) async fn run(settings: &Settings) -> Result<()> {
+    let shutdown = crate::shutdown::install()
+        .map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))?;
+    let shards = Shards::connect(settings).await?;
+    let ledger = LedgerSlot::default();
+    tokio::spawn(connect_ledger(settings.clone(), ledger.clone(), shutdown.clone()));
     let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let served = crate::http::listen::serve(addr, router(shards, ledger), shutdown).await;
+    let addr = SocketAddr::new(settings.bind, settings.port.unwrap_or(DEFAULT_PORT));
+    let served = crate::http::listen::serve(addr, router(shards, ledger), shutdown.clone()).await;
+    // the server also returns when it cannot listen: the background tasks must stop then too
+    shutdown.cancel();
     let _ = sampler.await;
     served
+}
+
+/// Connects to MySQL until it answers, or until `shutdown`.
+async fn connect_ledger(settings: Settings, slot: LedgerSlot, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new();
+    while !shutdown.is_cancelled() {
+        match Ledger::connect(&settings, MYSQL_CONNECTIONS).await {
+            Ok(ledger) => {
+                slot.set(ledger);
+                backoff.reset();
+                return;
+            }
+            Err(e) => {
+                slot.failed(crate::queue::one_line(&e.to_string()));
+                backoff.log(&e, "cannot reach MySQL: reservations go on, /healthz says degraded");
+            }
+        }
+        backoff.sleep(&shutdown).await;
+    }
 }

@@ -1,5 +1,5 @@
 //! `stockq serve` over real sockets: error answers, timeouts and shutdown whatever clients
-//! do, and memory that stays flat when nobody scrapes /metrics.
+//! do, reservations without MySQL, and memory that stays flat when nobody scrapes /metrics.
 //!
 //! The clients are raw HTTP/1.1 over TCP, so that a test can send what no library would:
 //! half a request head, a malformed request line, a URI of a megabyte.
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{TestEnv, send_signal};
 
-/// A running `stockq serve` on a free port.
+/// A running `stockq serve` on a free loopback port.
 struct Server {
     child: tokio::process::Child,
     addr: SocketAddr,
@@ -21,9 +21,19 @@ struct Server {
 
 impl Server {
     async fn start(env: &TestEnv) -> Server {
+        Self::start_with(env, &[], Stdio::inherit()).await
+    }
+
+    async fn start_with(env: &TestEnv, extra: &[(&str, String)], stderr: Stdio) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = env.command(&["serve"]);
-        cmd.env("PORT", port.to_string()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.env("PORT", port.to_string())
+            .env("STOCKQ_BIND", "127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (key, value) in extra {
+            cmd.env(key, value);
+        }
         let mut child = cmd.spawn().expect("spawn stockq serve");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -273,6 +283,33 @@ async fn half_sent_requests_are_cut_and_keep_alive_connections_are_not() {
     // an idle keep-alive connection between two requests outlives the head timeout
     kept.write_all(get).await.unwrap();
     assert_eq!(read_answer(&mut kept, &mut buf).await.expect("the kept connection answers").status, 200);
+}
+
+#[tokio::test]
+async fn serve_takes_reservations_with_mysql_down_and_says_degraded() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = format!("mysql://stockq:stockq@127.0.0.1:{closed}/{}", env.database);
+    let mut server = Server::start_with(&env, &[("DATABASE_URL", down)], Stdio::piped()).await;
+
+    let answer = server.request("POST", "/reserve", r#"{"product_id":1,"qty":3}"#).await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(env.redis_stock(1).await, Some(7));
+    let health = server.request("GET", "/healthz", "").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    let health = health.json();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["redis"], "ok", "{health}");
+    assert_ne!(health["mysql"], "ok", "{health}");
+
+    // the retries to reach MySQL do not flood the log
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(server.terminate(Duration::from_secs(10)).await.0, 0);
+    let mut stderr = String::new();
+    server.child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    let warnings = stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert!((1..=3).contains(&warnings), "{warnings} warnings in about 4s:\n{stderr}");
 }
 
 /// Requests to send in the flat-memory test (override with STOCKQ_TEST_HTTP_REQUESTS to
