@@ -19,7 +19,7 @@ pub(crate) struct Backoff {
 static LAST_LOGGED: std::sync::Mutex<Vec<(&'static str, Instant)>> = std::sync::Mutex::new(Vec::new());
 
 /// Whether a line of this kind may be logged now (at most one every [`Backoff::LOG_EVERY`]).
-fn may_log(what: &'static str) -> bool {
+pub(crate) fn may_log(what: &'static str) -> bool {
     let mut last = LAST_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
     match last.iter_mut().find(|(kind, _)| *kind == what) {
         Some((_, at)) if at.elapsed() < Backoff::LOG_EVERY => false,

@@ -58,6 +58,10 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "PORT", global = true)]
     pub(crate) port: Option<u16>,
 
+    /// The address `serve` listens on (all interfaces by default; 127.0.0.1 for local only)
+    #[arg(long, env = "STOCKQ_BIND", default_value = "0.0.0.0", global = true)]
+    pub(crate) bind: std::net::IpAddr,
+
     /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
     #[arg(long, env = "STOCKQ_SHARDS", default_value_t = DEFAULT_SHARDS, global = true)]
     pub(crate) shards: u32,
@@ -132,6 +136,8 @@ pub struct JanitorSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpSettings {
     pub port: Option<u16>,
+    /// The address `serve` listens on.
+    pub bind: std::net::IpAddr,
 }
 
 impl Settings {
@@ -177,7 +183,7 @@ impl Settings {
                 max_attempts: args.max_attempts,
             },
             janitor: JanitorSettings { interval: args.janitor_interval, check_interval: args.check_interval },
-            http: HttpSettings { port: args.port },
+            http: HttpSettings { port: args.port, bind: args.bind },
         })
     }
 
@@ -193,6 +199,7 @@ impl Settings {
             janitor_interval: default_duration(DEFAULT_JANITOR_INTERVAL),
             check_interval: default_duration(DEFAULT_CHECK_INTERVAL),
             port: None,
+            bind: std::net::Ipv4Addr::UNSPECIFIED.into(),
             shards: DEFAULT_SHARDS,
             log_format: LogFormat::default(),
         })

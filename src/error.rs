@@ -49,6 +49,10 @@ pub enum Error {
 
     /// The SIGTERM/SIGINT handlers could not be installed, so a process could not stop
     /// gracefully: it does not start.
+    /// A store the process connects to in the background has not answered yet.
+    #[error("not connected yet: {why}")]
+    NotConnected { store: Store, why: String },
+
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 
@@ -136,7 +140,9 @@ impl Error {
         match self {
             Error::Redis(_) => Some(Store::Redis),
             Error::Database(_) | Error::Migrate(_) => Some(Store::Mysql),
-            Error::Timeout { store, .. } | Error::Connect { store, .. } => Some(*store),
+            Error::Timeout { store, .. }
+            | Error::Connect { store, .. }
+            | Error::NotConnected { store, .. } => Some(*store),
             Error::Usage(_)
             | Error::Signals(_)
             | Error::Listen { .. }
@@ -153,7 +159,7 @@ impl Error {
     /// at once instead of waiting for it.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::NotConnected { .. } => true,
             Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
             Error::Usage(_)

@@ -51,10 +51,7 @@ pub(super) async fn janitor(settings: &Settings, once: bool) -> Result<u8> {
 
 /// `stockq serve`
 pub(super) async fn serve(settings: &Settings) -> Result<u8> {
-    let shutdown = install_signals()?;
-    let (shards, ledger) = connect(settings, 4).await?;
-    let port = settings.http.port.unwrap_or(crate::http::serve::DEFAULT_PORT);
-    crate::http::serve::run(port, shards, ledger, shutdown).await?;
+    crate::http::serve::run(settings, install_signals()?).await?;
     Ok(0)
 }
 

@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod foundation;
 mod helpers;
+mod http;
 mod listings;
 mod recovery;
 mod security;
