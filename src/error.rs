@@ -33,6 +33,11 @@ pub enum Error {
     /// The operation was refused because of the state of the stores (not a bad argument).
     #[error("{0}")]
     Refused(String),
+
+    /// A stock change whose MySQL COMMIT failed after its Redis half moved, left unsettled:
+    /// `why` says what is known of it and what `stockq check` will show.
+    #[error("stock change of product {product_id} by {delta:+} (seq {seq}): {why}")]
+    StockChange { product_id: i64, delta: i64, seq: i64, why: String },
 }
 
 impl From<redis::ParsingError> for Error {
@@ -71,7 +76,7 @@ impl Error {
     /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
+            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) | Error::StockChange { .. } => false,
             Error::Timeout { .. } => true,
             Error::Redis(e) => {
                 e.is_io_error()

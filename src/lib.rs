@@ -50,7 +50,7 @@ pub mod telemetry;
 mod tools;
 mod worker;
 
-pub use admin::stock::{Adjusted, Change, adjust};
+pub use admin::stock::{Adjusted, Change, CommitOutcome, UnconfirmedChange, adjust, settle_unknown_commit};
 pub use check::{CheckReport, ProductBooks, check};
 pub use config::{LogFormat, SecretUrl, Settings, install_tls_provider};
 pub use error::{Error, Result};

@@ -141,7 +141,9 @@ impl Ledger {
 /// takes them over would meet the frozen locks and fail with lock-wait timeouts for as long as
 /// the freeze lasts. With it, MariaDB ends the frozen session (and rolls its transaction back)
 /// about when the claims are recovered. A live batch is never idle that long: its statements
-/// follow each other with no call elsewhere in between.
+/// follow each other with no call elsewhere in between. A stock change waits on one Redis call
+/// inside its transaction; should that outlast the bound, its COMMIT fails and the change is
+/// settled as any failed COMMIT is (see `admin::stock`).
 ///
 /// MySQL has no such variable (`wait_timeout` would also end the pool's idle connections),
 /// so there the lock-wait timeout alone bounds what a frozen worker costs others: each of their
