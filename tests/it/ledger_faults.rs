@@ -112,6 +112,62 @@ async fn a_frozen_workers_row_locks_are_released_about_when_its_claims_are() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A batch MySQL refuses for good.
+
+/// One event of a batch that MySQL refuses for good (a trigger on its product signals an
+/// error, 1644): it is dead-lettered with MySQL's reason, the other events of the same batch
+/// are applied, and the worker moves on instead of retrying the batch for ever. Once the
+/// cause is gone, the dead letter is requeued and applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_mysql_refuses_for_good_is_dead_lettered_and_its_batch_applied() {
+    let env = TestEnv::new().await;
+    for product in [12, 13, 14] {
+        env.stock(product, 10).await;
+    }
+    sqlx::raw_sql(
+        "CREATE TRIGGER freeze_13 BEFORE UPDATE ON products FOR EACH ROW \
+         IF NEW.id = 13 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'product 13 frozen'; END IF",
+    )
+    .execute(&env.mysql)
+    .await
+    .unwrap();
+    for (product, qty, id) in [(12, 1, "a"), (13, 2, "b"), (14, 3, "c"), (12, 4, "d"), (14, 1, "e")] {
+        env.reserve_ok(product, qty, id).await;
+    }
+
+    let started = Instant::now();
+    let reports = tokio::time::timeout(Duration::from_secs(30), env.drain(10))
+        .await
+        .expect("the worker retried the refused batch for 30 s");
+    let took = started.elapsed();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert_eq!((report.claimed, report.applied, report.dead, report.acknowledged), (5, 4, 1, 4));
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let entry: serde_json::Value = serde_json::from_str(dead[0]["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(entry["event_id"], "b");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert_eq!(reason, "mysql: 1644 product 13 frozen");
+    assert_eq!(env.log_status("b").await, None, "nothing of the refused event in MySQL");
+    let stocks = [env.mysql_stock(12).await, env.mysql_stock(13).await, env.mysql_stock(14).await];
+    assert_eq!(stocks, [5, 10, 6]);
+    // its units stay reserved in Redis while it waits in dead
+    assert_eq!(env.redis_stock(13).await, Some(8));
+    env.assert_books_balance().await;
+    println!("refused event: batch settled in {took:.1?}, reason: {reason}");
+
+    sqlx::raw_sql("DROP TRIGGER freeze_13").execute(&env.mysql).await.unwrap();
+    let (code, _, stderr) = env.run(&["dead", "requeue", "b"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    env.drain(10).await;
+    assert_eq!(env.log_status("b").await.as_deref(), Some("applied"));
+    assert_eq!((env.mysql_stock(13).await, env.redis_stock(13).await), (8, Some(8)));
+    assert_eq!(env.len("dead").await, 0);
+    env.assert_books_balance().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // A stock change whose COMMIT answer is lost.
 
 /// A TCP proxy in front of the test MariaDB that can swallow the answer to the next COMMIT
