@@ -86,6 +86,11 @@ pub enum Error {
         humantime::format_duration(*.within)
     )]
     NotDrained { within: Duration, pending: u64, processing: u64 },
+
+    /// A stock change whose MySQL COMMIT failed after its Redis half moved, left unsettled:
+    /// `why` says what is known of it and what `stockq check` will show.
+    #[error("stock change of product {product_id} by {delta:+} (seq {seq}): {why}")]
+    StockChange { product_id: i64, delta: i64, seq: i64, why: String },
 }
 
 /// The two stores, to say which one failed.
@@ -149,6 +154,7 @@ impl Error {
             | Error::Serve { .. }
             | Error::Spawn { .. }
             | Error::NotDrained { .. } => None,
+            Error::StockChange { .. } => Some(Store::Mysql),
         }
     }
 
@@ -169,7 +175,8 @@ impl Error {
             | Error::Listen { .. }
             | Error::Serve { .. }
             | Error::Spawn { .. }
-            | Error::NotDrained { .. } => false,
+            | Error::NotDrained { .. }
+            | Error::StockChange { .. } => false,
         }
     }
 }
@@ -185,6 +192,48 @@ fn is_transient_redis(e: &redis::RedisError) -> bool {
             redis::ErrorKind::Server(BusyLoading | TryAgain | ClusterDown | MasterDown | ReadOnly)
         )
 }
+
+impl Error {
+    /// The MySQL error number, when the server answered with an error (`code()` would be the
+    /// SQLSTATE, shared by many numbers).
+    pub(crate) fn mysql_number(&self) -> Option<u16> {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => {
+                db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|e| e.number())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether MySQL refused a statement for good because of the data it carries (a CHECK
+    /// constraint, a trigger's SIGNAL, a value out of range): sent again, the same data fails
+    /// the same way. Not so a transient failure, nor one that says the database itself is not
+    /// ready for stockq (a schema not migrated, missing rights, a read-only or full server),
+    /// which passes once the database is put right, whatever the data.
+    pub(crate) fn blames_the_data(&self) -> bool {
+        self.mysql_number()
+            .is_some_and(|n| !TRANSIENT_MYSQL_ERRORS.contains(&n) && !DATABASE_MYSQL_ERRORS.contains(&n))
+    }
+}
+
+/// MySQL error numbers that say the database is not ready for stockq, whatever the data.
+const DATABASE_MYSQL_ERRORS: &[u16] = &[
+    1021, // disk full
+    1037, // out of memory
+    1041, // out of memory
+    1044, // access denied to the database
+    1045, // access denied
+    1046, // no database selected
+    1049, // unknown database
+    1054, // unknown column: a schema not migrated yet
+    1114, // table full
+    1142, // command denied on a table
+    1143, // command denied on a column
+    1146, // no such table: a schema not migrated yet
+    1290, // the server runs with --read-only
+    1792, // read-only transaction
+    1836, // read-only mode
+];
 
 /// MySQL error numbers after which the same transaction may well succeed.
 const TRANSIENT_MYSQL_ERRORS: &[u16] = &[

@@ -52,7 +52,7 @@ pub mod telemetry;
 mod tools;
 mod worker;
 
-pub use admin::stock::{Adjusted, Change, adjust};
+pub use admin::stock::{Adjusted, Change, CommitOutcome, UnconfirmedChange, adjust, settle_unknown_commit};
 pub use check::{CheckReport, ProductBooks, check};
 pub use config::{
     DeliverySettings, HttpSettings, JanitorSettings, LogFormat, MysqlSettings, RedisSettings, SecretUrl,

@@ -2,10 +2,13 @@
 //! settled as dropped, an operator's stock change.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
+use sqlx::{Connection, Executor, MySql, QueryBuilder, Row, Transaction};
 
 use super::{CALL_TIMEOUT, IN_CHUNK, Ledger, Settled, Status, push_list, read_settled};
+use crate::backoff::Backoff;
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -162,6 +165,7 @@ pub(crate) struct Adjustment {
     tx: Transaction<'static, MySql>,
     product_id: i64,
     stock: i64,
+    connection_id: u64,
 }
 
 impl Ledger {
@@ -175,14 +179,16 @@ impl Ledger {
                 .await
         })
         .await?;
-        let stock = bounded("mysql (stock)", CALL_TIMEOUT, async {
-            sqlx::query_scalar::<_, i64>("SELECT stock FROM products WHERE id = ? FOR UPDATE")
-                .bind(product_id)
-                .fetch_one(&mut *tx)
-                .await
+        let (stock, connection_id) = bounded("mysql (stock)", CALL_TIMEOUT, async {
+            sqlx::query_as::<_, (i64, u64)>(
+                "SELECT stock, CONNECTION_ID() FROM products WHERE id = ? FOR UPDATE",
+            )
+            .bind(product_id)
+            .fetch_one(&mut *tx)
+            .await
         })
         .await?;
-        Ok(Adjustment { tx, product_id, stock })
+        Ok(Adjustment { tx, product_id, stock, connection_id })
     }
 }
 
@@ -192,11 +198,17 @@ impl Adjustment {
         self.stock
     }
 
+    /// The server's id of the connection that holds the transaction: what
+    /// [`Ledger::adjustment_committed`] ends before it trusts an absent row.
+    pub(crate) fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
     /// Moves the stock by `delta`, which the caller has checked keeps it non-negative, and
     /// commits it with a `stock_adjustments` row stamped `seq`: the sequence number of the
     /// same move in Redis, by which the check orders the two stores' histories.
     pub(crate) async fn commit(self, delta: i64, seq: i64) -> Result<()> {
-        let Adjustment { mut tx, product_id, stock } = self;
+        let Adjustment { mut tx, product_id, stock, .. } = self;
         bounded("mysql (stock)", CALL_TIMEOUT, async {
             sqlx::query("UPDATE products SET stock = ? WHERE id = ?")
                 .bind(stock + delta)
@@ -213,4 +225,82 @@ impl Adjustment {
         })
         .await
     }
+}
+
+/// How long one attempt to learn a stock change's outcome may take.
+const OUTCOME_ATTEMPT: Duration = Duration::from_secs(3);
+
+impl Ledger {
+    /// Whether the stock change stamped `seq` committed, asked after its COMMIT failed: the
+    /// failure may be a lost answer to a COMMIT the server carried out.
+    ///
+    /// `holder` is the connection that held the change's transaction. It is ended first
+    /// (KILL) and the row is looked up only once the server has let it go: a connection leaves
+    /// the process list after its transaction is rolled back, so an absent row then means the
+    /// change never commits. Each attempt opens a connection of its own (the pool's may be as
+    /// broken as the one that failed); transient failures are retried until `within` passes,
+    /// and the last one is returned: the outcome is then unknown.
+    pub(crate) async fn adjustment_committed(
+        &self,
+        product_id: i64,
+        seq: i64,
+        holder: u64,
+        within: Duration,
+    ) -> Result<bool> {
+        let give_up = Instant::now() + within;
+        let mut backoff = Backoff::new();
+        loop {
+            let left = give_up.saturating_duration_since(Instant::now());
+            let failed = match bounded(
+                "mysql (stock change outcome)",
+                left.min(OUTCOME_ATTEMPT),
+                self.look_up_adjustment(product_id, seq, holder),
+            )
+            .await
+            {
+                Ok(found) => return Ok(found),
+                Err(e) => e,
+            };
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() || !failed.is_transient() {
+                return Err(failed);
+            }
+            backoff.log(&failed, "cannot tell whether a stock change committed; retrying");
+            let _ = tokio::time::timeout(left, backoff.pause()).await;
+        }
+    }
+
+    async fn look_up_adjustment(&self, product_id: i64, seq: i64, holder: u64) -> Result<bool, sqlx::Error> {
+        let mut conn = MySqlConnection::connect_with(&self.pool.connect_options()).await?;
+        end_connection(&mut conn, holder).await?;
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM stock_adjustments WHERE seq = ? AND product_id = ?")
+                .bind(seq)
+                .bind(product_id)
+                .fetch_one(&mut conn)
+                .await?;
+        let _ = conn.close().await;
+        Ok(rows > 0)
+    }
+}
+
+/// MySQL's answer to a KILL of a connection that is already gone.
+const UNKNOWN_THREAD: u16 = 1094;
+
+/// Ends connection `id` and waits until the server has let it go: KILL only marks it, and
+/// the connection rolls its transaction back on its way out.
+async fn end_connection(conn: &mut MySqlConnection, id: u64) -> Result<(), sqlx::Error> {
+    // an integer, so safe in the statement's text (KILL takes no placeholder)
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}"))).execute(&mut *conn).await {
+        Err(sqlx::Error::Database(e))
+            if e.try_downcast_ref::<MySqlDatabaseError>().map(MySqlDatabaseError::number)
+                == Some(UNKNOWN_THREAD) => {}
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let alive = "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?";
+    while sqlx::query_scalar::<_, i64>(alive).bind(id).fetch_one(&mut *conn).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError};
+use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::Settings;
@@ -71,7 +71,7 @@ pub async fn migrate(settings: &Settings) -> Result<()> {
 
 /// Turns a failed first contact into an error that says what to do.
 pub(super) fn describe_connect_error(e: Error, settings: &Settings) -> Error {
-    let hint = connect_hint(mysql_error_number(&e));
+    let hint = connect_hint(e.mysql_number());
     match e {
         Error::Usage(_) => e,
         source => Error::Connect {
@@ -93,17 +93,6 @@ fn connect_hint(number: Option<u16>) -> &'static str {
         }
         Some(1049) => "run `stockq migrate` to create it", // unknown database
         _ => "start it (scripts/services.sh) or set DATABASE_URL",
-    }
-}
-
-/// The MySQL error number, when the server answered with an error (`code()` would be the
-/// SQLSTATE, shared by many numbers).
-fn mysql_error_number(e: &Error) -> Option<u16> {
-    match e {
-        Error::Database(sqlx::Error::Database(db)) => {
-            db.try_downcast_ref::<MySqlDatabaseError>().map(MySqlDatabaseError::number)
-        }
-        _ => None,
     }
 }
 

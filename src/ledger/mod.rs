@@ -10,6 +10,7 @@ mod books;
 mod migrate;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -92,28 +93,28 @@ impl Ledger {
     /// Opens a pool of at most `max_connections` and checks that the database answers.
     pub async fn connect(settings: &Settings, max_connections: u32) -> Result<Ledger> {
         let options = migrate::DatabaseUrl::parse(settings)?.database;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "SET SESSION tx_isolation = 'READ-COMMITTED', \
-                         SESSION innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}"
-                    )))
-                    .await?;
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(options.clone());
         // One direct connection first: a pool would hide the cause behind "pool timed out".
-        bounded("mysql (connect)", Duration::from_secs(5), async {
+        let version = bounded("mysql (connect)", Duration::from_secs(5), async {
             let mut conn = sqlx::MySqlConnection::connect_with(&options).await?;
             sqlx::query("SELECT 1 FROM products LIMIT 1").execute(&mut conn).await?;
-            conn.close().await
+            let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut conn).await?;
+            conn.close().await?;
+            Ok::<_, sqlx::Error>(version)
         })
         .await
         .map_err(|e| migrate::describe_connect_error(e, settings))?;
+        let session: Arc<str> = session_settings(settings.delivery.visibility_timeout, &version).into();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                let session = session.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(session.to_string())).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
         Ok(Ledger { pool })
     }
 
@@ -127,6 +128,49 @@ impl Ledger {
     /// fails.
     pub async fn close(&self) {
         self.pool.close().await
+    }
+}
+
+/// The `SET SESSION` statement every pooled connection runs first: READ COMMITTED and the
+/// lock-wait timeout (see `apply`), and on MariaDB an idle-transaction timeout of the
+/// visibility timeout (whole seconds, rounded up, at least one).
+///
+/// A worker frozen in the middle of a batch (SIGSTOP, a paused VM) sends nothing more, but
+/// its transaction keeps the batch's product rows and `stock_log` keys locked. Its claims are
+/// recovered after one visibility timeout; without a bound on the server side the worker that
+/// takes them over would meet the frozen locks and fail with lock-wait timeouts for as long as
+/// the freeze lasts. With it, MariaDB ends the frozen session (and rolls its transaction back)
+/// about when the claims are recovered. A live batch is never idle that long: its statements
+/// follow each other with no call elsewhere in between. A stock change waits on one Redis call
+/// inside its transaction; should that outlast the bound, its COMMIT fails and the change is
+/// settled as any failed COMMIT is (see `admin::stock`).
+///
+/// MySQL has no such variable (`wait_timeout` would also end the pool's idle connections),
+/// so there the lock-wait timeout alone bounds what a frozen worker costs others: each of their
+/// attempts waits at most that long, and is retried.
+fn session_settings(visibility_timeout: Duration, server_version: &str) -> String {
+    let mut sql = format!(
+        "SET SESSION tx_isolation = 'READ-COMMITTED', \
+         SESSION innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}"
+    );
+    if has_idle_transaction_timeout(server_version) {
+        let secs = visibility_timeout.as_millis().div_ceil(1000).max(1);
+        sql.push_str(&format!(", SESSION idle_transaction_timeout = {secs}"));
+    }
+    sql
+}
+
+/// Whether the server is MariaDB 10.3 or later, where `idle_transaction_timeout` exists.
+fn has_idle_transaction_timeout(server_version: &str) -> bool {
+    if !server_version.contains("MariaDB") {
+        return false;
+    }
+    // old MariaDB servers put a MySQL-compatible "5.5.5-" before their own version
+    let version = server_version.trim_start_matches("5.5.5-");
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (10, 3),
+        _ => false,
     }
 }
 
@@ -163,5 +207,25 @@ where
     let mut list = q.separated(", ");
     for v in values {
         list.push_bind(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mariadb_sessions_end_a_transaction_idle_for_one_visibility_timeout() {
+        let mariadb = "10.11.19-MariaDB-0+deb12u1";
+        let secs = |d| session_settings(d, mariadb).rsplit(" = ").next().unwrap().to_string();
+        assert_eq!(secs(Duration::from_secs(10)), "10");
+        assert_eq!(secs(Duration::from_millis(2500)), "3");
+        assert_eq!(secs(Duration::from_millis(100)), "1");
+        assert!(session_settings(Duration::from_secs(1), "5.5.5-10.6.1-MariaDB").contains("idle_"));
+        for other in ["8.0.36", "8.4.0-log", "10.2.44-MariaDB", "5.5.5-10.1.48-MariaDB"] {
+            let sql = session_settings(Duration::from_secs(10), other);
+            assert!(!sql.contains("idle_transaction_timeout"), "{other}: {sql}");
+            assert!(sql.contains("innodb_lock_wait_timeout = 5"));
+        }
     }
 }

@@ -10,6 +10,7 @@ mod faults;
 mod foundation;
 mod helpers;
 mod http;
+mod ledger_faults;
 mod listings;
 mod recovery;
 mod security;
