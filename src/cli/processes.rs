@@ -55,7 +55,7 @@ pub(super) async fn serve(settings: &Settings) -> Result<u8> {
     let shutdown = install_signals()?;
     let (shards, ledger) = connect(settings, 4).await?;
     let port = settings.port.unwrap_or(crate::http::serve::DEFAULT_PORT);
-    crate::http::serve::run(port, shards, ledger, shutdown).await?;
+    crate::http::serve::run(port, shards, ledger, settings.api_token.clone(), shutdown).await?;
     Ok(0)
 }
 

@@ -2,4 +2,5 @@
 //! long-running process.
 
 pub(crate) mod health;
+pub(crate) mod reservations;
 pub(crate) mod serve;

@@ -9,5 +9,6 @@ mod cluster;
 mod faults;
 mod foundation;
 mod helpers;
+mod records;
 mod recovery;
 mod security;
