@@ -19,7 +19,7 @@ pub(crate) struct Backoff {
 static LAST_LOGGED: std::sync::Mutex<Vec<(&'static str, Instant)>> = std::sync::Mutex::new(Vec::new());
 
 /// Whether a line of this kind may be logged now (at most one every [`Backoff::LOG_EVERY`]).
-fn may_log(what: &'static str) -> bool {
+pub(crate) fn may_log(what: &'static str) -> bool {
     let mut last = LAST_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
     match last.iter_mut().find(|(kind, _)| *kind == what) {
         Some((_, at)) if at.elapsed() < Backoff::LOG_EVERY => false,
@@ -54,7 +54,7 @@ impl Backoff {
     pub(crate) fn log(&mut self, error: &Error, what: &'static str) {
         self.failures += 1;
         if let Some(store) = error.store() {
-            metrics::counter!(m::STORE_ERRORS, "store" => store).increment(1);
+            metrics::counter!(m::STORE_ERRORS, "store" => store.as_str()).increment(1);
         }
         if may_log(what) {
             tracing::warn!(error = %error, failures = self.failures, "{what}");

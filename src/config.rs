@@ -60,6 +60,10 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "PORT", global = true)]
     pub(crate) port: Option<u16>,
 
+    /// The address `serve` listens on (all interfaces by default; 127.0.0.1 for local only)
+    #[arg(long, env = "STOCKQ_BIND", default_value = "0.0.0.0", global = true)]
+    pub(crate) bind: std::net::IpAddr,
+
     /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
     #[arg(long, env = "STOCKQ_SHARDS", default_value_t = DEFAULT_SHARDS, global = true)]
     pub(crate) shards: u32,
@@ -101,20 +105,58 @@ pub(crate) const MAX_SHARDS: u32 = 1024;
 /// The longest duration a setting may take.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Validated settings.
+/// Validated settings, grouped by what they configure.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub redis_url: SecretUrl,
-    pub database_url: SecretUrl,
+    pub redis: RedisSettings,
+    pub mysql: MysqlSettings,
+    pub delivery: DeliverySettings,
+    pub janitor: JanitorSettings,
+    pub http: HttpSettings,
+}
+
+/// Where the queue lives in Redis: the server (or cluster) and the keys.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: SecretUrl,
+    /// Every key of the queue starts with `{queue}` (`{queue:N}` for shard N).
     pub queue: String,
+    pub shards: u32,
+    /// How long a reservation's record is kept after it ended.
+    pub record_ttl: Duration,
+    /// `{q}:outcomes` is trimmed to about this many entries.
+    pub outcomes_maxlen: u64,
+}
+
+/// Where the books live.
+#[derive(Debug, Clone)]
+pub struct MysqlSettings {
+    pub url: SecretUrl,
+}
+
+/// How long a worker may hold an entry, and how often it may fail to before it is
+/// dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
     pub visibility_timeout: Duration,
     pub max_attempts: u32,
-    pub janitor_interval: Duration,
+}
+
+/// How often the janitor recovers expired claims and checks the books.
+#[derive(Debug, Clone, Copy)]
+pub struct JanitorSettings {
+    pub interval: Duration,
     pub check_interval: Duration,
+}
+
+/// The HTTP endpoint: `/healthz` and `/metrics` of a worker or janitor when set, and the
+/// port of `serve`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
     pub port: Option<u16>,
-    pub shards: u32,
-    pub record_ttl: Duration,
-    pub outcomes_maxlen: u64,
+    /// The address `serve` listens on.
+    pub bind: std::net::IpAddr,
+    /// The order service's bearer token; `None` when unset or empty (that API is off).
     pub api_token: Option<ApiToken>,
 }
 
@@ -155,18 +197,24 @@ impl Settings {
         }
         validate_records(args)?;
         Ok(Settings {
-            redis_url,
-            database_url,
-            queue: args.queue.clone(),
-            visibility_timeout: args.visibility_timeout,
-            max_attempts: args.max_attempts,
-            janitor_interval: args.janitor_interval,
-            check_interval: args.check_interval,
-            port: args.port,
-            shards: args.shards,
-            record_ttl: args.record_ttl,
-            outcomes_maxlen: args.outcomes_maxlen,
-            api_token: ApiToken::new(args.api_token.as_deref()),
+            redis: RedisSettings {
+                url: redis_url,
+                queue: args.queue.clone(),
+                shards: args.shards,
+                record_ttl: args.record_ttl,
+                outcomes_maxlen: args.outcomes_maxlen,
+            },
+            mysql: MysqlSettings { url: database_url },
+            delivery: DeliverySettings {
+                visibility_timeout: args.visibility_timeout,
+                max_attempts: args.max_attempts,
+            },
+            janitor: JanitorSettings { interval: args.janitor_interval, check_interval: args.check_interval },
+            http: HttpSettings {
+                port: args.port,
+                bind: args.bind,
+                api_token: ApiToken::new(args.api_token.as_deref()),
+            },
         })
     }
 
@@ -182,6 +230,7 @@ impl Settings {
             janitor_interval: default_duration(DEFAULT_JANITOR_INTERVAL),
             check_interval: default_duration(DEFAULT_CHECK_INTERVAL),
             port: None,
+            bind: std::net::Ipv4Addr::UNSPECIFIED.into(),
             shards: DEFAULT_SHARDS,
             record_ttl: default_duration(DEFAULT_RECORD_TTL),
             outcomes_maxlen: DEFAULT_OUTCOMES_MAXLEN,
@@ -332,10 +381,10 @@ mod tests {
     #[test]
     fn settings_new_takes_the_defaults_of_the_flags() {
         let s = Settings::new(DEFAULT_REDIS_URL, DEFAULT_DATABASE_URL, DEFAULT_QUEUE).unwrap();
-        assert_eq!(s.visibility_timeout, Duration::from_secs(10));
-        assert_eq!(s.janitor_interval, Duration::from_secs(5));
-        assert_eq!(s.check_interval, Duration::from_secs(60));
-        assert_eq!((s.max_attempts, s.shards, s.port), (5, 1, None));
+        assert_eq!(s.delivery.visibility_timeout, Duration::from_secs(10));
+        assert_eq!(s.janitor.interval, Duration::from_secs(5));
+        assert_eq!(s.janitor.check_interval, Duration::from_secs(60));
+        assert_eq!((s.delivery.max_attempts, s.redis.shards, s.http.port), (5, 1, None));
     }
 
     #[test]

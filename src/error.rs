@@ -1,9 +1,13 @@
 //! Errors, and the decision each one carries.
 //!
 //! Two questions matter when something fails: *should the caller retry* (a lost connection, a
-//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (SPEC §3:
-//! 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that loops retry
-//! what is transient and `main` maps everything else to one line on stderr and a status.
+//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (README
+//! "Commands": 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that
+//! loops retry what is transient and `main` maps everything else to one line on stderr and a
+//! status.
+//!
+//! A failure that has a cause keeps it as its `source()`, and also prints it in its message:
+//! the binary shows one line (`to_string()`), and that line must say why.
 
 use std::time::Duration;
 
@@ -26,13 +30,88 @@ pub enum Error {
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 
-    /// A call did not answer within its bound.
+    /// A call to a store did not answer within its bound. `what` names the call as the user
+    /// reads it (`redis (claim)`).
     #[error("{what} did not answer within {}", humantime::format_duration(*.after))]
-    Timeout { what: &'static str, after: Duration },
+    Timeout { store: Store, what: &'static str, after: Duration },
 
-    /// The operation was refused because of the state of the stores (not a bad argument).
-    #[error("{0}")]
-    Refused(String),
+    /// The first contact with a store failed: it is down, or refuses the credentials, or lacks
+    /// the database or the schema. `target` is its URL with the password redacted; `hint` says
+    /// what to do about it.
+    #[error("{} at {target} ({}); {hint}", .store.cannot_use(), one_line(&.source.to_string()))]
+    Connect {
+        store: Store,
+        target: String,
+        hint: &'static str,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The SIGTERM/SIGINT handlers could not be installed, so a process could not stop
+    /// gracefully: it does not start.
+    /// A store the process connects to in the background has not answered yet.
+    #[error("not connected yet: {why}")]
+    NotConnected { store: Store, why: String },
+
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+
+    /// The HTTP endpoint could not bind its port.
+    #[error("cannot listen on port {port}: {source}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The HTTP endpoint stopped serving on an I/O error.
+    #[error("HTTP server on port {port} failed: {source}")]
+    Serve {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The benchmark could not start its worker processes; `what` is the step that failed.
+    #[error("cannot {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The demo's or the benchmark's workers left entries in the queue past their deadline.
+    #[error(
+        "the workers did not drain the queue within {} ({pending} pending, {processing} processing)",
+        humantime::format_duration(*.within)
+    )]
+    NotDrained { within: Duration, pending: u64, processing: u64 },
+}
+
+/// The two stores, to say which one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Redis,
+    Mysql,
+}
+
+impl Store {
+    /// The store's name in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Redis => "redis",
+            Store::Mysql => "mysql",
+        }
+    }
+
+    /// How a failed first contact reads. Reaching Redis is all its first contact does;
+    /// MySQL's also proves the credentials, the database and the schema, hence "use".
+    fn cannot_use(self) -> &'static str {
+        match self {
+            Store::Redis => "cannot reach Redis",
+            Store::Mysql => "cannot use MySQL",
+        }
+    }
 }
 
 impl From<redis::ParsingError> for Error {
@@ -48,7 +127,7 @@ impl Error {
         Error::Usage(message.into())
     }
 
-    /// The process exit status for this error (SPEC §3).
+    /// The process exit status for this error (README "Commands").
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
@@ -57,39 +136,54 @@ impl Error {
     }
 
     /// The store an error came from, for metrics and logs.
-    pub(crate) fn store(&self) -> Option<&'static str> {
+    pub(crate) fn store(&self) -> Option<Store> {
         match self {
-            Error::Redis(_) => Some("redis"),
-            Error::Database(_) | Error::Migrate(_) => Some("mysql"),
-            Error::Timeout { what, .. } if what.starts_with("redis") => Some("redis"),
-            Error::Timeout { what, .. } if what.starts_with("mysql") => Some("mysql"),
-            _ => None,
+            Error::Redis(_) => Some(Store::Redis),
+            Error::Database(_) | Error::Migrate(_) => Some(Store::Mysql),
+            Error::Timeout { store, .. }
+            | Error::Connect { store, .. }
+            | Error::NotConnected { store, .. } => Some(*store),
+            Error::Usage(_)
+            | Error::Signals(_)
+            | Error::Listen { .. }
+            | Error::Serve { .. }
+            | Error::Spawn { .. }
+            | Error::NotDrained { .. } => None,
         }
     }
 
     /// Whether the same call may succeed if tried again later: connection trouble, timeouts,
     /// MySQL deadlocks and lock-wait timeouts, a concurrent insert of the same event id.
+    ///
+    /// A failed first contact is not: a command that cannot reach a store at start-up says so
+    /// at once instead of waiting for it.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Usage(_) | Error::Refused(_) | Error::Migrate(_) => false,
-            Error::Timeout { .. } => true,
-            Error::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.kind(),
-                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    )
-            }
+            Error::Timeout { .. } | Error::NotConnected { .. } => true,
+            Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
+            Error::Usage(_)
+            | Error::Migrate(_)
+            | Error::Connect { .. }
+            | Error::Signals(_)
+            | Error::Listen { .. }
+            | Error::Serve { .. }
+            | Error::Spawn { .. }
+            | Error::NotDrained { .. } => false,
         }
     }
+}
+
+fn is_transient_redis(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{BusyLoading, ClusterDown, MasterDown, ReadOnly, TryAgain};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(BusyLoading | TryAgain | ClusterDown | MasterDown | ReadOnly)
+        )
 }
 
 /// MySQL error numbers after which the same transaction may well succeed.
@@ -120,17 +214,77 @@ fn is_transient_sql(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Bounds a future by `after`, naming what timed out.
-pub(crate) async fn bounded<T, E>(
+/// The error type of a store's client, which tells the store it belongs to.
+pub(crate) trait StoreError: Into<Error> {
+    const STORE: Store;
+}
+
+impl StoreError for redis::RedisError {
+    const STORE: Store = Store::Redis;
+}
+
+impl StoreError for sqlx::Error {
+    const STORE: Store = Store::Mysql;
+}
+
+/// Bounds a call to a store by `after`, naming `what` timed out. The store a timeout blames is
+/// the one whose client error the call fails with, so the two cannot disagree.
+pub(crate) async fn bounded<T, E: StoreError>(
     what: &'static str,
     after: Duration,
     fut: impl Future<Output = std::result::Result<T, E>>,
-) -> Result<T>
-where
-    Error: From<E>,
-{
+) -> Result<T> {
     match tokio::time::timeout(after, fut).await {
-        Ok(result) => result.map_err(Error::from),
-        Err(_) => Err(Error::Timeout { what, after }),
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Error::Timeout { store: E::STORE, what, after }),
+    }
+}
+
+/// The first line of an error message, without a trailing period: what fits on stderr's one
+/// line and in a health probe's answer.
+pub(crate) fn one_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Error {
+        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)).into()
+    }
+
+    #[tokio::test]
+    async fn a_timeout_names_the_store_of_the_call() {
+        let never = std::future::pending::<std::result::Result<(), sqlx::Error>>();
+        let e = bounded("mysql (ping)", Duration::from_millis(1), never).await.unwrap_err();
+        assert_eq!(e.store(), Some(Store::Mysql));
+        assert!(e.is_transient());
+        assert_eq!(e.to_string(), "mysql (ping) did not answer within 1ms");
+    }
+
+    #[test]
+    fn a_failed_first_contact_keeps_its_cause_and_is_final() {
+        let e = Error::Connect {
+            store: Store::Redis,
+            target: "redis://:***@db:6379".into(),
+            hint: "start it",
+            source: Box::new(refused()),
+        };
+        assert!(e.to_string().starts_with("cannot reach Redis at redis://:***@db:6379 (redis: "));
+        assert!(e.to_string().ends_with("); start it"));
+        let cause = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Box<Error>>());
+        assert!(cause.is_some_and(|c| c.is_transient()), "the cause is kept, typed");
+        assert!(!e.is_transient());
+        assert_eq!((e.store(), e.exit_code()), (Some(Store::Redis), 1));
+    }
+
+    #[test]
+    fn only_usage_exits_2() {
+        let io = || std::io::Error::other("boom");
+        assert_eq!(Error::usage("bad").exit_code(), 2);
+        for e in [Error::Signals(io()), Error::Listen { port: 1, source: io() }, refused()] {
+            assert_eq!(e.exit_code(), 1, "{e}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, now_ms};
 use crate::check::{self, CheckReport};
+use crate::config::JanitorSettings;
 use crate::error::Result;
 use crate::event::dead_envelope;
 use crate::ledger::Ledger;
@@ -36,20 +37,14 @@ pub struct RecoveryReport {
 pub struct Janitor {
     shards: Shards,
     ledger: Ledger,
-    interval: Duration,
-    check_interval: Duration,
+    settings: JanitorSettings,
     /// Products that drifted at the last check (their gauges are zeroed when they recover).
     drifting: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
 impl Janitor {
-    pub fn new(
-        shards: impl Into<Shards>,
-        ledger: Ledger,
-        interval: Duration,
-        check_interval: Duration,
-    ) -> Self {
-        Janitor { shards: shards.into(), ledger, interval, check_interval, drifting: Default::default() }
+    pub fn new(shards: impl Into<Shards>, ledger: Ledger, settings: JanitorSettings) -> Self {
+        Janitor { shards: shards.into(), ledger, settings, drifting: Default::default() }
     }
 
     /// Re-queues every expired claim and dead-letters entries that reached max attempts, on
@@ -171,8 +166,8 @@ impl Janitor {
         tracing::info!(
             queue = self.shards.first().keys().prefix(),
             shards = self.shards.len(),
-            interval = %humantime::format_duration(self.interval),
-            check_interval = %humantime::format_duration(self.check_interval),
+            interval = %humantime::format_duration(self.settings.interval),
+            check_interval = %humantime::format_duration(self.settings.check_interval),
             "janitor started"
         );
         let mut backoff = Backoff::new();
@@ -182,7 +177,7 @@ impl Janitor {
             // Wake at the earliest claim deadline when it comes before the interval: a
             // killed worker's events are back one visibility timeout after its last renewal,
             // whatever the interval.
-            let mut sleep = self.interval;
+            let mut sleep = self.settings.interval;
             match self.recover().await {
                 Ok(report) => {
                     if let Some(next) = report.next_deadline_in {
@@ -196,7 +191,7 @@ impl Janitor {
             }
             if Instant::now() >= next_check {
                 match self.check().await {
-                    Ok(_) => next_check = Instant::now() + self.check_interval,
+                    Ok(_) => next_check = Instant::now() + self.settings.check_interval,
                     Err(e) => {
                         backoff.log(&e, "consistency check could not run");
                         failed = true;

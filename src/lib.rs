@@ -32,6 +32,8 @@
 //! - `tools/`: the demo, the benchmark and the load generator.
 //! - `config`, `error`, `backoff`, `shutdown`, `telemetry`: what every part shares.
 //!
+//! README "Code map" says the same, with `lua/`, `migrations/`, `tests/` and `scripts/`.
+//!
 //! Only what the binary and the integration tests use is exported below.
 
 mod admin;
@@ -54,8 +56,11 @@ mod worker;
 
 pub use admin::stock::{Adjusted, Change, adjust};
 pub use check::{CheckReport, ProductBooks, check};
-pub use config::{LogFormat, SecretUrl, Settings, install_tls_provider};
-pub use error::{Error, Result};
+pub use config::{
+    DeliverySettings, HttpSettings, JanitorSettings, LogFormat, MysqlSettings, RedisSettings, SecretUrl,
+    Settings, install_tls_provider,
+};
+pub use error::{Error, Result, Store};
 pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};
 pub use ledger::{Ledger, Outcome, migrate};

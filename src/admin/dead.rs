@@ -1,14 +1,21 @@
-//! Dead letters: list, requeue and drop (SPEC §3).
+//! Dead letters: list, requeue and drop (README "Commands").
 //!
-//! A valid event in `{q}:dead` still holds its reservation (SPEC §7.7). `requeue` sends it on
-//! to pending; `drop` first settles it in MySQL as rejected (unless an earlier delivery
-//! applied it), so a worker still holding it can no longer apply it, and then removes it and
-//! gives its stock back in one script: dropping twice returns nothing twice.
+//! A valid event in `{q}:dead` still holds its reservation. `requeue` sends it on to pending;
+//! `drop` first settles it in MySQL as rejected (unless an earlier delivery applied it), so a
+//! worker still holding it can no longer apply it, and then removes it and gives its stock
+//! back in one script: dropping twice returns nothing twice.
+//!
+//! A long MySQL outage can leave millions of dead letters, and one LRANGE of them all would
+//! hold Redis for seconds: every read here is a chunk of at most [`CHUNK`] envelopes.
 
+use super::Page;
 use crate::error::{Error, Result};
 use crate::event::DeadLetter;
 use crate::ledger::Ledger;
-use crate::queue::{Dropped, Shards};
+use crate::queue::{Dropped, Entry, Queue, Shards};
+
+/// Envelopes read by one LRANGE.
+pub(crate) const CHUNK: usize = 1000;
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone)]
@@ -18,55 +25,166 @@ pub(crate) enum Selection {
     EventId(String),
 }
 
-/// Every dead letter with the index of its shard, newest first within a shard. Envelopes
-/// stockq did not write are skipped.
-pub(crate) async fn list(shards: &Shards) -> Result<Vec<(usize, DeadLetter)>> {
-    let mut letters = Vec::new();
-    for (shard, queue) in shards.all().iter().enumerate() {
-        let raw = queue.dead_letters().await?;
-        letters.extend(raw.iter().filter_map(|r| DeadLetter::parse(r)).map(|d| (shard, d)));
-    }
-    Ok(letters)
+/// A page of the dead letters of every shard, shard after shard and newest first within
+/// each, read a chunk at a time.
+pub(crate) struct Listing<'a> {
+    queues: &'a [Queue],
+    total: u64,
+    shard: usize,
+    /// The next position to read in the current shard's list.
+    pos: usize,
+    /// Envelopes of the page not read yet.
+    left: usize,
 }
 
-fn select(letters: Vec<(usize, DeadLetter)>, which: &Selection) -> Result<Vec<(usize, DeadLetter)>> {
-    let chosen: Vec<(usize, DeadLetter)> = match which {
-        Selection::All => letters,
-        Selection::EventId(id) => {
-            letters.into_iter().filter(|(_, d)| d.event().is_some_and(|e| &e.event_id == id)).collect()
+impl<'a> Listing<'a> {
+    pub(crate) async fn open(shards: &'a Shards, page: Page) -> Result<Listing<'a>> {
+        let mut lens = Vec::with_capacity(shards.len());
+        for queue in shards.all() {
+            lens.push(queue.dead_len().await?);
         }
-    };
-    if let Selection::EventId(id) = which
-        && chosen.is_empty()
-    {
-        return Err(Error::usage(format!("no dead letter holds event {id:?} (see `stockq dead list`)")));
+        let (mut shard, mut pos) = (0, page.offset);
+        while let Some(&len) = lens.get(shard)
+            && pos as u64 >= len
+        {
+            pos -= len as usize;
+            shard += 1;
+        }
+        Ok(Listing {
+            queues: shards.all(),
+            total: lens.iter().sum(),
+            shard,
+            pos,
+            left: page.limit.unwrap_or(usize::MAX),
+        })
     }
-    Ok(chosen)
+
+    /// Dead letters in every shard when the listing was opened.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The next envelopes of the page as stored; none when the page is done.
+    pub(crate) async fn next_chunk(&mut self) -> Result<Vec<Entry>> {
+        while self.left > 0 && self.shard < self.queues.len() {
+            let n = self.left.min(CHUNK);
+            let (start, stop) = (self.pos as isize, (self.pos + n - 1) as isize);
+            let chunk = self.queues[self.shard].dead_range(start, stop).await?;
+            // a short read is the end of this shard's list, however long LLEN said it was
+            if chunk.len() < n {
+                (self.shard, self.pos) = (self.shard + 1, 0);
+            } else {
+                self.pos += n;
+            }
+            if !chunk.is_empty() {
+                self.left -= chunk.len();
+                return Ok(chunk);
+            }
+        }
+        Ok(Vec::new())
+    }
 }
 
-/// Sends dead letters back to pending; returns how many moved. Entries that are not valid
+/// One shard's dead letters as they were when the sweep began, oldest first, a chunk at a
+/// time, for an action that removes some of them as it goes.
+///
+/// The janitor adds dead letters at the head of the list; reading from the tail keeps the
+/// positions still to read where they were meanwhile. What arrives after the start is left
+/// for the next run, so that `requeue --all` cannot chase entries that keep failing.
+struct Sweep<'a> {
+    queue: &'a Queue,
+    /// Envelopes present at the start and not read yet.
+    unread: usize,
+    /// Envelopes read and left in the list: they sit between the tail and the next chunk.
+    kept: usize,
+}
+
+impl<'a> Sweep<'a> {
+    async fn start(queue: &'a Queue) -> Result<Sweep<'a>> {
+        Ok(Sweep { queue, unread: queue.dead_len().await? as usize, kept: 0 })
+    }
+
+    async fn next_chunk(&mut self) -> Result<Vec<Entry>> {
+        if self.unread == 0 {
+            return Ok(Vec::new());
+        }
+        let n = self.unread.min(CHUNK);
+        let (start, stop) = (-((self.kept + n) as isize), -((self.kept + 1) as isize));
+        let mut chunk = self.queue.dead_range(start, stop).await?;
+        self.unread = if chunk.is_empty() { 0 } else { self.unread - n };
+        chunk.reverse();
+        Ok(chunk)
+    }
+}
+
+/// Calls `act` on every dead letter `which` selects, oldest first, shard by shard; `act`
+/// answers whether the envelope has left the list. An event id that selects nothing is bad
+/// input. Envelopes stockq did not write are never selected.
+async fn sweep(
+    shards: &Shards,
+    which: &Selection,
+    mut act: impl AsyncFnMut(&Queue, DeadLetter) -> Result<bool>,
+) -> Result<()> {
+    let mut found = 0;
+    for queue in shards.all() {
+        let mut sweep = Sweep::start(queue).await?;
+        loop {
+            let chunk = sweep.next_chunk().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            for raw in chunk {
+                let gone = match chosen(&raw, which) {
+                    Some(letter) => {
+                        found += 1;
+                        act(queue, letter).await?
+                    }
+                    None => false,
+                };
+                if !gone {
+                    sweep.kept += 1;
+                }
+            }
+        }
+    }
+    match which {
+        Selection::EventId(id) if found == 0 => {
+            Err(Error::usage(format!("no dead letter holds event {id:?} (see `stockq dead list`)")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn chosen(raw: &[u8], which: &Selection) -> Option<DeadLetter> {
+    let letter = DeadLetter::parse(raw)?;
+    match which {
+        Selection::All => Some(letter),
+        Selection::EventId(id) => letter.event().is_some_and(|e| &e.event_id == id).then_some(letter),
+    }
+}
+
+/// Sends dead letters back to pending; returns (moved, left). Entries that are not valid
 /// events stay: they would only come straight back.
 pub(crate) async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
-    let chosen = select(list(shards).await?, which)?;
-    let mut moved = 0;
-    let mut skipped = 0;
-    for (shard, letter) in chosen {
+    let (mut moved, mut skipped) = (0, 0);
+    sweep(shards, which, async |queue: &Queue, letter: DeadLetter| {
         if letter.event().is_none() {
             skipped += 1;
-            continue;
+            return Ok(false);
         }
-        moved += u64::from(shards.all()[shard].dead_requeue(&letter.raw, &letter.entry).await?);
-    }
+        // not moved: another operator got to it first, and it has left the list all the same
+        moved += u64::from(queue.dead_requeue(&letter.raw, &letter.entry).await?);
+        Ok(true)
+    })
+    .await?;
     Ok((moved, skipped))
 }
 
 /// Discards dead letters, giving back the stock each valid one still holds. Returns
 /// (dropped, units given back).
 pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
-    let chosen = select(list(shards).await?, which)?;
-    let mut dropped = 0;
-    let mut given = 0;
-    for (shard, letter) in chosen {
+    let (mut dropped, mut given) = (0, 0);
+    sweep(shards, which, async |queue: &Queue, letter: DeadLetter| {
         let event = match letter.event() {
             Some(event) => {
                 let give_back = ledger.settle_dropped(&event).await?;
@@ -79,10 +197,12 @@ pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) ->
             }
             None => None,
         };
-        if shards.all()[shard].dead_drop(&letter.raw, &letter.entry, event).await? {
+        if queue.dead_drop(&letter.raw, &letter.entry, event).await? {
             dropped += 1;
             given += event.map_or(0, |d| d.give_back);
         }
-    }
+        Ok(true)
+    })
+    .await?;
     Ok((dropped, given))
 }

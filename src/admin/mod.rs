@@ -3,3 +3,42 @@
 pub(crate) mod dead;
 pub(crate) mod stats;
 pub(crate) mod stock;
+
+/// A window on a long listing, so that an operator or a dashboard can page through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Page {
+    /// Entries skipped before the window.
+    pub(crate) offset: usize,
+    /// Entries in the window; `None` for every entry after the offset.
+    pub(crate) limit: Option<usize>,
+}
+
+impl Page {
+    /// The page of the command line, where a limit of 0 means no limit.
+    pub(crate) fn new(offset: usize, limit: usize) -> Page {
+        Page { offset, limit: (limit > 0).then_some(limit) }
+    }
+
+    /// This page of `items`.
+    pub(crate) fn of<T>(&self, items: Vec<T>) -> Vec<T> {
+        let rest = items.into_iter().skip(self.offset);
+        match self.limit {
+            Some(n) => rest.take(n).collect(),
+            None => rest.collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    #[test]
+    fn a_page_skips_then_takes_and_a_limit_of_0_takes_the_rest() {
+        let items = || (1..=10).collect::<Vec<_>>();
+        assert_eq!(Page::new(0, 3).of(items()), vec![1, 2, 3]);
+        assert_eq!(Page::new(8, 3).of(items()), vec![9, 10]);
+        assert_eq!(Page::new(4, 0).of(items()), vec![5, 6, 7, 8, 9, 10]);
+        assert_eq!(Page::new(10, 0).of(items()), Vec::<i32>::new());
+    }
+}

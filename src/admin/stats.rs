@@ -1,9 +1,11 @@
 //! `stockq stats`: what the queue holds, who works on it, and each product's books.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::Page;
 use crate::check::{self, ProductBooks};
 use crate::error::Result;
 use crate::ledger::Ledger;
@@ -22,12 +24,20 @@ pub(crate) struct Stats {
     pub(crate) throughput: f64,
     /// Running totals since the queue was created: applied, rejected, dead, requeued, ...
     pub(crate) counters: BTreeMap<String, u64>,
-    /// Per product: Redis, MySQL and in-flight figures, from one consistency check.
-    pub(crate) products: Vec<ProductBooks>,
     pub(crate) consistent: bool,
+    /// Products the consistency check covered.
+    pub(crate) products_total: usize,
+    /// Products among them whose delta is not 0.
+    pub(crate) drifting_total: usize,
+    /// The page of `products` shown: skipped products, and the most shown (0: all).
+    pub(crate) offset: usize,
+    pub(crate) limit: usize,
+    /// A page of the products' Redis, MySQL and in-flight figures, from one consistency
+    /// check, drifting first (largest delta first), then by product id.
+    pub(crate) products: Vec<ProductBooks>,
 }
 
-pub(crate) async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
+pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Result<Stats> {
     let mut stats = Stats {
         queue: shards.all().iter().map(|q| q.keys().prefix()).collect::<Vec<_>>().join(","),
         pending: 0,
@@ -37,8 +47,12 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
         live_workers: Vec::new(),
         throughput: 0.0,
         counters: BTreeMap::new(),
-        products: Vec::new(),
         consistent: true,
+        products_total: 0,
+        drifting_total: 0,
+        offset: page.offset,
+        limit: page.limit.unwrap_or(0),
+        products: Vec::new(),
     };
     for queue in shards.all() {
         let depths = queue.depths().await?;
@@ -54,6 +68,34 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger) -> Result<Stats> {
     stats.throughput = stats.live_workers.iter().fold(0.0, |sum, w| sum + w.rate);
     let report = check::check(shards, ledger).await?;
     stats.consistent = report.is_consistent();
-    stats.products = report.products;
+    stats.products_total = report.products.len();
+    stats.drifting_total = report.drifts().count();
+    stats.products = page.of(drifting_first(report.products));
     Ok(stats)
+}
+
+/// The products an operator needs to see first: the largest drift first, then by id.
+fn drifting_first(mut products: Vec<ProductBooks>) -> Vec<ProductBooks> {
+    products.sort_unstable_by_key(|p| (Reverse(p.delta.unsigned_abs()), p.product_id));
+    products
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_drift_either_way_comes_first_then_the_ids() {
+        let books = |product_id, delta: i64| ProductBooks {
+            product_id,
+            redis: Some(0),
+            mysql: 0,
+            in_flight: 0,
+            expected_redis: 0,
+            delta,
+        };
+        let products = vec![books(1, 0), books(2, 3), books(3, i64::MIN), books(4, -3), books(5, 0)];
+        let order: Vec<i64> = drifting_first(products).iter().map(|p| p.product_id).collect();
+        assert_eq!(order, vec![3, 2, 4, 1, 5]);
+    }
 }

@@ -2,6 +2,7 @@
 //! books at a glance.
 
 use super::{connect, print};
+use crate::admin::Page;
 use crate::config::Settings;
 use crate::error::Result;
 
@@ -24,10 +25,10 @@ pub(super) async fn check(settings: &Settings, repair: bool, json: bool) -> Resu
     Ok(if report.is_consistent() { 0 } else { 1 })
 }
 
-/// `stockq stats [--json]`
-pub(super) async fn stats(settings: &Settings, json: bool) -> Result<u8> {
+/// `stockq stats [--json] [--limit N] [--offset N]`
+pub(super) async fn stats(settings: &Settings, json: bool, page: Page) -> Result<u8> {
     let (shards, ledger) = connect(settings, 2).await?;
-    let stats = crate::admin::stats::collect(&shards, &ledger).await?;
+    let stats = crate::admin::stats::collect(&shards, &ledger, page).await?;
     if json {
         println!("{}", serde_json::to_string(&stats).unwrap_or_default());
     } else {

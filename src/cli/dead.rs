@@ -1,15 +1,26 @@
 //! Dead letters: `dead list`, `dead requeue`, `dead drop`.
 
 use super::{DeadSelection, connect, print};
-use crate::admin::dead::{self as letters, Selection};
+use crate::admin::Page;
+use crate::admin::dead::{self as letters, Listing, Selection};
 use crate::config::Settings;
 use crate::error::Result;
 use crate::queue::Shards;
 
-/// `stockq dead list [--json]`
-pub(super) async fn list(settings: &Settings, json: bool) -> Result<u8> {
+/// `stockq dead list [--json] [--limit N] [--offset N]`: printed a chunk at a time as read,
+/// so that listing a million dead letters holds one chunk in memory, not all of them.
+pub(super) async fn list(settings: &Settings, json: bool, page: Page) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
-    print::dead_letters(&letters::list(&shards).await?, json);
+    let mut listing = Listing::open(&shards, page).await?;
+    let mut out = print::DeadLetters::start(listing.total(), page, json);
+    loop {
+        let chunk = listing.next_chunk().await?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.add(&chunk);
+    }
+    out.finish();
     Ok(0)
 }
 

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::Page;
 use crate::config::{GlobalArgs, LogFormat, Settings};
 use crate::error::Result;
 use crate::ledger::Ledger;
@@ -112,11 +113,17 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Queue depths, oldest claim, dead letters, live workers, per-product books
+    /// Queue depths, oldest claim, dead letters, live workers, per-product books (drifting first)
     Stats {
         /// One JSON object on stdout
         #[arg(long)]
         json: bool,
+        /// Products shown, drifting first (largest delta first), then by id; 0 shows all
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = page_size())]
+        limit: u64,
+        /// Products skipped before the first shown, in that order (to page through them)
+        #[arg(long, value_name = "N", default_value_t = 0, value_parser = page_size())]
+        offset: u64,
     },
     /// Inspect, retry or discard dead-lettered entries
     #[command(subcommand)]
@@ -149,15 +156,28 @@ pub(crate) enum StockCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeadCommand {
-    /// List dead letters, newest first
+    /// List dead letters, newest first, and how many there are
     List {
+        /// One JSON object on stdout: {"total", "offset", "limit", "dead": [envelopes]}
         #[arg(long)]
         json: bool,
+        /// Dead letters shown; 0 shows all
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = page_size())]
+        limit: u64,
+        /// Dead letters skipped before the first shown, newest first (to page through them)
+        #[arg(long, value_name = "N", default_value_t = 0, value_parser = page_size())]
+        offset: u64,
     },
     /// Send dead letters back to pending
     Requeue(DeadSelection),
     /// Discard dead letters, giving back the stock each one still holds
     Drop(DeadSelection),
+}
+
+/// `--limit` and `--offset` of the listings, capped so that a position fits the signed index
+/// LRANGE takes even on a 32-bit target.
+fn page_size() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(0..=1_000_000_000)
 }
 
 #[derive(Debug, Args)]
@@ -246,7 +266,7 @@ pub async fn run(cli: Cli) -> u8 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("stockq: {}", crate::queue::one_line(&e.to_string()));
+            eprintln!("stockq: {}", crate::error::one_line(&e.to_string()));
             // `check` reports "could not run" as 2, as diff does
             if is_check { 2 } else { e.exit_code() as u8 }
         }
@@ -271,14 +291,21 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Worker { concurrency, batch } => processes::worker(settings, concurrency, batch).await,
         Command::Janitor { once } => processes::janitor(settings, once).await,
         Command::Check { repair, json } => books::check(settings, repair, json).await,
-        Command::Stats { json } => books::stats(settings, json).await,
-        Command::Dead(DeadCommand::List { json }) => dead::list(settings, json).await,
+        Command::Stats { json, limit, offset } => books::stats(settings, json, page(offset, limit)).await,
+        Command::Dead(DeadCommand::List { json, limit, offset }) => {
+            dead::list(settings, json, page(offset, limit)).await
+        }
         Command::Dead(DeadCommand::Requeue(which)) => dead::requeue(settings, &which).await,
         Command::Dead(DeadCommand::Drop(which)) => dead::drop(settings, &which).await,
         Command::Serve => processes::serve(settings).await,
         Command::Demo(args) => crate::tools::demo::run(settings, &args).await,
         Command::Bench(args) => crate::tools::bench::run(settings, &args).await,
     }
+}
+
+/// The page `--offset` and `--limit` ask for (`page_size` keeps them within a usize).
+fn page(offset: u64, limit: u64) -> Page {
+    Page::new(offset as usize, limit as usize)
 }
 
 /// Redis and MySQL, for the commands that need both.

@@ -3,9 +3,11 @@
 
 use serde_json::json;
 
+use crate::admin::Page;
 use crate::admin::stats::Stats;
 use crate::check::CheckReport;
 use crate::event::DeadLetter;
+use crate::queue::Entry;
 use crate::tools::produce::ProduceReport;
 
 /// A check's report; `last` is false for the drift found before a repair, whose JSON is not
@@ -69,10 +71,19 @@ pub(super) fn stats(s: &Stats) {
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
-    println!("books        {}", if s.consistent { "consistent" } else { "DRIFT (see stockq check)" });
-    const SHOWN: usize = 20;
+    if s.consistent {
+        println!("books        consistent, {} products", s.products_total);
+    } else {
+        println!(
+            "books        DRIFT in {} of {} products (see stockq check)",
+            s.drifting_total, s.products_total
+        );
+    }
+    if s.offset > 0 {
+        println!("... {} products before these", s.offset);
+    }
     println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
-    for p in s.products.iter().take(SHOWN) {
+    for p in &s.products {
         println!(
             "{:>12} {:>12} {:>12} {:>10} {:>+8}",
             p.product_id,
@@ -82,8 +93,9 @@ pub(super) fn stats(s: &Stats) {
             p.delta
         );
     }
-    if s.products.len() > SHOWN {
-        println!("... and {} more (stockq stats --json lists all)", s.products.len() - SHOWN);
+    let more = s.products_total.saturating_sub(s.offset + s.products.len());
+    if more > 0 {
+        println!("... and {more} more (stockq stats --limit 0 lists all)");
     }
 }
 
@@ -110,25 +122,83 @@ pub(super) fn produce(report: &ProduceReport, json: bool) {
     );
 }
 
-/// Dead letters, one a line: as stored with `--json`, else the event id, attempts, time,
-/// reason and the start of the entry.
-pub(super) fn dead_letters(letters: &[(usize, DeadLetter)], json: bool) {
-    if json {
-        for (_, d) in letters {
-            println!("{}", String::from_utf8_lossy(&d.raw));
-        }
-    } else if letters.is_empty() {
-        println!("no dead letters");
-    } else {
-        for (_, d) in letters {
-            let id = d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into());
-            println!(
-                "{id}\tattempts {}\tfailed_at {}\t{}\t{}",
-                d.attempts,
-                d.failed_at_ms,
-                d.reason,
-                String::from_utf8_lossy(&d.entry).chars().take(120).collect::<String>()
+/// `dead list`, printed a chunk at a time as it is read. With `--json`, one document
+/// `{"total", "offset", "limit", "dead": [envelope, ...]}`, each envelope as stored (an entry
+/// that is not JSON, which stockq never writes, as a string); else a count, then one line
+/// per dead letter: the event id, attempts, time, reason and the start of the entry.
+pub(super) struct DeadLetters {
+    total: u64,
+    page: Page,
+    json: bool,
+    shown: usize,
+}
+
+impl DeadLetters {
+    pub(super) fn start(total: u64, page: Page, json: bool) -> DeadLetters {
+        if json {
+            print!(
+                r#"{{"total":{total},"offset":{},"limit":{},"dead":["#,
+                page.offset,
+                page.limit.unwrap_or(0)
             );
+        } else if total == 0 {
+            println!("no dead letters");
+        } else {
+            let skipped =
+                if page.offset > 0 { format!(", after the first {}", page.offset) } else { String::new() };
+            println!("{total} dead letter{}, newest first{skipped}", if total == 1 { "" } else { "s" });
         }
+        DeadLetters { total, page, json, shown: 0 }
+    }
+
+    pub(super) fn add(&mut self, envelopes: &[Entry]) {
+        let mut out = String::new();
+        for raw in envelopes {
+            if self.json {
+                if self.shown > 0 {
+                    out.push(',');
+                }
+                out.push_str(&envelope_json(raw));
+            } else {
+                out.push_str(&dead_line(raw));
+                out.push('\n');
+            }
+            self.shown += 1;
+        }
+        print!("{out}");
+    }
+
+    pub(super) fn finish(self) {
+        if self.json {
+            println!("]}}");
+            return;
+        }
+        let next = self.page.offset + self.shown;
+        let more = self.total.saturating_sub(next as u64);
+        if more > 0 {
+            println!("... and {more} more (stockq dead list --offset {next} lists the next ones)");
+        }
+    }
+}
+
+fn envelope_json(raw: &[u8]) -> String {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+        Ok(_) => String::from_utf8_lossy(raw).into_owned(),
+        Err(_) => json!(String::from_utf8_lossy(raw)).to_string(),
+    }
+}
+
+fn dead_line(raw: &[u8]) -> String {
+    let start = |bytes: &[u8]| String::from_utf8_lossy(bytes).chars().take(120).collect::<String>();
+    match DeadLetter::parse(raw) {
+        Some(d) => format!(
+            "{}\tattempts {}\tfailed_at {}\t{}\t{}",
+            d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into()),
+            d.attempts,
+            d.failed_at_ms,
+            d.reason,
+            start(&d.entry)
+        ),
+        None => format!("-\tnot a stockq dead letter\t{}", start(raw)),
     }
 }

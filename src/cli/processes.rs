@@ -15,7 +15,7 @@ use crate::worker::{Worker, WorkerOptions};
 /// `stockq migrate`
 pub(super) async fn migrate(settings: &Settings) -> Result<u8> {
     ledger::migrate(settings).await?;
-    println!("migrated {}", settings.database_url);
+    println!("migrated {}", settings.mysql.url);
     Ok(0)
 }
 
@@ -25,7 +25,7 @@ pub(super) async fn worker(settings: &Settings, concurrency: usize, batch: usize
     options.validate()?;
     let shutdown = install_signals()?;
     let (shards, ledger) = connect(settings, concurrency as u32 + 2).await?;
-    tracing::info!(redis = %settings.redis_url, mysql = %settings.database_url, "connected");
+    tracing::info!(redis = %settings.redis.url, mysql = %settings.mysql.url, "connected");
     let ops = start_ops(settings, &shards, &ledger, &shutdown);
     let worker = Worker::new(shards, ledger, options)?;
     worker.run(shutdown.clone()).await?;
@@ -36,8 +36,7 @@ pub(super) async fn worker(settings: &Settings, concurrency: usize, batch: usize
 /// `stockq janitor [--once]`
 pub(super) async fn janitor(settings: &Settings, once: bool) -> Result<u8> {
     let (shards, ledger) = connect(settings, 3).await?;
-    let janitor =
-        Janitor::new(shards.clone(), ledger.clone(), settings.janitor_interval, settings.check_interval);
+    let janitor = Janitor::new(shards.clone(), ledger.clone(), settings.janitor);
     if once {
         janitor.recover().await?;
         let report = janitor.check().await?;
@@ -52,16 +51,13 @@ pub(super) async fn janitor(settings: &Settings, once: bool) -> Result<u8> {
 
 /// `stockq serve`
 pub(super) async fn serve(settings: &Settings) -> Result<u8> {
-    let shutdown = install_signals()?;
-    let (shards, ledger) = connect(settings, 4).await?;
-    let port = settings.port.unwrap_or(crate::http::serve::DEFAULT_PORT);
-    crate::http::serve::run(port, shards, ledger, settings.api_token.clone(), shutdown).await?;
+    crate::http::serve::run(settings, install_signals()?).await?;
     Ok(0)
 }
 
 /// The token that SIGTERM and SIGINT cancel (see `crate::shutdown`).
 fn install_signals() -> Result<CancellationToken> {
-    crate::shutdown::install().map_err(|e| Error::Refused(format!("cannot install signal handlers: {e}")))
+    crate::shutdown::install().map_err(Error::Signals)
 }
 
 /// `/healthz` and `/metrics` of a worker or janitor, when `PORT` is set.
@@ -72,6 +68,7 @@ fn start_ops(
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
     settings
+        .http
         .port
         .map(|port| crate::http::health::spawn_ops(port, shards.clone(), ledger.clone(), shutdown.clone()))
 }

@@ -2,10 +2,13 @@
 //! `serve` beside its own routes.
 //!
 //! `/healthz` answers 200 with `{"status":"ok","redis":"ok","mysql":"ok"}` when both stores
-//! answer within a second, 503 with the reason otherwise. `/metrics` is Prometheus text; the
-//! queue gauges in it are sampled every few seconds by [`sample_queue`].
+//! answer within a second; 200 with `"status":"degraded"` and the reason when MySQL does not
+//! but the process can do its job without it (`serve`); 503 with the reason otherwise.
+//! `/metrics` is Prometheus text; the queue gauges in it are sampled every few seconds by
+//! [`sample_queue`].
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,7 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Store};
 use crate::ledger::Ledger;
 use crate::queue::Shards;
 use crate::telemetry::metrics as m;
@@ -29,8 +32,39 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) struct Health {
     pub(crate) shards: Shards,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: LedgerSlot,
+    /// Whether the process can do nothing without MySQL: then MySQL down is 503, else 200
+    /// "degraded".
+    pub(crate) needs_mysql: bool,
     pub(crate) metrics: PrometheusHandle,
+}
+
+/// The ledger once there is one, or why there is none yet (`serve` connects in the
+/// background, so that reservations do not wait for MySQL).
+#[derive(Clone, Default)]
+pub(crate) struct LedgerSlot(Arc<(OnceLock<Ledger>, Mutex<String>)>);
+
+impl LedgerSlot {
+    pub(crate) fn with(ledger: Ledger) -> LedgerSlot {
+        let slot = LedgerSlot::default();
+        slot.set(ledger);
+        slot
+    }
+
+    pub(crate) fn set(&self, ledger: Ledger) {
+        let _ = self.0.0.set(ledger);
+    }
+
+    pub(crate) fn failed(&self, why: String) {
+        *self.0.1.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    pub(crate) fn get(&self) -> Result<&Ledger> {
+        self.0.0.get().ok_or_else(|| {
+            let why = self.0.1.lock().unwrap_or_else(|e| e.into_inner());
+            Error::NotConnected { store: Store::Mysql, why: why.clone() }
+        })
+    }
 }
 
 /// The `/healthz` and `/metrics` routes.
@@ -40,36 +74,30 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
     let redis = h.shards.first().ping(PROBE_TIMEOUT).await;
-    let mysql = h.ledger.ping(PROBE_TIMEOUT).await;
+    let mysql = match h.ledger.get() {
+        Ok(ledger) => ledger.ping(PROBE_TIMEOUT).await,
+        Err(e) => Err(e),
+    };
     let describe = |r: std::result::Result<(), Error>| match r {
         Ok(()) => "ok".to_string(),
-        Err(e) => crate::queue::one_line(&e.to_string()),
+        Err(e) => crate::error::one_line(&e.to_string()),
     };
-    let healthy = redis.is_ok() && mysql.is_ok();
+    let status = match (redis.is_ok(), mysql.is_ok()) {
+        (true, true) => "ok",
+        (true, false) if !h.needs_mysql => "degraded",
+        _ => "unavailable",
+    };
     let body = json!({
-        "status": if healthy { "ok" } else { "unavailable" },
+        "status": status,
         "redis": describe(redis.map(|_| ())),
-        "mysql": describe(mysql.map(|_| ())),
+        "mysql": describe(mysql),
     });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(body))
+    let code = if status == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, axum::Json(body))
 }
 
 async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
-}
-
-/// Serves `router` on 0.0.0.0:`port` until `shutdown`.
-pub(crate) async fn serve(port: u16, router: Router, shutdown: CancellationToken) -> Result<()> {
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Refused(format!("cannot listen on port {port}: {e}")))?;
-    tracing::info!(%addr, "serving HTTP");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| Error::Refused(format!("HTTP server on port {port} failed: {e}")))
 }
 
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
@@ -79,10 +107,12 @@ pub(crate) fn spawn_ops(
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
+    let ledger = LedgerSlot::with(ledger);
+    let health = Health { shards: shards.clone(), ledger, needs_mysql: true, metrics: m::install() };
     let sampler = tokio::spawn(sample_queue(shards, shutdown.clone()));
     tokio::spawn(async move {
-        if let Err(e) = serve(port, routes(health), shutdown).await {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        if let Err(e) = crate::http::listen::serve(addr, routes(health), shutdown).await {
             tracing::error!(error = %e, "health and metrics endpoint stopped");
         }
         let _ = sampler.await;

@@ -1,6 +1,9 @@
 //! The HTTP surfaces: `stockq serve` for shoppers, and `/healthz` + `/metrics` for every
-//! long-running process.
+//! long-running process, all on one hardened server (`listen`, `conn`, `answer`).
 
+mod answer;
+mod conn;
 pub(crate) mod health;
+mod listen;
 pub(crate) mod reservations;
 pub(crate) mod serve;

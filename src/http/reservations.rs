@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::config::ApiToken;
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::http::health::LedgerSlot;
 use crate::queue::Shards;
 use crate::reservations::{self, Asked};
 use crate::reserve::Reservation;
@@ -30,7 +30,7 @@ pub(crate) fn reserve_answer(asked: Asked<'_>, event_id: &str, result: Result<Re
         Ok(reservation) => reservation,
         Err(Error::Usage(message)) => return error(StatusCode::BAD_REQUEST, message),
         Err(e) => {
-            tracing::warn!(error = %e, %event_id, "reservation failed");
+            crate::http::serve::log_failure("reservation failed", &e);
             let body = json!({
                 "error": "reservations are unavailable; retry with the same event_id",
                 "event_id": event_id,
@@ -61,7 +61,7 @@ pub(crate) fn reserve_answer(asked: Asked<'_>, event_id: &str, result: Result<Re
 #[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) shards: Shards,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: LedgerSlot,
     pub(crate) token: Option<ApiToken>,
 }
 
@@ -96,11 +96,18 @@ async fn get_reservation(
     if let Err(e) = crate::event::validate_event_id(&event_id) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    match reservations::status(&api.shards, &api.ledger, &event_id).await {
+    let ledger = match api.ledger.get() {
+        Ok(ledger) => ledger,
+        Err(e) => {
+            crate::http::serve::log_failure("status lookup failed", &e);
+            return error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again");
+        }
+    };
+    match reservations::status(&api.shards, ledger, &event_id).await {
         Ok(Some(status)) => axum::Json(status).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
         Err(e) => {
-            tracing::warn!(error = %e, "status lookup failed");
+            crate::http::serve::log_failure("status lookup failed", &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again")
         }
     }

@@ -7,8 +7,12 @@
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
 //!
-//! Every error body is `{"error": "..."}`. A reservation is one call of the reservation
-//! script over a multiplexed connection, so concurrent requests are pipelined to Redis.
+//! Every error body is `{"error": "..."}` (see [`crate::http::answer`]). A reservation is one
+//! call of the reservation script over a multiplexed connection, so concurrent requests are
+//! pipelined to Redis. Reserving needs Redis alone: `serve` starts without MySQL, connects
+//! to it in the background, and says "degraded" on `/healthz` until then.
+
+use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -20,9 +24,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ApiToken;
-use crate::error::Result;
-use crate::http::health::{self, Health};
+use crate::backoff::Backoff;
+use crate::config::{ApiToken, Settings};
+use crate::error::{Error, Result};
+use crate::http::answer::{clip, error};
+use crate::http::health::{self, Health, LedgerSlot};
 use crate::http::reservations::{self, Api, reserve_answer};
 use crate::ledger::Ledger;
 use crate::queue::Shards;
@@ -41,8 +47,17 @@ struct ReserveRequest {
     buyer: Option<String>,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+/// MySQL serves `/healthz` only.
+const MYSQL_CONNECTIONS: u32 = 2;
+
+/// Logs a failed request, one line per kind every few seconds however many fail.
+pub(crate) fn log_failure(what: &'static str, e: &Error) {
+    if let Some(store) = e.store() {
+        metrics::counter!(m::STORE_ERRORS, "store" => store.as_str()).increment(1);
+    }
+    if crate::backoff::may_log(what) {
+        tracing::warn!(error = %e, "{what} (logged once every few seconds)");
+    }
 }
 
 async fn post_reserve(
@@ -51,9 +66,22 @@ async fn post_reserve(
 ) -> Response {
     let axum::Json(req) = match body {
         Ok(req) => req,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(rejection) => {
+            let status = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, rejection.body_text());
+        }
     };
     let event_id = req.event_id.unwrap_or_else(new_event_id);
+    if crate::event::validate_event_id(&event_id).is_err() {
+        let id = clip(&event_id);
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]"),
+        );
+    }
     if let Err(e) = crate::event::validate_product_id(req.product_id) {
         return error(StatusCode::BAD_REQUEST, e);
     }
@@ -66,22 +94,25 @@ async fn post_reserve(
 
 async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Response {
     let Some(product_id) = id.parse::<i64>().ok().filter(|p| *p > 0) else {
-        return error(StatusCode::BAD_REQUEST, format!("product id {id:?} is not a positive integer"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("product id {:?} is not a positive integer", clip(&id)),
+        );
     };
     match shards.for_product(product_id).stock(product_id).await {
         Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown product {product_id}")),
         Err(e) => {
-            tracing::warn!(error = %e, "stock lookup failed");
+            log_failure("stock lookup failed", &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "stock is unavailable; try again")
         }
     }
 }
 
 /// The whole front door.
-pub(crate) fn router(shards: Shards, ledger: Ledger, token: Option<ApiToken>) -> Router {
+pub(crate) fn router(shards: Shards, ledger: LedgerSlot, token: Option<ApiToken>) -> Router {
     let api = Api { shards: shards.clone(), ledger: ledger.clone(), token };
-    let health = Health { shards: shards.clone(), ledger, metrics: m::install() };
+    let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
     Router::new()
         .route("/reserve", post(post_reserve))
         .route("/stock/{id}", get(get_stock))
@@ -93,16 +124,41 @@ pub(crate) fn router(shards: Shards, ledger: Ledger, token: Option<ApiToken>) ->
         })
 }
 
-/// Serves the front door on `port` until `shutdown`.
-pub(crate) async fn run(
-    port: u16,
-    shards: Shards,
-    ledger: Ledger,
-    token: Option<ApiToken>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+/// `stockq serve`: connects to Redis, serves the front door on `STOCKQ_BIND`:`PORT` until
+/// SIGTERM or SIGINT, and connects to MySQL in the background meanwhile.
+pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<()> {
+    let shards = Shards::connect(settings).await?;
+    let ledger = LedgerSlot::default();
+    tokio::spawn(connect_ledger(settings.clone(), ledger.clone(), shutdown.clone()));
     let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
-    let served = health::serve(port, router(shards, ledger, token), shutdown).await;
+    let addr = SocketAddr::new(settings.http.bind, settings.http.port.unwrap_or(DEFAULT_PORT));
+    let served = crate::http::listen::serve(
+        addr,
+        router(shards, ledger, settings.http.api_token.clone()),
+        shutdown.clone(),
+    )
+    .await;
+    // the server also returns when it cannot listen: the background tasks must stop then too
+    shutdown.cancel();
     let _ = sampler.await;
     served
+}
+
+/// Connects to MySQL until it answers, or until `shutdown`.
+async fn connect_ledger(settings: Settings, slot: LedgerSlot, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new();
+    while !shutdown.is_cancelled() {
+        match Ledger::connect(&settings, MYSQL_CONNECTIONS).await {
+            Ok(ledger) => {
+                slot.set(ledger);
+                backoff.reset();
+                return;
+            }
+            Err(e) => {
+                slot.failed(crate::error::one_line(&e.to_string()));
+                backoff.log(&e, "cannot reach MySQL: reservations go on, /healthz says degraded");
+            }
+        }
+        backoff.sleep(&shutdown).await;
+    }
 }

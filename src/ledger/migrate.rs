@@ -7,7 +7,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError};
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::Settings;
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result, Store, bounded};
 
 /// `DATABASE_URL`, read once: the database it names, and the options to reach the server
 /// with that database and without one.
@@ -22,13 +22,12 @@ pub(super) struct DatabaseUrl {
 
 impl DatabaseUrl {
     pub(super) fn parse(settings: &Settings) -> Result<DatabaseUrl> {
-        let mut url = url::Url::parse(settings.database_url.expose())
+        let mut url = url::Url::parse(settings.mysql.url.expose())
             .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
         let name = database_name(&url)?;
         url.set_path("/");
-        let server = MySqlConnectOptions::from_url(&url).map_err(|e| {
-            Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.database_url))
-        })?;
+        let server = MySqlConnectOptions::from_url(&url)
+            .map_err(|e| Error::usage(format!("DATABASE_URL {} is not usable: {e}", settings.mysql.url)))?;
         let database = server.clone().database(&name);
         Ok(DatabaseUrl { name, database, server })
     }
@@ -70,13 +69,17 @@ pub async fn migrate(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// Turns a failed first contact into one line that says what to do.
+/// Turns a failed first contact into an error that says what to do.
 pub(super) fn describe_connect_error(e: Error, settings: &Settings) -> Error {
-    let message = crate::queue::one_line(&e.to_string());
     let hint = connect_hint(mysql_error_number(&e));
     match e {
         Error::Usage(_) => e,
-        _ => Error::Refused(format!("cannot use MySQL at {} ({message}); {hint}", settings.database_url)),
+        source => Error::Connect {
+            store: Store::Mysql,
+            target: settings.mysql.url.to_string(),
+            hint,
+            source: Box::new(source),
+        },
     }
 }
 

@@ -43,7 +43,7 @@ pub enum Outcome {
     /// give-back rides on the entry's removal).
     AlreadyRejected,
     /// Another reservation with the same event id was settled: this one deducts nothing and
-    /// its Redis stock goes back (SPEC §7.8).
+    /// its Redis stock goes back (README "How it works").
     Duplicate,
     /// The product is not in `products`: dead-lettered.
     UnknownProduct,

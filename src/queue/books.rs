@@ -19,7 +19,7 @@ pub(crate) struct Snapshot {
 
 /// At most this many products per snapshot call: each costs two lookups in Redis, so a
 /// chunk stays within a few milliseconds of Redis time however many products there are.
-pub(crate) const SNAPSHOT_CHUNK: usize = 5000;
+pub(crate) const SNAPSHOT_CHUNK: usize = 1000;
 
 impl Queue {
     /// Reads the sequence, the stock and in-flight units of `product_ids` (at most

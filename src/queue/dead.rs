@@ -8,10 +8,18 @@ use crate::error::{Result, bounded};
 use crate::event::Event;
 
 impl Queue {
-    /// Every dead-letter envelope, newest first, as stored.
-    pub(crate) async fn dead_letters(&self) -> Result<Vec<Entry>> {
+    /// How many dead letters the queue holds.
+    pub(crate) async fn dead_len(&self) -> Result<u64> {
         let mut conn = self.conn();
-        bounded("redis (dead list)", CALL_TIMEOUT, conn.lrange(self.keys.dead(), 0, -1)).await
+        bounded("redis (dead count)", CALL_TIMEOUT, conn.llen(self.keys.dead())).await
+    }
+
+    /// The dead-letter envelopes at positions `start..=stop` as stored, newest first (LRANGE:
+    /// negative positions count from the oldest). Callers keep the range to a chunk, so that
+    /// no single read holds Redis for long.
+    pub(crate) async fn dead_range(&self, start: isize, stop: isize) -> Result<Vec<Entry>> {
+        let mut conn = self.conn();
+        bounded("redis (dead list)", CALL_TIMEOUT, conn.lrange(self.keys.dead(), start, stop)).await
     }
 
     /// Sends `entry` back to pending in place of its dead-letter `envelope`

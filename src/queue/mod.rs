@@ -54,7 +54,7 @@ pub use stock::Reservation;
 pub use workers::Heartbeat;
 
 use crate::config::Settings;
-use crate::error::{Error, Result, bounded};
+use crate::error::{Error, Result, Store, bounded};
 
 /// How long an ordinary Redis call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,17 +170,17 @@ pub(crate) struct Recovery {
 impl Queue {
     /// Connects to Redis and checks that it answers.
     pub async fn connect(settings: &Settings) -> Result<Queue> {
-        let endpoint = Endpoint::open(&settings.redis_url)?;
+        let endpoint = Endpoint::open(&settings.redis.url)?;
         let conn = endpoint.shared(CALL_TIMEOUT).await.map_err(|e| describe_connect_error(e, settings))?;
         Ok(Queue {
-            keys: Keys::new(&settings.queue),
+            keys: Keys::new(&settings.redis.queue),
             endpoint,
             conn,
-            visibility_timeout: settings.visibility_timeout,
-            max_attempts: settings.max_attempts,
+            visibility_timeout: settings.delivery.visibility_timeout,
+            max_attempts: settings.delivery.max_attempts,
             retention: Retention {
-                record_ttl: settings.record_ttl,
-                outcomes_maxlen: settings.outcomes_maxlen,
+                record_ttl: settings.redis.record_ttl,
+                outcomes_maxlen: settings.redis.outcomes_maxlen,
             },
         })
     }
@@ -400,15 +400,11 @@ fn next_value<T: redis::FromRedisValue>(values: &mut impl Iterator<Item = redis:
 fn describe_connect_error(e: Error, settings: &Settings) -> Error {
     match e {
         Error::Usage(_) => e,
-        other => Error::Refused(format!(
-            "cannot reach Redis at {} ({}); start it (scripts/services.sh) or set REDIS_URL",
-            settings.redis_url,
-            one_line(&other.to_string())
-        )),
+        source => Error::Connect {
+            store: Store::Redis,
+            target: settings.redis.url.to_string(),
+            hint: "start it (scripts/services.sh) or set REDIS_URL",
+            source: Box::new(source),
+        },
     }
-}
-
-/// The first line of an error message, without a trailing period.
-pub(crate) fn one_line(message: &str) -> String {
-    message.lines().next().unwrap_or("").trim_end_matches('.').to_string()
 }

@@ -62,10 +62,12 @@ impl Queue {
         Ok(Depths { pending, processing, dead, oldest_claim_age_ms, counters })
     }
 
-    /// PING, answered within `within`.
+    /// Whether Redis answers within `within` and would accept a reservation now: a full
+    /// Redis (over `maxmemory`) fails this with its `OOM` error (`lua/probe.lua`).
     pub(crate) async fn ping(&self, within: Duration) -> Result<()> {
         let mut conn = self.conn();
-        bounded("redis (ping)", within, redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+        let probe = super::scripts::PROBE.prepare_invoke();
+        bounded("redis (ping)", within, probe.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
     }
 

@@ -25,3 +25,4 @@ script!(SNAPSHOT, "snapshot.lua");
 script!(ADJUST, "adjust.lua");
 script!(DEAD_REQUEUE, "dead_requeue.lua");
 script!(DEAD_DROP, "dead_drop.lua");
+script!(PROBE, "probe.lua");

@@ -1,10 +1,10 @@
 //! A queue spread over shards, to outgrow one Redis server.
 //!
 //! With `STOCKQ_SHARDS=N` (N > 1) a queue named `q` is N queues, `{q:0}` … `{q:N-1}`, each
-//! with every key of SPEC §4 under its own hash tag, so on a Redis Cluster each lives in its
-//! own slot (and usually on its own master). A product belongs to shard `product_id mod N`:
-//! its stock key, its reservations and its events stay in that shard, so every script still
-//! touches one slot. With N = 1 (the default) the one queue is plain `{q}`.
+//! with every key of README "Redis keys" under its own hash tag, so on a Redis Cluster each
+//! lives in its own slot (and usually on its own master). A product belongs to shard
+//! `product_id mod N`: its stock key, its reservations and its events stay in that shard, so
+//! every script still touches one slot. With N = 1 (the default) the one queue is plain `{q}`.
 //!
 //! Workers consume every shard, janitors recover every shard, and the check, stats and dead
 //! letters cover every shard; reservations go to their product's shard.
@@ -26,7 +26,7 @@ impl Shards {
     /// count was bounded when the settings were read.
     pub async fn connect(settings: &Settings) -> Result<Shards> {
         let queue = Queue::connect(settings).await?;
-        Ok(Self::over(queue, &settings.queue, settings.shards))
+        Ok(Self::over(queue, &settings.redis.queue, settings.redis.shards))
     }
 
     /// The shards of queue `name`, sharing `queue`'s connection.

@@ -27,6 +27,8 @@ use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport};
 
 pub(crate) const BENCH_QUEUE: &str = "bench";
 pub(crate) const BENCH_DATABASE: &str = "stockq_bench";
+/// Far longer than the largest benchmark takes to drain: past it, the workers are stuck.
+const DRAIN_WITHIN: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -251,7 +253,7 @@ async fn reserve_events(shards: &Shards, ledger: &Ledger, hot: bool, events: u64
 /// killed if dropped, so an error on the way leaves none behind.
 fn start_workers(settings: &Settings, args: &BenchArgs, batch: usize) -> Result<Vec<Child>> {
     let exe =
-        std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
+        std::env::current_exe().map_err(|source| Error::Spawn { what: "find my own binary", source })?;
     (0..args.workers)
         .map(|_| {
             tokio::process::Command::new(&exe)
@@ -262,15 +264,15 @@ fn start_workers(settings: &Settings, args: &BenchArgs, batch: usize) -> Result<
                     "--concurrency",
                     &args.concurrency.to_string(),
                 ])
-                .env("REDIS_URL", settings.redis_url.expose())
-                .env("DATABASE_URL", settings.database_url.expose())
+                .env("REDIS_URL", settings.redis.url.expose())
+                .env("DATABASE_URL", settings.mysql.url.expose())
                 .env("STOCKQ_QUEUE", BENCH_QUEUE)
-                .env("STOCKQ_SHARDS", settings.shards.to_string())
+                .env("STOCKQ_SHARDS", settings.redis.shards.to_string())
                 .env("RUST_LOG", "warn")
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| Error::Refused(format!("cannot start a worker: {e}")))
+                .map_err(|source| Error::Spawn { what: "start a worker", source })
         })
         .collect()
 }
@@ -283,7 +285,7 @@ async fn wait_for_drain(
     events: u64,
     started: Instant,
 ) -> Result<Option<u64>> {
-    let deadline = started + Duration::from_secs(600);
+    let deadline = started + DRAIN_WITHIN;
     let mut rss_early = None;
     let mut last_rss_sample = Instant::now();
     loop {
@@ -298,7 +300,7 @@ async fn wait_for_drain(
             }
         }
         if Instant::now() > deadline {
-            return Err(Error::Refused("the workers did not drain the queue within 10 minutes".into()));
+            return Err(Error::NotDrained { within: DRAIN_WITHIN, pending, processing });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

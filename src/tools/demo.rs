@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::stock::{self, Change};
 use crate::check;
-use crate::config::Settings;
+use crate::config::{JanitorSettings, Settings};
 use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
@@ -30,6 +30,8 @@ use crate::worker::{Worker, WorkerOptions};
 
 pub(crate) const DEMO_QUEUE: &str = "demo";
 pub(crate) const DEMO_DATABASE: &str = "stockq_demo";
+/// Far longer than the demo's sale takes to drain: past it, the workers are stuck.
+const DRAIN_WITHIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -66,7 +68,7 @@ fn introduce(settings: &Settings, args: &DemoArgs) {
         "stockq demo: a flash sale of {} products x {} units for {} buyers",
         args.products, args.stock, args.buyers
     );
-    println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis_url, settings.database_url);
+    println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis.url, settings.mysql.url);
 }
 
 /// Step 1: the demo's own database and queue, emptied, and every product stocked in both stores.
@@ -98,8 +100,9 @@ impl Crew {
             tokio::spawn(async move { w.run(s).await })
         };
         let janitor = {
-            let j =
-                Janitor::new(shards.clone(), ledger.clone(), Duration::from_secs(1), Duration::from_secs(5));
+            let timing =
+                JanitorSettings { interval: Duration::from_secs(1), check_interval: Duration::from_secs(5) };
+            let j = Janitor::new(shards.clone(), ledger.clone(), timing);
             let s = shutdown.clone();
             tokio::spawn(async move { j.run(s).await })
         };
@@ -188,7 +191,7 @@ async fn sell(shards: &Shards, args: &DemoArgs, worker: &Worker, bars: &Bars) ->
 /// Step 4: waits for the workers to catch up; returns the time from the start of the sale until
 /// the queue was empty.
 async fn drain(shards: &Shards, worker: &Worker, applying: &ProgressBar, since: Instant) -> Result<Duration> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + DRAIN_WITHIN;
     loop {
         show_applied(worker, applying);
         let (pending, processing) = depths(shards).await?;
@@ -196,9 +199,7 @@ async fn drain(shards: &Shards, worker: &Worker, applying: &ProgressBar, since: 
             break;
         }
         if Instant::now() > deadline {
-            return Err(Error::Refused(format!(
-                "the workers did not drain the queue within 60 s ({pending} pending, {processing} processing)"
-            )));
+            return Err(Error::NotDrained { within: DRAIN_WITHIN, pending, processing });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -280,12 +281,12 @@ fn show_applied(worker: &Worker, bar: &ProgressBar) {
 
 /// A queue and a database of their own on the configured servers (demo, bench).
 pub(crate) fn own_settings(settings: &Settings, queue: &str, database: &str) -> Result<Settings> {
-    let mut url = url::Url::parse(settings.database_url.expose())
+    let mut url = url::Url::parse(settings.mysql.url.expose())
         .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
     url.set_path(&format!("/{database}"));
-    let mut own = Settings::new(settings.redis_url.expose(), url.as_str(), queue)?;
-    own.visibility_timeout = settings.visibility_timeout;
-    own.shards = settings.shards;
+    let mut own = Settings::new(settings.redis.url.expose(), url.as_str(), queue)?;
+    own.delivery.visibility_timeout = settings.delivery.visibility_timeout;
+    own.redis.shards = settings.redis.shards;
     Ok(own)
 }
 

@@ -1,5 +1,6 @@
 //! The books: the exact consistency check under load and against injected drift, duplicate
-//! event ids, and dead letters re-queued or dropped (SPEC §3, §7.3, §7.4, §7.7, §7.8).
+//! event ids, and dead letters re-queued or dropped (README "The exact consistency check",
+//! "How it works", "Commands").
 
 use std::time::{Duration, Instant};
 
@@ -301,8 +302,8 @@ async fn dead_letter_requeued_after_the_product_exists_is_applied() {
 #[tokio::test]
 async fn dead_drop_gives_stock_back_exactly_once() {
     let env = TestEnv::with(|s| {
-        s.max_attempts = 2;
-        s.visibility_timeout = Duration::from_millis(200);
+        s.delivery.max_attempts = 2;
+        s.delivery.visibility_timeout = Duration::from_millis(200);
     })
     .await;
     env.stock(5, 10).await;
@@ -358,8 +359,8 @@ async fn dead_drop_gives_stock_back_exactly_once() {
 #[tokio::test]
 async fn dead_drop_after_a_late_apply_gives_nothing_back() {
     let env = TestEnv::with(|s| {
-        s.max_attempts = 1;
-        s.visibility_timeout = Duration::from_millis(200);
+        s.delivery.max_attempts = 1;
+        s.delivery.visibility_timeout = Duration::from_millis(200);
     })
     .await;
     env.stock(6, 10).await;
@@ -390,7 +391,7 @@ async fn dead_drop_after_a_late_apply_gives_nothing_back() {
 /// still finds them applied and reports no drift, before and after their redelivery.
 #[tokio::test]
 async fn check_is_exact_when_a_committed_batch_is_requeued() {
-    let env = TestEnv::with(|s| s.visibility_timeout = Duration::from_millis(300)).await;
+    let env = TestEnv::with(|s| s.delivery.visibility_timeout = Duration::from_millis(300)).await;
     env.stock(1, 50).await;
     env.stock(2, 50).await;
     for i in 0..40 {

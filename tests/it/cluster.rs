@@ -97,10 +97,10 @@ async fn drained(shards: &Shards) -> bool {
 async fn sharded_queue_on_a_cluster_survives_a_master_failover() {
     let cluster = Cluster::start();
     let env = TestEnv::with_redis(&cluster.url, |s| {
-        s.shards = SHARDS;
-        s.visibility_timeout = Duration::from_secs(1);
-        s.janitor_interval = Duration::from_millis(200);
-        s.check_interval = Duration::from_millis(500);
+        s.redis.shards = SHARDS;
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_millis(500);
     })
     .await;
     let shards = Shards::connect(&env.settings).await.unwrap();

@@ -1,6 +1,6 @@
-//! Faults (SPEC §7.1, §7.2): Redis SIGKILLed and restarted under load, the workers' MySQL
-//! connections killed under a backlog, a product row locked past the lock-wait timeout, and
-//! hostile configuration values.
+//! Faults (README "Operations and failure modes"): Redis SIGKILLed and restarted under load,
+//! the workers' MySQL connections killed under a backlog, a product row locked past the
+//! lock-wait timeout, and hostile configuration values.
 //!
 //! Everything runs against real servers: the Redis test gets a redis-server of its own (a
 //! child process on a free private port, AOF with `appendfsync always`, its own directory), so
@@ -429,9 +429,9 @@ async fn redis_sigkilled_twice_loses_nothing_and_applies_nothing_twice() {
     const PROGRESS: usize = 300;
     let mut server = RedisServer::start().await;
     let mut env = TestEnv::with_redis(&server.url(), |s| {
-        s.visibility_timeout = Duration::from_secs(1);
-        s.janitor_interval = Duration::from_millis(200);
-        s.check_interval = Duration::from_secs(1);
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_secs(1);
     })
     .await;
     for p in 1..=PRODUCTS {
@@ -465,7 +465,7 @@ async fn redis_sigkilled_twice_loses_nothing_and_applies_nothing_twice() {
                 )
                 .await;
             };
-            for down_for in [Duration::ZERO, 2 * env.settings.visibility_timeout] {
+            for down_for in [Duration::ZERO, 2 * env.settings.delivery.visibility_timeout] {
                 progress((tally.reserved(), env.log_rows().await)).await;
                 server.kill();
                 let killed = Instant::now();
@@ -553,9 +553,9 @@ async fn mysql_connections_killed_under_a_backlog() {
     const INITIAL: i64 = 100_000;
     const MIN_ROUNDS: usize = 10;
     let mut env = TestEnv::with(|s| {
-        s.visibility_timeout = Duration::from_secs(2);
-        s.janitor_interval = Duration::from_millis(200);
-        s.check_interval = Duration::from_secs(1);
+        s.delivery.visibility_timeout = Duration::from_secs(2);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_secs(1);
     })
     .await;
     for p in 1..=PRODUCTS {
@@ -567,7 +567,7 @@ async fn mysql_connections_killed_under_a_backlog() {
     // The test's own MySQL access goes through one connection that is spared; its pools (the
     // ledger's and its own) are closed so that every other stockq connection on this database
     // belongs to the processes.
-    let mut probe = sqlx::MySqlConnection::connect(env.settings.database_url.expose()).await.unwrap();
+    let mut probe = sqlx::MySqlConnection::connect(env.settings.mysql.url.expose()).await.unwrap();
     let probe_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()").fetch_one(&mut probe).await.unwrap();
     let probe = tokio::sync::Mutex::new(probe);
     env.ledger.close().await;
@@ -644,16 +644,16 @@ async fn row_lock_past_the_lock_wait_timeout_is_retried_and_applied_once() {
     const EACH: i64 = 20;
     const INITIAL: i64 = 1000;
     let env = TestEnv::with(|s| {
-        s.visibility_timeout = Duration::from_secs(2);
-        s.janitor_interval = Duration::from_millis(200);
-        s.check_interval = Duration::from_secs(1);
+        s.delivery.visibility_timeout = Duration::from_secs(2);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_secs(1);
     })
     .await;
     env.stock(1, INITIAL).await;
     env.stock(2, INITIAL).await;
 
     // Another session takes product 1's row and keeps it.
-    let mut holder = sqlx::MySqlConnection::connect(env.settings.database_url.expose()).await.unwrap();
+    let mut holder = sqlx::MySqlConnection::connect(env.settings.mysql.url.expose()).await.unwrap();
     sqlx::raw_sql("BEGIN").execute(&mut holder).await.unwrap();
     let locked: i64 = sqlx::query_scalar("SELECT stock FROM products WHERE id = 1 FOR UPDATE")
         .fetch_one(&mut holder)
@@ -765,7 +765,9 @@ async fn hostile_environment_values_exit_2_with_one_line() {
 #[tokio::test]
 async fn a_full_redis_refuses_new_work_and_still_settles() {
     let server = RedisServer::start().await;
-    let env = TestEnv::with_redis(&server.url(), |s| s.visibility_timeout = Duration::from_millis(300)).await;
+    let env =
+        TestEnv::with_redis(&server.url(), |s| s.delivery.visibility_timeout = Duration::from_millis(300))
+            .await;
     env.stock(1, 100).await;
     env.push_raw(b"garbage").await;
     for i in 0..30 {

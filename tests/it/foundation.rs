@@ -449,7 +449,7 @@ async fn bad_input_and_unreachable_stores() {
 /// recovered by the janitor and applied once.
 #[tokio::test]
 async fn a_second_signal_exits_at_once_and_loses_nothing() {
-    let env = TestEnv::with(|s| s.visibility_timeout = Duration::from_secs(1)).await;
+    let env = TestEnv::with(|s| s.delivery.visibility_timeout = Duration::from_secs(1)).await;
     env.stock(1, 100).await;
     for _ in 0..10 {
         env.reserve_ok(1, 1, &new_event_id()).await;

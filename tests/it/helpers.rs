@@ -66,7 +66,7 @@ impl TestEnv {
 
     /// The test's queue as the (single) shard set that workers, checks and producers take.
     pub fn shards(&self) -> stockq::Shards {
-        stockq::Shards::over(self.queue.clone(), &self.name, self.settings.shards)
+        stockq::Shards::over(self.queue.clone(), &self.name, self.settings.redis.shards)
     }
 
     pub fn key(&self, suffix: &str) -> String {
@@ -76,14 +76,17 @@ impl TestEnv {
     /// The environment variables that point the binary at this test's queue and database.
     pub fn envs(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("REDIS_URL", self.settings.redis_url.expose().to_string()),
-            ("DATABASE_URL", self.settings.database_url.expose().to_string()),
+            ("REDIS_URL", self.settings.redis.url.expose().to_string()),
+            ("DATABASE_URL", self.settings.mysql.url.expose().to_string()),
             ("STOCKQ_QUEUE", self.name.clone()),
-            ("STOCKQ_VISIBILITY_TIMEOUT", format!("{}ms", self.settings.visibility_timeout.as_millis())),
-            ("STOCKQ_MAX_ATTEMPTS", self.settings.max_attempts.to_string()),
-            ("STOCKQ_JANITOR_INTERVAL", format!("{}ms", self.settings.janitor_interval.as_millis())),
-            ("STOCKQ_CHECK_INTERVAL", format!("{}ms", self.settings.check_interval.as_millis())),
-            ("STOCKQ_SHARDS", self.settings.shards.to_string()),
+            (
+                "STOCKQ_VISIBILITY_TIMEOUT",
+                format!("{}ms", self.settings.delivery.visibility_timeout.as_millis()),
+            ),
+            ("STOCKQ_MAX_ATTEMPTS", self.settings.delivery.max_attempts.to_string()),
+            ("STOCKQ_JANITOR_INTERVAL", format!("{}ms", self.settings.janitor.interval.as_millis())),
+            ("STOCKQ_CHECK_INTERVAL", format!("{}ms", self.settings.janitor.check_interval.as_millis())),
+            ("STOCKQ_SHARDS", self.settings.redis.shards.to_string()),
             ("RUST_LOG", "warn".to_string()),
         ]
     }
@@ -210,7 +213,7 @@ impl TestEnv {
 pub async fn open_mysql(settings: &Settings) -> sqlx::MySqlPool {
     sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(4)
-        .connect(settings.database_url.expose())
+        .connect(settings.mysql.url.expose())
         .await
         .expect("the test's own MySQL pool")
 }
@@ -219,7 +222,7 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let database = self.database.clone();
         let pattern = format!("{{{}}}:*", self.name);
-        let redis_url = self.settings.redis_url.expose().to_string();
+        let redis_url = self.settings.redis.url.expose().to_string();
         let server = mysql_server_url();
         // Async cleanup from Drop (which also runs when a test panics): a thread of its own.
         let _ = std::thread::spawn(move || {
@@ -274,12 +277,7 @@ impl TestEnv {
 
     /// A janitor on this environment's queue and settings.
     pub fn janitor(&self) -> stockq::Janitor {
-        stockq::Janitor::new(
-            self.queue.clone(),
-            self.ledger.clone(),
-            self.settings.janitor_interval,
-            self.settings.check_interval,
-        )
+        stockq::Janitor::new(self.queue.clone(), self.ledger.clone(), self.settings.janitor)
     }
 
     /// Pushes a raw entry onto `{q}:pending` as a hand-written producer would.
@@ -374,7 +372,7 @@ impl TestEnv {
         let redis_url = stockq::SecretUrl::parse("REDIS_URL", url, &["redis", "rediss"]).expect("redis url");
         let first = url.split(',').next().unwrap();
         let mut env = Self::with(|s| {
-            s.redis_url = redis_url;
+            s.redis.url = redis_url;
             tweak(s);
         })
         .await;

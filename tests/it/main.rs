@@ -9,6 +9,8 @@ mod cluster;
 mod faults;
 mod foundation;
 mod helpers;
+mod http;
+mod listings;
 mod records;
 mod recovery;
 mod security;

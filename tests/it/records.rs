@@ -204,10 +204,10 @@ async fn every_ending_is_announced_once() {
 #[tokio::test]
 async fn the_outcome_stream_under_chaos_has_one_entry_per_reservation() {
     let env = TestEnv::with(|s| {
-        s.visibility_timeout = Duration::from_secs(1);
-        s.janitor_interval = Duration::from_millis(200);
-        s.check_interval = Duration::from_millis(500);
-        s.max_attempts = 1000;
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_millis(500);
+        s.delivery.max_attempts = 1000;
     })
     .await;
     const EVENTS: usize = 500;

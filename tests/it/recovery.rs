@@ -1,5 +1,5 @@
 //! Recovery: crashed workers, orphaned entries, max attempts, late acknowledgements, racing
-//! janitors and garbage on the queue (SPEC §7.1, §7.2, §7.5, §7.7).
+//! janitors and garbage on the queue (README "Operations and failure modes").
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -20,10 +20,10 @@ fn text(entry: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_sigkilled_workers_lose_nothing_and_apply_nothing_twice() {
     let env = TestEnv::with(|s| {
-        s.visibility_timeout = Duration::from_secs(1);
-        s.janitor_interval = Duration::from_millis(200);
-        s.check_interval = Duration::from_millis(500);
-        s.max_attempts = 1000;
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_millis(500);
+        s.delivery.max_attempts = 1000;
     })
     .await;
     const PRODUCTS: i64 = 10;
@@ -124,7 +124,7 @@ async fn chaos_sigkilled_workers_lose_nothing_and_apply_nothing_twice() {
 /// adopted first and re-queued one visibility timeout later, never at once.
 #[tokio::test]
 async fn orphan_in_processing_is_adopted_then_requeued() {
-    let env = TestEnv::with(|s| s.visibility_timeout = Duration::from_millis(300)).await;
+    let env = TestEnv::with(|s| s.delivery.visibility_timeout = Duration::from_millis(300)).await;
     env.stock(1, 10).await;
     env.reserve_ok(1, 3, "orphan-1").await;
     let mut c = env.redis.clone();
@@ -177,8 +177,8 @@ async fn orphan_in_processing_is_adopted_then_requeued() {
 #[tokio::test]
 async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
     let env = TestEnv::with(|s| {
-        s.max_attempts = 2;
-        s.visibility_timeout = Duration::from_millis(200);
+        s.delivery.max_attempts = 2;
+        s.delivery.visibility_timeout = Duration::from_millis(200);
     })
     .await;
     env.stock(1, 10).await;
@@ -244,7 +244,7 @@ async fn late_acknowledgement_does_no_harm() {
 
 async fn late_ack(reject: bool, old_holder_first: bool) {
     let case = format!("reject={reject} old_holder_first={old_holder_first}");
-    let env = TestEnv::with(|s| s.visibility_timeout = Duration::from_millis(200)).await;
+    let env = TestEnv::with(|s| s.delivery.visibility_timeout = Duration::from_millis(200)).await;
     env.stock(1, 10).await;
     env.reserve_ok(1, 2, "late-1").await;
     if reject {
@@ -307,8 +307,8 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
 async fn two_janitors_at_once_never_duplicate() {
     const N: usize = 200;
     let env = TestEnv::with(|s| {
-        s.visibility_timeout = Duration::from_millis(200);
-        s.max_attempts = 2;
+        s.delivery.visibility_timeout = Duration::from_millis(200);
+        s.delivery.max_attempts = 2;
     })
     .await;
     env.stock(1, N as i64).await;
@@ -317,12 +317,7 @@ async fn two_janitors_at_once_never_duplicate() {
     }
     let other_queue = stockq::Queue::connect(&env.settings).await.unwrap();
     let j1 = env.janitor();
-    let j2 = stockq::Janitor::new(
-        other_queue,
-        env.ledger.clone(),
-        env.settings.janitor_interval,
-        env.settings.check_interval,
-    );
+    let j2 = stockq::Janitor::new(other_queue, env.ledger.clone(), env.settings.janitor);
 
     let claim = env.queue.claim(N, None).await.unwrap();
     assert_eq!(claim.entries.len(), N);
