@@ -5,17 +5,27 @@
 -- KEYS[2]  the stock key to give back to (any key of the queue when nothing is given back)
 -- KEYS[3]  {q}:inflight     hash: product_id -> units reserved and not yet settled
 -- KEYS[4]  {q}:unsure       set of entries whose earlier delivery may have committed
+-- KEYS[5]  {q}:r:<event_id> the reservation's record (any key of the queue for an entry that
+--                           is not an event)
+-- KEYS[6]  {q}:outcomes
 -- ARGV[1]  the dead envelope, exactly as stored
 -- ARGV[2]  units to give back (0 for an entry that holds no reservation, or that MySQL applied)
 -- ARGV[3]  product_id (any value when ARGV[4] is 0)
 -- ARGV[4]  units the entry counts in the product's in-flight units (0 for one pushed by hand)
 -- ARGV[5]  the original entry (its unsure mark goes with it)
+-- ARGV[6]  record TTL in ms
+-- ARGV[7]  the outcome stream's approximate MAXLEN
+-- ARGV[8..15]  the ending, as in settle.lua: event_id, product_id, qty, seq, buyer,
+--              reserved_at, state (`cancelled`, or `applied` when MySQL had applied it),
+--              reason ('' for none); event_id '' for an entry that is not an event
 --
 -- Returns 1 when dropped, 0 when the envelope was no longer there. The give-back happens only
 -- with the removal, so dropping twice never returns stock twice. A stock key that does not
 -- exist is not created (the event was pushed by hand for a product never stocked, or Redis
 -- lost its data, in which case `stockq check --repair` restores the key). The in-flight units go
--- whether or not stock is given back: a dropped entry is settled either way.
+-- whether or not stock is given back: a dropped entry is settled either way. The record
+-- (when it is this entry's: same seq) ends with the drop and the outcome is announced in the
+-- same step, so it is announced once however often the drop is tried.
 -- `allow-oom`: dropping only shrinks Redis.
 
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
@@ -29,5 +39,25 @@ if tonumber(ARGV[4]) > 0 then
 end
 if ARGV[5] then
   redis.call('SREM', KEYS[4], ARGV[5])
+end
+local event_id, seq, state = ARGV[8], ARGV[11], ARGV[14]
+if event_id and event_id ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if redis.call('HGET', KEYS[5], 'seq') == seq then
+    redis.call('HSET', KEYS[5], 'state', state, 'updated_at', now)
+    redis.call('PEXPIRE', KEYS[5], ARGV[6])
+  end
+  local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[9], 'qty', ARGV[10]}
+  local optional = {'seq', seq, 'buyer', ARGV[12], 'reason', ARGV[15], 'reserved_at', ARGV[13]}
+  for k = 1, #optional, 2 do
+    if optional[k + 1] ~= '' then
+      fields[#fields + 1] = optional[k]
+      fields[#fields + 1] = optional[k + 1]
+    end
+  end
+  fields[#fields + 1] = 'at'
+  fields[#fields + 1] = now
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', unpack(fields))
 end
 return 1

@@ -3,14 +3,24 @@
 --
 -- KEYS[1]  {q}:dead
 -- KEYS[2]  {q}:pending
+-- KEYS[3]  {q}:r:<event_id>  the reservation's record
 -- ARGV[1]  the dead envelope, exactly as stored
 -- ARGV[2]  the original entry it holds
+-- ARGV[3]  the entry's seq ('' for none)
 --
 -- Returns 1 when moved, 0 when the envelope was no longer there (another operator got to it).
--- `allow-oom`: the entry is smaller than its envelope, so this shrinks Redis.
+-- The record (when it is this entry's: same seq) is `queued` again; no outcome is announced,
+-- the reservation has not ended.
+-- `allow-oom`: the entry is smaller than its envelope, so this shrinks Redis (the record only
+-- changes a field).
 
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return 0
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
+if ARGV[3] and ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'seq') == ARGV[3] then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[3], 'state', 'queued',
+    'updated_at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
 return 1

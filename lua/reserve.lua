@@ -5,21 +5,33 @@
 -- KEYS[2]  {q}:pending              the list workers consume from the right
 -- KEYS[3]  {q}:seq                  the reservation sequence
 -- KEYS[4]  {q}:inflight             hash: product_id -> units reserved and not yet settled
+-- KEYS[5]  {q}:r:<event_id>         the reservation's record (hash)
 -- ARGV[1]  event_id    1..64 characters of [A-Za-z0-9._:-]
 -- ARGV[2]  product_id  a positive decimal integer that fits in a signed 64-bit integer
 -- ARGV[3]  qty         an integer from 1 to 1000000
+-- ARGV[4]  buyer       '' for none, else 1..64 characters of [A-Za-z0-9._:-]
 --
--- Returns {1, seq, remaining} reserved, {0, 0, stock} sold out (nothing taken),
--- {-1, 0, 0} unknown product (no stock key). Bad arguments raise an error reply.
+-- Returns
+--   {1, seq, remaining, reserved_at}          reserved
+--   {2, seq, state, reserved_at, updated_at}  a replay: the event id was reserved before with
+--                                             the same product, qty and buyer and has not
+--                                             ended (or is applied); nothing taken
+--   {-2, 0, state}                            the event id is used otherwise; nothing taken
+--   {0, 0, stock}                             sold out, nothing taken
+--   {-1, 0, 0}                                unknown product (no stock key)
+-- Times are unix ms on the Redis clock. Bad arguments raise an error reply. Refusals create
+-- no record, so they do not use up the event id.
 --
--- Invariant kept atomic: the stock is taken if and only if the event is on the pending list
--- and counted in the product's in-flight units, and the event carries the sequence number
--- that orders it against the consistency check's snapshot (see src/check.rs).
+-- Invariant kept atomic: the stock is taken if and only if the event is on the pending list,
+-- counted in the product's in-flight units and recorded as `queued`, and the event carries
+-- the sequence number that orders it against the consistency check's snapshot (see
+-- src/check.rs). Because the record is read in the same step, a retried reservation can
+-- never take a second unit nor be told "sold out" for the unit it got.
 --
 -- The `#!lua` line makes Redis refuse the whole script when it is over `maxmemory`, before
 -- anything is taken: a reservation is either made whole or not at all.
 
-local event_id, product_id, qty_arg = ARGV[1], ARGV[2], ARGV[3]
+local event_id, product_id, qty_arg, buyer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if not event_id or #event_id < 1 or #event_id > 64 or string.find(event_id, '[^%w%.%_%:%-]') then
   return redis.error_reply('ERR stockq: event_id must be 1 to 64 characters of [A-Za-z0-9._:-]')
@@ -31,12 +43,31 @@ end
 if not qty_arg or not string.match(qty_arg, '^[1-9]%d*$') or #qty_arg > 7 or tonumber(qty_arg) > 1000000 then
   return redis.error_reply('ERR stockq: qty must be an integer from 1 to 1000000')
 end
-if #KEYS ~= 4 then
-  return redis.error_reply('ERR stockq: reserve.lua takes 4 keys: stock, pending, seq, inflight')
+if not buyer or #buyer > 64 or string.find(buyer, '[^%w%.%_%:%-]') then
+  return redis.error_reply('ERR stockq: buyer must be empty or 1 to 64 characters of [A-Za-z0-9._:-]')
+end
+if #KEYS ~= 5 then
+  return redis.error_reply('ERR stockq: reserve.lua takes 5 keys: stock, pending, seq, inflight, record')
 end
 local suffix = ':stock:' .. product_id
 if string.sub(KEYS[1], -#suffix) ~= suffix then
   return redis.error_reply('ERR stockq: KEYS[1] must be the stock key of ARGV[2]')
+end
+local record_suffix = ':r:' .. event_id
+if string.sub(KEYS[5], -#record_suffix) ~= record_suffix then
+  return redis.error_reply('ERR stockq: KEYS[5] must be the record key of ARGV[1]')
+end
+
+-- state, product_id, qty, buyer, seq, reserved_at, updated_at
+local r = redis.call('HMGET', KEYS[5], 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at', 'updated_at')
+if r[1] then
+  local state = r[1]
+  local live = state == 'queued' or state == 'dead' or state == 'applied' or state == 'held'
+    or state == 'releasing'
+  if live and r[2] == product_id and r[3] == qty_arg and (r[4] or '') == buyer then
+    return {2, tonumber(r[5]), state, tonumber(r[6]), tonumber(r[7])}
+  end
+  return {-2, 0, state}
 end
 
 local stock = redis.call('GET', KEYS[1])
@@ -49,10 +80,23 @@ if stock < qty then
   return {0, 0, stock}
 end
 
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local remaining = redis.call('DECRBY', KEYS[1], qty)
 local seq = redis.call('INCR', KEYS[3])
 redis.call('HINCRBY', KEYS[4], product_id, qty)
+-- the entry carries the buyer and the time, so that the worker writes the outcome without
+-- reading the record
+local buyer_field = ''
+if buyer ~= '' then
+  redis.call('HSET', KEYS[5], 'state', 'queued', 'product_id', product_id, 'qty', qty_arg,
+    'buyer', buyer, 'seq', seq, 'reserved_at', now, 'updated_at', now)
+  buyer_field = ',"buyer":"' .. buyer .. '"'
+else
+  redis.call('HSET', KEYS[5], 'state', 'queued', 'product_id', product_id, 'qty', qty_arg,
+    'seq', seq, 'reserved_at', now, 'updated_at', now)
+end
 redis.call('LPUSH', KEYS[2],
   '{"event_id":"' .. event_id .. '","product_id":' .. product_id ..
-  ',"qty":' .. qty_arg .. ',"seq":' .. seq .. '}')
-return {1, seq, remaining}
+  ',"qty":' .. qty_arg .. ',"seq":' .. seq .. buyer_field .. ',"at":' .. now .. '}')
+return {1, seq, remaining, now}

@@ -8,21 +8,31 @@
 -- KEYS[5]  {q}:counters     hash of running totals (applied, rejected, dead, ...)
 -- KEYS[6]  {q}:inflight     hash: product_id -> units reserved and not yet settled
 -- KEYS[7]  {q}:unsure       set of entries whose earlier delivery may have committed
--- KEYS[8..7+G]  the stock key of each give-back below, in order
+-- KEYS[8]  {q}:outcomes     stream: one entry per reservation that ends (or goes dead)
+-- KEYS[9..8+G]  the stock key of each give-back below, in order
+-- KEYS[9+G..8+G+D+G+X]  the record key {q}:r:<event_id> of each entry below, in order (for
+--                       an entry that is not an event, any key of the queue)
 -- ARGV[1]  D: entries to acknowledge only (applied in MySQL)
 -- ARGV[2]  G: entries to acknowledge and give back (rejected in MySQL, or a duplicate event id)
 -- ARGV[3]  X: entries to dead-letter
 -- ARGV[4]  counters to add, as "field=n,field=n" (may be empty)
+-- ARGV[5]  record TTL in ms, set when a reservation reaches a final state
+-- ARGV[6]  the outcome stream's approximate MAXLEN
 -- then D triples (entry, product_id, counted), then G quadruples (entry, product_id, qty,
--- counted), then X pairs (entry, dead envelope). `counted` is the qty reserve.lua added to
--- the product's in-flight units (0 for an event pushed by hand without a seq).
+-- counted), then X pairs (entry, dead envelope), each followed by the entry's 8 ending
+-- arguments: event_id, product_id, qty, seq, buyer, reserved_at, state, reason ('' for none;
+-- an empty event_id for an entry that is not an event). `counted` is the qty reserve.lua
+-- added to the product's in-flight units (0 for an event pushed by hand without a seq).
 --
 -- Returns {acknowledged, units_given_back, dead_lettered}.
 --
--- Invariant kept atomic: a give-back, a dead letter or an in-flight decrement happens only
--- together with the removal of its entry from processing. Every reservation is exactly one entry in pending,
--- processing or dead, so however often an event is delivered, its stock is returned at most
--- once, and an entry the janitor already re-queued is left alone (a late acknowledgement).
+-- Invariants kept atomic: a give-back, a dead letter, an in-flight decrement, a record's
+-- change of state and its outcome entry happen only together with the removal of its entry
+-- from processing. Every reservation is exactly one entry in pending, processing or dead, so
+-- however often an event is delivered, its stock is returned at most once and its outcome
+-- announced once, and an entry the janitor already re-queued is left alone (a late
+-- acknowledgement writes nothing). A record changes only for the entry that made it (same
+-- seq): a second reservation under its id is announced `duplicate` without touching it.
 --
 -- Cost: LREM per entry would scan processing once per entry. Instead the entries are found
 -- in windows from the head (where fresh claims sit), overwritten in place with a tombstone,
@@ -45,12 +55,17 @@ local function want(entry, kind, extra)
   end
   stack[#stack + 1] = i
 end
-local a = 5
-for i = 1, d do want(ARGV[a], 'ack', {ARGV[a + 1], ARGV[a + 2]}); a = a + 3 end
-for i = 1, g do want(ARGV[a], 'give', {7 + i, ARGV[a + 2], ARGV[a + 1], ARGV[a + 3]}); a = a + 4 end
-for i = 1, x do want(ARGV[a], 'dead', ARGV[a + 1]); a = a + 2 end
+-- ending[i] = the index in ARGV of target i's 8 ending arguments
+local ending = {}
+local a = 7
+for i = 1, d do want(ARGV[a], 'ack', {ARGV[a + 1], ARGV[a + 2]}); ending[#targets] = a + 3; a = a + 11 end
+for i = 1, g do
+  want(ARGV[a], 'give', {8 + i, ARGV[a + 2], ARGV[a + 1], ARGV[a + 3]}); ending[#targets] = a + 4; a = a + 12
+end
+for i = 1, x do want(ARGV[a], 'dead', ARGV[a + 1]); ending[#targets] = a + 2; a = a + 10 end
 
 local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tombstone = '\0stockq:settled\0' .. t[1] .. '.' .. t[2]
 local found = {}
 local remaining = #targets
@@ -74,6 +89,32 @@ if remaining < #targets then
   redis.call('LREM', KEYS[1], 0, tombstone)
 end
 
+-- Records the end of target i's reservation and announces it on the outcome stream.
+local function announce(i)
+  local e = ending[i]
+  local event_id, seq, state = ARGV[e], ARGV[e + 3], ARGV[e + 6]
+  if event_id == '' then return end
+  local record = KEYS[8 + g + i]
+  local r = redis.call('HMGET', record, 'seq', 'state')
+  if r[1] and r[1] == seq then
+    -- already told (a copy of the same entry pushed by hand): say it once
+    if r[2] == state then return end
+    redis.call('HSET', record, 'state', state, 'updated_at', now)
+    if state ~= 'dead' then redis.call('PEXPIRE', record, ARGV[5]) end
+  end
+  local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1], 'qty', ARGV[e + 2]}
+  local optional = {'seq', seq, 'buyer', ARGV[e + 4], 'reason', ARGV[e + 7], 'reserved_at', ARGV[e + 5]}
+  for k = 1, #optional, 2 do
+    if optional[k + 1] ~= '' then
+      fields[#fields + 1] = optional[k]
+      fields[#fields + 1] = optional[k + 1]
+    end
+  end
+  fields[#fields + 1] = 'at'
+  fields[#fields + 1] = now
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+end
+
 local acked, given, dead = 0, 0, 0
 local claims, settled, uncount = {}, {}, {}
 local function settle(product_id, counted)
@@ -84,6 +125,7 @@ for i, target in ipairs(targets) do
   if found[i] then
     local entry, kind, extra = target[1], target[2], target[3]
     claims[#claims + 1] = entry
+    announce(i)
     if kind == 'ack' then
       settle(extra[1], extra[2])
       settled[#settled + 1] = entry

@@ -21,6 +21,8 @@ pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub(crate) const DEFAULT_JANITOR_INTERVAL: &str = "5s";
 pub(crate) const DEFAULT_CHECK_INTERVAL: &str = "60s";
 pub(crate) const DEFAULT_SHARDS: u32 = 1;
+pub(crate) const DEFAULT_RECORD_TTL: &str = "24h";
+pub(crate) const DEFAULT_OUTCOMES_MAXLEN: u64 = 1_000_000;
 
 /// The settings every command shares (README "Configuration"). Flattened into each
 /// subcommand's arguments.
@@ -66,6 +68,18 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "STOCKQ_SHARDS", default_value_t = DEFAULT_SHARDS, global = true)]
     pub(crate) shards: u32,
 
+    /// How long a reservation's record stays in Redis after it ended (replays and status read it)
+    #[arg(long, env = "STOCKQ_RECORD_TTL", default_value = DEFAULT_RECORD_TTL, value_parser = parse_duration, global = true)]
+    pub(crate) record_ttl: Duration,
+
+    /// The outcome stream {q}:outcomes is trimmed to about this many entries
+    #[arg(long, env = "STOCKQ_OUTCOMES_MAXLEN", default_value_t = DEFAULT_OUTCOMES_MAXLEN, global = true)]
+    pub(crate) outcomes_maxlen: u64,
+
+    /// Bearer token of the order-service API of `serve` (GET /reservations/<id>); unset, that API is off
+    #[arg(long, env = "STOCKQ_API_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) api_token: Option<String>,
+
     /// Log format
     #[arg(long, env = "STOCKQ_LOG_FORMAT", value_enum, default_value_t, global = true)]
     pub(crate) log_format: LogFormat,
@@ -108,6 +122,10 @@ pub struct RedisSettings {
     /// Every key of the queue starts with `{queue}` (`{queue:N}` for shard N).
     pub queue: String,
     pub shards: u32,
+    /// How long a reservation's record is kept after it ended.
+    pub record_ttl: Duration,
+    /// `{q}:outcomes` is trimmed to about this many entries.
+    pub outcomes_maxlen: u64,
 }
 
 /// Where the books live.
@@ -133,11 +151,13 @@ pub struct JanitorSettings {
 
 /// The HTTP endpoint: `/healthz` and `/metrics` of a worker or janitor when set, and the
 /// port of `serve`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub port: Option<u16>,
     /// The address `serve` listens on.
     pub bind: std::net::IpAddr,
+    /// The order service's bearer token; `None` when unset or empty (that API is off).
+    pub api_token: Option<ApiToken>,
 }
 
 impl Settings {
@@ -175,15 +195,26 @@ impl Settings {
                 return Err(Error::usage(format!("{name} must be at most 365days")));
             }
         }
+        validate_records(args)?;
         Ok(Settings {
-            redis: RedisSettings { url: redis_url, queue: args.queue.clone(), shards: args.shards },
+            redis: RedisSettings {
+                url: redis_url,
+                queue: args.queue.clone(),
+                shards: args.shards,
+                record_ttl: args.record_ttl,
+                outcomes_maxlen: args.outcomes_maxlen,
+            },
             mysql: MysqlSettings { url: database_url },
             delivery: DeliverySettings {
                 visibility_timeout: args.visibility_timeout,
                 max_attempts: args.max_attempts,
             },
             janitor: JanitorSettings { interval: args.janitor_interval, check_interval: args.check_interval },
-            http: HttpSettings { port: args.port, bind: args.bind },
+            http: HttpSettings {
+                port: args.port,
+                bind: args.bind,
+                api_token: ApiToken::new(args.api_token.as_deref()),
+            },
         })
     }
 
@@ -201,8 +232,49 @@ impl Settings {
             port: None,
             bind: std::net::Ipv4Addr::UNSPECIFIED.into(),
             shards: DEFAULT_SHARDS,
+            record_ttl: default_duration(DEFAULT_RECORD_TTL),
+            outcomes_maxlen: DEFAULT_OUTCOMES_MAXLEN,
+            api_token: None,
             log_format: LogFormat::default(),
         })
+    }
+}
+
+/// A record must outlive any retry of its reservation; the stream must hold something.
+fn validate_records(args: &GlobalArgs) -> Result<()> {
+    if args.record_ttl < Duration::from_secs(1) || args.record_ttl > MAX_DURATION {
+        return Err(Error::usage("STOCKQ_RECORD_TTL must be from 1s to 365days"));
+    }
+    if args.outcomes_maxlen == 0 {
+        return Err(Error::usage("STOCKQ_OUTCOMES_MAXLEN must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The order-service API's bearer token. Kept out of `Debug` so settings can be logged.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// An empty token counts as none: an API guarded by "" would be open to anyone.
+    pub fn new(token: Option<&str>) -> Option<ApiToken> {
+        token.filter(|t| !t.is_empty()).map(|t| ApiToken(t.to_string()))
+    }
+
+    /// Whether `given` is the token, in time independent of where they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for (i, x) in a.iter().enumerate() {
+            diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+        }
+        diff == 0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 

@@ -23,6 +23,10 @@ pub struct Event {
     pub qty: i64,
     /// Stamped by the reservation script; absent for events pushed by hand.
     pub seq: Option<i64>,
+    /// The buyer the reservation was made for, when one was given (and is a valid id).
+    pub buyer: Option<String>,
+    /// When the reservation was made (unix ms, Redis clock), as reserve.lua stamps it.
+    pub reserved_at: Option<i64>,
 }
 
 impl Event {
@@ -51,7 +55,13 @@ impl Event {
         if seq.is_some_and(|s| s < 0) {
             return Err("seq is negative".to_string());
         }
-        Ok(Event { event_id, product_id, qty, seq })
+        // informative only: a malformed one is ignored, never a reason to dead-letter
+        let buyer = match fields.get("buyer") {
+            Some(Value::String(b)) if validate_buyer(b).is_ok() => Some(b.clone()),
+            _ => None,
+        };
+        let reserved_at = fields.get("at").and_then(Value::as_i64);
+        Ok(Event { event_id, product_id, qty, seq, buyer, reserved_at })
     }
 }
 
@@ -61,6 +71,12 @@ pub(crate) fn validate_event_id(id: &str) -> Result<(), String> {
         && id.len() <= MAX_EVENT_ID_LEN
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if ok { Ok(()) } else { Err(format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]")) }
+}
+
+/// A buyer id: 1 to 64 characters of `[A-Za-z0-9._:-]`, like an event id.
+pub(crate) fn validate_buyer(buyer: &str) -> Result<(), String> {
+    validate_event_id(buyer)
+        .map_err(|_| format!("buyer {buyer:?} is not 1 to 64 characters of [A-Za-z0-9._:-]"))
 }
 
 pub(crate) fn validate_product_id(product_id: i64) -> Result<(), String> {
@@ -149,7 +165,17 @@ mod tests {
     #[test]
     fn parses_a_stamped_event_and_ignores_other_fields() {
         let e = Event::parse(br#"{"event_id":"o-1","product_id":42,"qty":3,"seq":7,"x":[1]}"#).unwrap();
-        assert_eq!(e, Event { event_id: "o-1".into(), product_id: 42, qty: 3, seq: Some(7) });
+        assert_eq!(
+            e,
+            Event {
+                event_id: "o-1".into(),
+                product_id: 42,
+                qty: 3,
+                seq: Some(7),
+                buyer: None,
+                reserved_at: None
+            }
+        );
         let e = Event::parse(br#"{"event_id":"o-1","product_id":42,"qty":3}"#).unwrap();
         assert_eq!(e.seq, None);
     }
@@ -202,7 +228,7 @@ mod tests {
             let mut v = json!({"event_id": id, "product_id": product, "qty": qty});
             if let Some(s) = seq { v["seq"] = json!(s); }
             let e = Event::parse(v.to_string().as_bytes()).unwrap();
-            prop_assert_eq!(e, Event { event_id: id, product_id: product, qty, seq });
+            prop_assert_eq!(e, Event { event_id: id, product_id: product, qty, seq, buyer: None, reserved_at: None });
         }
 
         #[test]

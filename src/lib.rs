@@ -23,6 +23,7 @@
 //! - `janitor`: recovery of abandoned claims, dead-lettering, the periodic check.
 //! - `check`: the exact consistency check and its repair.
 //! - `reserve`: the seckill front door. `event`: the event format and the dead-letter envelope.
+//! - `reservations`: a reservation's status, from its Redis record or its `stock_log` row.
 //!
 //! Around it:
 //! - `admin/`: operators' actions (`stock`, `dead`, `stats`).
@@ -46,6 +47,7 @@ mod http;
 mod janitor;
 mod ledger;
 mod queue;
+mod reservations;
 mod reserve;
 mod shutdown;
 pub mod telemetry;
@@ -63,6 +65,8 @@ pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};
 pub use ledger::{Ledger, Outcome, migrate};
 pub use queue::{ACL_COMMANDS, Claim, Depths, Heartbeat, Keys, Queue, Shards, Waiter};
-pub use reserve::{Reservation, new_event_id, reserve};
+pub use queue::{OutcomeEntry, Record};
+pub use reservations::{Status, status};
+pub use reserve::{Reservation, new_event_id, reserve, reserve_for};
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};
 pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

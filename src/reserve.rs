@@ -2,7 +2,7 @@
 //! enqueue the event in one atomic step ([`Queue::reserve`]), timing and counting the answers.
 
 use crate::error::{Error, Result};
-use crate::event::{validate_event_id, validate_product_id, validate_qty};
+use crate::event::{validate_buyer, validate_event_id, validate_product_id, validate_qty};
 use crate::queue::Queue;
 pub use crate::queue::Reservation;
 use crate::telemetry::metrics as m;
@@ -12,16 +12,33 @@ pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-/// Reserves `qty` of `product_id` under `event_id`.
+/// Reserves `qty` of `product_id` under `event_id`, for no particular buyer.
 pub async fn reserve(queue: &Queue, product_id: i64, qty: i64, event_id: &str) -> Result<Reservation> {
+    reserve_for(queue, product_id, qty, event_id, None).await
+}
+
+/// Reserves `qty` of `product_id` under `event_id` for `buyer`. A retry with the same event
+/// id, product, qty and buyer gets the first answer back ([`Reservation::Replayed`]).
+pub async fn reserve_for(
+    queue: &Queue,
+    product_id: i64,
+    qty: i64,
+    event_id: &str,
+    buyer: Option<&str>,
+) -> Result<Reservation> {
     validate_event_id(event_id).map_err(Error::usage)?;
     validate_product_id(product_id).map_err(Error::usage)?;
     validate_qty(qty).map_err(Error::usage)?;
+    if let Some(buyer) = buyer {
+        validate_buyer(buyer).map_err(Error::usage)?;
+    }
     let started = std::time::Instant::now();
-    let answer = queue.reserve(product_id, qty, event_id).await?;
+    let answer = queue.reserve(product_id, qty, event_id, buyer).await?;
     metrics::histogram!(m::RESERVE_SECONDS).record(started.elapsed().as_secs_f64());
     let result = match answer {
         Reservation::Reserved { .. } => "reserved",
+        Reservation::Replayed { .. } => "replayed",
+        Reservation::IdUsed { .. } => "id_used",
         Reservation::SoldOut { .. } => "sold_out",
         Reservation::UnknownProduct => "unknown_product",
     };

@@ -37,6 +37,7 @@ pub(crate) mod metrics {
     pub(crate) const APPLY_SECONDS: &str = "stockq_batch_apply_seconds";
     pub(crate) const RESERVATIONS: &str = "stockq_reservations_total";
     pub(crate) const RESERVE_SECONDS: &str = "stockq_reserve_seconds";
+    pub(crate) const RESERVATION_TO_OUTCOME_SECONDS: &str = "stockq_reservation_to_outcome_seconds";
     pub(crate) const PENDING: &str = "stockq_queue_pending";
     pub(crate) const PROCESSING: &str = "stockq_queue_processing";
     pub(crate) const DEAD: &str = "stockq_queue_dead";
@@ -112,6 +113,10 @@ pub(crate) mod metrics {
         describe_histogram!(APPLY_SECONDS, "Time to apply one batch in MySQL, retries included");
         describe_counter!(RESERVATIONS, "Reservations answered, by result");
         describe_histogram!(RESERVE_SECONDS, "Time to answer one reservation");
+        describe_histogram!(
+            RESERVATION_TO_OUTCOME_SECONDS,
+            "Time from a reservation to its outcome (applied, rejected, duplicate, dead), end to end"
+        );
         describe_gauge!(PENDING, "Entries waiting in {q}:pending");
         describe_gauge!(PROCESSING, "Entries claimed and not yet acknowledged");
         describe_gauge!(DEAD, "Entries in {q}:dead");

@@ -8,6 +8,7 @@ mod books;
 mod dead;
 mod print;
 mod processes;
+mod reservations;
 mod stock;
 
 use std::process::ExitCode;
@@ -31,7 +32,8 @@ use crate::worker;
                   MySQL exactly once through a crash-safe queue; prove that both stores agree.\n\n\
                   Every setting is a flag and an environment variable (the flag wins).",
     after_help = "Exit status: 0 success, 1 failure (a store unreachable, drift found by check), \
-                  2 bad usage or input; reserve: 3 sold out, 4 unknown product."
+                  2 bad usage or input; reserve: 3 sold out, 4 unknown product, 6 event id already \
+                  used; status: 4 unknown reservation."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -47,7 +49,7 @@ pub(crate) enum Command {
     /// Set or change a product's stock in MySQL and Redis together
     #[command(subcommand)]
     Stock(StockCommand),
-    /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product)
+    /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product, 6 event id already used)
     Reserve {
         /// Product id (a positive integer)
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -58,6 +60,32 @@ pub(crate) enum Command {
         /// Event id (an order id fits): 1 to 64 characters of [A-Za-z0-9._:-]; default: a new UUIDv7
         #[arg(long)]
         event_id: Option<String>,
+        /// The buyer: 1 to 64 characters of [A-Za-z0-9._:-]
+        #[arg(long)]
+        buyer: Option<String>,
+        /// Print the reservation's status object (or the refusal) as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// A reservation's state (exit 4 unknown reservation)
+    Status {
+        /// The reservation's event id
+        event_id: String,
+        /// The status object as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// The latest outcomes of reservations ({q}:outcomes), and new ones with --follow
+    Outcomes {
+        /// How many of the latest to show
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Keep printing new outcomes as they come, until interrupted
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
     },
     /// Generate load: reserve N events through the same script as shoppers
     Produce(ProduceArgs),
@@ -252,7 +280,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Migrate => processes::migrate(settings).await,
         Command::Stock(StockCommand::Set { product, qty }) => stock::set(settings, product, qty).await,
         Command::Stock(StockCommand::Add { product, delta }) => stock::add(settings, product, delta).await,
-        Command::Reserve { product, qty, event_id } => stock::reserve(settings, product, qty, event_id).await,
+        Command::Reserve { product, qty, event_id, buyer, json } => {
+            stock::reserve(settings, product, qty, event_id, buyer.as_deref(), json).await
+        }
+        Command::Status { event_id, json } => reservations::status(settings, &event_id, json).await,
+        Command::Outcomes { count, follow, json } => {
+            reservations::outcomes(settings, count, follow, json).await
+        }
         Command::Produce(args) => stock::produce(settings, &args).await,
         Command::Worker { concurrency, batch } => processes::worker(settings, concurrency, batch).await,
         Command::Janitor { once } => processes::janitor(settings, once).await,

@@ -1,11 +1,14 @@
 //! Stock in, stock out: an operator's `stock set` and `stock add`, a shopper's `reserve`, and
 //! `produce`, the load generator that reserves the way shoppers do.
 
+use serde_json::json;
+
 use super::{ProduceArgs, connect, print};
 use crate::admin::stock::{self as admin_stock, Change};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::queue::Shards;
+use crate::reservations::Asked;
 use crate::reserve::{self as reservations, Reservation};
 use crate::tools::produce::{self as load, ProduceOptions};
 
@@ -13,6 +16,8 @@ use crate::tools::produce::{self as load, ProduceOptions};
 const EXIT_SOLD_OUT: u8 = 3;
 /// Exit status of `reserve` for a product that was never stocked.
 const EXIT_UNKNOWN_PRODUCT: u8 = 4;
+/// Exit status of `reserve` for an event id that belongs to another reservation.
+const EXIT_ID_USED: u8 = 6;
 
 /// `stockq stock set <product> <qty>`
 pub(super) async fn set(settings: &Settings, product: i64, qty: i64) -> Result<u8> {
@@ -34,32 +39,53 @@ async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8>
     Ok(0)
 }
 
-/// `stockq reserve <product> <qty> [--event-id ID]`
+/// `stockq reserve <product> <qty> [--event-id ID] [--buyer B] [--json]`. A replay (the same
+/// reservation retried under its event id) answers as the first time did.
 pub(super) async fn reserve(
     settings: &Settings,
     product: i64,
     qty: i64,
     event_id: Option<String>,
+    buyer: Option<&str>,
+    json: bool,
 ) -> Result<u8> {
     let event_id = event_id.unwrap_or_else(reservations::new_event_id);
     crate::event::validate_event_id(&event_id).map_err(Error::usage)?;
     let shards = Shards::connect(settings).await?;
-    match reservations::reserve(shards.for_product(product), product, qty, &event_id).await? {
-        Reservation::Reserved { event_id, .. } => {
-            println!("{event_id}");
-            Ok(0)
+    let answer =
+        reservations::reserve_for(shards.for_product(product), product, qty, &event_id, buyer).await?;
+    if let Some(object) = crate::reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
+        match (json, &answer) {
+            (true, _) => println!("{object}"),
+            (false, Reservation::Reserved { event_id, .. } | Reservation::Replayed { event_id, .. }) => {
+                println!("{event_id}")
+            }
+            _ => {}
         }
-        Reservation::SoldOut { available } => {
-            eprintln!("stockq: sold out: product {product} has {available} left, {qty} asked; nothing taken");
-            Ok(EXIT_SOLD_OUT)
-        }
-        Reservation::UnknownProduct => {
-            eprintln!(
-                "stockq: unknown product {product}: stock it first with `stockq stock set {product} <qty>`"
-            );
-            Ok(EXIT_UNKNOWN_PRODUCT)
-        }
+        return Ok(0);
     }
+    let (code, message, object) = match answer {
+        Reservation::SoldOut { available } => (
+            EXIT_SOLD_OUT,
+            format!("sold out: product {product} has {available} left, {qty} asked; nothing taken"),
+            json!({ "error": "sold out", "available": available }),
+        ),
+        Reservation::IdUsed { state } => (
+            EXIT_ID_USED,
+            format!("event id already used (state {state})"),
+            json!({ "error": "event id already used", "state": state }),
+        ),
+        _ => (
+            EXIT_UNKNOWN_PRODUCT,
+            format!("unknown product {product}: stock it first with `stockq stock set {product} <qty>`"),
+            json!({ "error": format!("unknown product {product}") }),
+        ),
+    };
+    if json {
+        println!("{object}");
+    }
+    eprintln!("stockq: {message}");
+    Ok(code)
 }
 
 /// `stockq produce --events N ...`

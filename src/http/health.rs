@@ -59,7 +59,7 @@ impl LedgerSlot {
         *self.0.1.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
-    fn get(&self) -> Result<&Ledger> {
+    pub(crate) fn get(&self) -> Result<&Ledger> {
         self.0.0.get().ok_or_else(|| {
             let why = self.0.1.lock().unwrap_or_else(|e| e.into_inner());
             Error::NotConnected { store: Store::Mysql, why: why.clone() }

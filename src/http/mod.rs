@@ -5,4 +5,5 @@ mod answer;
 mod conn;
 pub(crate) mod health;
 mod listen;
+pub(crate) mod reservations;
 pub(crate) mod serve;

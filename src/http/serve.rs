@@ -2,7 +2,8 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?}` | 201 `{"event_id", "seq", "remaining"}`; 409 sold out; 404 unknown product; 400 bad input |
+//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used; 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
+//! | `GET /reservations/<id>` | the order service's: see [`crate::http::reservations`] |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
 //!
@@ -24,13 +25,15 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::Settings;
+use crate::config::{ApiToken, Settings};
 use crate::error::{Error, Result};
 use crate::http::answer::{clip, error};
 use crate::http::health::{self, Health, LedgerSlot};
+use crate::http::reservations::{self, Api, reserve_answer};
 use crate::ledger::Ledger;
 use crate::queue::Shards;
-use crate::reserve::{Reservation, new_event_id, reserve};
+use crate::reservations::Asked;
+use crate::reserve::{new_event_id, reserve_for};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_PORT: u16 = 8080;
@@ -41,13 +44,14 @@ struct ReserveRequest {
     product_id: i64,
     qty: i64,
     event_id: Option<String>,
+    buyer: Option<String>,
 }
 
 /// MySQL serves `/healthz` only.
 const MYSQL_CONNECTIONS: u32 = 2;
 
 /// Logs a failed request, one line per kind every few seconds however many fail.
-fn log_failure(what: &'static str, e: &Error) {
+pub(crate) fn log_failure(what: &'static str, e: &Error) {
     if let Some(store) = e.store() {
         metrics::counter!(m::STORE_ERRORS, "store" => store.as_str()).increment(1);
     }
@@ -81,27 +85,11 @@ async fn post_reserve(
     if let Err(e) = crate::event::validate_product_id(req.product_id) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    match reserve(shards.for_product(req.product_id), req.product_id, req.qty, &event_id).await {
-        Ok(Reservation::Reserved { event_id, seq, remaining }) => (
-            StatusCode::CREATED,
-            axum::Json(json!({ "event_id": event_id, "seq": seq, "remaining": remaining })),
-        )
-            .into_response(),
-        Ok(Reservation::SoldOut { available }) => {
-            (StatusCode::CONFLICT, axum::Json(json!({ "error": "sold out", "available": available })))
-                .into_response()
-        }
-        Ok(Reservation::UnknownProduct) => {
-            error(StatusCode::NOT_FOUND, format!("unknown product {}", req.product_id))
-        }
-        Err(Error::Usage(message)) => error(StatusCode::BAD_REQUEST, message),
-        Err(e) => {
-            log_failure("reservation failed", &e);
-            let error = "reservations are unavailable; try again with the same event_id";
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": error, "event_id": event_id })))
-                .into_response()
-        }
-    }
+    // the id exists before Redis is called, so that a 503 can tell which id to retry with
+    let buyer = req.buyer.as_deref();
+    let result =
+        reserve_for(shards.for_product(req.product_id), req.product_id, req.qty, &event_id, buyer).await;
+    reserve_answer(Asked { product_id: req.product_id, qty: req.qty, buyer }, &event_id, result)
 }
 
 async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Response {
@@ -122,12 +110,14 @@ async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Resp
 }
 
 /// The whole front door.
-pub(crate) fn router(shards: Shards, ledger: LedgerSlot) -> Router {
+pub(crate) fn router(shards: Shards, ledger: LedgerSlot, token: Option<ApiToken>) -> Router {
+    let api = Api { shards: shards.clone(), ledger: ledger.clone(), token };
     let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
     Router::new()
         .route("/reserve", post(post_reserve))
         .route("/stock/{id}", get(get_stock))
         .with_state(shards)
+        .merge(reservations::routes(api))
         .merge(health::routes(health))
         .fallback(|| async {
             error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics")
@@ -142,7 +132,12 @@ pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Res
     tokio::spawn(connect_ledger(settings.clone(), ledger.clone(), shutdown.clone()));
     let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
     let addr = SocketAddr::new(settings.http.bind, settings.http.port.unwrap_or(DEFAULT_PORT));
-    let served = crate::http::listen::serve(addr, router(shards, ledger), shutdown.clone()).await;
+    let served = crate::http::listen::serve(
+        addr,
+        router(shards, ledger, settings.http.api_token.clone()),
+        shutdown.clone(),
+    )
+    .await;
     // the server also returns when it cannot listen: the background tasks must stop then too
     shutdown.cancel();
     let _ = sampler.await;

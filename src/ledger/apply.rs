@@ -244,7 +244,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn event(id: u8, product: i64, qty: i64, seq: Option<i64>) -> Event {
-        Event { event_id: format!("e{id}"), product_id: product, qty, seq }
+        Event { event_id: format!("e{id}"), product_id: product, qty, seq, buyer: None, reserved_at: None }
     }
 
     #[test]

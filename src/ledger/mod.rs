@@ -7,6 +7,7 @@
 
 mod apply;
 mod books;
+mod lookup;
 mod migrate;
 
 use std::collections::{BTreeSet, HashMap};

@@ -3,8 +3,9 @@
 
 use redis::AsyncCommands;
 
-use super::{CALL_TIMEOUT, Entry, Queue, scripts};
+use super::{CALL_TIMEOUT, Ended, Ending, Entry, Queue, millis, scripts};
 use crate::error::{Result, bounded};
+use crate::event::Event;
 
 impl Queue {
     /// How many dead letters the queue holds.
@@ -25,8 +26,17 @@ impl Queue {
     /// (`lua/dead_requeue.lua`). False when the envelope was no longer there (another
     /// operator got to it).
     pub(crate) async fn dead_requeue(&self, envelope: &[u8], entry: &[u8]) -> Result<bool> {
+        let event = Event::parse(entry).ok();
+        let record = event.as_ref().map_or_else(|| self.keys.dead(), |e| self.keys.record(&e.event_id));
+        let seq = event.and_then(|e| e.seq).map(|s| s.to_string()).unwrap_or_default();
         let mut invocation = scripts::DEAD_REQUEUE.prepare_invoke();
-        invocation.key(self.keys.dead()).key(self.keys.pending()).arg(envelope).arg(entry);
+        invocation
+            .key(self.keys.dead())
+            .key(self.keys.pending())
+            .key(record)
+            .arg(envelope)
+            .arg(entry)
+            .arg(seq);
         let moved: u64 = self.invoke("redis (dead requeue)", &invocation).await?;
         Ok(moved > 0)
     }
@@ -47,20 +57,39 @@ impl Queue {
             // the script wants a key of the queue even when it gives nothing back
             None => (self.keys.dead(), Dropped::default()),
         };
+        let ending = event.and_then(|d| drop_ending(entry, d));
+        let record =
+            ending.as_ref().map_or_else(|| self.keys.dead(), |e| self.keys.record(&e.event.event_id));
         let mut invocation = scripts::DEAD_DROP.prepare_invoke();
         invocation
             .key(self.keys.dead())
             .key(stock_key)
             .key(self.keys.inflight())
             .key(self.keys.unsure())
+            .key(record)
+            .key(self.keys.outcomes())
             .arg(envelope)
             .arg(d.give_back)
             .arg(d.product_id)
             .arg(d.counted)
-            .arg(entry);
+            .arg(entry)
+            .arg(millis(self.retention.record_ttl))
+            .arg(self.retention.outcomes_maxlen);
+        Ending::push_args(ending.as_ref(), &mut invocation);
         let dropped: u64 = self.invoke("redis (dead drop)", &invocation).await?;
         Ok(dropped > 0)
     }
+}
+
+/// How a dropped reservation ends: `cancelled` (reason `dropped`) when its stock goes back,
+/// `applied` when a delivery had committed in MySQL before it died.
+fn drop_ending(entry: &[u8], d: Dropped) -> Option<Ending> {
+    let event = Event::parse(entry).ok()?;
+    Some(if d.give_back > 0 {
+        Ending::new(&event, Ended::Cancelled, Some("dropped"))
+    } else {
+        Ending::new(&event, Ended::Applied, None)
+    })
 }
 
 /// The event a dropped dead letter holds, as `lua/dead_drop.lua` settles it.

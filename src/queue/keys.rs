@@ -89,9 +89,20 @@ impl Keys {
         format!("{}:alerts", self.prefix)
     }
 
+    /// Hash: one reservation's record (state, product, qty, buyer, seq, times), kept
+    /// `STOCKQ_RECORD_TTL` after it ended; reserve.lua answers replays from it.
+    pub fn record(&self, event_id: &str) -> String {
+        format!("{}:r:{event_id}", self.prefix)
+    }
+
+    /// Stream: one entry per transition of a reservation into a final state or `dead`.
+    pub fn outcomes(&self) -> String {
+        format!("{}:outcomes", self.prefix)
+    }
+
     /// Every key of the queue with a fixed name (not the per-product stock keys nor the
-    /// per-worker heartbeats).
-    pub fn fixed(&self) -> [String; 11] {
+    /// per-worker heartbeats, nor the per-reservation records).
+    pub fn fixed(&self) -> [String; 12] {
         [
             self.pending(),
             self.processing(),
@@ -104,6 +115,7 @@ impl Keys {
             self.alerts(),
             self.inflight(),
             self.unsure(),
+            self.outcomes(),
         ]
     }
 }
@@ -115,10 +127,11 @@ mod tests {
     #[test]
     fn every_key_carries_the_hash_tag() {
         let k = Keys::new("shop");
-        for key in k.fixed().into_iter().chain([k.stock(42), k.worker("w1")]) {
+        for key in k.fixed().into_iter().chain([k.stock(42), k.worker("w1"), k.record("o-1")]) {
             assert!(key.starts_with("{shop}:"), "{key}");
         }
         assert_eq!(k.stock(42), "{shop}:stock:42");
         assert_eq!(k.pending(), "{shop}:pending");
+        assert_eq!(k.record("o-1"), "{shop}:r:o-1");
     }
 }

@@ -32,6 +32,7 @@ mod conn;
 mod dead;
 mod keys;
 mod ops;
+mod records;
 mod scripts;
 pub(crate) mod shards;
 mod stock;
@@ -45,6 +46,8 @@ pub(crate) use dead::Dropped;
 pub use keys::Keys;
 pub(crate) use ops::Alert;
 pub use ops::Depths;
+pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
+pub use records::{OutcomeEntry, Record};
 pub use shards::Shards;
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
@@ -65,7 +68,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
     +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
-    +smembers +xadd +hmget";
+    +smembers +xadd +hmget +hset +pexpire +xrevrange +xread";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub(crate) type Entry = Vec<u8>;
@@ -78,6 +81,7 @@ pub struct Queue {
     conn: Conn,
     visibility_timeout: Duration,
     max_attempts: u32,
+    retention: Retention,
 }
 
 /// A dedicated connection for one consumer's blocking wait.
@@ -118,6 +122,8 @@ pub(crate) struct Ack {
     /// The units reserve.lua counted in the product's in-flight total for this entry (its
     /// qty, or 0 for an event pushed by hand without a seq), uncounted with the removal.
     pub(crate) counted: i64,
+    /// How its reservation ended (`applied`), for its record and the outcome stream.
+    pub(crate) ending: Ending,
 }
 
 /// An entry to acknowledge whose Redis stock goes back: MySQL did not deduct it.
@@ -128,6 +134,8 @@ pub(crate) struct GiveBack {
     pub(crate) qty: i64,
     /// As for [`Ack::counted`].
     pub(crate) counted: i64,
+    /// `rejected` or `duplicate`, as for [`Ack::ending`].
+    pub(crate) ending: Ending,
 }
 
 impl Settlement {
@@ -170,6 +178,10 @@ impl Queue {
             conn,
             visibility_timeout: settings.delivery.visibility_timeout,
             max_attempts: settings.delivery.max_attempts,
+            retention: Retention {
+                record_ttl: settings.redis.record_ttl,
+                outcomes_maxlen: settings.redis.outcomes_maxlen,
+            },
         })
     }
 
@@ -262,20 +274,39 @@ impl Queue {
             .key(self.keys.dead())
             .key(self.keys.counters())
             .key(self.keys.inflight())
-            .key(self.keys.unsure());
+            .key(self.keys.unsure())
+            .key(self.keys.outcomes());
         for give_back in &s.give_backs {
             invocation.key(self.keys.stock(give_back.product_id));
         }
+        let dead_endings: Vec<Option<Ending>> =
+            s.dead.iter().map(|(_, envelope)| dead_ending(envelope)).collect();
+        let endings = s.acks.iter().map(|a| Some(&a.ending));
+        let endings = endings.chain(s.give_backs.iter().map(|g| Some(&g.ending)));
+        for ending in endings.chain(dead_endings.iter().map(Option::as_ref)) {
+            // an entry that is not an event has no record: any key of the queue stands in
+            invocation
+                .key(ending.map_or_else(|| self.keys.outcomes(), |e| self.keys.record(&e.event.event_id)));
+        }
         let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        invocation.arg(s.acks.len()).arg(s.give_backs.len()).arg(s.dead.len()).arg(counters.join(","));
+        invocation
+            .arg(s.acks.len())
+            .arg(s.give_backs.len())
+            .arg(s.dead.len())
+            .arg(counters.join(","))
+            .arg(millis(self.retention.record_ttl))
+            .arg(self.retention.outcomes_maxlen);
         for ack in &s.acks {
             invocation.arg(ack.entry.as_slice()).arg(ack.product_id).arg(ack.counted);
+            Ending::push_args(Some(&ack.ending), &mut invocation);
         }
         for g in &s.give_backs {
             invocation.arg(g.entry.as_slice()).arg(g.product_id).arg(g.qty).arg(g.counted);
+            Ending::push_args(Some(&g.ending), &mut invocation);
         }
-        for (entry, envelope) in &s.dead {
+        for ((entry, envelope), ending) in s.dead.iter().zip(&dead_endings) {
             invocation.arg(entry.as_slice()).arg(envelope.as_str());
+            Ending::push_args(ending.as_ref(), &mut invocation);
         }
         let (acknowledged, units_given_back, dead_lettered): (u64, i64, u64) =
             self.invoke("redis (settle)", &invocation).await?;
@@ -342,6 +373,13 @@ impl Queue {
         }
         Ok(Recovery { requeued, adopted, exhausted, next_deadline_in })
     }
+}
+
+/// How a dead letter's reservation is announced: `dead` with the envelope's reason; `None`
+/// for an entry that is not an event (it holds no reservation).
+fn dead_ending(envelope: &str) -> Option<Ending> {
+    let letter = crate::event::DeadLetter::parse(envelope.as_bytes())?;
+    Some(Ending::new(&letter.event()?, Ended::Dead, Some(&letter.reason)))
 }
 
 fn millis(d: Duration) -> u64 {

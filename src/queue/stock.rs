@@ -7,14 +7,21 @@
 
 use redis::AsyncCommands;
 
-use super::{CALL_TIMEOUT, Queue, scripts};
+use super::{CALL_TIMEOUT, Queue, next_value, scripts};
 use crate::error::{Result, bounded};
 
 /// The answer to one reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    /// Stock taken and the event enqueued with this sequence number.
-    Reserved { event_id: String, seq: i64, remaining: i64 },
+    /// Stock taken and the event enqueued with this sequence number, at `reserved_at` (unix
+    /// ms, Redis clock).
+    Reserved { event_id: String, seq: i64, remaining: i64, reserved_at: i64 },
+    /// The same reservation was made before under this event id and has not ended (or is
+    /// applied): nothing taken, and this is its first answer with its current state.
+    Replayed { event_id: String, seq: i64, state: String, reserved_at: i64, updated_at: i64 },
+    /// The event id belongs to another reservation (other product, qty or buyer), or to one
+    /// that ended: nothing taken.
+    IdUsed { state: String },
     /// Not enough stock: nothing taken.
     SoldOut { available: i64 },
     /// The product has no Redis stock key (never stocked with `stockq stock set`).
@@ -31,9 +38,16 @@ pub(crate) enum Adjustment {
 }
 
 impl Queue {
-    /// Takes `qty` of `product_id` and enqueues event `event_id` on pending, atomically
-    /// (`lua/reserve.lua`). The script checks its arguments again: a bad one is an error reply.
-    pub(crate) async fn reserve(&self, product_id: i64, qty: i64, event_id: &str) -> Result<Reservation> {
+    /// Takes `qty` of `product_id`, enqueues event `event_id` on pending and records the
+    /// reservation, atomically; or answers a replay from the record (`lua/reserve.lua`). The
+    /// script checks its arguments again: a bad one is an error reply.
+    pub(crate) async fn reserve(
+        &self,
+        product_id: i64,
+        qty: i64,
+        event_id: &str,
+        buyer: Option<&str>,
+    ) -> Result<Reservation> {
         let keys = self.keys();
         let mut invocation = scripts::RESERVE.prepare_invoke();
         invocation
@@ -41,13 +55,30 @@ impl Queue {
             .key(keys.pending())
             .key(keys.seq())
             .key(keys.inflight())
+            .key(keys.record(event_id))
             .arg(event_id)
             .arg(product_id)
-            .arg(qty);
-        let (code, seq, stock): (i64, i64, i64) = self.invoke("redis (reserve)", &invocation).await?;
+            .arg(qty)
+            .arg(buyer.unwrap_or(""));
+        let reply: Vec<redis::Value> = self.invoke("redis (reserve)", &invocation).await?;
+        let mut values = reply.into_iter();
+        let code: i64 = next_value(&mut values)?;
+        let seq: i64 = next_value(&mut values)?;
+        let event_id = event_id.to_string();
         Ok(match code {
-            1 => Reservation::Reserved { event_id: event_id.to_string(), seq, remaining: stock },
-            0 => Reservation::SoldOut { available: stock },
+            1 => {
+                let remaining = next_value(&mut values)?;
+                Reservation::Reserved { event_id, seq, remaining, reserved_at: next_value(&mut values)? }
+            }
+            2 => Reservation::Replayed {
+                event_id,
+                seq,
+                state: next_value(&mut values)?,
+                reserved_at: next_value(&mut values)?,
+                updated_at: next_value(&mut values)?,
+            },
+            -2 => Reservation::IdUsed { state: next_value(&mut values)? },
+            0 => Reservation::SoldOut { available: next_value(&mut values)? },
             _ => Reservation::UnknownProduct,
         })
     }

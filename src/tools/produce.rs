@@ -126,6 +126,8 @@ pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<Produc
     while let Some((answer, took)) = answers.next().await {
         match answer? {
             Reservation::Reserved { .. } => report.reserved += 1,
+            // fresh ids: neither happens unless another producer uses the same ones
+            Reservation::Replayed { .. } | Reservation::IdUsed { .. } => {}
             Reservation::SoldOut { .. } => report.sold_out += 1,
             Reservation::UnknownProduct => report.unknown_product += 1,
         }

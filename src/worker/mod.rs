@@ -29,7 +29,9 @@ use crate::backoff::{Backoff, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
 use crate::ledger::{Ledger, Outcome};
-use crate::queue::{Ack, Claim, Entry, GiveBack, Queue, Settlement, Shards, Waiter};
+use crate::queue::{
+    Ack, Claim, Ended, Ending, Entry, GiveBack, Queue, REJECTED_REASON, Settlement, Shards, Waiter,
+};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_BATCH: usize = 100;
@@ -290,6 +292,7 @@ impl Worker {
         add_elapsed(&self.totals.settle_us, started);
         report.acknowledged = settled.acknowledged;
         self.record_batch(&report, settled.dead_lettered);
+        record_outcome_latency(&parsed.events);
         tracing::debug!(?report, "batch settled");
         Ok(report)
     }
@@ -541,10 +544,17 @@ fn decide(parsed: &Parsed, verdicts: &[Verdict], now_ms: u64) -> (Settlement, Ba
         // reserve.lua counted the stamped events in the product's in-flight units
         let counted = if event.seq.is_some() { event.qty } else { 0 };
         let product_id = event.product_id;
+        let ending = match outcome {
+            Outcome::Rejected | Outcome::AlreadyRejected => {
+                Ending::new(event, Ended::Rejected, Some(REJECTED_REASON))
+            }
+            Outcome::Duplicate => Ending::new(event, Ended::Duplicate, None),
+            _ => Ending::new(event, Ended::Applied, None),
+        };
         if outcome.gives_back() {
-            settlement.give_backs.push(GiveBack { entry, product_id, qty: event.qty, counted });
+            settlement.give_backs.push(GiveBack { entry, product_id, qty: event.qty, counted, ending });
         } else {
-            settlement.acks.push(Ack { entry, product_id, counted });
+            settlement.acks.push(Ack { entry, product_id, counted, ending });
         }
     }
     report.dead = settlement.dead.len() as u64;
@@ -558,6 +568,17 @@ fn decide(parsed: &Parsed, verdicts: &[Verdict], now_ms: u64) -> (Settlement, Ba
     .filter(|(_, n)| *n > 0)
     .collect();
     (settlement, report)
+}
+
+/// Time from each reservation to its outcome, for the events reserve.lua stamped with their
+/// time. Measured on this host's clock against Redis's: good to the clock skew, which NTP
+/// keeps well under the milliseconds this is about.
+fn record_outcome_latency(events: &[Event]) {
+    let now = now_ms() as i64;
+    for at in events.iter().filter_map(|e| e.reserved_at) {
+        let seconds = (now - at).max(0) as f64 / 1000.0;
+        metrics::histogram!(m::RESERVATION_TO_OUTCOME_SECONDS).record(seconds);
+    }
 }
 
 fn worker_id() -> String {
@@ -605,10 +626,21 @@ mod tests {
             Verdict::Refused("mysql: 1644 product 13 frozen".into()),
         ];
         let (s, report) = decide(&parsed, &verdicts, 7);
-        let ack = |i: usize, product_id, counted| Ack { entry: entries[i].clone(), product_id, counted };
-        assert_eq!(s.acks, [ack(0, 1, 1), ack(3, 2, 3)]);
-        let give = |i: usize, qty| GiveBack { entry: entries[i].clone(), product_id: 1, qty, counted: qty };
-        assert_eq!(s.give_backs, [give(1, 2), give(5, 1), give(6, 4)]);
+        let acks: Vec<_> =
+            s.acks.iter().map(|a| (&a.entry, a.product_id, a.counted, a.ending.state)).collect();
+        assert_eq!(acks, [(&entries[0], 1, 1, Ended::Applied), (&entries[3], 2, 3, Ended::Applied)]);
+        let gives: Vec<_> =
+            s.give_backs.iter().map(|g| (&g.entry, g.qty, g.counted, g.ending.state)).collect();
+        assert_eq!(
+            gives,
+            [
+                (&entries[1], 2, 2, Ended::Rejected),
+                (&entries[5], 1, 1, Ended::Duplicate),
+                (&entries[6], 4, 4, Ended::Rejected)
+            ]
+        );
+        assert_eq!(s.give_backs[0].ending.reason.as_deref(), Some(REJECTED_REASON));
+        assert_eq!(s.acks[1].ending.event.event_id, "c");
         let dead: Vec<&Entry> = s.dead.iter().map(|(e, _)| e).collect();
         assert_eq!(dead, [&entries[2], &entries[4], &entries[7]]);
         assert!(s.dead[1].1.contains("unknown product 9"));

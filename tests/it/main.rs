@@ -12,5 +12,6 @@ mod helpers;
 mod http;
 mod ledger_faults;
 mod listings;
+mod records;
 mod recovery;
 mod security;

@@ -79,12 +79,16 @@ async fn an_acl_user_limited_to_the_queue_runs_every_command() {
         &["stats", "--json"][..],
         &["dead", "list"][..],
         &["check", "--repair"][..],
+        &["reserve", "1", "1", "--event-id", "acl-1", "--buyer", "b"][..],
+        &["reserve", "1", "1", "--event-id", "acl-1", "--buyer", "b"][..],
+        &["status", "acl-1"][..],
+        &["outcomes", "--count", "5"][..],
     ] {
         let (code, _, err) = run(args).await;
         assert_eq!(code, 0, "{args:?}: {err}");
     }
     assert_eq!(env.mysql_stock(1).await, 30);
-    assert_eq!(env.redis_stock(1).await, Some(30));
+    assert_eq!(env.redis_stock(1).await, Some(29), "acl-1 reserved once");
     env.assert_books_balance().await;
 }
 

@@ -1,0 +1,102 @@
+//! Following reservations: `status` of one, and the `outcomes` stream of all.
+
+use std::time::Duration;
+
+use super::connect;
+use crate::config::Settings;
+use crate::error::Result;
+use crate::queue::{OutcomeEntry, Queue, Shards};
+use crate::reservations::{self, Status};
+
+/// Exit status of `status` for an event id neither store knows.
+const EXIT_UNKNOWN_RESERVATION: u8 = 4;
+/// How long one `--follow` wait blocks on a shard before looking at the next.
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
+
+/// `stockq status <event_id> [--json]`
+pub(super) async fn status(settings: &Settings, event_id: &str, json: bool) -> Result<u8> {
+    crate::event::validate_event_id(event_id).map_err(crate::error::Error::usage)?;
+    let (shards, ledger) = connect(settings, 1).await?;
+    let Some(status) = reservations::status(&shards, &ledger, event_id).await? else {
+        eprintln!("stockq: unknown reservation {event_id}");
+        return Ok(EXIT_UNKNOWN_RESERVATION);
+    };
+    if json {
+        println!("{}", serde_json::to_string(&status).unwrap_or_default());
+    } else {
+        println!("{}", status_line(&status));
+    }
+    Ok(0)
+}
+
+fn status_line(s: &Status) -> String {
+    let mut line = format!("{} {} product {} qty {}", s.event_id, s.state, s.product_id, s.qty);
+    if let Some(seq) = s.seq {
+        line.push_str(&format!(" seq {seq}"));
+    }
+    if let Some(buyer) = &s.buyer {
+        line.push_str(&format!(" buyer {buyer}"));
+    }
+    for (name, at) in [("reserved_at", s.reserved_at), ("updated_at", s.updated_at)] {
+        if let Some(at) = at {
+            line.push_str(&format!(" {name} {at}"));
+        }
+    }
+    line
+}
+
+/// `stockq outcomes [--count N] [--follow] [--json]`: the latest `count` of every shard,
+/// oldest first, then (with `follow`) new ones as they come, until interrupted.
+pub(super) async fn outcomes(settings: &Settings, count: usize, follow: bool, json: bool) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    let mut latest = Vec::new();
+    let mut after = Vec::with_capacity(shards.len());
+    for queue in shards.all() {
+        let entries = queue.latest_outcomes(count).await?;
+        after.push(entries.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone()));
+        latest.extend(entries);
+    }
+    // several shards: interleave by the time of the outcome
+    latest.sort_by_key(|e| e.get("at").and_then(|at| at.parse::<i64>().ok()).unwrap_or(0));
+    let skip = latest.len().saturating_sub(count);
+    for entry in &latest[skip..] {
+        print_outcome(entry, json);
+    }
+    if follow {
+        follow_outcomes(shards.all(), &mut after, json).await?;
+    }
+    Ok(0)
+}
+
+async fn follow_outcomes(queues: &[Queue], after: &mut [String], json: bool) -> Result<()> {
+    let mut waiter = queues[0].waiter().await?;
+    let wait = (FOLLOW_WAIT / queues.len() as u32).max(Duration::from_millis(100));
+    loop {
+        for (queue, last) in queues.iter().zip(after.iter_mut()) {
+            for entry in queue.next_outcomes(&mut waiter, last, wait).await? {
+                print_outcome(&entry, json);
+                *last = entry.id;
+            }
+        }
+    }
+}
+
+fn print_outcome(entry: &OutcomeEntry, json: bool) {
+    if json {
+        let mut object = serde_json::Map::new();
+        object.insert("id".into(), entry.id.clone().into());
+        for (k, v) in &entry.fields {
+            let value = match k.as_str() {
+                "product_id" | "qty" | "seq" | "reserved_at" | "at" => {
+                    v.parse::<i64>().map_or_else(|_| v.clone().into(), Into::into)
+                }
+                _ => v.clone().into(),
+            };
+            object.insert(k.clone(), value);
+        }
+        println!("{}", serde_json::Value::Object(object));
+    } else {
+        let fields: Vec<String> = entry.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{} {}", entry.id, fields.join(" "));
+    }
+}

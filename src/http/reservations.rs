@@ -1,0 +1,114 @@
+//! The reservation answers of `POST /reserve`, and the order service's API: `GET
+//! /reservations/<event_id>` behind `Authorization: Bearer <STOCKQ_API_TOKEN>`.
+//!
+//! The API is off (403) while no token is set, so that a deployment that forgot it does not
+//! serve every order's status to anyone who asks.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::config::ApiToken;
+use crate::error::{Error, Result};
+use crate::http::health::LedgerSlot;
+use crate::queue::Shards;
+use crate::reservations::{self, Asked};
+use crate::reserve::Reservation;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The answer to `POST /reserve`. `event_id` is the id the reservation was tried under: a 503
+/// carries it, because the reservation may have been taken and only a retry under the same id
+/// is safe.
+pub(crate) fn reserve_answer(asked: Asked<'_>, event_id: &str, result: Result<Reservation>) -> Response {
+    let reservation = match result {
+        Ok(reservation) => reservation,
+        Err(Error::Usage(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(e) => {
+            crate::http::serve::log_failure("reservation failed", &e);
+            let body = json!({
+                "error": "reservations are unavailable; retry with the same event_id",
+                "event_id": event_id,
+            });
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        }
+    };
+    if let Some(object) = reservations::answer(asked, &reservation) {
+        let code = if matches!(reservation, Reservation::Reserved { .. }) {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return (code, axum::Json(object)).into_response();
+    }
+    match reservation {
+        Reservation::SoldOut { available } => {
+            (StatusCode::CONFLICT, axum::Json(json!({ "error": "sold out", "available": available })))
+                .into_response()
+        }
+        // the state is the order service's business: shoppers only learn that the id is taken
+        Reservation::IdUsed { .. } => error(StatusCode::CONFLICT, "event id already used"),
+        _ => error(StatusCode::NOT_FOUND, format!("unknown product {}", asked.product_id)),
+    }
+}
+
+/// What the order service's API needs.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) shards: Shards,
+    pub(crate) ledger: LedgerSlot,
+    pub(crate) token: Option<ApiToken>,
+}
+
+/// The order service's routes.
+pub(crate) fn routes(api: Api) -> Router {
+    Router::new().route("/reservations/{event_id}", get(get_reservation)).with_state(api)
+}
+
+/// `None` when the request may go on; else the refusal.
+fn refuse_unauthorized(token: Option<&ApiToken>, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = token else {
+        return Some(error(StatusCode::FORBIDDEN, "the order-service API is off: set STOCKQ_API_TOKEN"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if token.matches(given) => None,
+        _ => Some(error(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is required")),
+    }
+}
+
+async fn get_reservation(
+    State(api): State<Api>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refuse_unauthorized(api.token.as_ref(), &headers) {
+        return refusal;
+    }
+    if let Err(e) = crate::event::validate_event_id(&event_id) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let ledger = match api.ledger.get() {
+        Ok(ledger) => ledger,
+        Err(e) => {
+            crate::http::serve::log_failure("status lookup failed", &e);
+            return error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again");
+        }
+    };
+    match reservations::status(&api.shards, ledger, &event_id).await {
+        Ok(Some(status)) => axum::Json(status).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
+        Err(e) => {
+            crate::http::serve::log_failure("status lookup failed", &e);
+            error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again")
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A reservation's status (README "Following outcomes"): what `stockq status`, `reserve
+//! --json` and the order-service API answer.
+//!
+//! Redis keeps a record per reservation while it lives and `STOCKQ_RECORD_TTL` after it ended;
+//! a reservation whose record is gone (expired, or made before records existed) is answered
+//! from its `stock_log` row, which MySQL keeps for good.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::Result;
+use crate::ledger::Ledger;
+use crate::queue::{Record, Shards};
+use crate::reserve::Reservation;
+
+/// The status object (README "Following outcomes"); times are unix ms on the Redis clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub event_id: String,
+    pub state: String,
+    pub product_id: i64,
+    pub qty: i64,
+    pub seq: Option<i64>,
+    pub buyer: Option<String>,
+    pub deadline: Option<i64>,
+    pub reserved_at: Option<i64>,
+    pub updated_at: Option<i64>,
+}
+
+impl Status {
+    fn from_record(event_id: &str, r: Record) -> Status {
+        Status {
+            event_id: event_id.to_string(),
+            state: r.state,
+            product_id: r.product_id,
+            qty: r.qty,
+            seq: r.seq,
+            buyer: r.buyer,
+            deadline: r.deadline,
+            reserved_at: r.reserved_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The status of `event_id`: its record in whichever shard holds it, else its `stock_log`
+/// row. `None` when neither store knows it.
+pub async fn status(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<Option<Status>> {
+    for queue in shards.all() {
+        if let Some(record) = queue.record(event_id).await? {
+            return Ok(Some(Status::from_record(event_id, record)));
+        }
+    }
+    Ok(ledger.log_row(event_id).await?.map(|row| Status {
+        event_id: event_id.to_string(),
+        state: row.status,
+        product_id: row.product_id,
+        qty: row.qty,
+        seq: row.seq,
+        buyer: None,
+        deadline: None,
+        reserved_at: None,
+        updated_at: Some(row.settled_at),
+    }))
+}
+
+/// What was asked of a reservation, to render its answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked<'a> {
+    pub(crate) product_id: i64,
+    pub(crate) qty: i64,
+    pub(crate) buyer: Option<&'a str>,
+}
+
+/// The status object answering a reservation: with `remaining` when it was made now, with
+/// `"replayed": true` when it had been made before. `None` for a refusal.
+pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Value> {
+    let (event_id, seq, state, reserved_at, updated_at) = match reservation {
+        Reservation::Reserved { event_id, seq, reserved_at, .. } => {
+            (event_id, seq, "queued", reserved_at, reserved_at)
+        }
+        Reservation::Replayed { event_id, seq, state, reserved_at, updated_at } => {
+            (event_id, seq, state.as_str(), reserved_at, updated_at)
+        }
+        _ => return None,
+    };
+    let status = Status {
+        event_id: event_id.clone(),
+        state: state.to_string(),
+        product_id: asked.product_id,
+        qty: asked.qty,
+        seq: Some(*seq),
+        buyer: asked.buyer.map(str::to_string),
+        deadline: None,
+        reserved_at: Some(*reserved_at),
+        updated_at: Some(*updated_at),
+    };
+    let mut object = serde_json::to_value(status).ok()?;
+    match reservation {
+        Reservation::Reserved { remaining, .. } => object["remaining"] = json!(remaining),
+        _ => object["replayed"] = json!(true),
+    }
+    Some(object)
+}

@@ -1,0 +1,337 @@
+//! Reservation records, replays, status and the outcome stream (README "Following outcomes").
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::Value;
+use stockq::Reservation;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestEnv, send_signal};
+
+/// Every entry of the test queue's outcome stream, oldest first, as field maps.
+async fn outcomes(env: &TestEnv) -> Vec<HashMap<String, String>> {
+    let mut c = env.redis.clone();
+    let raw: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(env.key("outcomes")).arg("-").arg("+").query_async(&mut c).await.unwrap();
+    raw.into_iter().map(|(_, fields)| fields.into_iter().collect()).collect()
+}
+
+async fn record(env: &TestEnv, event_id: &str) -> HashMap<String, String> {
+    let mut c = env.redis.clone();
+    c.hgetall(env.key(&format!("r:{event_id}"))).await.unwrap()
+}
+
+async fn pttl(env: &TestEnv, event_id: &str) -> i64 {
+    let mut c = env.redis.clone();
+    redis::cmd("PTTL").arg(env.key(&format!("r:{event_id}"))).query_async(&mut c).await.unwrap()
+}
+
+/// The last unit, its reservation retried 100 times at once (a client whose answers were
+/// lost): one reservation, and every answer is the first one, never "sold out".
+#[tokio::test]
+async fn the_last_unit_retried_100_times_is_reserved_once() {
+    let env = TestEnv::new().await;
+    env.stock(77, 1).await;
+    let tries = (0..100).map(|_| stockq::reserve_for(&env.queue, 77, 1, "order-77", Some("buyer-1")));
+    let answers: Vec<Reservation> =
+        futures::future::join_all(tries).await.into_iter().map(|r| r.expect("reserve")).collect();
+    let fresh = answers.iter().filter(|a| matches!(a, Reservation::Reserved { .. })).count();
+    assert_eq!(fresh, 1, "{answers:?}");
+    let seqs: Vec<(i64, i64)> = answers
+        .iter()
+        .map(|a| match a {
+            Reservation::Reserved { seq, reserved_at, .. } => (*seq, *reserved_at),
+            Reservation::Replayed { seq, reserved_at, state, .. } => {
+                assert_eq!(state, "queued");
+                (*seq, *reserved_at)
+            }
+            other => panic!("not the first answer: {other:?}"),
+        })
+        .collect();
+    assert!(seqs.iter().all(|s| *s == seqs[0]), "every answer has the first seq: {seqs:?}");
+    assert_eq!(env.redis_stock(77).await, Some(0), "one unit taken");
+    assert_eq!(env.len("pending").await, 1, "one event enqueued");
+    assert_eq!(env.hget_i64("inflight", b"77").await, 1);
+
+    // the binary answers a replay as the first time: exit 0 and the event id
+    let (code, out, err) =
+        env.run(&["reserve", "77", "1", "--event-id", "order-77", "--buyer", "buyer-1"]).await;
+    assert_eq!((code, out.trim()), (0, "order-77"), "{err}");
+    let (code, out, _) =
+        env.run(&["reserve", "77", "1", "--event-id", "order-77", "--buyer", "buyer-1", "--json"]).await;
+    assert_eq!(code, 0);
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["replayed"], true);
+    assert_eq!((answer["seq"].as_i64(), answer["buyer"].as_str()), (Some(seqs[0].0), Some("buyer-1")));
+    env.drain(10).await;
+    env.assert_books_balance().await;
+}
+
+/// An event id reused for another product, quantity or buyer is refused and takes nothing,
+/// before and after the first reservation is applied.
+#[tokio::test]
+async fn an_event_id_reused_otherwise_is_refused() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    env.stock(2, 10).await;
+    let (code, _, err) = env.run(&["reserve", "1", "2", "--event-id", "order-9", "--buyer", "b1"]).await;
+    assert_eq!(code, 0, "{err}");
+    for applied in [false, true] {
+        for args in [
+            &["reserve", "2", "2", "--event-id", "order-9", "--buyer", "b1"][..],
+            &["reserve", "1", "1", "--event-id", "order-9", "--buyer", "b1"][..],
+            &["reserve", "1", "2", "--event-id", "order-9", "--buyer", "b2"][..],
+            &["reserve", "1", "2", "--event-id", "order-9"][..],
+        ] {
+            let (code, _, err) = env.run(args).await;
+            assert_eq!(code, 6, "{args:?}: {err}");
+            assert!(err.contains("event id already used"), "{err}");
+        }
+        assert_eq!(
+            (env.redis_stock(1).await, env.redis_stock(2).await),
+            (Some(8), Some(10)),
+            "nothing taken"
+        );
+        if !applied {
+            assert_eq!(env.len("pending").await, 1);
+            env.drain(10).await;
+        }
+    }
+    assert_eq!(env.mysql_stock(1).await, 8);
+    assert_eq!(record(&env, "order-9").await["state"], "applied");
+    env.assert_books_balance().await;
+}
+
+/// `status` follows a reservation from queued to applied, and answers from MySQL once the
+/// record is gone; `outcomes` shows the outcome.
+#[tokio::test]
+async fn status_from_the_record_then_from_mysql() {
+    let env = TestEnv::new().await;
+    env.stock(5, 3).await;
+    let (code, _, err) = env.run(&["reserve", "5", "2", "--event-id", "o-5", "--buyer", "ann"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = env.run(&["status", "o-5", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let queued: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(queued["state"], "queued");
+    assert_eq!((queued["product_id"].as_i64(), queued["qty"].as_i64()), (Some(5), Some(2)));
+    assert_eq!((queued["buyer"].as_str(), &queued["deadline"]), (Some("ann"), &Value::Null));
+    assert!(queued["reserved_at"].as_i64().unwrap() > 0);
+    assert_eq!(pttl(&env, "o-5").await, -1, "a live record has no TTL");
+
+    env.drain(10).await;
+    let (code, out, _) = env.run(&["status", "o-5", "--json"]).await;
+    assert_eq!(code, 0);
+    let applied: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(applied["state"], "applied");
+    assert_eq!(
+        (applied["seq"].clone(), applied["reserved_at"].clone()),
+        (queued["seq"].clone(), queued["reserved_at"].clone())
+    );
+    let ttl = pttl(&env, "o-5").await;
+    assert!(ttl > 23 * 3600 * 1000, "an ended record expires after STOCKQ_RECORD_TTL: {ttl}");
+
+    let told = outcomes(&env).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!((told[0]["event_id"].as_str(), told[0]["state"].as_str()), ("o-5", "applied"));
+    assert_eq!((told[0]["buyer"].as_str(), told[0]["qty"].as_str()), ("ann", "2"));
+    assert_eq!(told[0]["reserved_at"], queued["reserved_at"].as_i64().unwrap().to_string());
+    let (code, out, _) = env.run(&["outcomes", "--json"]).await;
+    assert_eq!(code, 0);
+    let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!((line["event_id"].as_str(), line["state"].as_str()), (Some("o-5"), Some("applied")));
+
+    let mut c = env.redis.clone();
+    let _: i64 = c.del(env.key("r:o-5")).await.unwrap();
+    let (code, out, err) = env.run(&["status", "o-5", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let from_mysql: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (from_mysql["state"].as_str(), from_mysql["seq"].clone()),
+        (Some("applied"), queued["seq"].clone())
+    );
+    let (code, _, _) = env.run(&["status", "nobody"]).await;
+    assert_eq!(code, 4);
+}
+
+/// Rejected, dead, dropped and duplicate reservations are each announced once, with their
+/// reason, and their records say so.
+#[tokio::test]
+async fn every_ending_is_announced_once() {
+    let env = TestEnv::new().await;
+    env.stock(1, 5).await;
+    // product 9 exists in Redis only: its events are dead-lettered
+    let mut c = env.redis.clone();
+    let _: () = c.set(env.key("stock:9"), 5).await.unwrap();
+    sqlx::query("UPDATE products SET stock = 0 WHERE id = 1").execute(&env.mysql).await.unwrap();
+    env.reserve_ok(1, 1, "rej").await;
+    env.reserve_ok(9, 1, "gone").await;
+    // a second reservation under a used id, pushed by hand: a duplicate
+    env.reserve_ok(1, 1, "twice").await;
+    env.push_raw(br#"{"event_id":"twice","product_id":1,"qty":1}"#).await;
+    env.drain(10).await;
+    let states: Vec<(String, String)> =
+        outcomes(&env).await.into_iter().map(|o| (o["event_id"].clone(), o["state"].clone())).collect();
+    let count = |id: &str, state: &str| states.iter().filter(|(i, s)| i == id && s == state).count();
+    assert_eq!((count("rej", "rejected"), count("gone", "dead")), (1, 1), "{states:?}");
+    assert_eq!(
+        count("twice", "rejected") + count("twice", "duplicate") + count("twice", "applied"),
+        2,
+        "{states:?}"
+    );
+    assert_eq!(record(&env, "gone").await["state"], "dead");
+    assert_eq!(pttl(&env, "gone").await, -1, "a dead reservation has not ended");
+    let reasons: Vec<String> =
+        outcomes(&env).await.into_iter().filter_map(|o| o.get("reason").cloned()).collect();
+    assert!(reasons.contains(&"insufficient stock in MySQL".to_string()), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown product 9")), "{reasons:?}");
+
+    let (code, _, err) = env.run(&["dead", "drop", "gone"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(record(&env, "gone").await["state"], "cancelled");
+    let last = outcomes(&env).await.pop().unwrap();
+    assert_eq!((last["state"].as_str(), last["reason"].as_str()), ("cancelled", "dropped"));
+    let (code, _, _) = env.run(&["dead", "drop", "gone"]).await;
+    assert_ne!(code, 0, "nothing left to drop");
+    assert_eq!(outcomes(&env).await.len(), states.len() + 1, "a drop is announced once");
+}
+
+/// SIGKILLed workers, the janitor re-queueing their claims, redeliveries: still exactly one
+/// outcome per reservation, none missing, none doubled.
+#[tokio::test]
+async fn the_outcome_stream_under_chaos_has_one_entry_per_reservation() {
+    let env = TestEnv::with(|s| {
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_millis(500);
+        s.delivery.max_attempts = 1000;
+    })
+    .await;
+    const EVENTS: usize = 500;
+    const MIN_KILLS: usize = 4;
+    for p in 1..=5 {
+        env.stock(p, 1_000).await;
+    }
+    let mut janitor = env.spawn(&["janitor"]);
+    let worker_args = ["worker", "--batch", "5"];
+    let mut workers = [env.spawn(&worker_args), env.spawn(&worker_args)];
+    let reserving = CancellationToken::new();
+    let killer = async {
+        let mut kills = 0;
+        while !reserving.is_cancelled() || kills < MIN_KILLS {
+            tokio::time::sleep(Duration::from_millis(rand::random_range(300..=600))).await;
+            let victim = rand::random_range(0..workers.len());
+            send_signal(workers[victim].id().expect("worker running"), "KILL");
+            let _ = tokio::time::timeout(Duration::from_secs(10), workers[victim].wait()).await;
+            workers[victim] = env.spawn(&worker_args);
+            kills += 1;
+        }
+        kills
+    };
+    let reserver = async {
+        for i in 0..EVENTS {
+            env.reserve_ok((i % 5) as i64 + 1, 1, &format!("chaos-{i}")).await;
+            tokio::time::sleep(Duration::from_millis(6)).await;
+        }
+        reserving.cancel();
+    };
+    let ((), kills) = tokio::join!(reserver, killer);
+    env.eventually(Duration::from_secs(60), "every reservation settled", || async {
+        env.len("pending").await == 0
+            && env.len("processing").await == 0
+            && env.log_rows().await == EVENTS as i64
+    })
+    .await;
+    let mut told: HashMap<String, Vec<String>> = HashMap::new();
+    for o in outcomes(&env).await {
+        told.entry(o["event_id"].clone()).or_default().push(o["state"].clone());
+    }
+    let doubled: Vec<_> = told.iter().filter(|(_, s)| s.len() != 1).collect();
+    assert!(doubled.is_empty(), "announced more than once: {doubled:?}");
+    let missing: Vec<String> =
+        (0..EVENTS).map(|i| format!("chaos-{i}")).filter(|id| !told.contains_key(id)).collect();
+    assert!(missing.is_empty(), "never announced: {missing:?}");
+    assert!(told.values().all(|s| s[0] == "applied"), "generous stock: all applied");
+    eprintln!(
+        "outcomes under chaos: {kills} kills, requeued {}",
+        env.hget_i64("counters", b"requeued").await
+    );
+    env.assert_books_balance().await;
+    for w in workers.iter_mut().chain([&mut janitor]) {
+        let _ = crate::helpers::terminate(w).await;
+    }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`: (status, JSON body).
+async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to serve");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let json =
+        response.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    (status, json)
+}
+
+async fn start_serve(env: &TestEnv, token: &str) -> (tokio::process::Child, u16) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut cmd = env.command(&["serve"]);
+    cmd.env("PORT", port.to_string()).env("STOCKQ_API_TOKEN", token).stdout(std::process::Stdio::null());
+    let child = cmd.spawn().expect("spawn serve");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("serve did not listen on {port}");
+}
+
+/// `POST /reserve` answers replays and reused ids; `GET /reservations/<id>` wants the token.
+#[tokio::test]
+async fn http_replays_and_the_order_service_api() {
+    let env = TestEnv::new().await;
+    env.stock(3, 10).await;
+    let (mut serve, port) = start_serve(&env, "s3cret").await;
+    let body = r#"{"product_id": 3, "qty": 1, "event_id": "h-1", "buyer": "bob"}"#;
+    let (code, first) = http(port, "POST", "/reserve", None, Some(body)).await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!((first["state"].as_str(), first["remaining"].as_i64()), (Some("queued"), Some(9)));
+    let (code, again) = http(port, "POST", "/reserve", None, Some(body)).await;
+    assert_eq!((code, &again["replayed"], &again["seq"]), (200, &Value::Bool(true), &first["seq"]));
+    let other = r#"{"product_id": 3, "qty": 2, "event_id": "h-1", "buyer": "bob"}"#;
+    let (code, used) = http(port, "POST", "/reserve", None, Some(other)).await;
+    assert_eq!((code, used["error"].as_str()), (409, Some("event id already used")));
+    assert_eq!(env.redis_stock(3).await, Some(9));
+
+    let (code, _) = http(port, "GET", "/reservations/h-1", None, None).await;
+    assert_eq!(code, 401);
+    let (code, _) = http(port, "GET", "/reservations/h-1", Some("wrong"), None).await;
+    assert_eq!(code, 401);
+    let (code, status) = http(port, "GET", "/reservations/h-1", Some("s3cret"), None).await;
+    assert_eq!(
+        (code, status["state"].as_str(), status["buyer"].as_str()),
+        (200, Some("queued"), Some("bob"))
+    );
+    let (code, _) = http(port, "GET", "/reservations/nope", Some("s3cret"), None).await;
+    assert_eq!(code, 404);
+    let _ = crate::helpers::terminate(&mut serve).await;
+
+    let (mut serve, port) = start_serve(&env, "").await;
+    let (code, body) = http(port, "GET", "/reservations/h-1", Some(""), None).await;
+    assert_eq!(code, 403, "{body}");
+    let _ = crate::helpers::terminate(&mut serve).await;
+}
