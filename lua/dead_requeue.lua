@@ -9,8 +9,9 @@
 -- ARGV[3]  the entry's seq ('' for none)
 --
 -- Returns 1 when moved, 0 when the envelope was no longer there (another operator got to it).
--- The record (when it is this entry's: same seq) is `queued` again; no outcome is announced,
--- the reservation has not ended.
+-- The record (when it is this entry's: same seq) is `queued` again, or stays `cancelling` if
+-- the reservation was cancelled while dead (the worker that meets the entry drops it); no
+-- outcome is announced, the reservation has not ended.
 -- `allow-oom`: the entry is smaller than its envelope, so this shrinks Redis (the record only
 -- changes a field).
 
@@ -20,7 +21,10 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 if ARGV[3] and ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'seq') == ARGV[3] then
   local t = redis.call('TIME')
-  redis.call('HSET', KEYS[3], 'state', 'queued',
-    'updated_at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HDEL', KEYS[3], 'envelope')
+  if redis.call('HGET', KEYS[3], 'state') == 'dead' then
+    redis.call('HSET', KEYS[3], 'state', 'queued', 'updated_at', now)
+  end
 end
 return 1

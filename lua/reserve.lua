@@ -6,32 +6,42 @@
 -- KEYS[3]  {q}:seq                  the reservation sequence
 -- KEYS[4]  {q}:inflight             hash: product_id -> units reserved and not yet settled
 -- KEYS[5]  {q}:r:<event_id>         the reservation's record (hash)
+-- KEYS[6]  {q}:holds                sorted set: event_id of a held reservation -> deadline
+-- KEYS[7]  {q}:limits               hash: product_id -> units one buyer may hold
+-- KEYS[8]  {q}:bought               hash: "<product_id>:<buyer>" -> units the buyer holds
 -- ARGV[1]  event_id    1..64 characters of [A-Za-z0-9._:-]
 -- ARGV[2]  product_id  a positive decimal integer that fits in a signed 64-bit integer
 -- ARGV[3]  qty         an integer from 1 to 1000000
 -- ARGV[4]  buyer       '' for none, else 1..64 characters of [A-Za-z0-9._:-]
+-- ARGV[5]  hold        '' or '0' for none, else milliseconds the stock is held unpaid
+--                      (the caller bounds it by STOCKQ_MAX_HOLD)
 --
 -- Returns
---   {1, seq, remaining, reserved_at}          reserved
---   {2, seq, state, reserved_at, updated_at}  a replay: the event id was reserved before with
+--   {1, seq, remaining, reserved_at, deadline}  reserved (deadline 0 unless held)
+--   {2, seq, state, reserved_at, updated_at, deadline}
+--                                             a replay: the event id was reserved before with
 --                                             the same product, qty and buyer and has not
 --                                             ended (or is applied); nothing taken
 --   {-2, 0, state}                            the event id is used otherwise; nothing taken
 --   {0, 0, stock}                             sold out, nothing taken
 --   {-1, 0, 0}                                unknown product (no stock key)
+--   {-3, 0, limit}                            the product has a buyer limit and no buyer was given
+--   {-4, 0, limit, held}                      the buyer would hold more than the limit
 -- Times are unix ms on the Redis clock. Bad arguments raise an error reply. Refusals create
 -- no record, so they do not use up the event id.
 --
--- Invariant kept atomic: the stock is taken if and only if the event is on the pending list,
--- counted in the product's in-flight units and recorded as `queued`, and the event carries
--- the sequence number that orders it against the consistency check's snapshot (see
--- src/check.rs). Because the record is read in the same step, a retried reservation can
--- never take a second unit nor be told "sold out" for the unit it got.
+-- Invariant kept atomic: the stock is taken if and only if the reservation is recorded
+-- (`queued` with its event on the pending list, or `held` with its deadline in holds),
+-- counted in the product's in-flight units and, under a limit, in the buyer's units; and it
+-- carries the sequence number that orders it against the consistency check's snapshot (see
+-- src/check.rs). Because the record and the buyer's units are read in the same step, a
+-- retried reservation can never take a second unit nor be told "sold out" for the unit it
+-- got, and no concurrency can take a buyer past the limit.
 --
 -- The `#!lua` line makes Redis refuse the whole script when it is over `maxmemory`, before
 -- anything is taken: a reservation is either made whole or not at all.
 
-local event_id, product_id, qty_arg, buyer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local event_id, product_id, qty_arg, buyer, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 if not event_id or #event_id < 1 or #event_id > 64 or string.find(event_id, '[^%w%.%_%:%-]') then
   return redis.error_reply('ERR stockq: event_id must be 1 to 64 characters of [A-Za-z0-9._:-]')
@@ -46,8 +56,11 @@ end
 if not buyer or #buyer > 64 or string.find(buyer, '[^%w%.%_%:%-]') then
   return redis.error_reply('ERR stockq: buyer must be empty or 1 to 64 characters of [A-Za-z0-9._:-]')
 end
-if #KEYS ~= 5 then
-  return redis.error_reply('ERR stockq: reserve.lua takes 5 keys: stock, pending, seq, inflight, record')
+if not hold or (hold ~= '' and not string.match(hold, '^%d+$')) or #hold > 12 then
+  return redis.error_reply('ERR stockq: hold must be empty or milliseconds')
+end
+if #KEYS ~= 8 then
+  return redis.error_reply('ERR stockq: reserve.lua takes 8 keys: stock, pending, seq, inflight, record, holds, limits, bought')
 end
 local suffix = ':stock:' .. product_id
 if string.sub(KEYS[1], -#suffix) ~= suffix then
@@ -58,14 +71,15 @@ if string.sub(KEYS[5], -#record_suffix) ~= record_suffix then
   return redis.error_reply('ERR stockq: KEYS[5] must be the record key of ARGV[1]')
 end
 
--- state, product_id, qty, buyer, seq, reserved_at, updated_at
-local r = redis.call('HMGET', KEYS[5], 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at', 'updated_at')
+-- state, product_id, qty, buyer, seq, reserved_at, updated_at, deadline
+local r = redis.call('HMGET', KEYS[5], 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at',
+  'updated_at', 'deadline')
 if r[1] then
   local state = r[1]
   local live = state == 'queued' or state == 'dead' or state == 'applied' or state == 'held'
-    or state == 'releasing'
+    or state == 'releasing' or state == 'cancelling'
   if live and r[2] == product_id and r[3] == qty_arg and (r[4] or '') == buyer then
-    return {2, tonumber(r[5]), state, tonumber(r[6]), tonumber(r[7])}
+    return {2, tonumber(r[5]), state, tonumber(r[6]), tonumber(r[7]), tonumber(r[8] or '0')}
   end
   return {-2, 0, state}
 end
@@ -74,10 +88,21 @@ local stock = redis.call('GET', KEYS[1])
 if not stock then
   return {-1, 0, 0}
 end
+local limit = tonumber(redis.call('HGET', KEYS[7], product_id) or '0')
+if limit > 0 and buyer == '' then
+  return {-3, 0, limit}
+end
 stock = tonumber(stock)
 local qty = tonumber(qty_arg)
 if stock < qty then
   return {0, 0, stock}
+end
+local tally_field = product_id .. ':' .. buyer
+if limit > 0 then
+  local held = tonumber(redis.call('HGET', KEYS[8], tally_field) or '0')
+  if held + qty > limit then
+    return {-4, 0, limit, held}
+  end
 end
 
 local t = redis.call('TIME')
@@ -85,18 +110,35 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local remaining = redis.call('DECRBY', KEYS[1], qty)
 local seq = redis.call('INCR', KEYS[3])
 redis.call('HINCRBY', KEYS[4], product_id, qty)
--- the entry carries the buyer and the time, so that the worker writes the outcome without
--- reading the record
-local buyer_field = ''
+local fields = {'state', 'queued', 'product_id', product_id, 'qty', qty_arg, 'seq', seq,
+  'reserved_at', now, 'updated_at', now}
 if buyer ~= '' then
-  redis.call('HSET', KEYS[5], 'state', 'queued', 'product_id', product_id, 'qty', qty_arg,
-    'buyer', buyer, 'seq', seq, 'reserved_at', now, 'updated_at', now)
-  buyer_field = ',"buyer":"' .. buyer .. '"'
-else
-  redis.call('HSET', KEYS[5], 'state', 'queued', 'product_id', product_id, 'qty', qty_arg,
-    'seq', seq, 'reserved_at', now, 'updated_at', now)
+  fields[#fields + 1] = 'buyer'
+  fields[#fields + 1] = buyer
 end
-redis.call('LPUSH', KEYS[2],
-  '{"event_id":"' .. event_id .. '","product_id":' .. product_id ..
-  ',"qty":' .. qty_arg .. ',"seq":' .. seq .. buyer_field .. ',"at":' .. now .. '}')
-return {1, seq, remaining, now}
+if limit > 0 then
+  -- the record says how many units it holds against the buyer, so that whichever script
+  -- ends it gives exactly those back, once
+  redis.call('HINCRBY', KEYS[8], tally_field, qty)
+  fields[#fields + 1] = 'tally'
+  fields[#fields + 1] = qty_arg
+end
+local deadline = 0
+if hold ~= '' and tonumber(hold) > 0 then
+  deadline = now + tonumber(hold)
+  fields[2] = 'held'
+  fields[#fields + 1] = 'deadline'
+  fields[#fields + 1] = deadline
+  redis.call('ZADD', KEYS[6], deadline, event_id)
+end
+redis.call('HSET', KEYS[5], unpack(fields))
+if deadline == 0 then
+  -- the entry carries the buyer and the time, so that the worker writes the outcome without
+  -- reading the record; confirm.lua and cancel.lua build the same bytes from the record
+  local buyer_field = ''
+  if buyer ~= '' then buyer_field = ',"buyer":"' .. buyer .. '"' end
+  redis.call('LPUSH', KEYS[2],
+    '{"event_id":"' .. event_id .. '","product_id":' .. product_id ..
+    ',"qty":' .. qty_arg .. ',"seq":' .. seq .. buyer_field .. ',"at":' .. now .. '}')
+end
+return {1, seq, remaining, now, deadline}

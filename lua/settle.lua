@@ -9,22 +9,36 @@
 -- KEYS[6]  {q}:inflight     hash: product_id -> units reserved and not yet settled
 -- KEYS[7]  {q}:unsure       set of entries whose earlier delivery may have committed
 -- KEYS[8]  {q}:outcomes     stream: one entry per reservation that ends (or goes dead)
--- KEYS[9..8+G]  the stock key of each give-back below, in order
--- KEYS[9+G..8+G+D+G+X]  the record key {q}:r:<event_id> of each entry below, in order (for
---                       an entry that is not an event, any key of the queue)
+-- KEYS[9]  {q}:cancels      set: entries of cancelled reservations still in the queue
+-- KEYS[10] {q}:releases     list: applied reservations whose quantity MySQL must get back
+-- KEYS[11] {q}:bought       hash: "<product_id>:<buyer>" -> units the buyer holds
+-- KEYS[12..11+G]  the stock key of each give-back below, in order
+-- KEYS[12+G..11+G+D+G+X+C]  the record key {q}:r:<event_id> of each entry below, in order
+--                       (for an entry that is not an event, any key of the queue)
 -- ARGV[1]  D: entries to acknowledge only (applied in MySQL)
 -- ARGV[2]  G: entries to acknowledge and give back (rejected in MySQL, or a duplicate event id)
 -- ARGV[3]  X: entries to dead-letter
 -- ARGV[4]  counters to add, as "field=n,field=n" (may be empty)
 -- ARGV[5]  record TTL in ms, set when a reservation reaches a final state
 -- ARGV[6]  the outcome stream's approximate MAXLEN
+-- ARGV[7]  C: entries of cancelled reservations to drop without a MySQL deduction
 -- then D triples (entry, product_id, counted), then G quadruples (entry, product_id, qty,
--- counted), then X pairs (entry, dead envelope), each followed by the entry's 8 ending
+-- counted), then X pairs (entry, dead envelope), then C single entries, each followed by the
+-- entry's 8 ending
 -- arguments: event_id, product_id, qty, seq, buyer, reserved_at, state, reason ('' for none;
 -- an empty event_id for an entry that is not an event). `counted` is the qty reserve.lua
 -- added to the product's in-flight units (0 for an event pushed by hand without a seq).
 --
--- Returns {acknowledged, units_given_back, dead_lettered}.
+-- Returns {acknowledged, units_given_back, dead_lettered, cancelled}.
+--
+-- A reservation cancelled while its entry was queued (record `cancelling`, see cancel.lua)
+-- already has its stock and buyer units back and is no longer counted in flight. Whatever
+-- the worker reports for its entry, nothing is given back twice: dropped, rejected or a
+-- duplicate, it ends `cancelled`; applied (the deduction committed before the worker could
+-- know), it is announced `applied`, becomes `releasing`, and a release goes to
+-- `{q}:releases` so MySQL gets the quantity back (its in-flight units go below zero by the
+-- quantity until then, as cancel.lua does for an applied reservation); dead-lettered, it
+-- stays `cancelling` in `{q}:dead` until requeued or dropped.
 --
 -- Invariants kept atomic: a give-back, a dead letter, an in-flight decrement, a record's
 -- change of state and its outcome entry happen only together with the removal of its entry
@@ -41,7 +55,8 @@
 -- `allow-oom`: this script only shrinks the queue, so it runs when Redis is full; a worker
 -- that could not acknowledge would otherwise apply to MySQL again and again.
 
-local d, g, x = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local d, g, x, c = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
+local record_base = 11 + g
 
 -- targets[i] = {entry, kind, extra}; wanted[entry] = stack of target indexes
 local targets, wanted = {}, {}
@@ -57,12 +72,13 @@ local function want(entry, kind, extra)
 end
 -- ending[i] = the index in ARGV of target i's 8 ending arguments
 local ending = {}
-local a = 7
+local a = 8
 for i = 1, d do want(ARGV[a], 'ack', {ARGV[a + 1], ARGV[a + 2]}); ending[#targets] = a + 3; a = a + 11 end
 for i = 1, g do
-  want(ARGV[a], 'give', {8 + i, ARGV[a + 2], ARGV[a + 1], ARGV[a + 3]}); ending[#targets] = a + 4; a = a + 12
+  want(ARGV[a], 'give', {11 + i, ARGV[a + 2], ARGV[a + 1], ARGV[a + 3]}); ending[#targets] = a + 4; a = a + 12
 end
 for i = 1, x do want(ARGV[a], 'dead', ARGV[a + 1]); ending[#targets] = a + 2; a = a + 10 end
+for i = 1, c do want(ARGV[a], 'drop', nil); ending[#targets] = a + 1; a = a + 9 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -89,21 +105,63 @@ if remaining < #targets then
   redis.call('LREM', KEYS[1], 0, tombstone)
 end
 
+-- Gives a reservation's units back to its buyer, once: the record says how many it holds.
+local function untally(record, product_id, buyer, tally)
+  if not tally then return end
+  local field = product_id .. ':' .. (buyer or '')
+  local held = tonumber(redis.call('HGET', KEYS[11], field) or '0')
+  if held > tonumber(tally) then
+    redis.call('HINCRBY', KEYS[11], field, -tonumber(tally))
+  else
+    redis.call('HDEL', KEYS[11], field)
+  end
+  redis.call('HDEL', record, 'tally')
+end
+
 -- Records the end of target i's reservation and announces it on the outcome stream.
-local function announce(i)
+-- Returns true when the reservation was cancelled meanwhile: its stock and in-flight units
+-- are back already, so the caller gives nothing back.
+local function announce(i, kind, extra)
   local e = ending[i]
-  local event_id, seq, state = ARGV[e], ARGV[e + 3], ARGV[e + 6]
-  if event_id == '' then return end
-  local record = KEYS[8 + g + i]
-  local r = redis.call('HMGET', record, 'seq', 'state')
+  local event_id, seq, state, reason = ARGV[e], ARGV[e + 3], ARGV[e + 6], ARGV[e + 7]
+  if event_id == '' then return false end
+  local record = KEYS[record_base + i]
+  local r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
+  local cancelled = false
   if r[1] and r[1] == seq then
-    -- already told (a copy of the same entry pushed by hand): say it once
-    if r[2] == state then return end
-    redis.call('HSET', record, 'state', state, 'updated_at', now)
-    if state ~= 'dead' then redis.call('PEXPIRE', record, ARGV[5]) end
+    if r[2] == 'cancelling' then
+      if kind == 'dead' then
+        -- still cancelled: dead_drop.lua and dead_requeue.lua keep it so
+        redis.call('HSET', record, 'envelope', extra, 'updated_at', now)
+        return true
+      elseif kind == 'ack' then
+        -- the deduction committed before the cancel could stop it: release it
+        redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
+        redis.call('RPUSH', KEYS[10], '{"event_id":"' .. event_id .. '","product_id":' ..
+          ARGV[e + 1] .. ',"qty":' .. ARGV[e + 2] .. ',"seq":' .. seq .. '}')
+        state, reason = 'applied', ''
+      else
+        state, reason, cancelled = 'cancelled', 'cancelled', true
+        redis.call('HSET', record, 'state', state, 'updated_at', now)
+        redis.call('PEXPIRE', record, ARGV[5])
+        redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
+      end
+    elseif r[2] == 'queued' or r[2] == 'dead' then
+      redis.call('HSET', record, 'state', state, 'updated_at', now)
+      if state == 'dead' then
+        redis.call('HSET', record, 'envelope', extra)
+      else
+        redis.call('HDEL', record, 'envelope')
+        redis.call('PEXPIRE', record, ARGV[5])
+      end
+      if kind == 'give' then untally(record, ARGV[e + 1], r[4], r[3]) end
+    else
+      -- already told (a copy of the same entry pushed by hand): say it once
+      return false
+    end
   end
   local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1], 'qty', ARGV[e + 2]}
-  local optional = {'seq', seq, 'buyer', ARGV[e + 4], 'reason', ARGV[e + 7], 'reserved_at', ARGV[e + 5]}
+  local optional = {'seq', seq, 'buyer', ARGV[e + 4], 'reason', reason, 'reserved_at', ARGV[e + 5]}
   for k = 1, #optional, 2 do
     if optional[k + 1] ~= '' then
       fields[#fields + 1] = optional[k]
@@ -113,9 +171,10 @@ local function announce(i)
   fields[#fields + 1] = 'at'
   fields[#fields + 1] = now
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+  return cancelled
 end
 
-local acked, given, dead = 0, 0, 0
+local acked, given, dead, dropped = 0, 0, 0, 0
 local claims, settled, uncount = {}, {}, {}
 local function settle(product_id, counted)
   local n = tonumber(counted)
@@ -125,17 +184,23 @@ for i, target in ipairs(targets) do
   if found[i] then
     local entry, kind, extra = target[1], target[2], target[3]
     claims[#claims + 1] = entry
-    announce(i)
+    local cancelled = announce(i, kind, extra)
     if kind == 'ack' then
       settle(extra[1], extra[2])
       settled[#settled + 1] = entry
       acked = acked + 1
     elseif kind == 'give' then
-      redis.call('INCRBY', KEYS[extra[1]], extra[2])
-      settle(extra[3], extra[4])
+      if not cancelled then
+        redis.call('INCRBY', KEYS[extra[1]], extra[2])
+        settle(extra[3], extra[4])
+        given = given + tonumber(extra[2])
+      end
       settled[#settled + 1] = entry
-      given = given + tonumber(extra[2])
       acked = acked + 1
+    elseif kind == 'drop' then
+      settled[#settled + 1] = entry
+      acked = acked + 1
+      dropped = dropped + 1
     else
       redis.call('LPUSH', KEYS[4], extra)
       dead = dead + 1
@@ -149,8 +214,10 @@ for i = 1, #claims, 1000 do
   redis.call('HDEL', KEYS[3], unpack(claims, i, last))
 end
 -- a dead letter keeps its reservation (and its unsure mark) until `dead requeue` or `drop`
-for i = 1, (redis.call('EXISTS', KEYS[7]) == 1) and #settled or 0, 1000 do
-  redis.call('SREM', KEYS[7], unpack(settled, i, math.min(i + 999, #settled)))
+for _, set in ipairs({KEYS[7], KEYS[9]}) do
+  for i = 1, (redis.call('EXISTS', set) == 1) and #settled or 0, 1000 do
+    redis.call('SREM', set, unpack(settled, i, math.min(i + 999, #settled)))
+  end
 end
 for product_id, n in pairs(uncount) do
   redis.call('HINCRBY', KEYS[6], product_id, -n)
@@ -161,4 +228,4 @@ end
 if dead > 0 then
   redis.call('HINCRBY', KEYS[5], 'dead', dead)
 end
-return {acked, given, dead}
+return {acked, given, dead, dropped}

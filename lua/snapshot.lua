@@ -6,17 +6,20 @@
 -- KEYS[2]  {q}:inflight     hash: product_id -> units reserved and not yet settled
 -- KEYS[3]  {q}:processing
 -- KEYS[4]  {q}:unsure       set of entries whose earlier delivery may have committed
--- KEYS[5..4+N]  the stock keys of the chunk's products
+-- KEYS[5]  {q}:releases     list of releases MySQL may or may not have applied yet
+-- KEYS[6..5+N]  the stock keys of the chunk's products
 -- ARGV[1]  the highest sequence number MySQL has seen
 -- ARGV[2..1+N]  the chunk's product ids, in the order of their stock keys
 --
--- Returns {seq, {stock...}, {inflight...}, {processing...}, {unsure...}}; a missing stock
+-- Returns {seq, {stock...}, {inflight...}, {processing...}, {unsure...}, {releases...}}; a missing stock
 -- key or in-flight field reads as false (nil).
 --
 -- Atomic because the check's exactness rests on it: at this instant every reservation
 -- stamped up to seq and not yet settled is counted in its product's in-flight units, and the
 -- only such reservations MySQL can already have applied under a claim numbered up to seq
--- are the entries in processing and the unsure ones. Both are bounded by what workers hold
+-- are the entries in processing and the unsure ones; likewise the only releases MySQL can
+-- have applied under a number up to seq while still counted (negatively) in flight are those
+-- on the releases list. Both are bounded by what workers hold
 -- (and by crash recoveries), never by the backlog in pending, so a chunk costs
 -- O(products in it + entries held), whatever waits in the queue.
 
@@ -31,11 +34,11 @@ if seq < floor then
 end
 
 local stocks, inflight = {}, {}
-local n = #KEYS - 4
+local n = #KEYS - 5
 -- MGET/HMGET in slices: unpack is bounded by Lua's stack
 for i = 1, n, 1000 do
   local last = math.min(i + 999, n)
-  local s = redis.call('MGET', unpack(KEYS, 4 + i, 4 + last))
+  local s = redis.call('MGET', unpack(KEYS, 5 + i, 5 + last))
   local f = redis.call('HMGET', KEYS[2], unpack(ARGV, 1 + i, 1 + last))
   for j = 1, #s do
     stocks[#stocks + 1] = s[j]
@@ -48,4 +51,5 @@ return {
   inflight,
   redis.call('LRANGE', KEYS[3], 0, -1),
   redis.call('SMEMBERS', KEYS[4]),
+  redis.call('LRANGE', KEYS[5], 0, -1),
 }

@@ -106,8 +106,15 @@ pub async fn check(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
             chunks.push(Chunk { ids: part.to_vec(), snap: queue.snapshot(part, floor).await? });
         }
     }
-    let held: Vec<Vec<Event>> = chunks.iter().map(|c| held_events(&c.snap.held)).collect();
-    let event_ids: BTreeSet<&str> = held.iter().flatten().map(|e| e.event_id.as_str()).collect();
+    let held: Vec<Held> = chunks
+        .iter()
+        .map(|c| Held { deductions: held_events(&c.snap.held), releases: held_events(&c.snap.releases) })
+        .collect();
+    let event_ids: BTreeSet<&str> = held
+        .iter()
+        .flat_map(|h| h.deductions.iter().chain(&h.releases))
+        .map(|e| e.event_id.as_str())
+        .collect();
     let since = chunks.iter().map(|c| c.snap.seq).min().unwrap_or(floor);
     let books = ledger.read_books(since, &event_ids.into_iter().collect::<Vec<_>>()).await?;
     let after = Since::index(&books);
@@ -120,6 +127,15 @@ pub async fn check(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
     }
     products.sort_unstable_by_key(|p| p.product_id);
     Ok(CheckReport { seq, products, took: started.elapsed() })
+}
+
+/// What a chunk's snapshot held that MySQL may already have applied under a number up to
+/// its sequence.
+struct Held {
+    /// Events in processing or unsure.
+    deductions: Vec<Event>,
+    /// Releases on the releases list.
+    releases: Vec<Event>,
 }
 
 /// The valid, stamped events among held entries, each reservation once (an entry can be
@@ -137,6 +153,7 @@ fn held_events(entries: &[Entry]) -> Vec<Event> {
 struct Since {
     applied: HashMap<i64, Vec<(i64, i64)>>,
     adjusted: HashMap<i64, Vec<(i64, i64)>>,
+    released: HashMap<i64, Vec<(i64, i64)>>,
 }
 
 impl Since {
@@ -148,15 +165,22 @@ impl Since {
             }
             by
         };
-        Since { applied: group(&books.applied_since), adjusted: group(&books.adjusted_since) }
+        Since {
+            applied: group(&books.applied_since),
+            adjusted: group(&books.adjusted_since),
+            released: group(&books.released_since),
+        }
     }
 
-    /// Units applied under claims numbered after `seq`, minus restocks numbered after it.
+    /// Units applied under claims numbered after `seq`, minus restocks and releases numbered
+    /// after it.
     fn after(&self, product_id: i64, seq: i64) -> i64 {
         let sum = |rows: Option<&Vec<(i64, i64)>>| {
             rows.map_or(0, |rows| rows.iter().filter(|(s, _)| *s > seq).map(|(_, u)| u).sum::<i64>())
         };
-        sum(self.applied.get(&product_id)) - sum(self.adjusted.get(&product_id))
+        sum(self.applied.get(&product_id))
+            - sum(self.adjusted.get(&product_id))
+            - sum(self.released.get(&product_id))
     }
 }
 
@@ -164,19 +188,34 @@ impl Since {
 ///
 /// ```text
 /// in_flight = inflight units − Σ qty of held events MySQL applied under a claim ≤ S
-/// expected  = mysql + Σ applied under claims > S − Σ restocks > S − in_flight
+///                            + Σ qty of listed releases MySQL applied under a number ≤ S
+/// expected  = mysql + Σ applied under claims > S − Σ restocks > S − Σ releases > S − in_flight
 /// ```
-fn chunk_books(chunk: &Chunk, held: &[Event], books: &Books, since: &Since) -> Vec<ProductBooks> {
+///
+/// A release lowers the in-flight units by its quantity when Redis gets the stock back and
+/// raises them again when it leaves the list, after MySQL has it back: in between, one MySQL
+/// applied is counted on the list like a held deduction, with the opposite sign.
+fn chunk_books(chunk: &Chunk, held: &Held, books: &Books, since: &Since) -> Vec<ProductBooks> {
     let snap = &chunk.snap;
     let mut applied_held: HashMap<i64, i64> = HashMap::new();
-    for event in held {
+    for event in &held.deductions {
         let applied = books.held.get(&event.event_id).is_some_and(|row| {
-            row.status == Status::Applied
+            row.status.deducted()
                 && row.seq == event.seq
                 && row.claim_seq.is_none_or(|claim| claim <= snap.seq)
         });
         if applied {
             *applied_held.entry(event.product_id).or_default() += event.qty;
+        }
+    }
+    for release in &held.releases {
+        let released = books.held.get(&release.event_id).is_some_and(|row| {
+            row.status == Status::Released
+                && row.seq == release.seq
+                && row.release_seq.is_some_and(|number| number <= snap.seq)
+        });
+        if released {
+            *applied_held.entry(release.product_id).or_default() -= release.qty;
         }
     }
     let mut products = Vec::with_capacity(chunk.ids.len());

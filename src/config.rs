@@ -23,6 +23,7 @@ pub(crate) const DEFAULT_CHECK_INTERVAL: &str = "60s";
 pub(crate) const DEFAULT_SHARDS: u32 = 1;
 pub(crate) const DEFAULT_RECORD_TTL: &str = "24h";
 pub(crate) const DEFAULT_OUTCOMES_MAXLEN: u64 = 1_000_000;
+pub(crate) const DEFAULT_MAX_HOLD: &str = "30m";
 
 /// The settings every command shares (README "Configuration"). Flattened into each
 /// subcommand's arguments.
@@ -71,6 +72,10 @@ pub(crate) struct GlobalArgs {
     /// How long a reservation's record stays in Redis after it ended (replays and status read it)
     #[arg(long, env = "STOCKQ_RECORD_TTL", default_value = DEFAULT_RECORD_TTL, value_parser = parse_duration, global = true)]
     pub(crate) record_ttl: Duration,
+
+    /// The longest hold a reservation may ask for (reserve --hold)
+    #[arg(long, env = "STOCKQ_MAX_HOLD", default_value = DEFAULT_MAX_HOLD, value_parser = parse_duration, global = true)]
+    pub(crate) max_hold: Duration,
 
     /// The outcome stream {q}:outcomes is trimmed to about this many entries
     #[arg(long, env = "STOCKQ_OUTCOMES_MAXLEN", default_value_t = DEFAULT_OUTCOMES_MAXLEN, global = true)]
@@ -126,6 +131,8 @@ pub struct RedisSettings {
     pub record_ttl: Duration,
     /// `{q}:outcomes` is trimmed to about this many entries.
     pub outcomes_maxlen: u64,
+    /// The longest hold a reservation may ask for.
+    pub max_hold: Duration,
 }
 
 /// Where the books live.
@@ -203,6 +210,7 @@ impl Settings {
                 shards: args.shards,
                 record_ttl: args.record_ttl,
                 outcomes_maxlen: args.outcomes_maxlen,
+                max_hold: args.max_hold,
             },
             mysql: MysqlSettings { url: database_url },
             delivery: DeliverySettings {
@@ -234,6 +242,7 @@ impl Settings {
             shards: DEFAULT_SHARDS,
             record_ttl: default_duration(DEFAULT_RECORD_TTL),
             outcomes_maxlen: DEFAULT_OUTCOMES_MAXLEN,
+            max_hold: default_duration(DEFAULT_MAX_HOLD),
             api_token: None,
             log_format: LogFormat::default(),
         })

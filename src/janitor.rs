@@ -15,7 +15,7 @@ use crate::config::JanitorSettings;
 use crate::error::Result;
 use crate::event::dead_envelope;
 use crate::ledger::Ledger;
-use crate::queue::{Alert, Queue, Settlement, Shards};
+use crate::queue::{Alert, EXPIRE_CHUNK, Queue, Settlement, Shards};
 use crate::telemetry::metrics as m;
 
 /// Expired claims handled per script call, so one call never blocks Redis for long.
@@ -23,13 +23,22 @@ const REQUEUE_LIMIT: usize = 1000;
 /// Margin past a claim deadline before the janitor looks again (clock granularity).
 const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What one recovery pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub requeued: u64,
     pub adopted: u64,
     pub dead_lettered: u64,
-    /// Time until the earliest claim deadline still standing, if any.
+    /// Holds whose payment deadline passed, ended now.
+    pub expired: u64,
+    /// Time until the earliest claim or hold deadline still standing, if any.
     pub next_deadline_in: Option<Duration>,
 }
 
@@ -56,10 +65,14 @@ impl Janitor {
             report.requeued += shard.requeued;
             report.adopted += shard.adopted;
             report.dead_lettered += shard.dead_lettered;
-            report.next_deadline_in = match (report.next_deadline_in, shard.next_deadline_in) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            report.next_deadline_in = earliest(report.next_deadline_in, shard.next_deadline_in);
+            let (expired, next_hold_in) = Self::expire_shard(queue).await?;
+            report.expired += expired;
+            report.next_deadline_in = earliest(report.next_deadline_in, next_hold_in);
+        }
+        metrics::counter!(m::EXPIRED).increment(report.expired);
+        if report.expired > 0 {
+            tracing::info!(expired = report.expired, "ended holds whose payment deadline passed");
         }
         metrics::counter!(m::REQUEUED).increment(report.requeued);
         metrics::counter!(m::ADOPTED).increment(report.adopted);
@@ -108,6 +121,21 @@ impl Janitor {
                 return Ok(report);
             }
         }
+    }
+
+    /// Ends every hold whose deadline has passed, in calls of at most [`EXPIRE_CHUNK`] holds,
+    /// so Redis serves reservations between them however many are due. Returns the holds
+    /// ended and the time until the next deadline.
+    async fn expire_shard(queue: &Queue) -> Result<(u64, Option<Duration>)> {
+        let mut expired = 0;
+        loop {
+            let (due, ended) = queue.expire_due().await?;
+            expired += ended;
+            if due < EXPIRE_CHUNK {
+                break;
+            }
+        }
+        Ok((expired, queue.next_hold_in().await?))
     }
 
     /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.

@@ -8,10 +8,12 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::event::validate_event_id;
 use crate::ledger::Ledger;
-use crate::queue::{Record, Shards};
+use crate::queue::{Cancel, Confirm, Forgotten, Record, Shards};
 use crate::reserve::Reservation;
+use crate::telemetry::metrics as m;
 
 /// The status object (README "Following outcomes"); times are unix ms on the Redis clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,12 +77,13 @@ pub(crate) struct Asked<'a> {
 /// The status object answering a reservation: with `remaining` when it was made now, with
 /// `"replayed": true` when it had been made before. `None` for a refusal.
 pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Value> {
-    let (event_id, seq, state, reserved_at, updated_at) = match reservation {
-        Reservation::Reserved { event_id, seq, reserved_at, .. } => {
-            (event_id, seq, "queued", reserved_at, reserved_at)
+    let (event_id, seq, state, reserved_at, updated_at, deadline) = match reservation {
+        Reservation::Reserved { event_id, seq, reserved_at, deadline, .. } => {
+            let state = if deadline.is_some() { "held" } else { "queued" };
+            (event_id, seq, state, reserved_at, reserved_at, deadline)
         }
-        Reservation::Replayed { event_id, seq, state, reserved_at, updated_at } => {
-            (event_id, seq, state.as_str(), reserved_at, updated_at)
+        Reservation::Replayed { event_id, seq, state, reserved_at, updated_at, deadline } => {
+            (event_id, seq, state.as_str(), reserved_at, updated_at, deadline)
         }
         _ => return None,
     };
@@ -91,7 +94,7 @@ pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Valu
         qty: asked.qty,
         seq: Some(*seq),
         buyer: asked.buyer.map(str::to_string),
-        deadline: None,
+        deadline: *deadline,
         reserved_at: Some(*reserved_at),
         updated_at: Some(*updated_at),
     };
@@ -101,4 +104,44 @@ pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Valu
         _ => object["replayed"] = json!(true),
     }
     Some(object)
+}
+
+/// Confirms a held reservation (payment done), in whichever shard holds its record.
+pub async fn confirm(shards: &Shards, event_id: &str) -> Result<Confirm> {
+    validate_event_id(event_id).map_err(Error::usage)?;
+    for queue in shards.all() {
+        let answer = queue.confirm(event_id).await?;
+        if answer != Confirm::Unknown {
+            return Ok(answer);
+        }
+    }
+    Ok(Confirm::Unknown)
+}
+
+/// Cancels a reservation in whatever state it is, in whichever shard holds its record; an
+/// applied reservation whose record expired is released from its `stock_log` row.
+pub async fn cancel(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<Cancel> {
+    validate_event_id(event_id).map_err(Error::usage)?;
+    for queue in shards.all() {
+        let answer = queue.cancel(event_id, None).await?;
+        if answer != Cancel::Unknown {
+            count_cancel(&answer);
+            return Ok(answer);
+        }
+    }
+    let Some(row) = ledger.log_row(event_id).await? else { return Ok(Cancel::Unknown) };
+    if row.status != "applied" {
+        // ended long ago: nothing to give back
+        return Ok(Cancel::Done { state: row.status, changed: false });
+    }
+    let forgotten = Forgotten { product_id: row.product_id, qty: row.qty, seq: row.seq };
+    let answer = shards.for_product(row.product_id).cancel(event_id, Some(forgotten)).await?;
+    count_cancel(&answer);
+    Ok(answer)
+}
+
+fn count_cancel(answer: &Cancel) {
+    if let Cancel::Done { state, changed: true } = answer {
+        metrics::counter!(m::CANCELS, "state" => state.clone()).increment(1);
+    }
 }

@@ -1,6 +1,8 @@
 //! The seckill front door: check a reservation's arguments, then take stock in Redis and
 //! enqueue the event in one atomic step ([`Queue::reserve`]), timing and counting the answers.
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 use crate::event::{validate_buyer, validate_event_id, validate_product_id, validate_qty};
 use crate::queue::Queue;
@@ -11,6 +13,9 @@ use crate::telemetry::metrics as m;
 pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
+
+/// The shortest hold: a deadline must leave the buyer time to pay.
+pub const MIN_HOLD: Duration = Duration::from_secs(1);
 
 /// Reserves `qty` of `product_id` under `event_id`, for no particular buyer.
 pub async fn reserve(queue: &Queue, product_id: i64, qty: i64, event_id: &str) -> Result<Reservation> {
@@ -26,6 +31,36 @@ pub async fn reserve_for(
     event_id: &str,
     buyer: Option<&str>,
 ) -> Result<Reservation> {
+    reserve_held(queue, Request { product_id, qty, event_id, buyer, hold: None }).await
+}
+
+/// What a shopper asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub product_id: i64,
+    pub qty: i64,
+    pub event_id: &'a str,
+    pub buyer: Option<&'a str>,
+    /// Keep the stock held, unqueued, until `confirm` or this passes (README "Holds, cancels
+    /// and limits"); the caller has bounded it by `STOCKQ_MAX_HOLD` with [`check_hold`].
+    pub hold: Option<Duration>,
+}
+
+/// Checks a requested hold against `[MIN_HOLD, max_hold]`.
+pub fn check_hold(hold: Duration, max_hold: Duration) -> Result<Duration> {
+    if hold < MIN_HOLD || hold > max_hold {
+        return Err(Error::usage(format!(
+            "hold must be from {} to {} (STOCKQ_MAX_HOLD)",
+            humantime::format_duration(MIN_HOLD),
+            humantime::format_duration(max_hold)
+        )));
+    }
+    Ok(hold)
+}
+
+/// Reserves what `request` asks for, holding it when it asks for a hold.
+pub async fn reserve_held(queue: &Queue, request: Request<'_>) -> Result<Reservation> {
+    let Request { product_id, qty, event_id, buyer, hold } = request;
     validate_event_id(event_id).map_err(Error::usage)?;
     validate_product_id(product_id).map_err(Error::usage)?;
     validate_qty(qty).map_err(Error::usage)?;
@@ -33,7 +68,7 @@ pub async fn reserve_for(
         validate_buyer(buyer).map_err(Error::usage)?;
     }
     let started = std::time::Instant::now();
-    let answer = queue.reserve(product_id, qty, event_id, buyer).await?;
+    let answer = queue.reserve(product_id, qty, event_id, buyer, hold).await?;
     metrics::histogram!(m::RESERVE_SECONDS).record(started.elapsed().as_secs_f64());
     let result = match answer {
         Reservation::Reserved { .. } => "reserved",
@@ -41,6 +76,8 @@ pub async fn reserve_for(
         Reservation::IdUsed { .. } => "id_used",
         Reservation::SoldOut { .. } => "sold_out",
         Reservation::UnknownProduct => "unknown_product",
+        Reservation::BuyerRequired { .. } => "buyer_required",
+        Reservation::LimitReached { .. } => "limit",
     };
     metrics::counter!(m::RESERVATIONS, "result" => result).increment(1);
     Ok(answer)

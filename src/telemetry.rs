@@ -48,6 +48,11 @@ pub(crate) mod metrics {
     pub(crate) const CHECKS: &str = "stockq_checks_total";
     pub(crate) const STORE_ERRORS: &str = "stockq_store_errors_total";
     pub(crate) const RECONNECTS: &str = "stockq_redis_reconnects_total";
+    pub(crate) const CANCELLED: &str = "stockq_events_cancelled_total";
+    pub(crate) const RELEASED: &str = "stockq_releases_total";
+    pub(crate) const EXPIRED: &str = "stockq_holds_expired_total";
+    pub(crate) const HELD: &str = "stockq_holds";
+    pub(crate) const CANCELS: &str = "stockq_cancels_total";
 
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -107,6 +112,11 @@ pub(crate) mod metrics {
         describe_counter!(DUPLICATES, "Second reservations of an event id; their Redis stock was given back");
         describe_counter!(REDELIVERED, "Deliveries of events already settled by an earlier delivery");
         describe_counter!(DEAD_LETTERED, "Entries moved to the dead-letter list");
+        describe_counter!(CANCELLED, "Events of cancelled reservations dropped without a MySQL deduction");
+        describe_counter!(RELEASED, "Cancelled applied reservations whose quantity MySQL got back");
+        describe_counter!(EXPIRED, "Holds whose payment deadline passed, ended by the janitor");
+        describe_gauge!(HELD, "Reservations held unpaid");
+        describe_counter!(CANCELS, "Cancels that changed a reservation, by the state they left it in");
         describe_counter!(REQUEUED, "Expired claims moved back to pending by the janitor");
         describe_counter!(ADOPTED, "Entries found in processing without a claim and given one");
         describe_histogram!(BATCH_SIZE, "Entries per claimed batch");

@@ -49,7 +49,7 @@ pub(crate) enum Command {
     /// Set or change a product's stock in MySQL and Redis together
     #[command(subcommand)]
     Stock(StockCommand),
-    /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product, 6 event id already used)
+    /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product, 5 buyer limit reached, 6 event id already used)
     Reserve {
         /// Product id (a positive integer)
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -60,12 +60,26 @@ pub(crate) enum Command {
         /// Event id (an order id fits): 1 to 64 characters of [A-Za-z0-9._:-]; default: a new UUIDv7
         #[arg(long)]
         event_id: Option<String>,
-        /// The buyer: 1 to 64 characters of [A-Za-z0-9._:-]
+        /// The buyer: 1 to 64 characters of [A-Za-z0-9._:-]; required for a product with a buyer limit
         #[arg(long)]
         buyer: Option<String>,
+        /// Hold the stock unpaid for this long (1s to STOCKQ_MAX_HOLD): the event is queued
+        /// only by `stockq confirm`, and the janitor gives the stock back when it passes
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        hold: Option<std::time::Duration>,
         /// Print the reservation's status object (or the refusal) as JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Payment done: queue a held reservation for its MySQL deduction (exit 4 unknown reservation, 6 ended)
+    Confirm {
+        /// The reservation's event id
+        event_id: String,
+    },
+    /// Cancel a reservation in any state, giving its stock back exactly once (exit 4 unknown reservation)
+    Cancel {
+        /// The reservation's event id
+        event_id: String,
     },
     /// A reservation's state (exit 4 unknown reservation)
     Status {
@@ -151,6 +165,13 @@ pub(crate) enum StockCommand {
         product: i64,
         #[arg(allow_negative_numbers = true)]
         delta: i64,
+    },
+    /// Limit how many units of a product one buyer may hold (0 removes the limit)
+    Limit {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        product: i64,
+        #[arg(value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+        limit: u64,
     },
 }
 
@@ -280,9 +301,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Migrate => processes::migrate(settings).await,
         Command::Stock(StockCommand::Set { product, qty }) => stock::set(settings, product, qty).await,
         Command::Stock(StockCommand::Add { product, delta }) => stock::add(settings, product, delta).await,
-        Command::Reserve { product, qty, event_id, buyer, json } => {
-            stock::reserve(settings, product, qty, event_id, buyer.as_deref(), json).await
+        Command::Stock(StockCommand::Limit { product, limit }) => stock::limit(settings, product, limit).await,
+        Command::Reserve { product, qty, event_id, buyer, hold, json } => {
+            let asked = stock::Reserve { product, qty, event_id, buyer, hold, json };
+            stock::reserve(settings, asked).await
         }
+        Command::Confirm { event_id } => reservations::confirm(settings, &event_id).await,
+        Command::Cancel { event_id } => reservations::cancel(settings, &event_id).await,
         Command::Status { event_id, json } => reservations::status(settings, &event_id, json).await,
         Command::Outcomes { count, follow, json } => {
             reservations::outcomes(settings, count, follow, json).await

@@ -5,11 +5,13 @@ use std::time::Duration;
 use super::connect;
 use crate::config::Settings;
 use crate::error::Result;
-use crate::queue::{OutcomeEntry, Queue, Shards};
+use crate::queue::{Cancel, Confirm, OutcomeEntry, Queue, Shards};
 use crate::reservations::{self, Status};
 
-/// Exit status of `status` for an event id neither store knows.
+/// Exit status of `status`, `confirm` and `cancel` for an event id neither store knows.
 const EXIT_UNKNOWN_RESERVATION: u8 = 4;
+/// Exit status of `confirm` for a reservation that has ended.
+const EXIT_ENDED: u8 = 6;
 /// How long one `--follow` wait blocks on a shard before looking at the next.
 const FOLLOW_WAIT: Duration = Duration::from_secs(1);
 
@@ -29,6 +31,38 @@ pub(super) async fn status(settings: &Settings, event_id: &str, json: bool) -> R
     Ok(0)
 }
 
+/// `stockq confirm <event_id>`
+pub(super) async fn confirm(settings: &Settings, event_id: &str) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    match reservations::confirm(&shards, event_id).await? {
+        Confirm::Queued => println!("{event_id} queued"),
+        Confirm::Unchanged { state } => println!("{event_id} {state} (already confirmed)"),
+        Confirm::Ended { state } => {
+            eprintln!("stockq: reservation ended: {event_id} is {state}; nothing confirmed");
+            return Ok(EXIT_ENDED);
+        }
+        Confirm::Unknown => {
+            eprintln!("stockq: unknown reservation {event_id}");
+            return Ok(EXIT_UNKNOWN_RESERVATION);
+        }
+    }
+    Ok(0)
+}
+
+/// `stockq cancel <event_id>`: prints the state the reservation is left in.
+pub(super) async fn cancel(settings: &Settings, event_id: &str) -> Result<u8> {
+    let (shards, ledger) = connect(settings, 1).await?;
+    match reservations::cancel(&shards, &ledger, event_id).await? {
+        Cancel::Done { state, changed: true } => println!("{event_id} {state}"),
+        Cancel::Done { state, changed: false } => println!("{event_id} {state} (unchanged)"),
+        Cancel::Unknown => {
+            eprintln!("stockq: unknown reservation {event_id}");
+            return Ok(EXIT_UNKNOWN_RESERVATION);
+        }
+    }
+    Ok(0)
+}
+
 fn status_line(s: &Status) -> String {
     let mut line = format!("{} {} product {} qty {}", s.event_id, s.state, s.product_id, s.qty);
     if let Some(seq) = s.seq {
@@ -36,6 +70,9 @@ fn status_line(s: &Status) -> String {
     }
     if let Some(buyer) = &s.buyer {
         line.push_str(&format!(" buyer {buyer}"));
+    }
+    if let Some(deadline) = s.deadline {
+        line.push_str(&format!(" deadline {deadline}"));
     }
     for (name, at) in [("reserved_at", s.reserved_at), ("updated_at", s.updated_at)] {
         if let Some(at) = at {

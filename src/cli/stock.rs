@@ -16,8 +16,12 @@ use crate::tools::produce::{self as load, ProduceOptions};
 const EXIT_SOLD_OUT: u8 = 3;
 /// Exit status of `reserve` for a product that was never stocked.
 const EXIT_UNKNOWN_PRODUCT: u8 = 4;
+/// Exit status of `reserve` when the buyer would hold more than the product's limit.
+const EXIT_LIMIT: u8 = 5;
 /// Exit status of `reserve` for an event id that belongs to another reservation.
 const EXIT_ID_USED: u8 = 6;
+/// Exit status for bad input.
+const EXIT_USAGE: u8 = 2;
 
 /// `stockq stock set <product> <qty>`
 pub(super) async fn set(settings: &Settings, product: i64, qty: i64) -> Result<u8> {
@@ -39,21 +43,39 @@ async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8>
     Ok(0)
 }
 
-/// `stockq reserve <product> <qty> [--event-id ID] [--buyer B] [--json]`. A replay (the same
-/// reservation retried under its event id) answers as the first time did.
-pub(super) async fn reserve(
-    settings: &Settings,
-    product: i64,
-    qty: i64,
-    event_id: Option<String>,
-    buyer: Option<&str>,
-    json: bool,
-) -> Result<u8> {
+/// `stockq stock limit <product> <n>`
+pub(super) async fn limit(settings: &Settings, product: i64, limit: u64) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    shards.for_product(product).set_limit(product, limit).await?;
+    if limit == 0 {
+        println!("product {product}: no buyer limit");
+    } else {
+        println!("product {product}: at most {limit} per buyer");
+    }
+    Ok(0)
+}
+
+/// What `stockq reserve` was asked.
+pub(super) struct Reserve {
+    pub(super) product: i64,
+    pub(super) qty: i64,
+    pub(super) event_id: Option<String>,
+    pub(super) buyer: Option<String>,
+    pub(super) hold: Option<std::time::Duration>,
+    pub(super) json: bool,
+}
+
+/// `stockq reserve <product> <qty> [--event-id ID] [--buyer B] [--hold D] [--json]`. A replay
+/// (the same reservation retried under its event id) answers as the first time did.
+pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
+    let Reserve { product, qty, event_id, buyer, hold, json } = asked;
+    let buyer = buyer.as_deref();
     let event_id = event_id.unwrap_or_else(reservations::new_event_id);
     crate::event::validate_event_id(&event_id).map_err(Error::usage)?;
+    let hold = hold.map(|h| reservations::check_hold(h, settings.redis.max_hold)).transpose()?;
     let shards = Shards::connect(settings).await?;
-    let answer =
-        reservations::reserve_for(shards.for_product(product), product, qty, &event_id, buyer).await?;
+    let request = reservations::Request { product_id: product, qty, event_id: &event_id, buyer, hold };
+    let answer = reservations::reserve_held(shards.for_product(product), request).await?;
     if let Some(object) = crate::reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
         match (json, &answer) {
             (true, _) => println!("{object}"),
@@ -74,6 +96,16 @@ pub(super) async fn reserve(
             EXIT_ID_USED,
             format!("event id already used (state {state})"),
             json!({ "error": "event id already used", "state": state }),
+        ),
+        Reservation::LimitReached { limit, held } => (
+            EXIT_LIMIT,
+            format!("buyer limit: product {product} allows {limit} per buyer, who holds {held}; nothing taken"),
+            json!({ "error": "buyer limit", "limit": limit }),
+        ),
+        Reservation::BuyerRequired { limit } => (
+            EXIT_USAGE,
+            format!("product {product} allows {limit} per buyer: give --buyer; nothing taken"),
+            json!({ "error": "buyer required", "limit": limit }),
         ),
         _ => (
             EXIT_UNKNOWN_PRODUCT,

@@ -8,13 +8,13 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::config::ApiToken;
 use crate::error::{Error, Result};
 use crate::http::health::LedgerSlot;
-use crate::queue::Shards;
+use crate::queue::{Cancel, Confirm, Shards};
 use crate::reservations::{self, Asked};
 use crate::reserve::Reservation;
 
@@ -53,6 +53,14 @@ pub(crate) fn reserve_answer(asked: Asked<'_>, event_id: &str, result: Result<Re
         }
         // the state is the order service's business: shoppers only learn that the id is taken
         Reservation::IdUsed { .. } => error(StatusCode::CONFLICT, "event id already used"),
+        Reservation::LimitReached { limit, .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({ "error": "buyer limit", "limit": limit })))
+                .into_response()
+        }
+        Reservation::BuyerRequired { limit } => error(
+            StatusCode::BAD_REQUEST,
+            format!("product {} allows {limit} per buyer: a buyer is required", asked.product_id),
+        ),
         _ => error(StatusCode::NOT_FOUND, format!("unknown product {}", asked.product_id)),
     }
 }
@@ -67,7 +75,11 @@ pub(crate) struct Api {
 
 /// The order service's routes.
 pub(crate) fn routes(api: Api) -> Router {
-    Router::new().route("/reservations/{event_id}", get(get_reservation)).with_state(api)
+    Router::new()
+        .route("/reservations/{event_id}", get(get_reservation))
+        .route("/reservations/{event_id}/confirm", post(post_confirm))
+        .route("/reservations/{event_id}/cancel", post(post_cancel))
+        .with_state(api)
 }
 
 /// `None` when the request may go on; else the refusal.
@@ -110,5 +122,64 @@ async fn get_reservation(
             crate::http::serve::log_failure("status lookup failed", &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again")
         }
+    }
+}
+
+/// Checks the token and the id, and hands over the ledger; else the refusal.
+fn admit<'a>(api: &'a Api, event_id: &str, headers: &HeaderMap) -> std::result::Result<&'a crate::ledger::Ledger, Response> {
+    if let Some(refusal) = refuse_unauthorized(api.token.as_ref(), headers) {
+        return Err(refusal);
+    }
+    if let Err(e) = crate::event::validate_event_id(event_id) {
+        return Err(error(StatusCode::BAD_REQUEST, e));
+    }
+    api.ledger.get().map_err(|e| {
+        crate::http::serve::log_failure("reservation lookup failed", &e);
+        error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again")
+    })
+}
+
+/// The status object of a reservation just changed, or the failure to read it.
+async fn status_answer(api: &Api, ledger: &crate::ledger::Ledger, event_id: &str) -> Response {
+    match reservations::status(&api.shards, ledger, event_id).await {
+        Ok(Some(status)) => axum::Json(status).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn unavailable(e: Error) -> Response {
+    crate::http::serve::log_failure("reservation change failed", &e);
+    error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again (it is safe to repeat)")
+}
+
+/// `POST /reservations/<id>/confirm`: payment done.
+async fn post_confirm(State(api): State<Api>, Path(event_id): Path<String>, headers: HeaderMap) -> Response {
+    let ledger = match admit(&api, &event_id, &headers) {
+        Ok(ledger) => ledger,
+        Err(refusal) => return refusal,
+    };
+    match reservations::confirm(&api.shards, &event_id).await {
+        Ok(Confirm::Queued | Confirm::Unchanged { .. }) => status_answer(&api, ledger, &event_id).await,
+        Ok(Confirm::Ended { state }) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "reservation ended", "state": state })),
+        )
+            .into_response(),
+        Ok(Confirm::Unknown) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /reservations/<id>/cancel`: ends the reservation in whatever state it is.
+async fn post_cancel(State(api): State<Api>, Path(event_id): Path<String>, headers: HeaderMap) -> Response {
+    let ledger = match admit(&api, &event_id, &headers) {
+        Ok(ledger) => ledger,
+        Err(refusal) => return refusal,
+    };
+    match reservations::cancel(&api.shards, ledger, &event_id).await {
+        Ok(Cancel::Done { .. }) => status_answer(&api, ledger, &event_id).await,
+        Ok(Cancel::Unknown) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
+        Err(e) => unavailable(e),
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used; 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
-//! | `GET /reservations/<id>` | the order service's: see [`crate::http::reservations`] |
+//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?, "hold": "15m"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used; 429 buyer limit; 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
+//! | `GET /reservations/<id>`, `POST /reservations/<id>/confirm`, `POST /reservations/<id>/cancel` | the order service's: see [`crate::http::reservations`] |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
 //!
@@ -33,7 +33,7 @@ use crate::http::reservations::{self, Api, reserve_answer};
 use crate::ledger::Ledger;
 use crate::queue::Shards;
 use crate::reservations::Asked;
-use crate::reserve::{new_event_id, reserve_for};
+use crate::reserve::{Request, check_hold, new_event_id, reserve_held};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_PORT: u16 = 8080;
@@ -45,6 +45,15 @@ struct ReserveRequest {
     qty: i64,
     event_id: Option<String>,
     buyer: Option<String>,
+    /// How long to hold the stock unpaid, as `"15m"`.
+    hold: Option<String>,
+}
+
+/// What the shoppers' routes need.
+#[derive(Clone)]
+struct Front {
+    shards: Shards,
+    max_hold: std::time::Duration,
 }
 
 /// MySQL serves `/healthz` only.
@@ -61,7 +70,7 @@ pub(crate) fn log_failure(what: &'static str, e: &Error) {
 }
 
 async fn post_reserve(
-    State(shards): State<Shards>,
+    State(Front { shards, max_hold }): State<Front>,
     body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>,
 ) -> Response {
     let axum::Json(req) = match body {
@@ -85,14 +94,21 @@ async fn post_reserve(
     if let Err(e) = crate::event::validate_product_id(req.product_id) {
         return error(StatusCode::BAD_REQUEST, e);
     }
+    let hold = match req.hold.as_deref().map(|h| crate::config::parse_duration(h).map_err(Error::usage)) {
+        None => None,
+        Some(parsed) => match parsed.and_then(|h| check_hold(h, max_hold)) {
+            Ok(hold) => Some(hold),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+    };
     // the id exists before Redis is called, so that a 503 can tell which id to retry with
     let buyer = req.buyer.as_deref();
-    let result =
-        reserve_for(shards.for_product(req.product_id), req.product_id, req.qty, &event_id, buyer).await;
+    let request = Request { product_id: req.product_id, qty: req.qty, event_id: &event_id, buyer, hold };
+    let result = reserve_held(shards.for_product(req.product_id), request).await;
     reserve_answer(Asked { product_id: req.product_id, qty: req.qty, buyer }, &event_id, result)
 }
 
-async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Response {
+async fn get_stock(State(Front { shards, .. }): State<Front>, Path(id): Path<String>) -> Response {
     let Some(product_id) = id.parse::<i64>().ok().filter(|p| *p > 0) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -110,13 +126,18 @@ async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Resp
 }
 
 /// The whole front door.
-pub(crate) fn router(shards: Shards, ledger: LedgerSlot, token: Option<ApiToken>) -> Router {
+pub(crate) fn router(
+    shards: Shards,
+    ledger: LedgerSlot,
+    token: Option<ApiToken>,
+    max_hold: std::time::Duration,
+) -> Router {
     let api = Api { shards: shards.clone(), ledger: ledger.clone(), token };
     let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
     Router::new()
         .route("/reserve", post(post_reserve))
         .route("/stock/{id}", get(get_stock))
-        .with_state(shards)
+        .with_state(Front { shards, max_hold })
         .merge(reservations::routes(api))
         .merge(health::routes(health))
         .fallback(|| async {
@@ -134,7 +155,7 @@ pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Res
     let addr = SocketAddr::new(settings.http.bind, settings.http.port.unwrap_or(DEFAULT_PORT));
     let served = crate::http::listen::serve(
         addr,
-        router(shards, ledger, settings.http.api_token.clone()),
+        router(shards, ledger, settings.http.api_token.clone(), settings.redis.max_hold),
         shutdown.clone(),
     )
     .await;

@@ -175,8 +175,9 @@ fn allocate(
     for event in events {
         let outcome = if let Some(row) = settled.get(&event.event_id) {
             match (row.seq == event.seq, row.status) {
-                (true, Status::Applied) => Outcome::AlreadyApplied,
+                (true, Status::Applied | Status::Released) => Outcome::AlreadyApplied,
                 (true, Status::Rejected) => Outcome::AlreadyRejected,
+                (true, Status::Cancelled) => Outcome::AlreadyCancelled,
                 (false, _) => Outcome::Duplicate,
             }
         } else if let Some(available) = stock.get_mut(&event.product_id) {
@@ -187,10 +188,7 @@ fn allocate(
                 Status::Rejected
             };
             settled.insert(event.event_id.clone(), Settled { status, seq: event.seq });
-            match status {
-                Status::Applied => Outcome::Applied,
-                Status::Rejected => Outcome::Rejected,
-            }
+            if status == Status::Applied { Outcome::Applied } else { Outcome::Rejected }
         } else {
             Outcome::UnknownProduct
         };

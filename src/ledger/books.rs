@@ -20,6 +20,8 @@ pub(crate) struct Books {
     pub(crate) applied_since: Vec<(i64, i64, i64)>,
     /// Operator adjustments numbered after the asked sequence: (product, seq, delta).
     pub(crate) adjusted_since: Vec<(i64, i64, i64)>,
+    /// Releases numbered after the asked sequence: (product, release seq, qty).
+    pub(crate) released_since: Vec<(i64, i64, i64)>,
     /// `stock_log` rows of the event ids asked about.
     pub(crate) held: HashMap<String, HeldRow>,
 }
@@ -31,6 +33,8 @@ pub(crate) struct HeldRow {
     pub(crate) seq: Option<i64>,
     /// `None` for rows written before claims were numbered: older than any snapshot.
     pub(crate) claim_seq: Option<i64>,
+    /// The number of the release that gave it back, if one did.
+    pub(crate) release_seq: Option<i64>,
 }
 
 impl Ledger {
@@ -56,7 +60,7 @@ impl Ledger {
             tx.commit().await?;
             let row = row.get(&event.event_id).copied();
             // applied by an earlier delivery of this very reservation: nothing to give back
-            let applied = matches!(row, Some(Settled { status: Status::Applied, seq }) if seq == event.seq);
+            let applied = matches!(row, Some(Settled { status, seq }) if status.deducted() && seq == event.seq);
             Ok::<_, sqlx::Error>(!applied)
         })
         .await
@@ -76,6 +80,7 @@ impl Ledger {
             sqlx::query_scalar::<_, i64>(
                 "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM stock_log), 0), \
                                  COALESCE((SELECT MAX(claim_seq) FROM stock_log), 0), \
+                                 COALESCE((SELECT MAX(release_seq) FROM stock_log), 0), \
                                  COALESCE((SELECT MAX(seq) FROM stock_adjustments), 0))",
             )
             .fetch_one(&self.pool)
@@ -110,7 +115,7 @@ async fn read_books_in(
     let stock =
         sqlx::query_as::<_, (i64, i64)>("SELECT id, stock FROM products").fetch_all(&mut *conn).await?;
     let applied_since = sqlx::query_as::<_, (i64, i64, i64)>(
-        "SELECT product_id, claim_seq, qty FROM stock_log WHERE claim_seq > ? AND status = 'applied'",
+        "SELECT product_id, claim_seq, qty FROM stock_log WHERE claim_seq > ? AND status IN ('applied', 'released')",
     )
     .bind(since)
     .fetch_all(&mut *conn)
@@ -121,21 +126,31 @@ async fn read_books_in(
     .bind(since)
     .fetch_all(&mut *conn)
     .await?;
+    let released_since = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT product_id, release_seq, qty FROM stock_log WHERE release_seq > ?",
+    )
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut held = HashMap::with_capacity(event_ids.len());
     for chunk in event_ids.chunks(IN_CHUNK) {
         let mut q = QueryBuilder::<MySql>::new(
-            "SELECT event_id, status, seq, claim_seq FROM stock_log WHERE event_id IN (",
+            "SELECT event_id, status, seq, claim_seq, release_seq FROM stock_log WHERE event_id IN (",
         );
         push_list(&mut q, chunk.iter().map(|id| id.to_string()));
         q.push(")");
         for row in q.build().fetch_all(&mut *conn).await? {
             let status: String = row.try_get(1)?;
-            let row_of =
-                HeldRow { status: Status::parse(&status), seq: row.try_get(2)?, claim_seq: row.try_get(3)? };
+            let row_of = HeldRow {
+                status: Status::parse(&status),
+                seq: row.try_get(2)?,
+                claim_seq: row.try_get(3)?,
+                release_seq: row.try_get(4)?,
+            };
             held.insert(row.try_get::<String, _>(0)?, row_of);
         }
     }
-    Ok(Books { stock: stock.into_iter().collect(), applied_since, adjusted_since, held })
+    Ok(Books { stock: stock.into_iter().collect(), applied_since, adjusted_since, released_since, held })
 }
 
 impl Ledger {

@@ -9,6 +9,7 @@ mod apply;
 mod books;
 mod lookup;
 mod migrate;
+mod release;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::config::Settings;
 use crate::error::{Result, bounded};
 
 pub(crate) use books::Books;
+pub(crate) use release::Release;
 pub use migrate::migrate;
 
 /// How long a MySQL call (a batch transaction included) may take before it counts as failed.
@@ -48,6 +50,9 @@ pub enum Outcome {
     Duplicate,
     /// The product is not in `products`: dead-lettered.
     UnknownProduct,
+    /// Settled as cancelled by an earlier delivery (the reservation was cancelled before
+    /// MySQL deducted it): removed without a give-back, which came with the cancel.
+    AlreadyCancelled,
 }
 
 impl Outcome {
@@ -61,6 +66,10 @@ impl Outcome {
 pub(crate) enum Status {
     Applied,
     Rejected,
+    /// Cancelled before any delivery deducted it: no delivery ever will.
+    Cancelled,
+    /// Applied, then given back by a release.
+    Released,
 }
 
 impl Status {
@@ -68,11 +77,23 @@ impl Status {
         match self {
             Status::Applied => "applied",
             Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+            Status::Released => "released",
         }
     }
 
     fn parse(s: &str) -> Status {
-        if s == "applied" { Status::Applied } else { Status::Rejected }
+        match s {
+            "applied" => Status::Applied,
+            "cancelled" => Status::Cancelled,
+            "released" => Status::Released,
+            _ => Status::Rejected,
+        }
+    }
+
+    /// Whether MySQL deducted the event (and may have given it back since).
+    pub(crate) fn deducted(self) -> bool {
+        matches!(self, Status::Applied | Status::Released)
     }
 }
 

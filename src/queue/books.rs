@@ -15,6 +15,9 @@ pub(crate) struct Snapshot {
     /// The entries MySQL may have applied under a claim numbered up to `seq` while they
     /// still count in flight: those in processing, and the unsure ones.
     pub(crate) held: Vec<Entry>,
+    /// The releases MySQL may have applied under a number up to `seq` while Redis still
+    /// counts them (negatively) in flight: those on the releases list.
+    pub(crate) releases: Vec<Entry>,
 }
 
 /// At most this many products per snapshot call: each costs two lookups in Redis, so a
@@ -29,7 +32,12 @@ impl Queue {
     pub(crate) async fn snapshot(&self, product_ids: &[i64], floor: i64) -> Result<Snapshot> {
         let keys = &self.keys;
         let mut invocation = scripts::SNAPSHOT.prepare_invoke();
-        invocation.key(keys.seq()).key(keys.inflight()).key(keys.processing()).key(keys.unsure());
+        invocation
+            .key(keys.seq())
+            .key(keys.inflight())
+            .key(keys.processing())
+            .key(keys.unsure())
+            .key(keys.releases());
         for id in product_ids {
             invocation.key(keys.stock(*id));
         }
@@ -38,12 +46,12 @@ impl Queue {
             invocation.arg(*id);
         }
         let mut conn = self.conn();
-        type Reply = (i64, Vec<Option<i64>>, Vec<Option<i64>>, Vec<Entry>, Vec<Entry>);
-        let (seq, stocks, inflight, mut held, unsure): Reply =
+        type Reply = (i64, Vec<Option<i64>>, Vec<Option<i64>>, Vec<Entry>, Vec<Entry>, Vec<Entry>);
+        let (seq, stocks, inflight, mut held, unsure, releases): Reply =
             bounded("redis (check snapshot)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await?;
         held.extend(unsure);
         let inflight = inflight.into_iter().map(Option::unwrap_or_default).collect();
-        Ok(Snapshot { seq, stocks, inflight, held })
+        Ok(Snapshot { seq, stocks, inflight, held, releases })
     }
 
     /// Corrects a product's stock by `by` (INCRBY, never SET, so reservations made since the

@@ -100,9 +100,37 @@ impl Keys {
         format!("{}:outcomes", self.prefix)
     }
 
+    /// Sorted set: event id of a held reservation -> its payment deadline (unix ms, Redis
+    /// clock). The janitor expires what is due.
+    pub fn holds(&self) -> String {
+        format!("{}:holds", self.prefix)
+    }
+
+    /// Set: the entries of reservations cancelled while their event waits in the queue; the
+    /// worker that claims one drops it without a MySQL deduction.
+    pub fn cancels(&self) -> String {
+        format!("{}:cancels", self.prefix)
+    }
+
+    /// List: applied reservations that were cancelled, whose quantity MySQL must get back.
+    /// Kept apart from pending, which means "to be deducted" for every program that reads it.
+    pub fn releases(&self) -> String {
+        format!("{}:releases", self.prefix)
+    }
+
+    /// Hash: product id -> units one buyer may hold (`stockq stock limit`).
+    pub fn limits(&self) -> String {
+        format!("{}:limits", self.prefix)
+    }
+
+    /// Hash: `<product_id>:<buyer>` -> units the buyer holds of a product with a limit.
+    pub fn bought(&self) -> String {
+        format!("{}:bought", self.prefix)
+    }
+
     /// Every key of the queue with a fixed name (not the per-product stock keys nor the
     /// per-worker heartbeats, nor the per-reservation records).
-    pub fn fixed(&self) -> [String; 12] {
+    pub fn fixed(&self) -> [String; 17] {
         [
             self.pending(),
             self.processing(),
@@ -116,6 +144,11 @@ impl Keys {
             self.inflight(),
             self.unsure(),
             self.outcomes(),
+            self.holds(),
+            self.cancels(),
+            self.releases(),
+            self.limits(),
+            self.bought(),
         ]
     }
 }

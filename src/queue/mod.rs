@@ -31,6 +31,7 @@ mod books;
 mod conn;
 mod dead;
 mod keys;
+mod lifecycle;
 mod ops;
 mod records;
 mod scripts;
@@ -44,6 +45,8 @@ pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
 pub(crate) use dead::Dropped;
 pub use keys::Keys;
+pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
+pub use lifecycle::{Cancel, Confirm};
 pub(crate) use ops::Alert;
 pub use ops::Depths;
 pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
@@ -99,6 +102,19 @@ pub struct Claim {
     /// its snapshot (see src/check.rs).
     pub seq: i64,
     pub entries: Vec<Entry>,
+    /// Entries (index into `entries`) whose reservation was cancelled: dropped without a
+    /// MySQL deduction. `unsure` when an earlier delivery may have committed it, so MySQL
+    /// must be asked first.
+    pub cancelled: Vec<Cancelled>,
+    /// Releases waiting on `{q}:releases` when the batch was claimed.
+    pub releases: u64,
+}
+
+/// A claimed entry whose reservation was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled {
+    pub index: usize,
+    pub unsure: bool,
 }
 
 /// What settle.lua should do with a batch whose MySQL outcome is decided.
@@ -110,6 +126,9 @@ pub(crate) struct Settlement {
     pub(crate) give_backs: Vec<GiveBack>,
     /// Cannot be processed: remove and push the envelope onto `{q}:dead`.
     pub(crate) dead: Vec<(Entry, String)>,
+    /// Cancelled before MySQL deducted them: remove, ending `cancelled` (their stock came
+    /// back with the cancel).
+    pub(crate) drops: Vec<(Entry, Ending)>,
     /// Running totals to add to `{q}:counters`.
     pub(crate) counters: Vec<(&'static str, u64)>,
 }
@@ -140,7 +159,7 @@ pub(crate) struct GiveBack {
 
 impl Settlement {
     pub(crate) fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.give_backs.is_empty() && self.dead.is_empty()
+        self.acks.is_empty() && self.give_backs.is_empty() && self.dead.is_empty() && self.drops.is_empty()
     }
 }
 
@@ -152,6 +171,8 @@ pub(crate) struct Settled {
     /// Units of stock returned to Redis.
     pub(crate) units_given_back: i64,
     pub(crate) dead_lettered: u64,
+    /// Entries of cancelled reservations removed without a deduction.
+    pub(crate) cancelled: u64,
 }
 
 /// What one recovery pass did.
@@ -244,6 +265,9 @@ impl Queue {
             .key(self.keys.processing())
             .key(self.keys.claims())
             .key(self.keys.seq())
+            .key(self.keys.cancels())
+            .key(self.keys.unsure())
+            .key(self.keys.releases())
             .arg(more)
             .arg(millis(self.visibility_timeout));
         if let Some(entry) = &moved {
@@ -253,12 +277,19 @@ impl Queue {
         let mut values = reply.into_iter();
         let deadline_ms: i64 = next_value(&mut values)?;
         let seq: i64 = next_value(&mut values)?;
+        let releases: u64 = next_value(&mut values)?;
+        let marks: Vec<i64> = next_value(&mut values)?;
         let mut entries = Vec::with_capacity(values.len() + 1);
         entries.extend(moved);
         for value in values {
             entries.push(redis::from_redis_value(value)?);
         }
-        Ok(Claim { deadline_ms, seq, entries })
+        let cancelled = marks
+            .into_iter()
+            .map(|m| Cancelled { index: m.unsigned_abs() as usize - 1, unsure: m < 0 })
+            .filter(|c| c.index < entries.len())
+            .collect();
+        Ok(Claim { deadline_ms, seq, entries, cancelled, releases })
     }
 
     /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).
@@ -275,7 +306,10 @@ impl Queue {
             .key(self.keys.counters())
             .key(self.keys.inflight())
             .key(self.keys.unsure())
-            .key(self.keys.outcomes());
+            .key(self.keys.outcomes())
+            .key(self.keys.cancels())
+            .key(self.keys.releases())
+            .key(self.keys.bought());
         for give_back in &s.give_backs {
             invocation.key(self.keys.stock(give_back.product_id));
         }
@@ -283,7 +317,8 @@ impl Queue {
             s.dead.iter().map(|(_, envelope)| dead_ending(envelope)).collect();
         let endings = s.acks.iter().map(|a| Some(&a.ending));
         let endings = endings.chain(s.give_backs.iter().map(|g| Some(&g.ending)));
-        for ending in endings.chain(dead_endings.iter().map(Option::as_ref)) {
+        let endings = endings.chain(dead_endings.iter().map(Option::as_ref));
+        for ending in endings.chain(s.drops.iter().map(|(_, e)| Some(e))) {
             // an entry that is not an event has no record: any key of the queue stands in
             invocation
                 .key(ending.map_or_else(|| self.keys.outcomes(), |e| self.keys.record(&e.event.event_id)));
@@ -295,7 +330,8 @@ impl Queue {
             .arg(s.dead.len())
             .arg(counters.join(","))
             .arg(millis(self.retention.record_ttl))
-            .arg(self.retention.outcomes_maxlen);
+            .arg(self.retention.outcomes_maxlen)
+            .arg(s.drops.len());
         for ack in &s.acks {
             invocation.arg(ack.entry.as_slice()).arg(ack.product_id).arg(ack.counted);
             Ending::push_args(Some(&ack.ending), &mut invocation);
@@ -308,9 +344,13 @@ impl Queue {
             invocation.arg(entry.as_slice()).arg(envelope.as_str());
             Ending::push_args(ending.as_ref(), &mut invocation);
         }
-        let (acknowledged, units_given_back, dead_lettered): (u64, i64, u64) =
+        for (entry, ending) in &s.drops {
+            invocation.arg(entry.as_slice());
+            Ending::push_args(Some(ending), &mut invocation);
+        }
+        let (acknowledged, units_given_back, dead_lettered, cancelled): (u64, i64, u64, u64) =
             self.invoke("redis (settle)", &invocation).await?;
-        Ok(Settled { acknowledged, units_given_back, dead_lettered })
+        Ok(Settled { acknowledged, units_given_back, dead_lettered, cancelled })
     }
 
     /// Extends the claims of entries a live worker still holds (`lua/renew.lua`). Returns how

@@ -26,3 +26,6 @@ script!(ADJUST, "adjust.lua");
 script!(DEAD_REQUEUE, "dead_requeue.lua");
 script!(DEAD_DROP, "dead_drop.lua");
 script!(PROBE, "probe.lua");
+script!(CONFIRM, "confirm.lua");
+script!(CANCEL, "cancel.lua");
+script!(RELEASED, "released.lua");

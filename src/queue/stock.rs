@@ -8,17 +8,29 @@
 use redis::AsyncCommands;
 
 use super::{CALL_TIMEOUT, Queue, next_value, scripts};
+
+/// A script's 0 for "no deadline".
+fn deadline(ms: i64) -> Option<i64> {
+    (ms > 0).then_some(ms)
+}
 use crate::error::{Result, bounded};
 
 /// The answer to one reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
     /// Stock taken and the event enqueued with this sequence number, at `reserved_at` (unix
-    /// ms, Redis clock).
-    Reserved { event_id: String, seq: i64, remaining: i64, reserved_at: i64 },
+    /// ms, Redis clock); or, with a `deadline`, held until then (unenqueued until confirmed).
+    Reserved { event_id: String, seq: i64, remaining: i64, reserved_at: i64, deadline: Option<i64> },
     /// The same reservation was made before under this event id and has not ended (or is
     /// applied): nothing taken, and this is its first answer with its current state.
-    Replayed { event_id: String, seq: i64, state: String, reserved_at: i64, updated_at: i64 },
+    Replayed {
+        event_id: String,
+        seq: i64,
+        state: String,
+        reserved_at: i64,
+        updated_at: i64,
+        deadline: Option<i64>,
+    },
     /// The event id belongs to another reservation (other product, qty or buyer), or to one
     /// that ended: nothing taken.
     IdUsed { state: String },
@@ -26,6 +38,11 @@ pub enum Reservation {
     SoldOut { available: i64 },
     /// The product has no Redis stock key (never stocked with `stockq stock set`).
     UnknownProduct,
+    /// The product limits what one buyer may hold, and no buyer was given: nothing taken.
+    BuyerRequired { limit: i64 },
+    /// The buyer holds `held` units of the product and `limit` is all one buyer may hold:
+    /// nothing taken.
+    LimitReached { limit: i64, held: i64 },
 }
 
 /// What adjust.lua did.
@@ -38,15 +55,17 @@ pub(crate) enum Adjustment {
 }
 
 impl Queue {
-    /// Takes `qty` of `product_id`, enqueues event `event_id` on pending and records the
-    /// reservation, atomically; or answers a replay from the record (`lua/reserve.lua`). The
-    /// script checks its arguments again: a bad one is an error reply.
+    /// Takes `qty` of `product_id`, enqueues event `event_id` on pending (or holds it until
+    /// `hold` passes) and records the reservation, atomically; or answers a replay from the
+    /// record (`lua/reserve.lua`). The script checks its arguments again: a bad one is an
+    /// error reply.
     pub(crate) async fn reserve(
         &self,
         product_id: i64,
         qty: i64,
         event_id: &str,
         buyer: Option<&str>,
+        hold: Option<std::time::Duration>,
     ) -> Result<Reservation> {
         let keys = self.keys();
         let mut invocation = scripts::RESERVE.prepare_invoke();
@@ -56,31 +75,78 @@ impl Queue {
             .key(keys.seq())
             .key(keys.inflight())
             .key(keys.record(event_id))
+            .key(keys.holds())
+            .key(keys.limits())
+            .key(keys.bought())
             .arg(event_id)
             .arg(product_id)
             .arg(qty)
-            .arg(buyer.unwrap_or(""));
+            .arg(buyer.unwrap_or(""))
+            .arg(hold.map_or(0, super::millis));
         let reply: Vec<redis::Value> = self.invoke("redis (reserve)", &invocation).await?;
         let mut values = reply.into_iter();
         let code: i64 = next_value(&mut values)?;
         let seq: i64 = next_value(&mut values)?;
         let event_id = event_id.to_string();
         Ok(match code {
-            1 => {
-                let remaining = next_value(&mut values)?;
-                Reservation::Reserved { event_id, seq, remaining, reserved_at: next_value(&mut values)? }
-            }
+            1 => Reservation::Reserved {
+                event_id,
+                seq,
+                remaining: next_value(&mut values)?,
+                reserved_at: next_value(&mut values)?,
+                deadline: deadline(next_value(&mut values)?),
+            },
             2 => Reservation::Replayed {
                 event_id,
                 seq,
                 state: next_value(&mut values)?,
                 reserved_at: next_value(&mut values)?,
                 updated_at: next_value(&mut values)?,
+                deadline: deadline(next_value(&mut values)?),
             },
             -2 => Reservation::IdUsed { state: next_value(&mut values)? },
             0 => Reservation::SoldOut { available: next_value(&mut values)? },
+            -3 => Reservation::BuyerRequired { limit: next_value(&mut values)? },
+            -4 => Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? },
             _ => Reservation::UnknownProduct,
         })
+    }
+
+    /// Sets how many units of `product_id` one buyer may hold (0: no limit). Removing a limit
+    /// forgets every buyer's units of the product: a tally lasts as long as its limit.
+    pub(crate) async fn set_limit(&self, product_id: i64, limit: u64) -> Result<()> {
+        let mut conn = self.conn();
+        if limit > 0 {
+            let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hset(self.keys.limits(), product_id, limit))
+                .await?;
+            return Ok(());
+        }
+        let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.limits(), product_id)).await?;
+        let pattern = format!("{product_id}:*");
+        let mut cursor = 0u64;
+        loop {
+            let (next, fields): (u64, Vec<(String, String)>) = bounded(
+                "redis (limit)",
+                CALL_TIMEOUT,
+                redis::cmd("HSCAN")
+                    .arg(self.keys.bought())
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+            if !names.is_empty() {
+                let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.bought(), names)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// Moves a product's stock by an operator's `delta`, stamped with the next sequence number

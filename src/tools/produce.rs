@@ -74,6 +74,8 @@ pub struct ProduceReport {
     pub reserved: u64,
     pub sold_out: u64,
     pub unknown_product: u64,
+    /// Refused by a per-buyer limit.
+    pub limited: u64,
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub latency: Latency,
@@ -130,6 +132,8 @@ pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<Produc
             Reservation::Replayed { .. } | Reservation::IdUsed { .. } => {}
             Reservation::SoldOut { .. } => report.sold_out += 1,
             Reservation::UnknownProduct => report.unknown_product += 1,
+            // the load generator gives no buyer; a product with a limit refuses it
+            Reservation::BuyerRequired { .. } | Reservation::LimitReached { .. } => report.limited += 1,
         }
         samples.push(took.as_micros() as u64);
         bar.inc(1);

@@ -28,13 +28,15 @@ use tracing::Instrument;
 use crate::backoff::{Backoff, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
-use crate::ledger::{Ledger, Outcome};
+use crate::ledger::{Ledger, Outcome, Release};
 use crate::queue::{
-    Ack, Claim, Ended, Ending, Entry, GiveBack, Queue, REJECTED_REASON, Settlement, Shards, Waiter,
+    Ack, Cancelled, Claim, Ended, Ending, Entry, GiveBack, Queue, REJECTED_REASON, Settlement, Shards, Waiter,
 };
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_BATCH: usize = 100;
+/// The reason an outcome `cancelled` carries when the order was cancelled.
+pub(crate) const CANCELLED_REASON: &str = "cancelled";
 pub(crate) const DEFAULT_CONCURRENCY: usize = 2;
 /// Longest single BLMOVE wait; also the longest a stop request waits for an idle loop.
 pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(1);
@@ -116,6 +118,8 @@ pub struct BatchReport {
     pub acknowledged: u64,
     /// Entries handed back to pending because MySQL could not be reached before shutdown.
     pub released: u64,
+    /// Entries of cancelled reservations dropped without a deduction.
+    pub cancelled: u64,
 }
 
 /// What one step did.
@@ -252,6 +256,9 @@ impl Worker {
             if !claim.entries.is_empty() {
                 return Ok(StepOutcome::Batch(self.process(queue, claim, shutdown).await?));
             }
+            if claim.releases > 0 {
+                self.release(queue).await?;
+            }
         }
         let Some(waiter) = waiter else { return Ok(StepOutcome::Idle) };
         if shutdown.is_cancelled() {
@@ -276,7 +283,9 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<BatchReport> {
         let entries = claim.entries;
-        let parsed = Parsed::from_entries(&entries);
+        let parsed = Parsed::from_entries(&entries, &claim.cancelled);
+        // before anything is applied: a failure here leaves the whole batch to be redelivered
+        let cancels_deducted = self.ledger.settle_cancelled(&parsed.unsure_cancels(), claim.seq).await?;
         let started = Instant::now();
         let applied = self.apply_holding(queue, &entries, &parsed.events, claim.seq, shutdown).await;
         self.record_apply(started, entries.len());
@@ -286,7 +295,7 @@ impl Worker {
             tracing::warn!(released, "MySQL unreachable at shutdown; entries handed back to pending");
             return Ok(BatchReport { claimed: entries.len(), released, ..Default::default() });
         };
-        let (settlement, mut report) = decide(&parsed, &verdicts, now_ms());
+        let (settlement, mut report) = decide(&parsed, &verdicts, &cancels_deducted, now_ms());
         let started = Instant::now();
         let settled = self.settle_holding(queue, &entries, &settlement).await?;
         add_elapsed(&self.totals.settle_us, started);
@@ -294,7 +303,38 @@ impl Worker {
         self.record_batch(&report, settled.dead_lettered);
         record_outcome_latency(&parsed.events);
         tracing::debug!(?report, "batch settled");
+        if claim.releases > 0 {
+            self.release(queue).await?;
+        }
         Ok(report)
+    }
+
+    /// Gives MySQL back the quantity of cancelled applied reservations waiting on the
+    /// releases list, and acknowledges them (`Ledger::apply_releases`, `lua/released.lua`).
+    ///
+    /// Releases are rare (refunds, returns) and need no claim: MySQL changes a row from
+    /// `applied` to `released` once, and the acknowledgement removes the entry once, so two
+    /// workers (or a retry after a crash) doing the same release change nothing twice.
+    async fn release(&self, queue: &Queue) -> Result<u64> {
+        let waiting = queue.waiting_releases(self.options.batch).await?;
+        let releases: Vec<(Entry, Event)> = waiting
+            .into_iter()
+            .filter_map(|entry| Event::parse(&entry).ok().map(|event| (entry, event)))
+            .collect();
+        if releases.is_empty() {
+            return Ok(0);
+        }
+        let number = queue.next_seq().await?;
+        let events: Vec<Event> = releases.iter().map(|(_, e)| e.clone()).collect();
+        let answers = self.ledger.apply_releases(&events, number).await?;
+        for (event, answer) in events.iter().zip(answers) {
+            if answer == Release::NotDeducted {
+                tracing::warn!(event_id = %event.event_id, "released a reservation MySQL never deducted; nothing given back in MySQL");
+            }
+        }
+        let n = queue.settle_releases(&releases).await?;
+        metrics::counter!(m::RELEASED).increment(n);
+        Ok(n)
     }
 
     fn record_apply(&self, started: Instant, batch: usize) {
@@ -311,6 +351,7 @@ impl Worker {
         metrics::counter!(m::DUPLICATES).increment(report.duplicates);
         metrics::counter!(m::REDELIVERED).increment(report.redelivered);
         metrics::counter!(m::DEAD_LETTERED).increment(dead_lettered);
+        metrics::counter!(m::CANCELLED).increment(report.cancelled);
         let t = &self.totals;
         t.batches.fetch_add(1, Ordering::Relaxed);
         t.applied.fetch_add(report.applied, Ordering::Relaxed);
@@ -462,17 +503,27 @@ struct Parsed<'a> {
     /// The entry of each event, index for index.
     event_entries: Vec<&'a Entry>,
     invalid: Vec<(&'a Entry, String)>,
+    /// Events of cancelled reservations, kept out of the MySQL batch: (event, entry, unsure).
+    cancels: Vec<(Event, &'a Entry, bool)>,
 }
 
 impl<'a> Parsed<'a> {
-    fn from_entries(entries: &'a [Entry]) -> Self {
+    fn from_entries(entries: &'a [Entry], cancelled: &[Cancelled]) -> Self {
         let mut parsed = Parsed {
             events: Vec::with_capacity(entries.len()),
             event_entries: Vec::new(),
             invalid: Vec::new(),
+            cancels: Vec::new(),
         };
-        for entry in entries {
-            match Event::parse(entry) {
+        let unsure_at: std::collections::HashMap<usize, bool> =
+            cancelled.iter().map(|c| (c.index, c.unsure)).collect();
+        for (i, entry) in entries.iter().enumerate() {
+            let event = Event::parse(entry);
+            if let (Some(&unsure), Ok(event)) = (unsure_at.get(&i), &event) {
+                parsed.cancels.push((event.clone(), entry, unsure));
+                continue;
+            }
+            match event {
                 Ok(event) => {
                     parsed.events.push(event);
                     parsed.event_entries.push(entry);
@@ -484,6 +535,11 @@ impl<'a> Parsed<'a> {
             }
         }
         parsed
+    }
+
+    /// The cancelled events an earlier delivery may have deducted: MySQL must say.
+    fn unsure_cancels(&self) -> Vec<Event> {
+        self.cancels.iter().filter(|(_, _, unsure)| *unsure).map(|(e, _, _)| e.clone()).collect()
     }
 }
 
@@ -509,12 +565,32 @@ fn refusal_reason(e: &Error) -> String {
 }
 
 /// What a batch comes to once MySQL has decided each event: which entries are acknowledged,
-/// which give their stock back, which are dead-lettered, and the counts. Free of I/O so that
-/// the mapping is tested alone; `verdicts` is index for index with `parsed.events`.
-fn decide(parsed: &Parsed, verdicts: &[Verdict], now_ms: u64) -> (Settlement, BatchReport) {
-    let claimed = parsed.events.len() + parsed.invalid.len();
+/// which give their stock back, which are dead-lettered, which are dropped as cancelled, and
+/// the counts. Free of I/O so that the mapping is tested alone; `verdicts` is index for index
+/// with `parsed.events`, `cancels_deducted` with the unsure cancels (whether MySQL had
+/// deducted each: then it is acknowledged as applied, and settle.lua releases it).
+fn decide(
+    parsed: &Parsed,
+    verdicts: &[Verdict],
+    cancels_deducted: &[bool],
+    now_ms: u64,
+) -> (Settlement, BatchReport) {
+    let claimed = parsed.events.len() + parsed.invalid.len() + parsed.cancels.len();
     let mut report = BatchReport { claimed, ..Default::default() };
     let mut settlement = Settlement::default();
+    let mut deducted = cancels_deducted.iter();
+    for (event, entry, unsure) in &parsed.cancels {
+        let entry = (*entry).clone();
+        if *unsure && deducted.next() == Some(&true) {
+            let counted = if event.seq.is_some() { event.qty } else { 0 };
+            let ending = Ending::new(event, Ended::Applied, None);
+            settlement.acks.push(Ack { entry, product_id: event.product_id, counted, ending });
+            report.redelivered += 1;
+        } else {
+            settlement.drops.push((entry, Ending::new(event, Ended::Cancelled, Some(CANCELLED_REASON))));
+            report.cancelled += 1;
+        }
+    }
     for (entry, reason) in &parsed.invalid {
         settlement.dead.push(((*entry).clone(), dead_envelope(entry, reason, 1, now_ms)));
     }
@@ -538,6 +614,11 @@ fn decide(parsed: &Parsed, verdicts: &[Verdict], now_ms: u64) -> (Settlement, Ba
             Outcome::AlreadyApplied | Outcome::AlreadyRejected => report.redelivered += 1,
             Outcome::UnknownProduct => {
                 dead_letter(&format!("unknown product {}", event.product_id));
+                continue;
+            }
+            Outcome::AlreadyCancelled => {
+                settlement.drops.push((entry, Ending::new(event, Ended::Cancelled, Some(CANCELLED_REASON))));
+                report.cancelled += 1;
                 continue;
             }
         }
@@ -615,7 +696,7 @@ mod tests {
             entry("f", 1, 4),
             entry("g", 13, 1),
         ];
-        let parsed = Parsed::from_entries(&entries);
+        let parsed = Parsed::from_entries(&entries, &[]);
         let verdicts = [
             Verdict::Decided(Outcome::Applied),
             Verdict::Decided(Outcome::Rejected),
@@ -625,7 +706,7 @@ mod tests {
             Verdict::Decided(Outcome::AlreadyRejected),
             Verdict::Refused("mysql: 1644 product 13 frozen".into()),
         ];
-        let (s, report) = decide(&parsed, &verdicts, 7);
+        let (s, report) = decide(&parsed, &verdicts, &[], 7);
         let acks: Vec<_> =
             s.acks.iter().map(|a| (&a.entry, a.product_id, a.counted, a.ending.state)).collect();
         assert_eq!(acks, [(&entries[0], 1, 1, Ended::Applied), (&entries[3], 2, 3, Ended::Applied)]);

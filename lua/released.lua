@@ -1,0 +1,50 @@
+#!lua flags=allow-oom
+-- released.lua: acknowledge releases once MySQL has added their quantity back.
+--
+-- KEYS[1]  {q}:releases
+-- KEYS[2]  {q}:inflight
+-- KEYS[3]  {q}:outcomes
+-- KEYS[4]  {q}:counters
+-- KEYS[5..4+N]  the record {q}:r:<event_id> of each release below
+-- ARGV[1]  record TTL in ms
+-- ARGV[2]  the outcome stream's approximate MAXLEN
+-- then per release: the entry exactly as on the list, event_id, product_id, qty, seq ('' if none)
+--
+-- Returns the number of releases acknowledged now.
+--
+-- Invariant kept atomic: a release leaves the list together with its in-flight correction
+-- (cancel.lua lowered the product's in-flight units by the quantity when it gave the stock
+-- back in Redis; MySQL has it back now, so the units return to zero) and with its record's
+-- `released` and the outcome entry. Two workers that applied the same release (MySQL changed
+-- the row once) both call this; the second finds the entry gone and changes nothing.
+-- `allow-oom`: acknowledging only shrinks Redis.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+for i = 0, (#ARGV - 2) / 5 - 1 do
+  local a = 3 + 5 * i
+  local entry, event_id, product_id, qty, seq = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  if redis.call('LREM', KEYS[1], 1, entry) > 0 then
+    n = n + 1
+    redis.call('HINCRBY', KEYS[2], product_id, tonumber(qty))
+    local record = KEYS[5 + i]
+    local r = redis.call('HMGET', record, 'state', 'seq', 'buyer', 'reserved_at')
+    if r[1] == 'releasing' and (r[2] or '') == seq then
+      redis.call('HSET', record, 'state', 'released', 'updated_at', now)
+      redis.call('PEXPIRE', record, ARGV[1])
+    end
+    local fields = {'event_id', event_id, 'state', 'released', 'product_id', product_id, 'qty', qty}
+    for _, kv in ipairs({{'seq', seq}, {'buyer', r[3]}, {'reserved_at', r[4]}, {'at', now}}) do
+      if kv[2] and kv[2] ~= '' then
+        fields[#fields + 1] = kv[1]
+        fields[#fields + 1] = kv[2]
+      end
+    end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[4], 'released', n)
+end
+return n
