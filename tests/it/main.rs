@@ -11,6 +11,7 @@ mod foundation;
 mod helpers;
 mod http;
 mod ledger_faults;
+mod lifecycle;
 mod listings;
 mod records;
 mod recovery;

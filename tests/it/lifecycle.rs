@@ -1,0 +1,470 @@
+//! Holds, confirms, expiries, cancels, releases and per-buyer limits (README "Holds, cancels
+//! and limits"), against the real Redis and MariaDB.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use stockq::{Cancel, Confirm, Request, Reservation};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestEnv, send_signal, terminate};
+
+/// Every entry of the test queue's outcome stream, oldest first, as (event_id, state).
+async fn outcomes(env: &TestEnv) -> Vec<(String, String)> {
+    let mut c = env.redis.clone();
+    let raw: Vec<(String, HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg(env.key("outcomes")).arg("-").arg("+").query_async(&mut c).await.unwrap();
+    raw.into_iter().map(|(_, f)| (f["event_id"].clone(), f["state"].clone())).collect()
+}
+
+async fn state(env: &TestEnv, event_id: &str) -> String {
+    let mut c = env.redis.clone();
+    let state: Option<String> = c.hget(env.key(&format!("r:{event_id}")), "state").await.unwrap();
+    state.unwrap_or_default()
+}
+
+async fn reserve(env: &TestEnv, product: i64, event_id: &str, buyer: Option<&str>, hold: Option<Duration>) -> Reservation {
+    let request = Request { product_id: product, qty: 1, event_id, buyer, hold };
+    stockq::reserve_held(&env.queue, request).await.expect("reserve")
+}
+
+/// Units of a product in MySQL's `stock_log` with a status.
+async fn log_units(env: &TestEnv, status: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT CAST(COALESCE(SUM(qty), 0) AS SIGNED) FROM stock_log WHERE status = ?")
+        .bind(status)
+        .fetch_one(&env.mysql)
+        .await
+        .unwrap()
+}
+
+/// Confirms racing the janitor's expiry at the deadline, two thousand holds at once: each
+/// hold ends exactly once, confirmed (then applied) or expired, never both; the answers say
+/// which; the stock is exact in both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_and_expiry_race_at_the_deadline_and_each_hold_ends_once() {
+    let env = TestEnv::new().await;
+    const HOLDS: usize = 2_000;
+    const INITIAL: i64 = 5_000;
+    env.stock(1, INITIAL).await;
+    let ids: Vec<String> = (0..HOLDS).map(|i| format!("h-{i}")).collect();
+    let holds = ids.iter().map(|id| reserve(&env, 1, id, None, Some(Duration::from_secs(1))));
+    for answer in futures::future::join_all(holds).await {
+        assert!(matches!(answer, Reservation::Reserved { deadline: Some(_), .. }), "{answer:?}");
+    }
+    assert_eq!(env.redis_stock(1).await, Some(INITIAL - HOLDS as i64), "held stock is taken");
+    assert_eq!(env.len("pending").await, 0, "a hold is not queued");
+    assert_eq!(env.zcard("holds").await, HOLDS);
+    env.assert_books_balance().await;
+
+    // aim at the deadline: start the confirms and the expiry together just before it
+    let mut c = env.redis.clone();
+    let first: Vec<(String, i64)> = c.zrange_withscores(env.key("holds"), 0, 0).await.unwrap();
+    let deadline = first[0].1;
+    let now = env.redis_now_ms().await;
+    tokio::time::sleep(Duration::from_millis((deadline - now - 30).max(0) as u64)).await;
+    let janitor = env.janitor();
+    let expiring = async {
+        let mut expired = 0;
+        let until = tokio::time::Instant::now() + Duration::from_millis(600);
+        while tokio::time::Instant::now() < until {
+            expired += janitor.recover().await.expect("recover").expired;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        expired
+    };
+    let shards = env.shards();
+    // each payment lands at a random instant around its deadline
+    let confirming = futures::future::join_all(ids.iter().map(|id| {
+        let shards = &shards;
+        async move {
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..=400))).await;
+            stockq::confirm(shards, id).await
+        }
+    }));
+    let (expired_by_janitor, answers) = tokio::join!(expiring, confirming);
+
+    let mut confirmed = HashSet::new();
+    let mut expired = HashSet::new();
+    for (id, answer) in ids.iter().zip(answers) {
+        match answer.expect("confirm") {
+            Confirm::Queued => confirmed.insert(id.clone()),
+            Confirm::Ended { state } if state == "expired" => expired.insert(id.clone()),
+            other => panic!("{id}: {other:?}"),
+        };
+    }
+    eprintln!(
+        "race: {} confirmed, {} expired ({} by the janitor)",
+        confirmed.len(),
+        expired.len(),
+        expired_by_janitor
+    );
+    assert_eq!(confirmed.len() + expired.len(), HOLDS);
+    assert!(!confirmed.is_empty() && !expired.is_empty(), "the race was not at the deadline");
+    assert!(expired_by_janitor > 0, "the janitor expired none: the race was not with it");
+    assert_eq!(env.zcard("holds").await, 0, "no hold left");
+    env.assert_books_balance().await;
+    env.drain(200).await;
+
+    let told = outcomes(&env).await;
+    let mut by_id: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (id, state) in &told {
+        by_id.entry(id).or_default().push(state);
+    }
+    for id in &ids {
+        let want = if confirmed.contains(id) { "applied" } else { "expired" };
+        assert_eq!(by_id.get(id.as_str()).map(Vec::as_slice), Some(&[want][..]), "{id}");
+        assert_eq!(state(&env, id).await, want, "{id}");
+    }
+    let applied = confirmed.len() as i64;
+    assert_eq!(env.mysql_stock(1).await, INITIAL - applied, "MySQL deducted the confirmed ones only");
+    assert_eq!(env.redis_stock(1).await, Some(INITIAL - applied), "expired stock is back in Redis");
+    assert_eq!(env.hget_i64("inflight", b"1").await, 0);
+    env.assert_books_balance().await;
+}
+
+/// A cancel in each state ends as SPEC.md says, gives the stock back once (repeating it
+/// changes nothing), and the stores agree after each.
+#[tokio::test]
+async fn cancel_in_each_state_gives_back_exactly_once() {
+    let env = TestEnv::with(|s| s.delivery.max_attempts = 1).await;
+    const INITIAL: i64 = 100;
+    env.stock(1, INITIAL).await;
+    let hold = Some(Duration::from_secs(600));
+    for (id, held) in [("dead", None), ("applied", None), ("queued", None), ("twice", None), ("held", hold)] {
+        assert!(matches!(reserve(&env, 1, id, None, held).await, Reservation::Reserved { .. }));
+    }
+    // `applied` goes through MySQL; `dead` is dead-lettered by timing its claim out (max
+    // attempts 1); `queued` and `twice` wait in pending
+    let worker = env.worker(10);
+    let claim = env.queue.claim(2, None).await.unwrap();
+    let text = |e: &Vec<u8>| String::from_utf8_lossy(e).into_owned();
+    assert!(text(&claim.entries[0]).contains("\"dead\"") && text(&claim.entries[1]).contains("\"applied\""));
+    let claim_applied = stockq::Claim { entries: vec![claim.entries[1].clone()], ..claim.clone() };
+    worker.process(&env.queue, claim_applied, &CancellationToken::new()).await.unwrap();
+    env.wait_past(claim.deadline_ms).await;
+    env.janitor().recover().await.unwrap();
+    assert_eq!(state(&env, "dead").await, "dead");
+    assert_eq!(state(&env, "applied").await, "applied");
+    env.assert_books_balance().await;
+
+    let shards = env.shards();
+    let cancel = |id: &'static str| {
+        let shards = shards.clone();
+        let ledger = env.ledger.clone();
+        async move { stockq::cancel(&shards, &ledger, id).await.unwrap() }
+    };
+    let done = |state: &str, changed: bool| Cancel::Done { state: state.to_string(), changed };
+    assert_eq!(cancel("held").await, done("cancelled", true));
+    assert_eq!(cancel("held").await, done("cancelled", false), "a repeated cancel changes nothing");
+    assert_eq!(cancel("queued").await, done("cancelling", true));
+    assert_eq!(cancel("dead").await, done("cancelling", true));
+    assert_eq!(env.len("dead").await, 0, "a cancelled dead letter goes back to the queue");
+    assert_eq!(cancel("applied").await, done("releasing", true));
+    assert_eq!(cancel("applied").await, done("releasing", false));
+    assert_eq!(cancel("nobody").await, Cancel::Unknown);
+    // every unit is back in Redis at once; MySQL still has `applied` deducted
+    assert_eq!(env.redis_stock(1).await, Some(INITIAL - 1), "only `twice` still holds a unit");
+    env.assert_books_balance().await;
+
+    env.drain(10).await;
+    for (id, want) in [("held", "cancelled"), ("queued", "cancelled"), ("dead", "cancelled"), ("applied", "released"), ("twice", "applied")] {
+        assert_eq!(state(&env, id).await, want, "{id}");
+    }
+    assert_eq!(cancel("twice").await, done("releasing", true));
+    assert_eq!(cancel("twice").await, done("releasing", false));
+    env.drain(10).await;
+    assert_eq!(state(&env, "twice").await, "released");
+    assert_eq!(env.mysql_stock(1).await, INITIAL, "MySQL got back each release once");
+    assert_eq!(env.redis_stock(1).await, Some(INITIAL));
+    assert_eq!(log_units(&env, "released").await, 2);
+    // `dead` was unsure (its claim timed out): MySQL was asked, and a row says it is cancelled
+    assert_eq!(env.log_status("dead").await.as_deref(), Some("cancelled"));
+    assert_eq!(env.log_status("queued").await, None, "a sure cancel costs MySQL nothing");
+    let told = outcomes(&env).await;
+    let states = |id: &str| told.iter().filter(|(e, _)| e == id).map(|(_, s)| s.as_str()).collect::<Vec<_>>();
+    assert_eq!(states("held"), ["cancelled"]);
+    assert_eq!(states("queued"), ["cancelled"]);
+    assert_eq!(states("dead"), ["dead", "cancelled"]);
+    assert_eq!(states("applied"), ["applied", "released"]);
+    assert_eq!(states("twice"), ["applied", "released"]);
+    assert_eq!(env.hget_i64("inflight", b"1").await, 0);
+    env.assert_books_balance().await;
+}
+
+/// Cancels racing the workers that apply the same events: each event is either never
+/// deducted (cancelled) or deducted and given back (released), exactly once in both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_racing_the_worker_never_deducts_or_gives_back_twice() {
+    let env = TestEnv::new().await;
+    const EVENTS: usize = 1_000;
+    const INITIAL: i64 = 2_000;
+    env.stock(1, INITIAL).await;
+    let ids: Vec<String> = (0..EVENTS).map(|i| format!("c-{i}")).collect();
+    for id in &ids {
+        env.reserve_ok(1, 1, id).await;
+    }
+    let shards = env.shards();
+    let workers = async {
+        let (a, b) = tokio::join!(env.drain(20), env.drain(20));
+        a.len() + b.len()
+    };
+    let cancels = futures::future::join_all(ids.iter().map(|id| stockq::cancel(&shards, &env.ledger, id)));
+    let (_, answers) = tokio::join!(workers, cancels);
+    for answer in answers {
+        assert!(matches!(answer.unwrap(), Cancel::Done { changed: true, .. }));
+    }
+    env.drain(50).await; // the releases and whatever the cancels sent back
+    let mut released = 0;
+    for id in &ids {
+        match state(&env, id).await.as_str() {
+            "cancelled" => assert_ne!(env.log_status(id).await.as_deref(), Some("applied"), "{id}"),
+            "released" => {
+                assert_eq!(env.log_status(id).await.as_deref(), Some("released"), "{id}");
+                released += 1;
+            }
+            other => panic!("{id} left {other}"),
+        }
+    }
+    eprintln!("cancel race: {released} released after their deduction, {} never deducted", EVENTS - released);
+    assert_eq!(env.mysql_stock(1).await, INITIAL, "MySQL got back exactly what it deducted");
+    assert_eq!(env.redis_stock(1).await, Some(INITIAL), "Redis got everything back once");
+    assert_eq!(env.hget_i64("inflight", b"1").await, 0);
+    assert_eq!(env.len("releases").await, 0);
+    let told = outcomes(&env).await;
+    let finals = told.iter().filter(|(_, s)| s == "cancelled" || s == "released").count();
+    assert_eq!(finals, EVENTS, "one final outcome per event");
+    env.assert_books_balance().await;
+}
+
+/// A million-event backlog is not needed to show the cost: cancelled events waiting in the
+/// queue are dropped by the workers without a MySQL row each.
+#[tokio::test]
+async fn cancelled_events_in_the_queue_cost_mysql_nothing() {
+    let env = TestEnv::new().await;
+    env.stock(1, 1_000).await;
+    let ids: Vec<String> = (0..500).map(|i| format!("q-{i}")).collect();
+    for id in &ids {
+        env.reserve_ok(1, 1, id).await;
+    }
+    for id in &ids[..400] {
+        stockq::cancel(&env.shards(), &env.ledger, id).await.unwrap();
+    }
+    assert_eq!(env.redis_stock(1).await, Some(1_000 - 100));
+    let reports = env.drain(100).await;
+    let cancelled: u64 = reports.iter().map(|r| r.cancelled).sum();
+    assert_eq!(cancelled, 400);
+    assert_eq!(env.log_rows().await, 100, "only the live events reached MySQL");
+    assert_eq!(env.mysql_stock(1).await, 900);
+    let mut c = env.redis.clone();
+    let left: usize = c.scard(env.key("cancels")).await.unwrap();
+    assert_eq!(left, 0, "every cancel mark went with its entry");
+    env.assert_books_balance().await;
+}
+
+/// One buyer firing 1,000 reservations at once at a limit of 2: exactly 2 succeed; after a
+/// cancel, exactly one more; an expiry and a release give units back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_limit_holds_under_concurrency() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10_000).await;
+    let (code, _, err) = env.run(&["stock", "limit", "1", "2"]).await;
+    assert_eq!(code, 0, "{err}");
+    let fire = |round: usize| {
+        let env = &env;
+        futures::future::join_all(
+            (0..1_000).map(move |i| async move { (format!("b-{round}-{i}"), reserve(env, 1, &format!("b-{round}-{i}"), Some("buyer-7"), None).await) }),
+        )
+    };
+    let won: Vec<String> = fire(0)
+        .await
+        .into_iter()
+        .filter_map(|(id, a)| match a {
+            Reservation::Reserved { .. } => Some(id),
+            Reservation::LimitReached { limit: 2, .. } => None,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(won.len(), 2, "exactly the limit");
+    assert!(matches!(reserve(&env, 1, "anon", None, None).await, Reservation::BuyerRequired { limit: 2 }));
+    let (code, _, _) = env.run(&["reserve", "1", "1", "--buyer", "buyer-7"]).await;
+    assert_eq!(code, 5, "the CLI exits 5 at the limit");
+    let (code, _, _) = env.run(&["reserve", "1", "1"]).await;
+    assert_eq!(code, 2, "a limited product needs a buyer");
+    assert!(matches!(reserve(&env, 1, "other-buyer", Some("buyer-8"), None).await, Reservation::Reserved { .. }));
+
+    stockq::cancel(&env.shards(), &env.ledger, &won[0]).await.unwrap();
+    let again = fire(1).await.into_iter().filter(|(_, a)| matches!(a, Reservation::Reserved { .. })).count();
+    assert_eq!(again, 1, "a cancel gives exactly one unit back to the buyer");
+
+    // applied, then released: the unit comes back to the buyer
+    env.drain(100).await;
+    stockq::cancel(&env.shards(), &env.ledger, &won[1]).await.unwrap();
+    assert!(matches!(reserve(&env, 1, "after-release", Some("buyer-7"), None).await, Reservation::Reserved { .. }));
+    assert!(matches!(reserve(&env, 1, "over", Some("buyer-7"), None).await, Reservation::LimitReached { .. }));
+    // a hold that expires gives its unit back too
+    stockq::cancel(&env.shards(), &env.ledger, "after-release").await.unwrap();
+    let held = reserve(&env, 1, "held-7", Some("buyer-7"), Some(Duration::from_secs(1))).await;
+    let Reservation::Reserved { deadline: Some(deadline), .. } = held else { panic!("{held:?}") };
+    assert!(matches!(reserve(&env, 1, "over-2", Some("buyer-7"), None).await, Reservation::LimitReached { .. }));
+    env.wait_past(deadline).await;
+    assert_eq!(env.janitor().recover().await.unwrap().expired, 1);
+    assert!(matches!(reserve(&env, 1, "after-expiry", Some("buyer-7"), None).await, Reservation::Reserved { .. }));
+
+    // removing the limit forgets the tallies
+    let (code, _, _) = env.run(&["stock", "limit", "1", "0"]).await;
+    assert_eq!(code, 0);
+    assert!(matches!(reserve(&env, 1, "free", None, None).await, Reservation::Reserved { .. }));
+    assert_eq!(env.hlen("bought").await, 0);
+    env.drain(100).await;
+    env.assert_books_balance().await;
+}
+
+/// Reserve, hold, confirm, cancel and expiry mixed, with workers and a janitor SIGKILLed
+/// along the way: every reservation ends in exactly one final state with one outcome each
+/// (two for a released one: applied, then released), the check is clean every time it runs,
+/// and MySQL stock = initial − applied + released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_of_the_whole_lifecycle_keeps_the_books() {
+    let env = TestEnv::with(|s| {
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_millis(300);
+        s.delivery.max_attempts = 1000;
+    })
+    .await;
+    const PRODUCTS: i64 = 5;
+    const INITIAL: i64 = 2_000;
+    const ORDERS: usize = 1_500;
+    for p in 1..=PRODUCTS {
+        env.stock(p, INITIAL).await;
+    }
+    let worker_args = ["worker", "--batch", "20"];
+    let mut workers = vec![env.spawn(&worker_args), env.spawn(&worker_args)];
+    let mut janitor = env.spawn(&["janitor"]);
+
+    let running = CancellationToken::new();
+    let killer = {
+        let running = running.clone();
+        let env = &env;
+        async move {
+            let mut kills = 0;
+            while !running.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(rand::random_range(300..=600))).await;
+                if kills % 3 == 2 {
+                    send_signal(janitor.id().unwrap(), "KILL");
+                    let _ = janitor.wait().await;
+                    janitor = env.spawn(&["janitor"]);
+                } else {
+                    let victim = rand::random_range(0..workers.len());
+                    send_signal(workers[victim].id().unwrap(), "KILL");
+                    let _ = workers[victim].wait().await;
+                    workers[victim] = env.spawn(&worker_args);
+                }
+                kills += 1;
+            }
+            (kills, workers, janitor)
+        }
+    };
+    let checks = {
+        let running = running.clone();
+        let env = &env;
+        async move {
+            let mut runs = 0;
+            while !running.is_cancelled() {
+                env.assert_books_balance().await;
+                runs += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            runs
+        }
+    };
+    let shoppers = async {
+        let shards = env.shards();
+        let orders = futures::stream::iter(0..ORDERS).map(|i| {
+            let shards = &shards;
+            let env = &env;
+            async move {
+                let id = format!("o-{i}");
+                let product = 1 + (i as i64 % PRODUCTS);
+                let hold = (i % 2 == 0).then(|| Duration::from_secs(1));
+                let answer = reserve(env, product, &id, None, hold).await;
+                assert!(matches!(answer, Reservation::Reserved { .. }), "{answer:?}");
+                tokio::time::sleep(Duration::from_millis(rand::random_range(0..=1500))).await;
+                match i % 5 {
+                    // pay (some too late: the confirm then expires the hold itself)
+                    0 | 1 => {
+                        let _ = stockq::confirm(shards, &id).await.unwrap();
+                    }
+                    // cancel, at whatever point the order has reached
+                    2 => {
+                        let _ = stockq::cancel(shards, &env.ledger, &id).await.unwrap();
+                    }
+                    // pay, then refund after a while
+                    3 => {
+                        let _ = stockq::confirm(shards, &id).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(rand::random_range(0..=800))).await;
+                        let _ = stockq::cancel(shards, &env.ledger, &id).await.unwrap();
+                    }
+                    // walk away: a hold expires
+                    _ => {}
+                }
+            }
+        });
+        use futures::StreamExt;
+        orders.buffer_unordered(200).collect::<Vec<()>>().await;
+        running.cancel();
+    };
+    let ((), (kills, mut workers, mut janitor), runs) = tokio::join!(shoppers, killer, checks);
+    eprintln!("lifecycle chaos: {kills} processes SIGKILLed, the check ran {runs} times during it");
+
+    let finals = ["applied", "cancelled", "expired", "released", "rejected"];
+    env.eventually(Duration::from_secs(60), "every order in a final state", || async {
+        for i in 0..ORDERS {
+            if !finals.contains(&state(&env, &format!("o-{i}")).await.as_str()) {
+                return false;
+            }
+        }
+        env.len("releases").await == 0 && env.len("pending").await == 0 && env.len("processing").await == 0
+    })
+    .await;
+    let told = outcomes(&env).await;
+    let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, state) in told {
+        by_id.entry(id).or_default().push(state);
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..ORDERS {
+        let id = format!("o-{i}");
+        let end = state(&env, &id).await;
+        let want: Vec<String> = match end.as_str() {
+            "released" => vec!["applied".into(), "released".into()],
+            other => vec![other.to_string()],
+        };
+        assert_eq!(by_id.get(&id), Some(&want), "{id}: outcomes");
+        *counts.entry(end).or_default() += 1;
+    }
+    eprintln!("lifecycle chaos: final states {counts:?}");
+    for p in 1..=PRODUCTS {
+        let (applied, released): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(qty * (status IN ('applied', 'released'))), 0) AS SIGNED), \
+                    CAST(COALESCE(SUM(qty * (status = 'released')), 0) AS SIGNED) \
+             FROM stock_log WHERE product_id = ?",
+        )
+        .bind(p)
+        .fetch_one(&env.mysql)
+        .await
+        .unwrap();
+        let mysql = env.mysql_stock(p).await;
+        assert_eq!(mysql, INITIAL - applied + released, "product {p}: MySQL = initial − applied + released");
+        assert_eq!(env.redis_stock(p).await, Some(mysql), "product {p}: Redis == MySQL once all settled");
+    }
+    env.assert_books_balance().await;
+    let mut c = env.redis.clone();
+    let alerts: usize = redis::cmd("XLEN").arg(env.key("alerts")).query_async(&mut c).await.unwrap();
+    assert_eq!(alerts, 0, "the janitor's own checks found no drift");
+    for w in &mut workers {
+        assert_eq!(terminate(w).await, 0);
+    }
+    assert_eq!(terminate(&mut janitor).await, 0);
+}
