@@ -17,6 +17,12 @@ pub(crate) struct Stats {
     pub(crate) pending: u64,
     pub(crate) processing: u64,
     pub(crate) dead: u64,
+    /// Reservations held unpaid (`reserve --hold`), not yet confirmed, cancelled or expired.
+    pub(crate) held: u64,
+    /// Cancelled reservations whose entry still waits in the queue, to be dropped.
+    pub(crate) cancelling: u64,
+    /// Cancelled applied reservations whose quantity MySQL has not got back yet.
+    pub(crate) releasing: u64,
     /// Age of the oldest claim still held, in milliseconds (from its last claim or renewal).
     pub(crate) oldest_claim_age_ms: Option<u64>,
     pub(crate) live_workers: Vec<Heartbeat>,
@@ -43,6 +49,9 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Res
         pending: 0,
         processing: 0,
         dead: 0,
+        held: 0,
+        cancelling: 0,
+        releasing: 0,
         oldest_claim_age_ms: None,
         live_workers: Vec::new(),
         throughput: 0.0,
@@ -59,6 +68,9 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Res
         stats.pending += depths.pending;
         stats.processing += depths.processing;
         stats.dead += depths.dead;
+        stats.held += depths.held;
+        stats.cancelling += depths.cancelling;
+        stats.releasing += depths.releasing;
         stats.oldest_claim_age_ms = stats.oldest_claim_age_ms.max(depths.oldest_claim_age_ms);
         for (name, n) in depths.counters {
             *stats.counters.entry(name).or_default() += n;

@@ -301,7 +301,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Migrate => processes::migrate(settings).await,
         Command::Stock(StockCommand::Set { product, qty }) => stock::set(settings, product, qty).await,
         Command::Stock(StockCommand::Add { product, delta }) => stock::add(settings, product, delta).await,
-        Command::Stock(StockCommand::Limit { product, limit }) => stock::limit(settings, product, limit).await,
+        Command::Stock(StockCommand::Limit { product, limit }) => {
+            stock::limit(settings, product, limit).await
+        }
         Command::Reserve { product, qty, event_id, buyer, hold, json } => {
             let asked = stock::Reserve { product, qty, event_id, buyer, hold, json };
             stock::reserve(settings, asked).await

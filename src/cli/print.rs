@@ -65,6 +65,8 @@ pub(super) fn stats(s: &Stats) {
         s.oldest_claim_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
     );
     println!("dead         {}", s.dead);
+    println!("held         {} unpaid", s.held);
+    println!("cancelling   {} (in the queue), releasing {} (to MySQL)", s.cancelling, s.releasing);
     println!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
     for w in &s.live_workers {
         println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);

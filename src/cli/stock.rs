@@ -99,7 +99,9 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
         ),
         Reservation::LimitReached { limit, held } => (
             EXIT_LIMIT,
-            format!("buyer limit: product {product} allows {limit} per buyer, who holds {held}; nothing taken"),
+            format!(
+                "buyer limit: product {product} allows {limit} per buyer, who holds {held}; nothing taken"
+            ),
             json!({ "error": "buyer limit", "limit": limit }),
         ),
         Reservation::BuyerRequired { limit } => (

@@ -133,17 +133,19 @@ pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
 }
 
 async fn sample_once(shards: &Shards) -> Result<()> {
-    let (mut pending, mut processing, mut dead, mut oldest_ms) = (0, 0, 0, 0);
+    let (mut pending, mut processing, mut dead, mut oldest_ms, mut held) = (0, 0, 0, 0, 0);
     for queue in shards.all() {
         let d = queue.depths().await?;
         pending += d.pending;
         processing += d.processing;
         dead += d.dead;
+        held += d.held;
         oldest_ms = oldest_ms.max(d.oldest_claim_age_ms.unwrap_or(0));
     }
     metrics::gauge!(m::PENDING).set(pending as f64);
     metrics::gauge!(m::PROCESSING).set(processing as f64);
     metrics::gauge!(m::DEAD).set(dead as f64);
+    metrics::gauge!(m::HELD).set(held as f64);
     metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(oldest_ms as f64 / 1000.0);
     let live = shards.first().live_workers().await?;
     metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);

@@ -126,16 +126,20 @@ async fn get_reservation(
 }
 
 /// Checks the token and the id, and hands over the ledger; else the refusal.
-fn admit<'a>(api: &'a Api, event_id: &str, headers: &HeaderMap) -> std::result::Result<&'a crate::ledger::Ledger, Response> {
+fn admit<'a>(
+    api: &'a Api,
+    event_id: &str,
+    headers: &HeaderMap,
+) -> std::result::Result<&'a crate::ledger::Ledger, Box<Response>> {
     if let Some(refusal) = refuse_unauthorized(api.token.as_ref(), headers) {
-        return Err(refusal);
+        return Err(Box::new(refusal));
     }
     if let Err(e) = crate::event::validate_event_id(event_id) {
-        return Err(error(StatusCode::BAD_REQUEST, e));
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, e)));
     }
     api.ledger.get().map_err(|e| {
         crate::http::serve::log_failure("reservation lookup failed", &e);
-        error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again")
+        Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again"))
     })
 }
 
@@ -157,15 +161,14 @@ fn unavailable(e: Error) -> Response {
 async fn post_confirm(State(api): State<Api>, Path(event_id): Path<String>, headers: HeaderMap) -> Response {
     let ledger = match admit(&api, &event_id, &headers) {
         Ok(ledger) => ledger,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     match reservations::confirm(&api.shards, &event_id).await {
         Ok(Confirm::Queued | Confirm::Unchanged { .. }) => status_answer(&api, ledger, &event_id).await,
-        Ok(Confirm::Ended { state }) => (
-            StatusCode::CONFLICT,
-            axum::Json(json!({ "error": "reservation ended", "state": state })),
-        )
-            .into_response(),
+        Ok(Confirm::Ended { state }) => {
+            (StatusCode::CONFLICT, axum::Json(json!({ "error": "reservation ended", "state": state })))
+                .into_response()
+        }
         Ok(Confirm::Unknown) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
         Err(e) => unavailable(e),
     }
@@ -175,7 +178,7 @@ async fn post_confirm(State(api): State<Api>, Path(event_id): Path<String>, head
 async fn post_cancel(State(api): State<Api>, Path(event_id): Path<String>, headers: HeaderMap) -> Response {
     let ledger = match admit(&api, &event_id, &headers) {
         Ok(ledger) => ledger,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     match reservations::cancel(&api.shards, ledger, &event_id).await {
         Ok(Cancel::Done { .. }) => status_answer(&api, ledger, &event_id).await,

@@ -60,7 +60,8 @@ impl Ledger {
             tx.commit().await?;
             let row = row.get(&event.event_id).copied();
             // applied by an earlier delivery of this very reservation: nothing to give back
-            let applied = matches!(row, Some(Settled { status, seq }) if status.deducted() && seq == event.seq);
+            let applied =
+                matches!(row, Some(Settled { status, seq }) if status.deducted() && seq == event.seq);
             Ok::<_, sqlx::Error>(!applied)
         })
         .await

@@ -22,8 +22,8 @@ use crate::config::Settings;
 use crate::error::{Result, bounded};
 
 pub(crate) use books::Books;
-pub(crate) use release::Release;
 pub use migrate::migrate;
+pub(crate) use release::Release;
 
 /// How long a MySQL call (a batch transaction included) may take before it counts as failed.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);

@@ -161,7 +161,8 @@ impl Queue {
     /// The releases waiting, oldest first, at most `max`.
     pub(crate) async fn waiting_releases(&self, max: usize) -> Result<Vec<Entry>> {
         let mut conn = self.conn();
-        bounded("redis (releases)", CALL_TIMEOUT, conn.lrange(self.keys.releases(), 0, max as isize - 1)).await
+        bounded("redis (releases)", CALL_TIMEOUT, conn.lrange(self.keys.releases(), 0, max as isize - 1))
+            .await
     }
 
     /// A fresh number of the queue's sequence, for a batch of releases: MySQL records it, so

@@ -45,8 +45,8 @@ pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
 pub(crate) use dead::Dropped;
 pub use keys::Keys;
-pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
 pub use lifecycle::{Cancel, Confirm};
+pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
 pub(crate) use ops::Alert;
 pub use ops::Depths;
 pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
@@ -71,7 +71,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
     +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
-    +smembers +xadd +hmget +hset +pexpire +xrevrange +xread";
+    +smembers +xadd +hmget +hset +pexpire +xrevrange +xread +hget +hscan +sismember +smismember +scard \
+    +persist +zcard";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub(crate) type Entry = Vec<u8>;

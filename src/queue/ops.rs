@@ -20,6 +20,12 @@ pub struct Depths {
     pub dead: u64,
     pub oldest_claim_age_ms: Option<u64>,
     pub counters: BTreeMap<String, u64>,
+    /// Reservations held unpaid.
+    pub held: u64,
+    /// Cancelled reservations whose entry still waits in the queue.
+    pub cancelling: u64,
+    /// Releases waiting for MySQL.
+    pub releasing: u64,
 }
 
 /// A drift found by the consistency check, as recorded in `{q}:alerts`.
@@ -39,8 +45,8 @@ impl Queue {
     pub async fn depths(&self) -> Result<Depths> {
         let keys = &self.keys;
         let mut conn = self.conn();
-        type Reply = (u64, u64, u64, Vec<(Vec<u8>, f64)>, BTreeMap<String, u64>, (u64, u64));
-        let (pending, processing, dead, oldest, counters, time): Reply =
+        type Reply = (u64, u64, u64, Vec<(Vec<u8>, f64)>, BTreeMap<String, u64>, (u64, u64), u64, u64, u64);
+        let (pending, processing, dead, oldest, counters, time, held, cancelling, releasing): Reply =
             bounded("redis (stats)", CALL_TIMEOUT, async {
                 redis::pipe()
                     .llen(keys.pending())
@@ -49,6 +55,9 @@ impl Queue {
                     .zrange_withscores(keys.claims(), 0, 0)
                     .hgetall(keys.counters())
                     .cmd("TIME")
+                    .zcard(keys.holds())
+                    .scard(keys.cancels())
+                    .llen(keys.releases())
                     .query_async(&mut conn)
                     .await
             })
@@ -59,7 +68,7 @@ impl Queue {
         let oldest_claim_age_ms = oldest
             .first()
             .map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)));
-        Ok(Depths { pending, processing, dead, oldest_claim_age_ms, counters })
+        Ok(Depths { pending, processing, dead, oldest_claim_age_ms, counters, held, cancelling, releasing })
     }
 
     /// Whether Redis answers within `within` and would accept a reservation now: a full

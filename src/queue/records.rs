@@ -184,3 +184,19 @@ impl Queue {
         Ok(reply.into_iter().flatten().flat_map(|(_, raw)| entries(raw)).collect())
     }
 }
+
+impl Queue {
+    /// The states announced for `event_id` among the latest 1,000 outcomes, oldest first (for
+    /// the demo's table; an order service follows the stream instead).
+    pub(crate) async fn outcomes_of(&self, event_id: &str) -> Result<Vec<String>> {
+        let mut told: Vec<String> = self
+            .latest_outcomes(1000)
+            .await?
+            .into_iter()
+            .filter(|e| e.get("event_id") == Some(event_id))
+            .filter_map(|e| e.get("state").map(str::to_string))
+            .collect();
+        told.reverse();
+        Ok(told)
+    }
+}

@@ -107,7 +107,9 @@ impl Queue {
             -2 => Reservation::IdUsed { state: next_value(&mut values)? },
             0 => Reservation::SoldOut { available: next_value(&mut values)? },
             -3 => Reservation::BuyerRequired { limit: next_value(&mut values)? },
-            -4 => Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? },
+            -4 => {
+                Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? }
+            }
             _ => Reservation::UnknownProduct,
         })
     }
@@ -117,8 +119,9 @@ impl Queue {
     pub(crate) async fn set_limit(&self, product_id: i64, limit: u64) -> Result<()> {
         let mut conn = self.conn();
         if limit > 0 {
-            let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hset(self.keys.limits(), product_id, limit))
-                .await?;
+            let _: () =
+                bounded("redis (limit)", CALL_TIMEOUT, conn.hset(self.keys.limits(), product_id, limit))
+                    .await?;
             return Ok(());
         }
         let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.limits(), product_id)).await?;
@@ -140,7 +143,8 @@ impl Queue {
             .await?;
             let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
             if !names.is_empty() {
-                let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.bought(), names)).await?;
+                let _: () =
+                    bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.bought(), names)).await?;
             }
             if next == 0 {
                 return Ok(());

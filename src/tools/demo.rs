@@ -7,10 +7,13 @@
 //! 1. migrate, and stock a few products in both stores;
 //! 2. start workers and a janitor in this process;
 //! 3. send more buyers than there is stock through the reservation script, with live bars;
-//! 4. wait for the workers to apply every reservation, stop them gracefully;
-//! 5. reconcile: per product, what was stocked, sold, and what each store holds now.
+//! 4. wait for the workers to apply every reservation;
+//! 5. follow a few orders through their life on a product of their own: held and paid,
+//!    held and never paid (expired), cancelled, refunded after the deduction (released), and
+//!    a buyer stopped by the per-buyer limit; then stop the workers gracefully;
+//! 6. reconcile: per product, what was stocked, sold, and what each store holds now.
 //!
-//! Exit status 0 when every reservation was applied exactly once and the stores agree.
+//! Exit status 0 when every reservation of the sale was applied exactly once and the stores agree.
 
 use std::time::{Duration, Instant};
 
@@ -57,10 +60,11 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     let bars = Bars::new(args.buyers);
     let sale = sell(&shards, args, &crew.worker, &bars).await?;
     let drained_after = drain(&shards, &crew.worker, &bars.applying, sale.started).await?;
-    let worker = crew.stop().await;
     let _ = bars.all.clear();
-    tell_sale(args, &sale, &worker, drained_after);
-    reconcile(&shards, &ledger, args, sale.reserved).await
+    tell_sale(args, &sale, &crew.worker, drained_after);
+    let orders = follow_orders(&shards, &ledger, args.products + 1).await;
+    crew.stop().await;
+    reconcile(&shards, &ledger, args, sale.reserved, orders?).await
 }
 
 fn introduce(settings: &Settings, args: &DemoArgs) {
@@ -226,17 +230,96 @@ fn tell_sale(args: &DemoArgs, sale: &Sale, worker: &Worker, drained_after: Durat
     );
 }
 
-/// Step 5, reconciliation: the books per product, and whether every reservation was applied
+/// Units of the orders' product.
+const ORDERS_STOCK: i64 = 10;
+/// What one buyer may hold of the orders' product.
+const ORDERS_LIMIT: u64 = 2;
+/// How long the unpaid order is held: the janitor ends it about a second after.
+const UNPAID_HOLD: Duration = Duration::from_secs(1);
+
+/// What the orders of step 5 left in `stock_log`: rows still applied, and all rows.
+struct Orders {
+    applied_rows: u64,
+    rows: u64,
+}
+
+/// Step 5: a few orders followed through their life, on `product`, stocked apart from the sale.
+async fn follow_orders(shards: &Shards, ledger: &Ledger, product: i64) -> Result<Orders> {
+    use crate::reservations::{cancel, confirm};
+    use crate::reserve::{Request, reserve_held};
+    let queue = shards.for_product(product);
+    stock::adjust(queue, ledger, product, Change::Set(ORDERS_STOCK)).await?;
+    queue.set_limit(product, ORDERS_LIMIT).await?;
+    println!(
+        "5. the life of a few orders of product {product} ({ORDERS_STOCK} units, at most {ORDERS_LIMIT} per buyer):"
+    );
+    let take = |event_id: &'static str, buyer: &'static str, qty: i64, hold: Option<Duration>| {
+        reserve_held(queue, Request { product_id: product, qty, event_id, buyer: Some(buyer), hold })
+    };
+    let pay_in = Some(Duration::from_secs(900));
+    take("order-paid", "alice", 1, pay_in).await?;
+    take("order-unpaid", "bob", 1, Some(UNPAID_HOLD)).await?;
+    take("order-changed-mind", "carol", 1, pay_in).await?;
+    take("order-refunded", "dave", 1, None).await?;
+    take("order-pair", "erin", 2, None).await?;
+    let refused = take("order-third", "erin", 1, None).await?;
+    confirm(shards, "order-paid").await?;
+    cancel(shards, ledger, "order-changed-mind").await?;
+    settle_order(shards, ledger, "order-refunded", "applied").await?;
+    cancel(shards, ledger, "order-refunded").await?;
+    let story = [
+        ("order-paid", "alice", "held 15m, paid at once", "applied"),
+        ("order-unpaid", "bob", "held 1s, never paid", "expired"),
+        ("order-changed-mind", "carol", "held 15m, cancelled before paying", "cancelled"),
+        ("order-refunded", "dave", "paid, deducted, then refunded", "released"),
+        ("order-pair", "erin", "2 units: the buyer's limit", "applied"),
+    ];
+    println!("   {:<19} {:<6} {:<34} {:<10} outcomes announced", "order", "buyer", "what happened", "state");
+    for (order, buyer, what, end) in story {
+        let state = settle_order(shards, ledger, order, end).await?;
+        let told = queue.outcomes_of(order).await?;
+        println!("   {order:<19} {buyer:<6} {what:<34} {state:<10} {}", told.join(" -> "));
+    }
+    let third = match refused {
+        Reservation::LimitReached { limit, held } => format!("refused: limit {limit}, holds {held}"),
+        other => format!("not refused: {other:?}"),
+    };
+    println!("   {:<19} {:<6} {:<34} {third}", "order-third", "erin", "one more unit");
+    Ok(Orders { applied_rows: 2, rows: 3 })
+}
+
+/// Waits (bounded) until order `event_id` is in state `end`; returns the state it reached.
+async fn settle_order(shards: &Shards, ledger: &Ledger, event_id: &str, end: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = crate::reservations::status(shards, ledger, event_id).await?;
+        let state = status.map(|s| s.state).unwrap_or_default();
+        if state == end || Instant::now() > deadline {
+            return Ok(state);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Step 6, reconciliation: the books per product, and whether every reservation was applied
 /// exactly once (exit 0) or not (exit 1).
-async fn reconcile(shards: &Shards, ledger: &Ledger, args: &DemoArgs, reserved: u64) -> Result<u8> {
+async fn reconcile(
+    shards: &Shards,
+    ledger: &Ledger,
+    args: &DemoArgs,
+    reserved: u64,
+    orders: Orders,
+) -> Result<u8> {
     let report = check::check(shards, ledger).await?;
     let (log_applied, log_rows) = ledger.log_counts().await?;
-    println!("5. reconciliation:");
-    print_books(&report, args.stock);
+    println!("6. reconciliation:");
+    print_books(&report, args.stock, args.products);
+    let log_applied = log_applied.saturating_sub(orders.applied_rows);
+    let log_rows = log_rows.saturating_sub(orders.rows);
     let balanced = report.is_consistent() && log_applied == reserved && log_rows == reserved;
     if balanced {
         println!(
-            "   every reservation was applied exactly once ({log_rows} rows in stock_log) and \
+            "   every reservation of the sale was applied exactly once ({log_rows} rows in stock_log) and \
              Redis == MySQL for every product."
         );
         println!(
@@ -251,12 +334,13 @@ async fn reconcile(shards: &Shards, ledger: &Ledger, args: &DemoArgs, reserved: 
     }
 }
 
-fn print_books(report: &check::CheckReport, stocked: i64) {
+fn print_books(report: &check::CheckReport, stocked: i64, sale_products: i64) {
     println!(
         "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  books",
         "product", "stocked", "sold", "mysql", "redis", "in-flight"
     );
     for p in &report.products {
+        let stocked = if p.product_id > sale_products { ORDERS_STOCK } else { stocked };
         let sold = stocked - p.mysql;
         println!(
             "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}",

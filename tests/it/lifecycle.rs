@@ -24,18 +24,26 @@ async fn state(env: &TestEnv, event_id: &str) -> String {
     state.unwrap_or_default()
 }
 
-async fn reserve(env: &TestEnv, product: i64, event_id: &str, buyer: Option<&str>, hold: Option<Duration>) -> Reservation {
+async fn reserve(
+    env: &TestEnv,
+    product: i64,
+    event_id: &str,
+    buyer: Option<&str>,
+    hold: Option<Duration>,
+) -> Reservation {
     let request = Request { product_id: product, qty: 1, event_id, buyer, hold };
     stockq::reserve_held(&env.queue, request).await.expect("reserve")
 }
 
 /// Units of a product in MySQL's `stock_log` with a status.
 async fn log_units(env: &TestEnv, status: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>("SELECT CAST(COALESCE(SUM(qty), 0) AS SIGNED) FROM stock_log WHERE status = ?")
-        .bind(status)
-        .fetch_one(&env.mysql)
-        .await
-        .unwrap()
+    sqlx::query_scalar::<_, i64>(
+        "SELECT CAST(COALESCE(SUM(qty), 0) AS SIGNED) FROM stock_log WHERE status = ?",
+    )
+    .bind(status)
+    .fetch_one(&env.mysql)
+    .await
+    .unwrap()
 }
 
 /// Confirms racing the janitor's expiry at the deadline, two thousand holds at once: each
@@ -168,7 +176,13 @@ async fn cancel_in_each_state_gives_back_exactly_once() {
     env.assert_books_balance().await;
 
     env.drain(10).await;
-    for (id, want) in [("held", "cancelled"), ("queued", "cancelled"), ("dead", "cancelled"), ("applied", "released"), ("twice", "applied")] {
+    for (id, want) in [
+        ("held", "cancelled"),
+        ("queued", "cancelled"),
+        ("dead", "cancelled"),
+        ("applied", "released"),
+        ("twice", "applied"),
+    ] {
         assert_eq!(state(&env, id).await, want, "{id}");
     }
     assert_eq!(cancel("twice").await, done("releasing", true));
@@ -272,9 +286,12 @@ async fn a_buyer_limit_holds_under_concurrency() {
     assert_eq!(code, 0, "{err}");
     let fire = |round: usize| {
         let env = &env;
-        futures::future::join_all(
-            (0..1_000).map(move |i| async move { (format!("b-{round}-{i}"), reserve(env, 1, &format!("b-{round}-{i}"), Some("buyer-7"), None).await) }),
-        )
+        futures::future::join_all((0..1_000).map(move |i| async move {
+            (
+                format!("b-{round}-{i}"),
+                reserve(env, 1, &format!("b-{round}-{i}"), Some("buyer-7"), None).await,
+            )
+        }))
     };
     let won: Vec<String> = fire(0)
         .await
@@ -291,7 +308,10 @@ async fn a_buyer_limit_holds_under_concurrency() {
     assert_eq!(code, 5, "the CLI exits 5 at the limit");
     let (code, _, _) = env.run(&["reserve", "1", "1"]).await;
     assert_eq!(code, 2, "a limited product needs a buyer");
-    assert!(matches!(reserve(&env, 1, "other-buyer", Some("buyer-8"), None).await, Reservation::Reserved { .. }));
+    assert!(matches!(
+        reserve(&env, 1, "other-buyer", Some("buyer-8"), None).await,
+        Reservation::Reserved { .. }
+    ));
 
     stockq::cancel(&env.shards(), &env.ledger, &won[0]).await.unwrap();
     let again = fire(1).await.into_iter().filter(|(_, a)| matches!(a, Reservation::Reserved { .. })).count();
@@ -300,16 +320,28 @@ async fn a_buyer_limit_holds_under_concurrency() {
     // applied, then released: the unit comes back to the buyer
     env.drain(100).await;
     stockq::cancel(&env.shards(), &env.ledger, &won[1]).await.unwrap();
-    assert!(matches!(reserve(&env, 1, "after-release", Some("buyer-7"), None).await, Reservation::Reserved { .. }));
-    assert!(matches!(reserve(&env, 1, "over", Some("buyer-7"), None).await, Reservation::LimitReached { .. }));
+    assert!(matches!(
+        reserve(&env, 1, "after-release", Some("buyer-7"), None).await,
+        Reservation::Reserved { .. }
+    ));
+    assert!(matches!(
+        reserve(&env, 1, "over", Some("buyer-7"), None).await,
+        Reservation::LimitReached { .. }
+    ));
     // a hold that expires gives its unit back too
     stockq::cancel(&env.shards(), &env.ledger, "after-release").await.unwrap();
     let held = reserve(&env, 1, "held-7", Some("buyer-7"), Some(Duration::from_secs(1))).await;
     let Reservation::Reserved { deadline: Some(deadline), .. } = held else { panic!("{held:?}") };
-    assert!(matches!(reserve(&env, 1, "over-2", Some("buyer-7"), None).await, Reservation::LimitReached { .. }));
+    assert!(matches!(
+        reserve(&env, 1, "over-2", Some("buyer-7"), None).await,
+        Reservation::LimitReached { .. }
+    ));
     env.wait_past(deadline).await;
     assert_eq!(env.janitor().recover().await.unwrap().expired, 1);
-    assert!(matches!(reserve(&env, 1, "after-expiry", Some("buyer-7"), None).await, Reservation::Reserved { .. }));
+    assert!(matches!(
+        reserve(&env, 1, "after-expiry", Some("buyer-7"), None).await,
+        Reservation::Reserved { .. }
+    ));
 
     // removing the limit forgets the tallies
     let (code, _, _) = env.run(&["stock", "limit", "1", "0"]).await;
