@@ -231,6 +231,15 @@ pub(crate) struct ProduceArgs {
     /// Reservations awaiting an answer at once (pipelined)
     #[arg(long, default_value_t = produce::DEFAULT_IN_FLIGHT)]
     in_flight: usize,
+    /// Reserve for one of N buyers at random (buyer-1..buyer-N)
+    #[arg(long, value_name = "N")]
+    buyers: Option<u64>,
+    /// Hold each reservation this long instead of queueing it
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    hold: Option<std::time::Duration>,
+    /// Then cancel the first N reservations made, and report how fast
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    cancel: u64,
     /// One JSON object on stdout instead of the summary line
     #[arg(long)]
     json: bool,

@@ -122,6 +122,21 @@ pub(super) fn produce(report: &ProduceReport, json: bool) {
         l.p999_us,
         l.max_us
     );
+    if report.limited > 0 {
+        println!("refused by a buyer limit: {}", report.limited);
+    }
+    if let Some(c) = &report.cancels {
+        let l = &c.latency;
+        println!(
+            "cancelled {} in {:.2}s: {:.0} cancels/s; latency p50 {}us p99 {}us max {}us",
+            c.cancelled,
+            c.elapsed.as_secs_f64(),
+            c.per_second,
+            l.p50_us,
+            l.p99_us,
+            l.max_us
+        );
+    }
 }
 
 /// `dead list`, printed a chunk at a time as it is read. With `--json`, one document

@@ -134,8 +134,10 @@ pub(super) async fn produce(settings: &Settings, args: &ProduceArgs) -> Result<u
         progress: !args.json,
     };
     options.validate()?;
+    let hold = args.hold.map(|h| reservations::check_hold(h, settings.redis.max_hold)).transpose()?;
+    let shoppers = load::ShopperOptions { buyers: args.buyers, hold, cancel: args.cancel };
     let shards = Shards::connect(settings).await?;
-    let report = load::produce(&shards, &options).await?;
+    let report = load::produce_shoppers(&shards, &options, &shoppers).await?;
     print::produce(&report, args.json);
     Ok(0)
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::queue::Shards;
-use crate::reserve::{Reservation, new_event_id, reserve};
+use crate::reserve::{Request, Reservation, new_event_id, reserve_held};
 
 pub(crate) const DEFAULT_IN_FLIGHT: usize = 32;
 
@@ -28,6 +28,18 @@ pub struct ProduceOptions {
     /// Reservations awaiting an answer at once.
     pub in_flight: usize,
     pub progress: bool,
+}
+
+/// How the generated shoppers behave beyond reserving (README "Holds, cancels and limits").
+#[derive(Debug, Clone, Default)]
+pub struct ShopperOptions {
+    /// Each reservation for one of this many buyers, at random (`buyer-1`..).
+    pub buyers: Option<u64>,
+    /// Each reservation held this long instead of queued.
+    pub hold: Option<Duration>,
+    /// Afterwards, cancel this many of the reservations made (the first ones answered), as
+    /// fast as `in_flight` allows.
+    pub cancel: u64,
 }
 
 impl ProduceOptions {
@@ -79,6 +91,18 @@ pub struct ProduceReport {
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub latency: Latency,
+    /// The cancels made afterwards, when asked for.
+    pub cancels: Option<CancelReport>,
+}
+
+/// How fast reservations were cancelled.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CancelReport {
+    pub cancelled: u64,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub per_second: f64,
+    pub latency: Latency,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -92,6 +116,15 @@ impl ProduceReport {
 }
 
 pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<ProduceReport> {
+    produce_shoppers(shards, options, &ShopperOptions::default()).await
+}
+
+/// Like [`produce`], with buyers, holds and cancels.
+pub async fn produce_shoppers(
+    shards: &Shards,
+    options: &ProduceOptions,
+    shoppers: &ShopperOptions,
+) -> Result<ProduceReport> {
     options.validate()?;
     let bar = if options.progress {
         let bar = ProgressBar::new(options.events);
@@ -110,6 +143,7 @@ pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<Produc
     let hot = options.hot;
     let qty = options.qty;
     let rate = options.rate;
+    let (buyers, hold) = (shoppers.buyers, shoppers.hold);
     let mut answers = futures::stream::iter(0..options.events)
         .map(|i| async move {
             if let Some(rate) = rate {
@@ -117,17 +151,26 @@ pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<Produc
                 tokio::time::sleep_until(due.into()).await;
             }
             let product_id = if hot { 1 } else { rand::random_range(1..=products) };
+            let event_id = new_event_id();
+            let buyer = buyers.map(|n| format!("buyer-{}", rand::random_range(1..=n.max(1))));
+            let request = Request { product_id, qty, event_id: &event_id, buyer: buyer.as_deref(), hold };
             let sent = Instant::now();
-            let answer = reserve(shards.for_product(product_id), product_id, qty, &new_event_id()).await;
-            (answer, sent.elapsed())
+            let answer = reserve_held(shards.for_product(product_id), request).await;
+            (answer, sent.elapsed(), product_id, event_id)
         })
         .buffer_unordered(options.in_flight);
 
     let mut report = ProduceReport::default();
     let mut samples = Vec::with_capacity(options.events as usize);
-    while let Some((answer, took)) = answers.next().await {
+    let mut to_cancel = Vec::with_capacity(shoppers.cancel.min(options.events) as usize);
+    while let Some((answer, took, product_id, event_id)) = answers.next().await {
         match answer? {
-            Reservation::Reserved { .. } => report.reserved += 1,
+            Reservation::Reserved { .. } => {
+                report.reserved += 1;
+                if (to_cancel.len() as u64) < shoppers.cancel {
+                    to_cancel.push((product_id, event_id));
+                }
+            }
             // fresh ids: neither happens unless another producer uses the same ones
             Reservation::Replayed { .. } | Reservation::IdUsed { .. } => {}
             Reservation::SoldOut { .. } => report.sold_out += 1,
@@ -144,7 +187,37 @@ pub async fn produce(shards: &Shards, options: &ProduceOptions) -> Result<Produc
     bar.finish_and_clear();
     report.elapsed = started.elapsed();
     report.latency = Latency::from_samples(samples);
+    if shoppers.cancel > 0 {
+        report.cancels = Some(cancel_all(shards, &to_cancel, options.in_flight).await?);
+    }
     Ok(report)
+}
+
+/// Cancels every reservation of `made`, `in_flight` at a time.
+async fn cancel_all(shards: &Shards, made: &[(i64, String)], in_flight: usize) -> Result<CancelReport> {
+    let started = Instant::now();
+    let mut answers = futures::stream::iter(made)
+        .map(|(product_id, event_id)| async move {
+            let sent = Instant::now();
+            let answer = shards.for_product(*product_id).cancel(event_id, None).await;
+            (answer, sent.elapsed())
+        })
+        .buffer_unordered(in_flight);
+    let mut samples = Vec::with_capacity(made.len());
+    let mut cancelled = 0;
+    while let Some((answer, took)) = answers.next().await {
+        if matches!(answer?, crate::queue::Cancel::Done { changed: true, .. }) {
+            cancelled += 1;
+        }
+        samples.push(took.as_micros() as u64);
+    }
+    let elapsed = started.elapsed();
+    Ok(CancelReport {
+        cancelled,
+        elapsed,
+        per_second: samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency: Latency::from_samples(samples),
+    })
 }
 
 #[cfg(test)]
