@@ -196,10 +196,10 @@ pub async fn produce_shoppers(
 /// Cancels every reservation of `made`, `in_flight` at a time.
 async fn cancel_all(shards: &Shards, made: &[(i64, String)], in_flight: usize) -> Result<CancelReport> {
     let started = Instant::now();
-    let mut answers = futures::stream::iter(made)
+    let mut answers = futures::stream::iter(made.iter().cloned())
         .map(|(product_id, event_id)| async move {
             let sent = Instant::now();
-            let answer = shards.for_product(*product_id).cancel(event_id, None).await;
+            let answer = shards.for_product(product_id).cancel(&event_id, None).await;
             (answer, sent.elapsed())
         })
         .buffer_unordered(in_flight);

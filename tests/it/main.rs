@@ -13,6 +13,6 @@ mod http;
 mod ledger_faults;
 mod lifecycle;
 mod listings;
-mod records;
+pub(crate) mod records;
 mod recovery;
 mod security;

@@ -266,7 +266,13 @@ async fn the_outcome_stream_under_chaos_has_one_entry_per_reservation() {
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port`: (status, JSON body).
-async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+pub(crate) async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to serve");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let body = body.unwrap_or("");
@@ -283,7 +289,7 @@ async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Op
     (status, json)
 }
 
-async fn start_serve(env: &TestEnv, token: &str) -> (tokio::process::Child, u16) {
+pub(crate) async fn start_serve(env: &TestEnv, token: &str) -> (tokio::process::Child, u16) {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
