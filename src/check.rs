@@ -21,9 +21,16 @@
 //!
 //! ```text
 //! in_flight = in-flight units − Σ qty of held events MySQL applied under a claim ≤ S
-//! expected  = mysql_stock + Σ qty applied under claims > S − Σ restocks > S − in_flight
+//!                             + Σ qty of listed releases MySQL released under a number ≤ S
+//! expected  = mysql_stock + Σ qty applied under claims > S − Σ restocks > S
+//!                         − Σ qty released under numbers > S − in_flight
 //! delta     = redis_stock − expected           (0 when the stores agree)
 //! ```
+//!
+//! Holds count in flight like queued reservations (taken in Redis, not in MySQL). A cancel
+//! takes its units out of flight with the stock it gives back; a release (a cancelled applied
+//! reservation) counts −qty from its cancel until MySQL has the quantity back, and sits on
+//! `{q}:releases` meanwhile, which the snapshot reads as it reads processing.
 //!
 //! A rejected event counts as in flight until its acknowledgement gives the stock back; a
 //! valid event in `{q}:dead` counts until `dead requeue` or `dead drop` (README "The exact
