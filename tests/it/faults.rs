@@ -773,6 +773,20 @@ async fn a_full_redis_refuses_new_work_and_still_settles() {
     for i in 0..30 {
         env.reserve_ok(1, 1, &format!("oom-{i}")).await;
     }
+    let hold = |id: &'static str, secs: u64| {
+        let request = stockq::Request {
+            product_id: 1,
+            qty: 1,
+            event_id: id,
+            buyer: None,
+            hold: Some(Duration::from_secs(secs)),
+        };
+        stockq::reserve_held(&env.queue, request)
+    };
+    let Ok(Reservation::Reserved { deadline: Some(due), .. }) = hold("oom-due", 1).await else {
+        panic!("hold")
+    };
+    assert!(matches!(hold("oom-held", 900).await, Ok(Reservation::Reserved { .. })));
     // Before Redis fills up: one dead letter, one batch applied in MySQL and not yet
     // acknowledged, one claim about to expire.
     let worker = env.worker(10);
@@ -796,11 +810,18 @@ async fn a_full_redis_refuses_new_work_and_still_settles() {
     assert_eq!((env.redis_stock(1).await, env.len("pending").await), (stock, pending), "nothing taken");
     let refused = env.queue.claim(10, None).await.expect_err("a full Redis hands out no work");
     assert!(refused.to_string().contains("OOM"), "{refused}");
+    let refused =
+        stockq::confirm(&env.shards(), "oom-held").await.expect_err("a full Redis confirms nothing");
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    let cancelled = stockq::cancel(&env.shards(), &env.ledger, "oom-held").await.expect("cancel when full");
+    assert_eq!(cancelled, stockq::Cancel::Done { state: "cancelled".into(), changed: true });
+    env.wait_past(due).await;
 
     let report = worker.process(&env.queue, applied, &token).await.expect("acknowledged when full");
     assert_eq!((report.redelivered, report.acknowledged), (10, 10), "{report:?}");
     env.wait_past(abandoned.deadline_ms).await;
-    assert_eq!(env.janitor().recover().await.expect("recovery when full").requeued, 10);
+    let recovered = env.janitor().recover().await.expect("recovery when full");
+    assert_eq!((recovered.requeued, recovered.expired), (10, 1), "re-queued and expired when full");
     let (code, out, err) = env.run(&["dead", "drop", "--all"]).await;
     assert_eq!(code, 0, "dead drop when full: {out}{err}");
     assert_eq!(env.len("dead").await, 0, "{out}{err}");
