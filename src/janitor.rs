@@ -22,6 +22,9 @@ use crate::telemetry::metrics as m;
 const REQUEUE_LIMIT: usize = 1000;
 /// Margin past a claim deadline before the janitor looks again (clock granularity).
 const DEADLINE_SLACK: Duration = Duration::from_millis(20);
+/// The shortest pause between passes: many holds with deadlines a millisecond apart must not
+/// turn the janitor into a busy loop (each pass also scans processing for orphans).
+const MIN_PAUSE: Duration = Duration::from_millis(100);
 
 fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
@@ -209,7 +212,7 @@ impl Janitor {
             match self.recover().await {
                 Ok(report) => {
                     if let Some(next) = report.next_deadline_in {
-                        sleep = sleep.min(next + DEADLINE_SLACK);
+                        sleep = sleep.min((next + DEADLINE_SLACK).max(MIN_PAUSE));
                     }
                 }
                 Err(e) => {
