@@ -231,10 +231,28 @@ impl Drop for TestEnv {
                 if let Ok(client) = redis::Client::open(redis_url)
                     && let Ok(mut c) = client.get_multiplexed_async_connection().await
                 {
-                    let keys: Vec<String> =
-                        redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: redis::RedisResult<()> = c.del(keys).await;
+                    // SCAN, not KEYS: a developer's Redis may hold millions of keys, and KEYS
+                    // would block it (and every benchmark running on it) while it walks them
+                    let mut cursor = 0u64;
+                    loop {
+                        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(10_000)
+                            .query_async(&mut c)
+                            .await
+                        else {
+                            break;
+                        };
+                        if !keys.is_empty() {
+                            let _: redis::RedisResult<()> = c.del(keys).await;
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
                     }
                 }
                 use sqlx::Connection;
