@@ -112,7 +112,9 @@ impl Janitor {
 
     /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.
     pub async fn check(&self) -> Result<CheckReport> {
-        let report = check::check_confirmed(&self.shards, &self.ledger).await?;
+        let report = check::check_confirmed(&self.shards, &self.ledger)
+            .await
+            .inspect_err(|_| metrics::counter!(m::CHECKS, "result" => "error").increment(1))?;
         self.publish_drift(&report);
         if report.is_consistent() {
             tracing::info!(

@@ -19,7 +19,9 @@ pub fn init(format: LogFormat, default_filter: &str) {
 ///
 /// Labels are low-cardinality only (a result, a store), with one exception kept bounded:
 /// `stockq_drift_units` carries a `product_id` label for products that are drifting now,
-/// which a healthy system has none of.
+/// which a healthy system has none of. Every counter, and every value its label takes, is
+/// registered at 0 when the recorder is installed, so that a rate over it has a start and
+/// an alert on it sees a series before the first event.
 pub(crate) mod metrics {
     use std::sync::OnceLock;
     use std::time::Duration;
@@ -38,16 +40,33 @@ pub(crate) mod metrics {
     pub(crate) const RESERVATIONS: &str = "stockq_reservations_total";
     pub(crate) const RESERVE_SECONDS: &str = "stockq_reserve_seconds";
     pub(crate) const RESERVATION_TO_OUTCOME_SECONDS: &str = "stockq_reservation_to_outcome_seconds";
+    pub(crate) const REDIS_UP: &str = "stockq_redis_up";
     pub(crate) const PENDING: &str = "stockq_queue_pending";
     pub(crate) const PROCESSING: &str = "stockq_queue_processing";
     pub(crate) const DEAD: &str = "stockq_queue_dead";
-    pub(crate) const OLDEST_CLAIM_SECONDS: &str = "stockq_oldest_claim_age_seconds";
+    pub(crate) const OLDEST_PENDING_SECONDS: &str = "stockq_oldest_pending_age_seconds";
+    pub(crate) const CLAIM_OVERDUE_SECONDS: &str = "stockq_claim_overdue_seconds";
     pub(crate) const LIVE_WORKERS: &str = "stockq_live_workers";
     pub(crate) const DRIFTING_PRODUCTS: &str = "stockq_drifting_products";
     pub(crate) const DRIFT_UNITS: &str = "stockq_drift_units";
     pub(crate) const CHECKS: &str = "stockq_checks_total";
     pub(crate) const STORE_ERRORS: &str = "stockq_store_errors_total";
     pub(crate) const RECONNECTS: &str = "stockq_redis_reconnects_total";
+    pub(crate) const BUILD_INFO: &str = "stockq_build_info";
+
+    /// Every value of the `result` label of [`RESERVATIONS`]; `error`: no answer from Redis.
+    pub(crate) const RESERVATION_RESULTS: &[&str] =
+        &["reserved", "replayed", "id_used", "sold_out", "unknown_product", "error"];
+    /// Every value of the `result` label of [`CHECKS`]; `error`: the check could not run.
+    pub(crate) const CHECK_RESULTS: &[&str] = &["consistent", "drift", "error"];
+    /// Every value of the `store` label of [`STORE_ERRORS`].
+    const STORES: &[&str] = &["redis", "mysql"];
+    /// The counters without labels.
+    const COUNTERS: &[&str] =
+        &[APPLIED, REJECTED, DUPLICATES, REDELIVERED, DEAD_LETTERED, REQUEUED, ADOPTED, RECONNECTS];
+    /// The gauges the queue sampler sets; NaN while Redis does not answer it.
+    pub(crate) const QUEUE_GAUGES: &[&str] =
+        &[PENDING, PROCESSING, DEAD, OLDEST_PENDING_SECONDS, CLAIM_OVERDUE_SECONDS, LIVE_WORKERS];
 
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -79,10 +98,67 @@ pub(crate) mod metrics {
                 let handle = recorder.handle();
                 let _ = ::metrics::set_global_recorder(recorder);
                 describe();
+                register();
                 spawn_upkeep(handle.clone());
                 handle
             })
             .clone()
+    }
+
+    /// The text of `/metrics`: everything recorded, then the process's own figures read now.
+    pub(crate) fn render(handle: &PrometheusHandle) -> String {
+        let mut text = handle.render();
+        text.push_str(&process_text(&metrics_process::collector::collect()));
+        text
+    }
+
+    /// The standard process metrics of Prometheus's client libraries, from /proc. Written
+    /// here rather than recorded: the recorder's counters count whole numbers, and CPU time
+    /// is counted in fractions of a second.
+    pub(super) fn process_text(p: &metrics_process::collector::Metrics) -> String {
+        use std::fmt::Write;
+        let figures = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds_total,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_memory_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_memory_bytes.map(|v| v as f64),
+            ),
+            ("process_open_fds", "gauge", "Number of open file descriptors.", p.open_fds.map(|v| v as f64)),
+            // 0 stands for no limit: then there is no figure to give
+            (
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                p.max_fds.filter(|v| *v > 0).map(|v| v as f64),
+            ),
+            ("process_threads", "gauge", "Number of OS threads in the process.", p.threads.map(|v| v as f64)),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds.map(|v| v as f64),
+            ),
+        ];
+        let mut text = String::new();
+        for (name, kind, help, value) in figures {
+            if let Some(value) = value {
+                let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n");
+            }
+        }
+        text
     }
 
     /// A thread of its own rather than a task, so that upkeep runs whatever runtime (if
@@ -100,6 +176,24 @@ pub(crate) mod metrics {
         }
     }
 
+    /// Every counter at 0 (an increment by 0 leaves one already counting as it is), and the
+    /// build.
+    fn register() {
+        for name in COUNTERS {
+            ::metrics::counter!(*name).increment(0);
+        }
+        for result in RESERVATION_RESULTS {
+            ::metrics::counter!(RESERVATIONS, "result" => *result).increment(0);
+        }
+        for result in CHECK_RESULTS {
+            ::metrics::counter!(CHECKS, "result" => *result).increment(0);
+        }
+        for store in STORES {
+            ::metrics::counter!(STORE_ERRORS, "store" => *store).increment(0);
+        }
+        ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    }
+
     fn describe() {
         use ::metrics::{describe_counter, describe_gauge, describe_histogram};
         describe_counter!(APPLIED, "Events deducted in MySQL");
@@ -111,21 +205,56 @@ pub(crate) mod metrics {
         describe_counter!(ADOPTED, "Entries found in processing without a claim and given one");
         describe_histogram!(BATCH_SIZE, "Entries per claimed batch");
         describe_histogram!(APPLY_SECONDS, "Time to apply one batch in MySQL, retries included");
-        describe_counter!(RESERVATIONS, "Reservations answered, by result");
-        describe_histogram!(RESERVE_SECONDS, "Time to answer one reservation");
+        describe_counter!(RESERVATIONS, "Reservations tried, by result (error: Redis did not answer)");
+        describe_histogram!(RESERVE_SECONDS, "Time to answer one reservation, failed ones included");
         describe_histogram!(
             RESERVATION_TO_OUTCOME_SECONDS,
             "Time from a reservation to its outcome (applied, rejected, duplicate, dead), end to end"
         );
+        describe_gauge!(
+            REDIS_UP,
+            "1 when Redis answered the last sampling of the queue, else 0 (the queue gauges are then NaN)"
+        );
         describe_gauge!(PENDING, "Entries waiting in {q}:pending");
         describe_gauge!(PROCESSING, "Entries claimed and not yet acknowledged");
         describe_gauge!(DEAD, "Entries in {q}:dead");
-        describe_gauge!(OLDEST_CLAIM_SECONDS, "Age of the oldest claim held");
+        describe_gauge!(
+            OLDEST_PENDING_SECONDS,
+            "How long the oldest pending event has waited for a worker (0: none waits; NaN: it carries no time)"
+        );
+        describe_gauge!(
+            CLAIM_OVERDUE_SECONDS,
+            "How long the most overdue claim is past its deadline without being re-queued (0: none is)"
+        );
         describe_gauge!(LIVE_WORKERS, "Workers with a live heartbeat");
         describe_gauge!(DRIFTING_PRODUCTS, "Products whose stores disagree at the last check");
         describe_gauge!(DRIFT_UNITS, "Redis minus expected stock, per drifting product");
-        describe_counter!(CHECKS, "Consistency checks run, by result");
+        describe_counter!(CHECKS, "Consistency checks, by result (error: the check could not run)");
         describe_counter!(STORE_ERRORS, "Failed calls to a store, by store");
         describe_counter!(RECONNECTS, "Blocking Redis connections reopened after an error");
+        describe_gauge!(BUILD_INFO, "The stockq version, as a label; always 1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_figures_are_prometheus_text_and_unknown_ones_are_left_out() {
+        let figures = metrics_process::collector::Metrics {
+            cpu_seconds_total: Some(1.25),
+            resident_memory_bytes: Some(11_534_336),
+            max_fds: Some(0),
+            ..Default::default()
+        };
+        let text = metrics::process_text(&figures);
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.25\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nprocess_resident_memory_bytes 11534336\n"), "{text}");
+        assert!(!text.contains("process_max_fds"), "{text}");
+        assert!(!text.contains("process_threads"), "{text}");
     }
 }

@@ -113,7 +113,7 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Queue depths, oldest claim, dead letters, live workers, per-product books (drifting first)
+    /// Queue depths and waits, dead letters, live workers, running totals, per-product books (drifting first)
     Stats {
         /// One JSON object on stdout
         #[arg(long)]

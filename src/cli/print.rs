@@ -58,11 +58,20 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
 
 pub(super) fn stats(s: &Stats) {
     println!("queue        {}", s.queue);
-    println!("pending      {}", s.pending);
+    match s.oldest_pending_age_ms {
+        Some(ms) if s.pending > 0 => {
+            println!("pending      {} (the oldest waiting {})", s.pending, seconds(ms as i64))
+        }
+        _ => println!("pending      {}", s.pending),
+    }
     println!("processing   {}", s.processing);
     println!(
-        "oldest claim {}",
-        s.oldest_claim_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+        "next claim   {}",
+        match s.claim_expires_in_ms {
+            None => "-".to_string(),
+            Some(ms) if ms >= 0 => format!("expires in {}", seconds(ms)),
+            Some(ms) => format!("overdue by {} (its worker stopped; the janitor re-queues it)", seconds(-ms)),
+        }
     );
     println!("dead         {}", s.dead);
     println!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
@@ -70,7 +79,7 @@ pub(super) fn stats(s: &Stats) {
         println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
+    println!("totals       {}", counters.join(", "));
     if s.consistent {
         println!("books        consistent, {} products", s.products_total);
     } else {
@@ -97,6 +106,11 @@ pub(super) fn stats(s: &Stats) {
     if more > 0 {
         println!("... and {more} more (stockq stats --limit 0 lists all)");
     }
+}
+
+/// Milliseconds as seconds with one decimal: `8.3s`.
+fn seconds(ms: i64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 pub(super) fn produce(report: &ProduceReport, json: bool) {
@@ -200,5 +214,16 @@ fn dead_line(raw: &[u8]) -> String {
             start(&d.entry)
         ),
         None => format!("-\tnot a stockq dead letter\t{}", start(raw)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_read_as_people_write_them() {
+        assert_eq!(seconds(8_300), "8.3s");
+        assert_eq!(seconds(-1_500), "-1.5s");
     }
 }

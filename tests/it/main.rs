@@ -12,6 +12,8 @@ mod helpers;
 mod http;
 mod ledger_faults;
 mod listings;
+mod metrics;
 mod records;
 mod recovery;
 mod security;
+mod stats;
