@@ -52,10 +52,10 @@ pub(crate) enum Command {
     /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product, 6 event id already used)
     Reserve {
         /// Product id (a positive integer)
-        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
         product: i64,
         /// Quantity, 1 to 1000000
-        #[arg(value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        #[arg(value_parser = clap::value_parser!(i64).range(1..=1_000_000), allow_negative_numbers = true)]
         qty: i64,
         /// Event id (an order id fits): 1 to 64 characters of [A-Za-z0-9._:-]; default: a new UUIDv7
         #[arg(long)]
@@ -140,15 +140,19 @@ pub(crate) enum Command {
 pub(crate) enum StockCommand {
     /// Set a product's stock (creating the product if needed)
     Set {
-        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        /// Product id (a positive integer)
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
         product: i64,
-        #[arg(value_parser = clap::value_parser!(i64).range(0..))]
+        /// The stock, 0 or more
+        #[arg(value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
         qty: i64,
     },
     /// Add to a product's stock (a negative delta removes)
     Add {
-        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        /// Product id (a positive integer)
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
         product: i64,
+        /// Units to add; negative to remove
         #[arg(allow_negative_numbers = true)]
         delta: i64,
     },
@@ -239,7 +243,9 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("stockq: a command is required here (see stockq --help)");
+            // the commands to choose from on stdout, why it failed on stderr
+            print!("{}", e.render());
+            eprintln!("stockq: a command is required here (the commands are listed above)");
             ExitCode::from(2)
         }
         _ => {

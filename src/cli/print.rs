@@ -209,7 +209,7 @@ fn dead_line(raw: &[u8]) -> String {
             "{}\tattempts {}\tfailed_at {}\t{}\t{}",
             d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into()),
             d.attempts,
-            d.failed_at_ms,
+            utc_millis(d.failed_at_ms),
             d.reason,
             start(&d.entry)
         ),
@@ -217,12 +217,26 @@ fn dead_line(raw: &[u8]) -> String {
     }
 }
 
+/// Unix milliseconds as an RFC 3339 UTC time: `2026-11-30T14:02:07.513Z`; past the year 9999
+/// (a hand-made envelope), the number as it is.
+fn utc_millis(ms: u64) -> String {
+    const LAST_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    if ms > LAST_MS {
+        return format!("{ms} ms");
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn seconds_read_as_people_write_them() {
+    fn times_read_as_people_write_them() {
+        assert_eq!(utc_millis(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(utc_millis(u64::MAX), format!("{} ms", u64::MAX));
+        assert_eq!(utc_millis(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
         assert_eq!(seconds(8_300), "8.3s");
         assert_eq!(seconds(-1_500), "-1.5s");
     }

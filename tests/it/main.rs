@@ -5,6 +5,7 @@
 //! without trampling each other or a developer's data.
 
 mod books;
+mod cli;
 mod cluster;
 mod faults;
 mod foundation;
