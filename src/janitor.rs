@@ -128,7 +128,7 @@ impl Janitor {
         for p in report.drifts() {
             tracing::error!(
                 product_id = p.product_id,
-                redis = ?p.redis,
+                redis = p.redis,
                 mysql = p.mysql,
                 in_flight = p.in_flight,
                 expected_redis = p.expected_redis,
@@ -166,7 +166,6 @@ impl Janitor {
     /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.
     pub(crate) async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(
-            queue = self.shards.first().keys().prefix(),
             shards = self.shards.len(),
             interval = %humantime::format_duration(self.settings.interval),
             check_interval = %humantime::format_duration(self.settings.check_interval),

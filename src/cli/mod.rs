@@ -224,6 +224,18 @@ impl Cli {
         self.global.log_format
     }
 
+    /// The queue the command works on, which every log line names: the demo and the
+    /// benchmark have their own (see `crate::tools::demo::own_settings`).
+    pub fn log_queue(&self) -> String {
+        match self.command {
+            Command::Demo(_) => crate::tools::demo::own_queue(&self.global.queue, crate::tools::demo::DEMO),
+            Command::Bench(_) => {
+                crate::tools::demo::own_queue(&self.global.queue, crate::tools::bench::BENCH)
+            }
+            _ => self.global.queue.clone(),
+        }
+    }
+
     /// The demo and the benchmark draw progress bars: only warnings may interrupt them,
     /// unless RUST_LOG says otherwise.
     pub fn default_log_filter(&self) -> &'static str {

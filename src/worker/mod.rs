@@ -161,7 +161,6 @@ impl Worker {
             worker = %self.id,
             concurrency = self.options.concurrency,
             batch = self.options.batch,
-            queue = self.shards.first().keys().prefix(),
             shards = self.shards.len(),
             "worker started"
         );

@@ -13,6 +13,7 @@ mod helpers;
 mod http;
 mod ledger_faults;
 mod listings;
+mod logs;
 mod metrics;
 mod records;
 mod recovery;
