@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Installs the outside tools that the test suite drives, when they are missing:
+# Installs the outside tools that the test suite and scripts/dev.sh drive, when they are missing:
 #
 #   promtool  Prometheus's own checker of /metrics text (Debian's `prometheus` package)
 #   honcho    a Procfile runner, as a developer runs Procfile.dev (from PyPI, into a virtualenv
 #             of its own under ~/.cache/stockq/venv, or $STOCKQ_TOOLS_VENV)
 #
-# Run by scripts/test.sh, and by the tests when they do not find a tool. Safe to
+# Run by scripts/test.sh and scripts/dev.sh, and by the tests when they do not find a tool. Safe to
 # run again: what is there is left alone. `bash scripts/tools.sh honcho` installs one.
 set -euo pipefail
 

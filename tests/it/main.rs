@@ -15,6 +15,7 @@ mod ledger_faults;
 mod listings;
 mod logs;
 mod metrics;
+mod procfile;
 mod records;
 mod recovery;
 mod security;
