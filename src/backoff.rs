@@ -30,7 +30,8 @@ fn caller_target() -> &'static str {
 
 fn target_of(file: &str) -> &'static str {
     let file = file.replace('\\', "/");
-    let module = file.trim_start_matches("src/").trim_end_matches(".rs");
+    // relative to the package (`src/janitor.rs`), or absolute when built elsewhere
+    let module = file.rsplit_once("src/").map_or(file.as_str(), |(_, rest)| rest).trim_end_matches(".rs");
     match module.split('/').next().unwrap_or("") {
         "worker" => "stockq::worker",
         "janitor" => "stockq::janitor",
@@ -131,5 +132,7 @@ mod tests {
         assert_eq!(target_of("src/http/serve.rs"), "stockq::http");
         assert_eq!(target_of("src/ledger/books.rs"), "stockq::ledger");
         assert_eq!(target_of("src/backoff.rs"), "stockq::backoff");
+        assert_eq!(target_of("/home/ci/src/stockq/src/janitor.rs"), "stockq::janitor");
+        assert_eq!(target_of(r"C:\build\src\worker\mod.rs"), "stockq::worker");
     }
 }
