@@ -26,8 +26,10 @@ pub(crate) const DEFAULT_OUTCOMES_MAXLEN: u64 = 1_000_000;
 pub(crate) const DEFAULT_MAX_HOLD: &str = "30m";
 
 /// The settings every command shares (README "Configuration"). Flattened into each
-/// subcommand's arguments.
+/// subcommand's arguments; each command's help lists them apart from its own options, and
+/// shows which variable sets each one but never its value (a URL may hold a password).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// Redis URL (redis:// or rediss:// for TLS)
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true)]
@@ -38,39 +40,39 @@ pub(crate) struct GlobalArgs {
     pub(crate) database_url: String,
 
     /// Queue name: every Redis key of the queue starts with {name}
-    #[arg(long, env = "STOCKQ_QUEUE", default_value = DEFAULT_QUEUE, global = true)]
+    #[arg(long, env = "STOCKQ_QUEUE", default_value = DEFAULT_QUEUE, global = true, hide_env_values = true)]
     pub(crate) queue: String,
 
     /// A claimed entry neither acknowledged nor renewed within this is re-queued
-    #[arg(long, env = "STOCKQ_VISIBILITY_TIMEOUT", default_value = DEFAULT_VISIBILITY_TIMEOUT, value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_VISIBILITY_TIMEOUT", default_value = DEFAULT_VISIBILITY_TIMEOUT, value_parser = parse_duration, global = true, hide_env_values = true)]
     pub(crate) visibility_timeout: Duration,
 
     /// Deliveries before an entry is dead-lettered
-    #[arg(long, env = "STOCKQ_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS, global = true)]
+    #[arg(long, env = "STOCKQ_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS, global = true, hide_env_values = true)]
     pub(crate) max_attempts: u32,
 
     /// How often the janitor looks for timed-out claims
-    #[arg(long, env = "STOCKQ_JANITOR_INTERVAL", default_value = DEFAULT_JANITOR_INTERVAL, value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_JANITOR_INTERVAL", default_value = DEFAULT_JANITOR_INTERVAL, value_parser = parse_duration, global = true, hide_env_values = true)]
     pub(crate) janitor_interval: Duration,
 
     /// How often the janitor runs the consistency check
-    #[arg(long, env = "STOCKQ_CHECK_INTERVAL", default_value = DEFAULT_CHECK_INTERVAL, value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_CHECK_INTERVAL", default_value = DEFAULT_CHECK_INTERVAL, value_parser = parse_duration, global = true, hide_env_values = true)]
     pub(crate) check_interval: Duration,
 
     /// Serve /healthz and /metrics on this port (worker, janitor); the port of `serve`
-    #[arg(long, env = "PORT", global = true)]
+    #[arg(long, env = "PORT", global = true, hide_env_values = true)]
     pub(crate) port: Option<u16>,
 
     /// The address `serve` listens on (all interfaces by default; 127.0.0.1 for local only)
-    #[arg(long, env = "STOCKQ_BIND", default_value = "0.0.0.0", global = true)]
+    #[arg(long, env = "STOCKQ_BIND", default_value = "0.0.0.0", global = true, hide_env_values = true)]
     pub(crate) bind: std::net::IpAddr,
 
     /// Spread products over this many queues ({q:0} .. {q:N-1}), each in its own cluster slot
-    #[arg(long, env = "STOCKQ_SHARDS", default_value_t = DEFAULT_SHARDS, global = true)]
+    #[arg(long, env = "STOCKQ_SHARDS", default_value_t = DEFAULT_SHARDS, global = true, hide_env_values = true)]
     pub(crate) shards: u32,
 
     /// How long a reservation's record stays in Redis after it ended (replays and status read it)
-    #[arg(long, env = "STOCKQ_RECORD_TTL", default_value = DEFAULT_RECORD_TTL, value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_RECORD_TTL", default_value = DEFAULT_RECORD_TTL, value_parser = parse_duration, global = true, hide_env_values = true)]
     pub(crate) record_ttl: Duration,
 
     /// The longest hold a reservation may ask for (reserve --hold)
@@ -78,7 +80,7 @@ pub(crate) struct GlobalArgs {
     pub(crate) max_hold: Duration,
 
     /// The outcome stream {q}:outcomes is trimmed to about this many entries
-    #[arg(long, env = "STOCKQ_OUTCOMES_MAXLEN", default_value_t = DEFAULT_OUTCOMES_MAXLEN, global = true)]
+    #[arg(long, env = "STOCKQ_OUTCOMES_MAXLEN", default_value_t = DEFAULT_OUTCOMES_MAXLEN, global = true, hide_env_values = true)]
     pub(crate) outcomes_maxlen: u64,
 
     /// Bearer token of the order-service API of `serve` (GET /reservations/<id>); unset, that API is off
@@ -86,7 +88,14 @@ pub(crate) struct GlobalArgs {
     pub(crate) api_token: Option<String>,
 
     /// Log format
-    #[arg(long, env = "STOCKQ_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        env = "STOCKQ_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true,
+        hide_env_values = true
+    )]
     pub(crate) log_format: LogFormat,
 }
 

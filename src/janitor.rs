@@ -143,7 +143,9 @@ impl Janitor {
 
     /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.
     pub async fn check(&self) -> Result<CheckReport> {
-        let report = check::check_confirmed(&self.shards, &self.ledger).await?;
+        let report = check::check_confirmed(&self.shards, &self.ledger)
+            .await
+            .inspect_err(|_| metrics::counter!(m::CHECKS, "result" => "error").increment(1))?;
         self.publish_drift(&report);
         if report.is_consistent() {
             tracing::info!(
@@ -157,7 +159,7 @@ impl Janitor {
         for p in report.drifts() {
             tracing::error!(
                 product_id = p.product_id,
-                redis = ?p.redis,
+                redis = p.redis,
                 mysql = p.mysql,
                 in_flight = p.in_flight,
                 expected_redis = p.expected_redis,
@@ -195,7 +197,6 @@ impl Janitor {
     /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.
     pub(crate) async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(
-            queue = self.shards.first().keys().prefix(),
             shards = self.shards.len(),
             interval = %humantime::format_duration(self.settings.interval),
             check_interval = %humantime::format_duration(self.settings.check_interval),

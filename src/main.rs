@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return stockq::cli::usage_error(e),
     };
-    stockq::telemetry::init(cli.log_format(), cli.default_log_filter());
+    stockq::telemetry::init(cli.log_format(), cli.default_log_filter(), &cli.log_queue());
     // Process-wide state for rediss:// and ssl-mode, set once here before anything connects.
     stockq::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -1,5 +1,6 @@
 //! The seckill front door: check a reservation's arguments, then take stock in Redis and
-//! enqueue the event in one atomic step ([`Queue::reserve`]), timing and counting the answers.
+//! enqueue the event in one atomic step ([`Queue::reserve`]), timing and counting the answers
+//! (a failure too: `result="error"`).
 
 use std::time::Duration;
 
@@ -68,17 +69,19 @@ pub async fn reserve_held(queue: &Queue, request: Request<'_>) -> Result<Reserva
         validate_buyer(buyer).map_err(Error::usage)?;
     }
     let started = std::time::Instant::now();
-    let answer = queue.reserve(product_id, qty, event_id, buyer, hold).await?;
+    let answer = queue.reserve(product_id, qty, event_id, buyer, hold).await;
     metrics::histogram!(m::RESERVE_SECONDS).record(started.elapsed().as_secs_f64());
-    let result = match answer {
-        Reservation::Reserved { .. } => "reserved",
-        Reservation::Replayed { .. } => "replayed",
-        Reservation::IdUsed { .. } => "id_used",
-        Reservation::SoldOut { .. } => "sold_out",
-        Reservation::UnknownProduct => "unknown_product",
-        Reservation::BuyerRequired { .. } => "buyer_required",
-        Reservation::LimitReached { .. } => "limit",
+    let result = match &answer {
+        Ok(Reservation::Reserved { .. }) => "reserved",
+        Ok(Reservation::Replayed { .. }) => "replayed",
+        Ok(Reservation::IdUsed { .. }) => "id_used",
+        Ok(Reservation::SoldOut { .. }) => "sold_out",
+        Ok(Reservation::UnknownProduct) => "unknown_product",
+        Ok(Reservation::BuyerRequired { .. }) => "buyer_required",
+        Ok(Reservation::LimitReached { .. }) => "limit",
+        // counted as a store error where it is answered (`serve` logs and counts it once)
+        Err(_) => "error",
     };
     metrics::counter!(m::RESERVATIONS, "result" => result).increment(1);
-    Ok(answer)
+    answer
 }

@@ -23,12 +23,19 @@ pub(crate) struct Stats {
     pub(crate) cancelling: u64,
     /// Cancelled applied reservations whose quantity MySQL has not got back yet.
     pub(crate) releasing: u64,
-    /// Age of the oldest claim still held, in milliseconds (from its last claim or renewal).
-    pub(crate) oldest_claim_age_ms: Option<u64>,
+    /// How long the oldest pending event has waited for a worker, in ms (Redis clock); `None`
+    /// when nothing waits or the oldest entry carries no time.
+    pub(crate) oldest_pending_age_ms: Option<u64>,
+    /// Time until the earliest claim deadline, in ms (Redis clock); negative: overdue by that
+    /// much (its worker stopped renewing it; the janitor re-queues it on its next pass).
+    /// `None`: nothing is claimed. Read from the deadline itself, so every caller sees the
+    /// same figure whatever its own visibility timeout.
+    pub(crate) claim_expires_in_ms: Option<i64>,
     pub(crate) live_workers: Vec<Heartbeat>,
     /// Events settled per second by all live workers, over their last few seconds.
     pub(crate) throughput: f64,
-    /// Running totals since the queue was created: applied, rejected, dead, requeued, ...
+    /// Running totals since the queue was created: applied, rejected, dead, requeued, ...,
+    /// every one of them, 0 until it first moves.
     pub(crate) counters: BTreeMap<String, u64>,
     pub(crate) consistent: bool,
     /// Products the consistency check covered.
@@ -52,7 +59,8 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Res
         held: 0,
         cancelling: 0,
         releasing: 0,
-        oldest_claim_age_ms: None,
+        oldest_pending_age_ms: None,
+        claim_expires_in_ms: None,
         live_workers: Vec::new(),
         throughput: 0.0,
         counters: BTreeMap::new(),
@@ -71,7 +79,11 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Res
         stats.held += depths.held;
         stats.cancelling += depths.cancelling;
         stats.releasing += depths.releasing;
-        stats.oldest_claim_age_ms = stats.oldest_claim_age_ms.max(depths.oldest_claim_age_ms);
+        stats.oldest_pending_age_ms = stats.oldest_pending_age_ms.max(depths.oldest_pending_age_ms);
+        stats.claim_expires_in_ms = match (stats.claim_expires_in_ms, depths.claim_expires_in_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for (name, n) in depths.counters {
             *stats.counters.entry(name).or_default() += n;
         }

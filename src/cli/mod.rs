@@ -52,10 +52,10 @@ pub(crate) enum Command {
     /// Reserve stock for one purchase; prints the event id (exit 3 sold out, 4 unknown product, 5 buyer limit reached, 6 event id already used)
     Reserve {
         /// Product id (a positive integer)
-        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
         product: i64,
         /// Quantity, 1 to 1000000
-        #[arg(value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        #[arg(value_parser = clap::value_parser!(i64).range(1..=1_000_000), allow_negative_numbers = true)]
         qty: i64,
         /// Event id (an order id fits): 1 to 64 characters of [A-Za-z0-9._:-]; default: a new UUIDv7
         #[arg(long)]
@@ -127,7 +127,7 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Queue depths, oldest claim, dead letters, live workers, per-product books (drifting first)
+    /// Queue depths and waits, dead letters, live workers, running totals, per-product books (drifting first)
     Stats {
         /// One JSON object on stdout
         #[arg(long)]
@@ -154,15 +154,19 @@ pub(crate) enum Command {
 pub(crate) enum StockCommand {
     /// Set a product's stock (creating the product if needed)
     Set {
-        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        /// Product id (a positive integer)
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
         product: i64,
-        #[arg(value_parser = clap::value_parser!(i64).range(0..))]
+        /// The stock, 0 or more
+        #[arg(value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
         qty: i64,
     },
     /// Add to a product's stock (a negative delta removes)
     Add {
-        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        /// Product id (a positive integer)
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
         product: i64,
+        /// Units to add; negative to remove
         #[arg(allow_negative_numbers = true)]
         delta: i64,
     },
@@ -250,6 +254,18 @@ impl Cli {
         self.global.log_format
     }
 
+    /// The queue the command works on, which every log line names: the demo and the
+    /// benchmark have their own (see `crate::tools::demo::own_settings`).
+    pub fn log_queue(&self) -> String {
+        match self.command {
+            Command::Demo(_) => crate::tools::demo::own_queue(&self.global.queue, crate::tools::demo::DEMO),
+            Command::Bench(_) => {
+                crate::tools::demo::own_queue(&self.global.queue, crate::tools::bench::BENCH)
+            }
+            _ => self.global.queue.clone(),
+        }
+    }
+
     /// The demo and the benchmark draw progress bars: only warnings may interrupt them,
     /// unless RUST_LOG says otherwise.
     pub fn default_log_filter(&self) -> &'static str {
@@ -269,7 +285,9 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("stockq: a command is required here (see stockq --help)");
+            // the commands to choose from on stdout, why it failed on stderr
+            print!("{}", e.render());
+            eprintln!("stockq: a command is required here (the commands are listed above)");
             ExitCode::from(2)
         }
         _ => {

@@ -58,11 +58,20 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
 
 pub(super) fn stats(s: &Stats) {
     println!("queue        {}", s.queue);
-    println!("pending      {}", s.pending);
+    match s.oldest_pending_age_ms {
+        Some(ms) if s.pending > 0 => {
+            println!("pending      {} (the oldest waiting {})", s.pending, seconds(ms as i64))
+        }
+        _ => println!("pending      {}", s.pending),
+    }
     println!("processing   {}", s.processing);
     println!(
-        "oldest claim {}",
-        s.oldest_claim_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+        "next claim   {}",
+        match s.claim_expires_in_ms {
+            None => "-".to_string(),
+            Some(ms) if ms >= 0 => format!("expires in {}", seconds(ms)),
+            Some(ms) => format!("overdue by {} (its worker stopped; the janitor re-queues it)", seconds(-ms)),
+        }
     );
     println!("dead         {}", s.dead);
     println!("held         {} unpaid", s.held);
@@ -72,7 +81,7 @@ pub(super) fn stats(s: &Stats) {
         println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("totals       {}", if counters.is_empty() { "-".into() } else { counters.join(", ") });
+    println!("totals       {}", counters.join(", "));
     if s.consistent {
         println!("books        consistent, {} products", s.products_total);
     } else {
@@ -99,6 +108,11 @@ pub(super) fn stats(s: &Stats) {
     if more > 0 {
         println!("... and {more} more (stockq stats --limit 0 lists all)");
     }
+}
+
+/// Milliseconds as seconds with one decimal: `8.3s`.
+fn seconds(ms: i64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 pub(super) fn produce(report: &ProduceReport, json: bool) {
@@ -212,10 +226,35 @@ fn dead_line(raw: &[u8]) -> String {
             "{}\tattempts {}\tfailed_at {}\t{}\t{}",
             d.event().map(|e| e.event_id).unwrap_or_else(|| "-".into()),
             d.attempts,
-            d.failed_at_ms,
+            utc_millis(d.failed_at_ms),
             d.reason,
             start(&d.entry)
         ),
         None => format!("-\tnot a stockq dead letter\t{}", start(raw)),
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time: `2026-11-30T14:02:07.513Z`; past the year 9999
+/// (a hand-made envelope), the number as it is.
+fn utc_millis(ms: u64) -> String {
+    const LAST_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    if ms > LAST_MS {
+        return format!("{ms} ms");
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_people_write_them() {
+        assert_eq!(utc_millis(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(utc_millis(u64::MAX), format!("{} ms", u64::MAX));
+        assert_eq!(utc_millis(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(seconds(8_300), "8.3s");
+        assert_eq!(seconds(-1_500), "-1.5s");
     }
 }

@@ -5,7 +5,7 @@
 //! answer within a second; 200 with `"status":"degraded"` and the reason when MySQL does not
 //! but the process can do its job without it (`serve`); 503 with the reason otherwise.
 //! `/metrics` is Prometheus text; the queue gauges in it are sampled every few seconds by
-//! [`sample_queue`].
+//! [`sample_queue`], and the process's own figures are read at each scrape.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, Store};
 use crate::ledger::Ledger;
-use crate::queue::Shards;
+use crate::queue::{Depths, Shards};
 use crate::telemetry::metrics as m;
 
 /// How often the queue gauges are refreshed.
@@ -97,7 +97,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m::render(&h.metrics))
 }
 
 /// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
@@ -119,11 +119,25 @@ pub(crate) fn spawn_ops(
     })
 }
 
-/// Refreshes the queue gauges every [`SAMPLE_EVERY`] until `shutdown`.
+/// Refreshes the queue gauges every [`SAMPLE_EVERY`] until `shutdown`. While Redis does not
+/// answer, `stockq_redis_up` is 0 and the queue gauges are NaN: a figure that cannot be read
+/// is not shown as the last one that could.
 pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
+    // the recorder first, or the first sample goes nowhere
+    m::install();
     loop {
-        if let Err(e) = sample_once(&shards).await {
-            tracing::debug!(error = %e, "could not sample the queue");
+        match sample_once(&shards).await {
+            Ok(sample) => {
+                sample.publish();
+                metrics::gauge!(m::REDIS_UP).set(1.0);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not sample the queue");
+                for gauge in m::QUEUE_GAUGES {
+                    metrics::gauge!(*gauge).set(f64::NAN);
+                }
+                metrics::gauge!(m::REDIS_UP).set(0.0);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
@@ -132,22 +146,100 @@ pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
     }
 }
 
-async fn sample_once(shards: &Shards) -> Result<()> {
-    let (mut pending, mut processing, mut dead, mut oldest_ms, mut held) = (0, 0, 0, 0, 0);
-    for queue in shards.all() {
-        let d = queue.depths().await?;
-        pending += d.pending;
-        processing += d.processing;
-        dead += d.dead;
-        held += d.held;
-        oldest_ms = oldest_ms.max(d.oldest_claim_age_ms.unwrap_or(0));
+/// The queue gauges over every shard.
+#[derive(Debug, Default, PartialEq)]
+struct QueueSample {
+    pending: u64,
+    processing: u64,
+    dead: u64,
+    held: u64,
+    /// The longest wait of any shard's oldest pending event; NaN when one that waits carries
+    /// no time.
+    oldest_pending_seconds: f64,
+    claim_overdue_seconds: f64,
+    live_workers: usize,
+}
+
+impl QueueSample {
+    fn add(&mut self, d: &Depths) {
+        self.pending += d.pending;
+        self.processing += d.processing;
+        self.dead += d.dead;
+        self.held += d.held;
+        let waited = match (d.pending, d.oldest_pending_age_ms) {
+            (0, _) => 0.0,
+            (_, Some(ms)) => ms as f64 / 1000.0,
+            (_, None) => f64::NAN,
+        };
+        // f64::max ignores NaN: an unknown wait must not hide behind a known one
+        self.oldest_pending_seconds = if waited.is_nan() || self.oldest_pending_seconds.is_nan() {
+            f64::NAN
+        } else {
+            self.oldest_pending_seconds.max(waited)
+        };
+        let overdue = d.claim_expires_in_ms.map_or(0, |ms| (-ms).max(0));
+        self.claim_overdue_seconds = self.claim_overdue_seconds.max(overdue as f64 / 1000.0);
     }
-    metrics::gauge!(m::PENDING).set(pending as f64);
-    metrics::gauge!(m::PROCESSING).set(processing as f64);
-    metrics::gauge!(m::DEAD).set(dead as f64);
-    metrics::gauge!(m::HELD).set(held as f64);
-    metrics::gauge!(m::OLDEST_CLAIM_SECONDS).set(oldest_ms as f64 / 1000.0);
-    let live = shards.first().live_workers().await?;
-    metrics::gauge!(m::LIVE_WORKERS).set(live.len() as f64);
-    Ok(())
+
+    fn publish(&self) {
+        metrics::gauge!(m::PENDING).set(self.pending as f64);
+        metrics::gauge!(m::PROCESSING).set(self.processing as f64);
+        metrics::gauge!(m::DEAD).set(self.dead as f64);
+        metrics::gauge!(m::HELD).set(self.held as f64);
+        metrics::gauge!(m::OLDEST_PENDING_SECONDS).set(self.oldest_pending_seconds);
+        metrics::gauge!(m::CLAIM_OVERDUE_SECONDS).set(self.claim_overdue_seconds);
+        metrics::gauge!(m::LIVE_WORKERS).set(self.live_workers as f64);
+    }
+}
+
+async fn sample_once(shards: &Shards) -> Result<QueueSample> {
+    let mut sample = QueueSample::default();
+    for queue in shards.all() {
+        sample.add(&queue.depths().await?);
+    }
+    sample.live_workers = shards.first().live_workers().await?.len();
+    Ok(sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn depths(pending: u64, oldest_pending_age_ms: Option<u64>, claim_expires_in_ms: Option<i64>) -> Depths {
+        Depths {
+            pending,
+            processing: 1,
+            dead: 2,
+            oldest_pending_age_ms,
+            claim_expires_in_ms,
+            counters: BTreeMap::new(),
+            held: 0,
+            cancelling: 0,
+            releasing: 0,
+        }
+    }
+
+    #[test]
+    fn shards_add_up_and_the_longest_wait_and_most_overdue_claim_win() {
+        let mut sample = QueueSample::default();
+        sample.add(&depths(3, Some(1500), Some(4000)));
+        sample.add(&depths(0, None, None));
+        sample.add(&depths(1, Some(250), Some(-2500)));
+        assert_eq!((sample.pending, sample.processing, sample.dead), (4, 3, 6));
+        assert_eq!(sample.oldest_pending_seconds, 1.5);
+        assert_eq!(sample.claim_overdue_seconds, 2.5);
+    }
+
+    #[test]
+    fn an_empty_queue_waits_0_and_an_entry_without_a_time_is_unknown() {
+        let mut empty = QueueSample::default();
+        empty.add(&depths(0, None, Some(10)));
+        assert_eq!((empty.oldest_pending_seconds, empty.claim_overdue_seconds), (0.0, 0.0));
+        let mut unknown = QueueSample::default();
+        unknown.add(&depths(2, None, None));
+        unknown.add(&depths(1, Some(9000), None));
+        assert!(unknown.oldest_pending_seconds.is_nan());
+    }
 }

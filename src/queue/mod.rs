@@ -69,8 +69,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// ACL SETUSER stockq on >PASSWORD resetkeys ~{stockq}:* resetchannels -@all <ACL_COMMANDS>
 /// ```
 pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
-    +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
-    +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
+    +get +set +mget +del +exists +incr +incrby +decrby +llen +lindex +lrange +lpush +rpush +rpop \
+    +lrem +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
     +smembers +xadd +hmget +hset +pexpire +xrevrange +xread +hget +hscan +sismember +smismember +scard \
     +persist +zcard";
 

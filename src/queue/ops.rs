@@ -7,18 +7,37 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{CALL_TIMEOUT, Queue, millis};
+use super::{CALL_TIMEOUT, Queue};
 use crate::error::{Result, bounded};
 
 /// Entries kept in `{q}:alerts` (approximately: trimmed with `MAXLEN ~`).
 const ALERTS_MAX_LEN: usize = 10_000;
 
-/// One shard's list lengths, oldest claim and running totals.
+/// The running totals of `{q}:counters` that the scripts keep. [`Queue::depths`] reports each
+/// of them, 0 until it first moves, so that a reader sees every total whether or not it has
+/// happened yet.
+pub(crate) const COUNTERS: [&str; 8] =
+    ["applied", "rejected", "duplicates", "redelivered", "requeued", "dead", "cancelled", "released"];
+
+/// One shard's list lengths, how long its work has waited, and its running totals. Times are
+/// measured on the Redis clock, the one reservations and claims are stamped with, so they
+/// read the same whoever asks.
 pub struct Depths {
     pub pending: u64,
     pub processing: u64,
     pub dead: u64,
-    pub oldest_claim_age_ms: Option<u64>,
+    /// How long the oldest pending event has waited for a worker, from the time reserve.lua
+    /// stamped on it (`at`). `None` when pending is empty, or when its oldest entry carries no
+    /// time (an entry pushed by hand).
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Time until the earliest claim deadline; negative when it has passed (its worker
+    /// stopped renewing it and the janitor has not re-queued it yet). `None`: nothing claimed.
+    ///
+    /// A claim's deadline is its claim or last renewal plus the visibility timeout *of the
+    /// worker that holds it*; that timeout is not stored, so the time left, not the age, is
+    /// what Redis can tell.
+    pub claim_expires_in_ms: Option<i64>,
+    /// Every name of [`COUNTERS`], and any other field the hash holds.
     pub counters: BTreeMap<String, u64>,
     /// Reservations held unpaid.
     pub held: u64,
@@ -40,18 +59,19 @@ pub(crate) struct Alert {
 }
 
 impl Queue {
-    /// Reads the queue's depths in one round trip; the oldest claim's age is measured on the
-    /// Redis clock, the one its deadline was set by.
+    /// Reads the queue's depths in one round trip.
     pub async fn depths(&self) -> Result<Depths> {
         let keys = &self.keys;
         let mut conn = self.conn();
-        type Reply = (u64, u64, u64, Vec<(Vec<u8>, f64)>, BTreeMap<String, u64>, (u64, u64), u64, u64, u64);
-        let (pending, processing, dead, oldest, counters, time, held, cancelling, releasing): Reply =
+        type Reply =
+            (u64, u64, u64, Option<Vec<u8>>, Vec<(Vec<u8>, f64)>, BTreeMap<String, u64>, (u64, u64), u64, u64, u64);
+        let (pending, processing, dead, oldest_pending, earliest_claim, counters, time, held, cancelling, releasing): Reply =
             bounded("redis (stats)", CALL_TIMEOUT, async {
                 redis::pipe()
                     .llen(keys.pending())
                     .llen(keys.processing())
                     .llen(keys.dead())
+                    .lindex(keys.pending(), -1)
                     .zrange_withscores(keys.claims(), 0, 0)
                     .hgetall(keys.counters())
                     .cmd("TIME")
@@ -62,13 +82,23 @@ impl Queue {
                     .await
             })
             .await?;
-        let now_ms = time.0 * 1000 + time.1 / 1000;
-        let vt_ms = millis(self.visibility_timeout);
-        // a claim's deadline is its last claim or renewal plus the visibility timeout
-        let oldest_claim_age_ms = oldest
-            .first()
-            .map(|(_, deadline)| now_ms.saturating_sub((*deadline as u64).saturating_sub(vt_ms)));
-        Ok(Depths { pending, processing, dead, oldest_claim_age_ms, counters, held, cancelling, releasing })
+        let now_ms = (time.0 * 1000 + time.1 / 1000) as i64;
+        let oldest_pending_age_ms =
+            oldest_pending.as_deref().and_then(reserved_at).map(|at| u64::try_from(now_ms - at).unwrap_or(0));
+        let claim_expires_in_ms = earliest_claim.first().map(|(_, deadline)| *deadline as i64 - now_ms);
+        let mut all_counters: BTreeMap<String, u64> = COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
+        all_counters.extend(counters);
+        Ok(Depths {
+            pending,
+            processing,
+            dead,
+            oldest_pending_age_ms,
+            claim_expires_in_ms,
+            counters: all_counters,
+            held,
+            cancelling,
+            releasing,
+        })
     }
 
     /// Whether Redis answers within `within` and would accept a reservation now: a full
@@ -126,5 +156,28 @@ impl Queue {
             bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
         }
         Ok(())
+    }
+}
+
+/// The reservation time reserve.lua stamps on an entry (`"at"`, unix ms), if it has one.
+fn reserved_at(entry: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Stamped {
+        at: Option<i64>,
+    }
+    serde_json::from_slice::<Stamped>(entry).ok()?.at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserved_at;
+
+    #[test]
+    fn the_reservation_time_is_read_from_stamped_entries_only() {
+        let stamped = br#"{"event_id":"a","product_id":1,"qty":1,"seq":3,"at":1767225600123}"#;
+        assert_eq!(reserved_at(stamped), Some(1_767_225_600_123));
+        assert_eq!(reserved_at(br#"{"event_id":"a","product_id":1,"qty":1}"#), None);
+        assert_eq!(reserved_at(br#"{"at":"soon"}"#), None);
+        assert_eq!(reserved_at(b"garbage"), None);
     }
 }

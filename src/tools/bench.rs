@@ -3,7 +3,7 @@
 //! For each mode (uniform over 100 products, hot on one product) and each batch size (the
 //! chosen one, and 1 — one event per transaction, the shape of queues that do not batch):
 //!
-//! 1. reset its own queue (`bench`) and database (`stockq_bench`), stock the products;
+//! 1. reset its own queue and database (`<STOCKQ_QUEUE>-bench`, `<database>_bench`), stock the products;
 //! 2. reserve N events with `produce` (reservations/s, latency percentiles);
 //! 3. start worker *processes* (this binary, `stockq worker`) on the full pending list and
 //!    time them until every event is applied and acknowledged;
@@ -25,8 +25,8 @@ use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
 use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport};
 
-pub(crate) const BENCH_QUEUE: &str = "bench";
-pub(crate) const BENCH_DATABASE: &str = "stockq_bench";
+/// The suffix of the benchmark's queue and database names (see `demo::own_settings`).
+pub(crate) const BENCH: &str = "bench";
 /// Far longer than the largest benchmark takes to drain: past it, the workers are stuck.
 const DRAIN_WITHIN: Duration = Duration::from_secs(600);
 
@@ -81,7 +81,7 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     }
     crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }
         .validate()?;
-    let settings = crate::tools::demo::own_settings(settings, BENCH_QUEUE, BENCH_DATABASE)?;
+    let settings = crate::tools::demo::own_settings(settings, BENCH)?;
     ledger::migrate(&settings).await?;
     let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 2).await?;
@@ -266,7 +266,7 @@ fn start_workers(settings: &Settings, args: &BenchArgs, batch: usize) -> Result<
                 ])
                 .env("REDIS_URL", settings.redis.url.expose())
                 .env("DATABASE_URL", settings.mysql.url.expose())
-                .env("STOCKQ_QUEUE", BENCH_QUEUE)
+                .env("STOCKQ_QUEUE", &settings.redis.queue)
                 .env("STOCKQ_SHARDS", settings.redis.shards.to_string())
                 .env("RUST_LOG", "warn")
                 .stdin(std::process::Stdio::null())

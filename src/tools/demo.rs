@@ -1,8 +1,10 @@
 //! `stockq demo`: the one-command showcase.
 //!
 //! It runs a small flash sale through the real code paths, against the configured Redis and
-//! MySQL servers but on a queue and a database of its own (`demo` and `stockq_demo`, reset at
-//! the start), so it never touches a real queue:
+//! MySQL servers but on a queue and a database of its own, named after the configured ones
+//! (`<STOCKQ_QUEUE>-demo` and `<database>_demo`: `stockq-demo` and `stockq_demo` by default)
+//! and reset at the start, so it never touches a real queue, and two demos with different
+//! settings run side by side on one server:
 //!
 //! 1. migrate, and stock a few products in both stores;
 //! 2. start workers and a janitor in this process;
@@ -31,8 +33,8 @@ use crate::queue::Shards;
 use crate::reserve::{Reservation, new_event_id, reserve};
 use crate::worker::{Worker, WorkerOptions};
 
-pub(crate) const DEMO_QUEUE: &str = "demo";
-pub(crate) const DEMO_DATABASE: &str = "stockq_demo";
+/// The suffix of the demo's queue and database names.
+pub(crate) const DEMO: &str = "demo";
 /// Far longer than the demo's sale takes to drain: past it, the workers are stuck.
 const DRAIN_WITHIN: Duration = Duration::from_secs(60);
 
@@ -53,7 +55,7 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
     if args.buyers == 0 {
         return Err(Error::usage("--buyers must be at least 1"));
     }
-    let settings = own_settings(settings, DEMO_QUEUE, DEMO_DATABASE)?;
+    let settings = own_settings(settings, DEMO)?;
     introduce(&settings, args);
     let (shards, ledger) = stock_products(&settings, args).await?;
     let crew = Crew::start(&shards, &ledger)?;
@@ -72,7 +74,10 @@ fn introduce(settings: &Settings, args: &DemoArgs) {
         "stockq demo: a flash sale of {} products x {} units for {} buyers",
         args.products, args.stock, args.buyers
     );
-    println!("  redis {} (queue {{{DEMO_QUEUE}}}), mysql {}", settings.redis.url, settings.mysql.url);
+    println!(
+        "  redis {} (queue {{{}}}), mysql {}",
+        settings.redis.url, settings.redis.queue, settings.mysql.url
+    );
 }
 
 /// Step 1: the demo's own database and queue, emptied, and every product stocked in both stores.
@@ -310,6 +315,7 @@ async fn reconcile(
     reserved: u64,
     orders: Orders,
 ) -> Result<u8> {
+    let queue = shards.first().keys().prefix().to_string();
     let report = check::check(shards, ledger).await?;
     let (log_applied, log_rows) = ledger.log_counts().await?;
     println!("6. reconciliation:");
@@ -323,7 +329,7 @@ async fn reconcile(
              Redis == MySQL for every product."
         );
         println!(
-            "   inspect it: redis-cli --scan --pattern '{{{DEMO_QUEUE}*'; the demo data stays until the next run."
+            "   inspect it: redis-cli --scan --pattern '{queue}*'; the demo data stays until the next run."
         );
         Ok(0)
     } else {
@@ -363,15 +369,27 @@ fn show_applied(worker: &Worker, bar: &ProgressBar) {
     bar.set_message(format!("in flight {}", bar.length().unwrap_or(0).saturating_sub(settled)));
 }
 
-/// A queue and a database of their own on the configured servers (demo, bench).
-pub(crate) fn own_settings(settings: &Settings, queue: &str, database: &str) -> Result<Settings> {
+/// A queue and a database of their own on the configured servers (demo, bench), named after
+/// the configured ones with `suffix`: queue `<queue>-<suffix>`, database `<database>_<suffix>`
+/// (`stockq_<suffix>` when the URL names no database).
+pub(crate) fn own_settings(settings: &Settings, suffix: &str) -> Result<Settings> {
     let mut url = url::Url::parse(settings.mysql.url.expose())
         .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
-    url.set_path(&format!("/{database}"));
-    let mut own = Settings::new(settings.redis.url.expose(), url.as_str(), queue)?;
+    let database = match url.path().trim_start_matches('/') {
+        "" => crate::config::DEFAULT_QUEUE.to_string(),
+        named => named.to_string(),
+    };
+    url.set_path(&format!("/{database}_{suffix}"));
+    let queue = own_queue(&settings.redis.queue, suffix);
+    let mut own = Settings::new(settings.redis.url.expose(), url.as_str(), &queue)?;
     own.delivery.visibility_timeout = settings.delivery.visibility_timeout;
     own.redis.shards = settings.redis.shards;
     Ok(own)
+}
+
+/// The name of the queue of its own that the demo or the benchmark (`suffix`) works on.
+pub(crate) fn own_queue(queue: &str, suffix: &str) -> String {
+    format!("{queue}-{suffix}")
 }
 
 /// Empties a queue's keys (every shard) and the database's tables.
@@ -392,4 +410,27 @@ pub async fn depths(shards: &Shards) -> Result<(u64, u64)> {
         total.1 += d.processing;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_s_queue_and_database_are_named_after_the_configured_ones() {
+        let configured =
+            Settings::new("redis://127.0.0.1:6379", "mysql://u:p@db:3306/shop?ssl-mode=REQUIRED", "alice")
+                .unwrap();
+        let own = own_settings(&configured, DEMO).unwrap();
+        assert_eq!(own.redis.queue, "alice-demo");
+        assert_eq!(own.mysql.url.expose(), "mysql://u:p@db:3306/shop_demo?ssl-mode=REQUIRED");
+        let bare = Settings::new("redis://127.0.0.1:6379", "mysql://u:p@db:3306", "stockq").unwrap();
+        let own = own_settings(&bare, "bench").unwrap();
+        assert_eq!(
+            (own.redis.queue.as_str(), own.mysql.url.expose()),
+            ("stockq-bench", "mysql://u:p@db:3306/stockq_bench")
+        );
+        let long = Settings::new("redis://127.0.0.1:6379", "mysql://u:p@db/x", &"q".repeat(64)).unwrap();
+        assert_eq!(own_settings(&long, DEMO).unwrap_err().exit_code(), 2);
+    }
 }

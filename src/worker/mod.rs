@@ -165,7 +165,6 @@ impl Worker {
             worker = %self.id,
             concurrency = self.options.concurrency,
             batch = self.options.batch,
-            queue = self.shards.first().keys().prefix(),
             shards = self.shards.len(),
             "worker started"
         );
@@ -204,13 +203,17 @@ impl Worker {
     /// One claim/apply loop with its own blocking connection.
     async fn consume(&self, n: usize, shutdown: CancellationToken) {
         let mut waiter: Option<Waiter> = None;
+        // whether the waiter to open replaces one dropped after an error (a reconnect)
+        let mut replacing = false;
         let mut backoff = Backoff::new();
         while !shutdown.is_cancelled() {
             if waiter.is_none() {
                 match self.shards.first().waiter().await {
                     Ok(w) => {
                         waiter = Some(w);
-                        metrics::counter!(m::RECONNECTS).increment(1);
+                        if std::mem::take(&mut replacing) {
+                            metrics::counter!(m::RECONNECTS).increment(1);
+                        }
                     }
                     Err(e) => {
                         backoff.log(&e, "cannot open a Redis connection to wait on");
@@ -229,7 +232,7 @@ impl Worker {
                 Err(e) => {
                     backoff.log(&e, "batch failed; retrying");
                     // the blocking connection may be the broken part: open a fresh one
-                    waiter = None;
+                    replacing |= waiter.take().is_some();
                     backoff.sleep(&shutdown).await;
                 }
             }

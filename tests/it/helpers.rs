@@ -398,3 +398,67 @@ impl TestEnv {
         env
     }
 }
+
+// ---- Outside tools and plain HTTP, for metrics.rs, logs.rs and procfile.rs. ----
+
+/// The path of an outside tool the tests drive (`promtool`, `honcho`): on PATH, or in the
+/// virtualenv of scripts/tools.sh, which is run to install it when it is found in neither.
+pub fn outside_tool(name: &str) -> std::path::PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let find = || {
+        let venv = std::env::var_os("STOCKQ_TOOLS_VENV").map(std::path::PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache/stockq/venv"))
+        });
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(venv.map(|v| v.join("bin")))
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = find() {
+        return found;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tools.sh");
+    let status = std::process::Command::new("bash").arg(script).arg(name).status();
+    find().unwrap_or_else(|| {
+        panic!("{name} is missing and `bash scripts/tools.sh {name}` did not install it ({status:?})")
+    })
+}
+
+/// A port nobody listens on now, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a new connection: (status, body), or `None`
+/// when nothing answers.
+pub async fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.ok().flatten()
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly as written) in Prometheus text.
+pub fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -5,6 +5,7 @@
 //! without trampling each other or a developer's data.
 
 mod books;
+mod cli;
 mod cluster;
 mod faults;
 mod foundation;
@@ -13,6 +14,10 @@ mod http;
 mod ledger_faults;
 mod lifecycle;
 mod listings;
+mod logs;
+mod metrics;
+mod procfile;
 pub(crate) mod records;
 mod recovery;
 mod security;
+mod stats;

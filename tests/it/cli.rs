@@ -1,0 +1,174 @@
+//! The command line as a new operator meets it (README "Commands"): the commands listed by a
+//! bare `stockq`, each command's help with its own options apart from the global ones,
+//! negative numbers read as numbers, dead letters with readable times, and demos that keep to
+//! a queue and a database of their own.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::Value;
+
+use crate::helpers::{TestEnv, mysql_server_url, stockq_bin};
+
+/// Runs the binary with no environment of stockq's: (status, stdout, stderr).
+async fn bare(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(stockq_bin())
+        .args(args)
+        .env_remove("STOCKQ_QUEUE")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn a_bare_stockq_lists_the_commands_and_help_keeps_a_command_s_own_options_apart() {
+    let (code, out, err) = bare(&[]).await;
+    assert_eq!(code, 2);
+    for command in
+        ["migrate", "stock", "reserve", "worker", "janitor", "check", "stats", "dead", "serve", "demo"]
+    {
+        assert!(out.lines().any(|l| l.trim_start().starts_with(command)), "{command} not listed:\n{out}");
+    }
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("stockq: a command is required"), "{err}");
+    let (code, out, err) = bare(&["dead"]).await;
+    assert_eq!(code, 2);
+    assert!(out.contains("requeue") && out.contains("drop"), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let (code, help, _) = bare(&["stats", "--help"]).await;
+    assert_eq!(code, 0);
+    let (own, global) = help.split_once("Global options:").unwrap_or_else(|| panic!("no heading:\n{help}"));
+    for flag in ["--json", "--limit", "--offset"] {
+        assert!(own.contains(flag) && !global.contains(flag), "{flag}:\n{help}");
+    }
+    for flag in ["--redis-url", "--queue", "--visibility-timeout", "--log-format"] {
+        assert!(global.contains(flag) && !own.contains(flag), "{flag}:\n{help}");
+    }
+    assert!(global.contains("[env: STOCKQ_QUEUE]"), "the variable is named:\n{help}");
+    let shown_values =
+        help.split("[env: ").skip(1).filter(|rest| rest.split(']').next().unwrap().contains('='));
+    assert_eq!(shown_values.count(), 0, "no value, set or unset, after a variable's name:\n{help}");
+
+    // a value set in the environment is not shown either (a URL may carry a password)
+    let out = tokio::process::Command::new(stockq_bin())
+        .args(["worker", "--help"])
+        .env("DATABASE_URL", "mysql://u:hunter2@db/x")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[env: DATABASE_URL]") && !help.contains("hunter2"), "{help}");
+}
+
+#[tokio::test]
+async fn negative_numbers_are_numbers() {
+    let env = TestEnv::new().await;
+    env.stock(42, 10).await;
+
+    let (code, out, err) = env.run(&["stock", "add", "42", "-5"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!((env.mysql_stock(42).await, env.redis_stock(42).await), (5, Some(5)));
+
+    for args in
+        [&["stock", "set", "42", "-1"][..], &["stock", "set", "-3", "5"][..], &["reserve", "42", "-2"][..]]
+    {
+        let (code, out, err) = env.run(args).await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("invalid value '-"), "{args:?} is read as a number, then refused: {err}");
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    assert_eq!(env.mysql_stock(42).await, 5, "nothing changed");
+}
+
+#[tokio::test]
+async fn dead_letters_list_with_readable_times_and_as_one_document() {
+    let env = TestEnv::new().await;
+    env.push_raw(b"not an event").await;
+    assert_eq!(env.drain(1).await.iter().map(|r| r.dead).sum::<u64>(), 1);
+
+    let (code, out, err) = env.run(&["dead", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.contains("not an event")).unwrap_or_else(|| panic!("{out}"));
+    let at = line.split("failed_at ").nth(1).and_then(|rest| rest.split('\t').next()).unwrap();
+    let parsed = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
+    let age = std::time::SystemTime::now().duration_since(parsed).unwrap();
+    assert!(age < Duration::from_secs(120), "{at}");
+
+    let (code, out, _) = env.run(&["dead", "list", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    let list: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(list["total"], 1);
+    assert!(list["dead"][0]["failed_at"].is_u64(), "raw milliseconds in JSON: {list}");
+}
+
+/// Removes a demo's queue keys and database, also when the test fails.
+struct DemoLeftovers {
+    queue: String,
+    database: String,
+}
+
+impl Drop for DemoLeftovers {
+    fn drop(&mut self) {
+        let pattern = format!("{{{}}}:*", self.queue);
+        let database = self.database.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(mut c) = redis::Client::open(crate::helpers::redis_url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                {
+                    let keys: Vec<String> =
+                        redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: redis::RedisResult<()> = c.del(keys).await;
+                    }
+                }
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::MySqlConnection::connect(&mysql_server_url()).await {
+                    let drop = format!("DROP DATABASE IF EXISTS `{database}`");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn two_demos_run_side_by_side_each_on_its_own_queue_and_database() {
+    let (alice, bob) = (TestEnv::new().await, TestEnv::new().await);
+    let _leftovers: Vec<DemoLeftovers> = [&alice, &bob]
+        .iter()
+        .map(|env| DemoLeftovers {
+            queue: format!("{}-demo", env.name),
+            database: format!("{}_demo", env.database),
+        })
+        .collect();
+    let demo = ["demo", "--buyers", "300", "--products", "2", "--stock", "100"];
+    let ((code_a, out_a, err_a), (code_b, out_b, err_b)) = tokio::join!(alice.run(&demo), bob.run(&demo));
+    assert_eq!(code_a, 0, "{out_a}{err_a}");
+    assert_eq!(code_b, 0, "{out_b}{err_b}");
+    for (env, out) in [(&alice, &out_a), (&bob, &out_b)] {
+        assert!(out.contains(&format!("(queue {{{}-demo}})", env.name)), "{out}");
+        assert!(out.contains(&format!("/{}_demo", env.database)), "{out}");
+        assert!(out.contains("every reservation was applied exactly once"), "{out}");
+    }
+    // each demo left its sale in place for inspection, and the other's untouched
+    let mut redis = alice.redis.clone();
+    for env in [&alice, &bob] {
+        let stock: Option<i64> = redis.get(format!("{{{}-demo}}:stock:1", env.name)).await.unwrap();
+        assert!(stock.is_some(), "{}'s demo stock", env.name);
+    }
+    // and the queue it was pointed at is not the demo's
+    assert_eq!(alice.len("pending").await + alice.len("processing").await, 0);
+    assert_eq!(alice.redis_stock(1).await, None);
+}
