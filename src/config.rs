@@ -76,7 +76,7 @@ pub(crate) struct GlobalArgs {
     pub(crate) record_ttl: Duration,
 
     /// The longest hold a reservation may ask for (reserve --hold)
-    #[arg(long, env = "STOCKQ_MAX_HOLD", default_value = DEFAULT_MAX_HOLD, value_parser = parse_duration, global = true)]
+    #[arg(long, env = "STOCKQ_MAX_HOLD", default_value = DEFAULT_MAX_HOLD, value_parser = parse_duration, global = true, hide_env_values = true)]
     pub(crate) max_hold: Duration,
 
     /// The outcome stream {q}:outcomes is trimmed to about this many entries
