@@ -10,6 +10,7 @@
 #      fast a worker then drops the cancelled entries (no MySQL deduction each).
 #
 #   scripts/bench-lifecycle.sh [events] [holds] [backlog]     (default 200000 1000000 1000000)
+#   PARTS=2 scripts/bench-lifecycle.sh ...                     (only some of the parts)
 #
 # Uses its own queue ({benchlife}) and database (stockq_benchlife); needs a release build and
 # about 1 GB of Redis memory. Nothing here runs in CI.
@@ -34,6 +35,8 @@ for k in sys.argv[2].split('.'): d = d[k]
 print(int(d) if isinstance(d, float) else d)" "$1" "$2"; }
 
 $B migrate >/dev/null
+PARTS=${PARTS:-123}
+if [[ $PARTS == *1* ]]; then
 echo "## 1. reservations: plain, with buyers under a limit, held ($EVENTS each, $P products)"
 reset
 limits() { for ((p = 1; p <= P; p++)); do $B stock limit "$p" "$1" >/dev/null; done; }
@@ -52,6 +55,9 @@ for round in 1 2 3; do
   done
 done
 
+fi
+
+if [[ $PARTS == *2* ]]; then
 echo "## 2. expiring $HOLDS holds"
 reset
 t0=$(date +%s)
@@ -76,6 +82,9 @@ echo "janitor --once expired $((HOLDS - left)) holds (left $left) in ${took} ms:
 redis-cli config set slowlog-log-slower-than 10000 >/dev/null
 $B check >/dev/null && echo "check: consistent after the expiry"
 
+fi
+
+if [[ $PARTS == *3* ]]; then
 echo "## 3. cancels against a backlog of $BACKLOG"
 reset
 $B produce --events "$BACKLOG" --products $P --in-flight 64 --json > /dev/null
@@ -90,3 +99,4 @@ kill -TERM $W; wait $W || true
 rows=$(mariadb -ustockq -pstockq -h127.0.0.1 stockq_benchlife -N -e 'SELECT COUNT(*) FROM stock_log')
 echo "one worker drained $((BACKLOG + 100000)) entries (100000 cancelled) in ${took} ms; stock_log rows: $rows (the cancelled ones cost none)"
 $B check >/dev/null && echo "check: consistent after the drain"
+fi

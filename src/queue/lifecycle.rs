@@ -45,7 +45,7 @@ pub(crate) struct Forgotten {
 /// Holds the janitor ends per call: each costs about 25 µs of Redis time (a record read and
 /// written, the stock, the in-flight units, an outcome entry), so a call stays within a few
 /// milliseconds however many are due, and reservations are served between calls.
-pub(crate) const EXPIRE_CHUNK: usize = 200;
+pub(crate) const EXPIRE_CHUNK: usize = 100;
 
 impl Queue {
     /// The product of a reservation's record, to name its stock key to the scripts.
