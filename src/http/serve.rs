@@ -15,12 +15,12 @@
 
 use std::net::SocketAddr;
 
-use axum::{Router, middleware};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -128,7 +128,12 @@ async fn get_stock(State(Front { shards, .. }): State<Front>, Path(id): Path<Str
 }
 
 /// The whole front door.
-pub(crate) fn router(shards: Shards, ledger: LedgerSlot, http: &HttpSettings, max_hold: std::time::Duration) -> Router {
+pub(crate) fn router(
+    shards: Shards,
+    ledger: LedgerSlot,
+    http: &HttpSettings,
+    max_hold: std::time::Duration,
+) -> Router {
     let api = Api { shards: shards.clone(), ledger: ledger.clone(), token: http.api_token.clone() };
     let latencies = Latencies::default();
     let admin = Admin::new(shards.clone(), ledger.clone(), http.admin_token.clone(), latencies.clone());
@@ -142,7 +147,10 @@ pub(crate) fn router(shards: Shards, ledger: LedgerSlot, http: &HttpSettings, ma
         .merge(health::routes(health))
         .merge(admin::routes(admin))
         .fallback(|| async {
-            error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics, /admin")
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics, /admin",
+            )
         })
 }
 

@@ -5,7 +5,9 @@
 //! without trampling each other or a developer's data.
 
 mod books;
+mod browser;
 mod cluster;
+mod dashboard;
 mod faults;
 mod foundation;
 mod helpers;

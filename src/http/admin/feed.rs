@@ -131,8 +131,15 @@ impl EndToEnd {
             .map(|(reserved, at)| (at - reserved).max(0))
             .collect();
         took.sort_unstable();
-        let quantile = |q: f64| took.get(((took.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
-        EndToEnd { n: took.len(), p50_ms: quantile(0.5), p90_ms: quantile(0.9), p99_ms: quantile(0.99), max_ms: took.last().copied() }
+        let quantile =
+            |q: f64| took.get(((took.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+        EndToEnd {
+            n: took.len(),
+            p50_ms: quantile(0.5),
+            p90_ms: quantile(0.9),
+            p99_ms: quantile(0.99),
+            max_ms: took.last().copied(),
+        }
     }
 }
 
@@ -236,7 +243,10 @@ pub(super) async fn books(State(admin): State<Admin>, _: Operator, Query(q): Que
         Ok(ledger) => ledger,
         Err(e) => {
             crate::http::serve::log_failure("dashboard books failed", &e);
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the books need MySQL, which is not connected yet");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the books need MySQL, which is not connected yet",
+            );
         }
     };
     match admin.books.get(&admin.shards, ledger).await {
@@ -270,7 +280,8 @@ mod tests {
     #[test]
     fn end_to_end_latency_counts_recent_deductions_only() {
         let now = 100_000;
-        let mut outcomes: Vec<Outcome> = (1..=100).map(|ms| outcome("applied", now - 1000 - ms, now - 1000)).collect();
+        let mut outcomes: Vec<Outcome> =
+            (1..=100).map(|ms| outcome("applied", now - 1000 - ms, now - 1000)).collect();
         outcomes.push(outcome("expired", now - 60_000, now - 10)); // ended by a deadline
         outcomes.push(outcome("applied", now - 30_000, now - 20_000)); // before the window
         outcomes.push(Outcome { reserved_at: None, ..outcome("applied", 0, now) }); // pushed by hand
@@ -284,7 +295,8 @@ mod tests {
 
     #[test]
     fn dead_letters_show_their_event_or_what_they_hold() {
-        let envelope = crate::event::dead_envelope(br#"{"event_id":"o-1","product_id":7,"qty":2}"#, "why", 3, 1234);
+        let envelope =
+            crate::event::dead_envelope(br#"{"event_id":"o-1","product_id":7,"qty":2}"#, "why", 3, 1234);
         let shown = dead_json(envelope.as_bytes());
         assert_eq!((shown["event_id"].as_str(), shown["qty"].as_i64()), (Some("o-1"), Some(2)));
         assert_eq!((shown["reason"].as_str(), shown["attempts"].as_u64()), (Some("why"), Some(3)));

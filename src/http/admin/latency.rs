@@ -34,7 +34,11 @@ impl Latencies {
 }
 
 /// Times each answer of the route it wraps (`POST /reserve`).
-pub(crate) async fn time_reservations(State(latencies): State<Latencies>, request: Request, next: Next) -> Response {
+pub(crate) async fn time_reservations(
+    State(latencies): State<Latencies>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     latencies.record(started.elapsed());

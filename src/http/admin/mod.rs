@@ -60,14 +60,19 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    pub(crate) fn new(shards: Shards, ledger: LedgerSlot, token: Option<ApiToken>, latencies: Latencies) -> Admin {
+    pub(crate) fn new(
+        shards: Shards,
+        ledger: LedgerSlot,
+        token: Option<ApiToken>,
+        latencies: Latencies,
+    ) -> Admin {
         Admin { shards, ledger, token, latencies, sessions: Sessions::default(), books: Arc::default() }
     }
 
     /// Refuses every admin route while no admin token is set, as the order service's API
     /// does without its token.
     fn refuse_when_off(&self) -> Option<Response> {
-        self.token.is_none().then(|| error(StatusCode::FORBIDDEN, "the dashboard is off: set STOCKQ_ADMIN_TOKEN"))
+        self.token.is_none().then(|| Refused::Off.into_response())
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
@@ -106,13 +111,41 @@ async fn harden(mut response: Response) -> Response {
     response
 }
 
+/// Why an admin request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// No admin token is set.
+    Off,
+    /// No live session.
+    LoggedOut,
+    /// An action whose `Origin` is another site's, or missing.
+    ForeignOrigin,
+    /// An action without its session's CSRF token.
+    NoCsrfToken,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Off => error(StatusCode::FORBIDDEN, "the dashboard is off: set STOCKQ_ADMIN_TOKEN"),
+            Refused::LoggedOut => error(StatusCode::UNAUTHORIZED, "log in at /admin first"),
+            Refused::ForeignOrigin => {
+                error(StatusCode::FORBIDDEN, "the request does not come from the dashboard's own origin")
+            }
+            Refused::NoCsrfToken => {
+                error(StatusCode::FORBIDDEN, "the request lacks the dashboard's CSRF token")
+            }
+        }
+    }
+}
+
 /// An operator logged in: the extractor of the routes that read.
 pub(super) struct Operator;
 
 impl FromRequestParts<Admin> for Operator {
-    type Rejection = Response;
+    type Rejection = Refused;
 
-    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Refused> {
         logged_in(admin, &parts.headers).map(|_| Operator)
     }
 }
@@ -122,26 +155,26 @@ impl FromRequestParts<Admin> for Operator {
 pub(super) struct Action(Session);
 
 impl FromRequestParts<Admin> for Action {
-    type Rejection = Response;
+    type Rejection = Refused;
 
-    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Refused> {
         let session = logged_in(admin, &parts.headers)?;
         if !session::same_origin(&parts.headers) {
-            return Err(error(StatusCode::FORBIDDEN, "the request does not come from the dashboard's own origin"));
+            return Err(Refused::ForeignOrigin);
         }
         if !session::csrf_matches(&session, &parts.headers) {
-            return Err(error(StatusCode::FORBIDDEN, "the request lacks the dashboard's CSRF token"));
+            return Err(Refused::NoCsrfToken);
         }
         Ok(Action(session))
     }
 }
 
-/// The request's live session; else 403 while the dashboard is off, 401 without one.
-fn logged_in(admin: &Admin, headers: &HeaderMap) -> Result<Session, Response> {
-    if let Some(refusal) = admin.refuse_when_off() {
-        return Err(refusal);
+/// The request's live session, unless the dashboard is off or there is none.
+fn logged_in(admin: &Admin, headers: &HeaderMap) -> Result<Session, Refused> {
+    if admin.token.is_none() {
+        return Err(Refused::Off);
     }
-    admin.session(headers).ok_or_else(|| error(StatusCode::UNAUTHORIZED, "log in at /admin first"))
+    admin.session(headers).ok_or(Refused::LoggedOut)
 }
 
 /// A failure of a store behind the dashboard: logged, and answered 503.
@@ -174,9 +207,9 @@ async fn script(State(admin): State<Admin>) -> Response {
 }
 
 async fn style(State(admin): State<Admin>) -> Response {
-    admin
-        .refuse_when_off()
-        .unwrap_or_else(|| ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], DASHBOARD_CSS).into_response())
+    admin.refuse_when_off().unwrap_or_else(|| {
+        ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], DASHBOARD_CSS).into_response()
+    })
 }
 
 #[derive(Deserialize)]
@@ -196,7 +229,7 @@ async fn login(
         return refusal;
     }
     if !session::same_origin(&headers) {
-        return error(StatusCode::FORBIDDEN, "the login does not come from the dashboard's own origin");
+        return Refused::ForeignOrigin.into_response();
     }
     let axum::Json(Login { token }) = match body {
         Ok(body) => body,

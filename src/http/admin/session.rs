@@ -62,7 +62,8 @@ impl Sessions {
         let mut inner = self.inner();
         inner.sessions.retain(|_, (_, end)| *end > now);
         if inner.sessions.len() >= MAX_SESSIONS
-            && let Some(first) = inner.sessions.iter().min_by_key(|(_, (_, end))| *end).map(|(id, _)| id.clone())
+            && let Some(first) =
+                inner.sessions.iter().min_by_key(|(_, (_, end))| *end).map(|(id, _)| id.clone())
         {
             inner.sessions.remove(&first);
         }
@@ -75,7 +76,9 @@ impl Sessions {
     pub(crate) fn get(&self, id: &str) -> Option<Session> {
         let mut inner = self.inner();
         match inner.sessions.get(id) {
-            Some((csrf, end)) if *end > Instant::now() => Some(Session { id: id.to_string(), csrf: csrf.clone() }),
+            Some((csrf, end)) if *end > Instant::now() => {
+                Some(Session { id: id.to_string(), csrf: csrf.clone() })
+            }
             Some(_) => {
                 inner.sessions.remove(id);
                 None
@@ -173,7 +176,10 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
 
 /// Whether the request carries `session`'s CSRF token.
 pub(crate) fn csrf_matches(session: &Session, headers: &HeaderMap) -> bool {
-    headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|given| same_secret(&session.csrf, given))
+    headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|given| same_secret(&session.csrf, given))
 }
 
 #[cfg(test)]
@@ -252,7 +258,11 @@ mod tests {
             headers(&[("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")]),
             headers(&[("origin", "https://shop.example"), ("host", "shop.example")]),
             headers(&[("origin", "https://shop.example"), ("host", "shop.example:443")]),
-            headers(&[("origin", "https://Shop.example"), ("host", "10.0.0.5:8080"), ("x-forwarded-host", "shop.example")]),
+            headers(&[
+                ("origin", "https://Shop.example"),
+                ("host", "10.0.0.5:8080"),
+                ("x-forwarded-host", "shop.example"),
+            ]),
             headers(&[("origin", "http://[::1]:8080"), ("host", "[::1]:8080")]),
         ];
         for h in &ok {

@@ -180,7 +180,7 @@
 
   // the smallest 1, 2 or 5 × 10^k at or above v
   function niceCeil(v) {
-    if (!(v > 0)) return 1;
+    if (!(v > 0)) return 0.25;
     const p = 10 ** Math.floor(Math.log10(v));
     return [1, 2, 5, 10].map((m) => m * p).find((c) => c >= v);
   }
@@ -198,7 +198,7 @@
     const span = Math.min(HISTORY_MS, Math.max(60000, now - (samples.length ? samples[0].t : now)));
     const from = now - span;
     const values = series.flatMap((s) => s.points.filter(([t, v]) => t >= from && v !== null).map(([, v]) => v));
-    const top = niceCeil(Math.max(0, ...values) * 1.05);
+    const top = 4 * niceCeil((Math.max(0, ...values) * 1.05) / 4); // four round steps
     const x = (t) => PAD.left + ((t - from) / span) * (W - PAD.left - PAD.right);
     const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
     root.replaceChildren();
@@ -210,7 +210,7 @@
     const step = span <= 120000 ? 15000 : 60000;
     for (let back = 0; back <= span; back += step) {
       const label = back === 0 ? 'now' : step < 60000 ? `−${back / 1000}s` : `−${back / 60000}m`;
-      const anchor = back + step > span ? 'start' : 'middle';
+      const anchor = back === 0 ? 'end' : back + step > span ? 'start' : 'middle';
       root.append(svg('text', { x: x(now - back), y: H - 6, class: 'axis', 'text-anchor': anchor }, label));
     }
     series.forEach((s, i) => {
