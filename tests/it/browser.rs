@@ -78,14 +78,7 @@ impl Browser {
         let waiting: Waiting = Arc::default();
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         tokio::spawn(read_messages(BufReader::new(output), waiting.clone(), errors.clone()));
-        Browser {
-            child,
-            input: tokio::sync::Mutex::new(input),
-            waiting,
-            next_id: 1.into(),
-            errors,
-            profile,
-        }
+        Browser { child, input: tokio::sync::Mutex::new(input), waiting, next_id: 1.into(), errors, profile }
     }
 
     /// One protocol call, to the browser (`session` `None`) or to a page; its result.
@@ -116,7 +109,8 @@ impl Browser {
         let attached = self
             .call(None, "Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }))
             .await;
-        let page = Page { browser: self, session: attached["sessionId"].as_str().expect("a session").to_string() };
+        let page =
+            Page { browser: self, session: attached["sessionId"].as_str().expect("a session").to_string() };
         page.call("Runtime.enable", json!({})).await;
         page.call("Log.enable", json!({})).await;
         page.call("Page.enable", json!({})).await;
@@ -126,7 +120,8 @@ impl Browser {
 
     /// Ends Chromium and waits for it (bounded).
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.call(None, "Browser.close", json!({}))).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.call(None, "Browser.close", json!({}))).await;
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
@@ -164,7 +159,9 @@ async fn read_messages(
         let params = &message["params"];
         let error = match message["method"].as_str() {
             Some("Runtime.exceptionThrown") => Some(params["exceptionDetails"].to_string()),
-            Some("Log.entryAdded") if params["entry"]["level"] == "error" => Some(params["entry"].to_string()),
+            Some("Log.entryAdded") if params["entry"]["level"] == "error" => {
+                Some(params["entry"].to_string())
+            }
             Some("Runtime.consoleAPICalled") if params["type"] == "error" => Some(params["args"].to_string()),
             _ => None,
         };
@@ -210,7 +207,10 @@ impl Page<'_> {
             if ok["result"]["value"] == Value::Bool(true) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what} ({expression})");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what} ({expression})"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -251,7 +251,11 @@ impl Page<'_> {
     /// A PNG of the whole page.
     pub async fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;
-        let shot = self.call("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true })).await;
-        base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().expect("png data")).expect("base64")
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true }))
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("png data"))
+            .expect("base64")
     }
 }
