@@ -49,12 +49,12 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// What the dashboard needs.
 #[derive(Clone)]
 pub(crate) struct Admin {
-    pub(crate) shards: Shards,
-    pub(crate) ledger: LedgerSlot,
+    shards: Shards,
+    ledger: LedgerSlot,
     /// `None`: the dashboard is off.
-    pub(crate) token: Option<ApiToken>,
+    token: Option<ApiToken>,
     /// The latency of `POST /reserve` in this process.
-    pub(crate) latencies: Latencies,
+    latencies: Latencies,
     sessions: Sessions,
     books: Arc<feed::BooksCache>,
 }

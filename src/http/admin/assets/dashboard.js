@@ -337,17 +337,19 @@
 
     const fastest = Math.max(1, ...q.live_workers.map((w) => w.rate));
     $('workers-summary').textContent = `${q.live_workers.length} live · ${fmt(q.throughput)} events/s`;
-    fill('workers', q.live_workers, (w) => {
+    // the uptime in the rows, so that a row is redrawn when it changes
+    const workers = q.live_workers.map((w) => ({ ...w, up: ago(w.started_at, state.at) }));
+    fill('workers', workers, (w) => {
       const meter = document.createElement('meter');
       meter.max = fastest;
       meter.value = w.rate;
       return [
-        cell(w.id, 'id'), cell(w.pid), cell(ago(w.started_at, state.at)), cell(fmt(w.applied), 'n'),
+        cell(w.id, 'id'), cell(w.pid), cell(w.up), cell(fmt(w.applied), 'n'),
         cell(fmt(w.rejected), 'n'), cell(fmt(w.dead), 'n'), cell(fmt(w.rate), 'n'), cell(meter),
       ];
     });
 
-    renderDead(state.dead, state.at);
+    renderDead(state.dead);
     fill('outcomes', state.outcomes, (o) => [
       cell(time(o.at)), cell(o.event_id, 'id'), cell(badge(o.state || '?', o.state || '')), cell(o.product_id),
       cell(o.qty, 'n'), cell(o.buyer), cell(o.at && o.reserved_at ? `${fmt(o.at - o.reserved_at)} ms` : '–', 'n'),
@@ -359,7 +361,7 @@
     ]);
   }
 
-  function renderDead(dead, now) {
+  function renderDead(dead) {
     $('dead-summary').textContent = `${fmt(dead.total)} in all`;
     fill(
       'dead',
@@ -369,7 +371,7 @@
         if (d.event_id) actions.append(button('Requeue', 'requeue', d.event_id), button('Drop', 'drop', d.event_id));
         return [
           cell(d.event_id || d.entry, 'id'), cell(d.product_id), cell(d.qty, 'n'), cell(d.attempts, 'n'),
-          cell(d.failed_at ? `${ago(d.failed_at, now)} ago` : '–'), cell(d.reason, 'reason'), cell(actions, 'actions'),
+          cell(time(d.failed_at)), cell(d.reason, 'reason'), cell(actions, 'actions'),
         ];
       },
       (d) => (d.event_id ? { id: d.event_id } : {}),
