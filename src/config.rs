@@ -87,6 +87,10 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "STOCKQ_API_TOKEN", global = true, hide_env_values = true)]
     pub(crate) api_token: Option<String>,
 
+    /// Token that logs an operator in to the dashboard of `serve` (/admin); unset, the dashboard is off
+    #[arg(long, env = "STOCKQ_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+
     /// Log format
     #[arg(
         long,
@@ -174,6 +178,9 @@ pub struct HttpSettings {
     pub bind: std::net::IpAddr,
     /// The order service's bearer token; `None` when unset or empty (that API is off).
     pub api_token: Option<ApiToken>,
+    /// The operators' token for the dashboard; `None` when unset or empty (it is off). Its
+    /// own, so that the order service's secret is never typed into a browser.
+    pub admin_token: Option<ApiToken>,
 }
 
 impl Settings {
@@ -231,6 +238,7 @@ impl Settings {
                 port: args.port,
                 bind: args.bind,
                 api_token: ApiToken::new(args.api_token.as_deref()),
+                admin_token: ApiToken::new(args.admin_token.as_deref()),
             },
         })
     }
@@ -253,6 +261,7 @@ impl Settings {
             outcomes_maxlen: DEFAULT_OUTCOMES_MAXLEN,
             max_hold: default_duration(DEFAULT_MAX_HOLD),
             api_token: None,
+            admin_token: None,
             log_format: LogFormat::default(),
         })
     }
@@ -269,7 +278,8 @@ fn validate_records(args: &GlobalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The order-service API's bearer token. Kept out of `Debug` so settings can be logged.
+/// A secret token (the order-service API's, the dashboard's). Kept out of `Debug` so settings
+/// can be logged.
 #[derive(Clone)]
 pub struct ApiToken(String);
 
@@ -281,13 +291,18 @@ impl ApiToken {
 
     /// Whether `given` is the token, in time independent of where they differ.
     pub fn matches(&self, given: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), given.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for (i, x) in a.iter().enumerate() {
-            diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-        }
-        diff == 0
+        same_secret(&self.0, given)
     }
+}
+
+/// Whether `given` equals the secret `secret`, in time independent of where they differ.
+pub(crate) fn same_secret(secret: &str, given: &str) -> bool {
+    let (a, b) = (secret.as_bytes(), given.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
 }
 
 impl fmt::Debug for ApiToken {

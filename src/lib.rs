@@ -27,7 +27,8 @@
 //!
 //! Around it:
 //! - `admin/`: operators' actions (`stock`, `dead`, `stats`).
-//! - `http/`: `stockq serve` (`serve`), `/healthz` and `/metrics` (`health`).
+//! - `http/`: `stockq serve` (`serve`), `/healthz` and `/metrics` (`health`), the operators'
+//!   dashboard (`admin`).
 //! - `cli/`: the command line, one function per command.
 //! - `tools/`: the demo, the benchmark and the load generator.
 //! - `config`, `error`, `backoff`, `shutdown`, `telemetry`: what every part shares.

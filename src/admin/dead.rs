@@ -85,73 +85,75 @@ impl<'a> Listing<'a> {
     }
 }
 
-/// One shard's dead letters as they were when the sweep began, oldest first, a chunk at a
-/// time, for an action that removes some of them as it goes.
+/// The dead letters `which` selects, as they were when the sweep began: shard by shard, and
+/// oldest first within each, read a chunk at a time, for an action that removes some of them
+/// as it goes. Envelopes stockq did not write are never selected.
 ///
-/// The janitor adds dead letters at the head of the list; reading from the tail keeps the
+/// The janitor adds dead letters at the head of a list; reading from the tail keeps the
 /// positions still to read where they were meanwhile. What arrives after the start is left
 /// for the next run, so that `requeue --all` cannot chase entries that keep failing.
 struct Sweep<'a> {
-    queue: &'a Queue,
-    /// Envelopes present at the start and not read yet.
-    unread: usize,
+    queues: &'a [Queue],
+    which: &'a Selection,
+    /// The shard being swept.
+    shard: usize,
+    /// Envelopes of that shard present at its start and not read yet (`None`: not started).
+    unread: Option<usize>,
     /// Envelopes read and left in the list: they sit between the tail and the next chunk.
     kept: usize,
+    /// The envelopes of the last chunk not looked at yet, the oldest last.
+    chunk: Vec<Entry>,
+    found: u64,
 }
 
 impl<'a> Sweep<'a> {
-    async fn start(queue: &'a Queue) -> Result<Sweep<'a>> {
-        Ok(Sweep { queue, unread: queue.dead_len().await? as usize, kept: 0 })
+    fn new(shards: &'a Shards, which: &'a Selection) -> Sweep<'a> {
+        Sweep { queues: shards.all(), which, shard: 0, unread: None, kept: 0, chunk: Vec::new(), found: 0 }
     }
 
-    async fn next_chunk(&mut self) -> Result<Vec<Entry>> {
-        if self.unread == 0 {
-            return Ok(Vec::new());
-        }
-        let n = self.unread.min(CHUNK);
-        let (start, stop) = (-((self.kept + n) as isize), -((self.kept + 1) as isize));
-        let mut chunk = self.queue.dead_range(start, stop).await?;
-        self.unread = if chunk.is_empty() { 0 } else { self.unread - n };
-        chunk.reverse();
-        Ok(chunk)
-    }
-}
-
-/// Calls `act` on every dead letter `which` selects, oldest first, shard by shard; `act`
-/// answers whether the envelope has left the list. An event id that selects nothing is bad
-/// input. Envelopes stockq did not write are never selected.
-async fn sweep(
-    shards: &Shards,
-    which: &Selection,
-    mut act: impl AsyncFnMut(&Queue, DeadLetter) -> Result<bool>,
-) -> Result<()> {
-    let mut found = 0;
-    for queue in shards.all() {
-        let mut sweep = Sweep::start(queue).await?;
-        loop {
-            let chunk = sweep.next_chunk().await?;
-            if chunk.is_empty() {
-                break;
-            }
-            for raw in chunk {
-                let gone = match chosen(&raw, which) {
+    /// The next selected dead letter and its shard, or `None` when the sweep is done. The
+    /// caller takes it out of the list, unless it says [`Sweep::keep`].
+    async fn next(&mut self) -> Result<Option<(&'a Queue, DeadLetter)>> {
+        while let Some(queue) = self.queues.get(self.shard) {
+            if let Some(raw) = self.chunk.pop() {
+                match chosen(&raw, self.which) {
                     Some(letter) => {
-                        found += 1;
-                        act(queue, letter).await?
+                        self.found += 1;
+                        return Ok(Some((queue, letter)));
                     }
-                    None => false,
-                };
-                if !gone {
-                    sweep.kept += 1;
+                    None => self.kept += 1,
                 }
+                continue;
             }
+            let unread = match self.unread {
+                Some(unread) => unread,
+                None => queue.dead_len().await? as usize,
+            };
+            if unread == 0 {
+                (self.shard, self.unread, self.kept) = (self.shard + 1, None, 0);
+                continue;
+            }
+            let n = unread.min(CHUNK);
+            let (start, stop) = (-((self.kept + n) as isize), -((self.kept + 1) as isize));
+            self.chunk = queue.dead_range(start, stop).await?;
+            self.unread = Some(if self.chunk.is_empty() { 0 } else { unread - n });
         }
+        Ok(None)
     }
-    match which {
-        Selection::EventId(id) if found == 0 => {
-            Err(Error::usage(format!("no dead letter holds event {id:?} (see `stockq dead list`)")))
+
+    /// The letter last handed out stays in the list.
+    fn keep(&mut self) {
+        self.kept += 1;
+    }
+
+    /// Ends the sweep: an event id that selected nothing is bad input.
+    fn finish(self) -> Result<()> {
+        match self.which {
+            Selection::EventId(id) if self.found == 0 => {
+                Err(Error::usage(format!("no dead letter holds event {id:?} (see `stockq dead list`)")))
+            }
+            _ => Ok(()),
         }
-        _ => Ok(()),
     }
 }
 
@@ -167,16 +169,17 @@ fn chosen(raw: &[u8], which: &Selection) -> Option<DeadLetter> {
 /// events stay: they would only come straight back.
 pub(crate) async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, u64)> {
     let (mut moved, mut skipped) = (0, 0);
-    sweep(shards, which, async |queue: &Queue, letter: DeadLetter| {
+    let mut sweep = Sweep::new(shards, which);
+    while let Some((queue, letter)) = sweep.next().await? {
         if letter.event().is_none() {
             skipped += 1;
-            return Ok(false);
+            sweep.keep();
+            continue;
         }
         // not moved: another operator got to it first, and it has left the list all the same
         moved += u64::from(queue.dead_requeue(&letter.raw, &letter.entry).await?);
-        Ok(true)
-    })
-    .await?;
+    }
+    sweep.finish()?;
     Ok((moved, skipped))
 }
 
@@ -184,7 +187,8 @@ pub(crate) async fn requeue(shards: &Shards, which: &Selection) -> Result<(u64, 
 /// (dropped, units given back).
 pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) -> Result<(u64, i64)> {
     let (mut dropped, mut given) = (0, 0);
-    sweep(shards, which, async |queue: &Queue, letter: DeadLetter| {
+    let mut sweep = Sweep::new(shards, which);
+    while let Some((queue, letter)) = sweep.next().await? {
         let event = match letter.event() {
             Some(event) => {
                 let give_back = ledger.settle_dropped(&event).await?;
@@ -201,8 +205,7 @@ pub(crate) async fn drop(shards: &Shards, ledger: &Ledger, which: &Selection) ->
             dropped += 1;
             given += event.map_or(0, |d| d.give_back);
         }
-        Ok(true)
-    })
-    .await?;
+    }
+    sweep.finish()?;
     Ok((dropped, given))
 }

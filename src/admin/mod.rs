@@ -20,11 +20,11 @@ impl Page {
     }
 
     /// This page of `items`.
-    pub(crate) fn of<T>(&self, items: Vec<T>) -> Vec<T> {
-        let rest = items.into_iter().skip(self.offset);
+    pub(crate) fn slice<'a, T>(&self, items: &'a [T]) -> &'a [T] {
+        let rest = items.get(self.offset..).unwrap_or(&[]);
         match self.limit {
-            Some(n) => rest.take(n).collect(),
-            None => rest.collect(),
+            Some(n) => &rest[..n.min(rest.len())],
+            None => rest,
         }
     }
 }
@@ -35,10 +35,11 @@ mod tests {
 
     #[test]
     fn a_page_skips_then_takes_and_a_limit_of_0_takes_the_rest() {
-        let items = || (1..=10).collect::<Vec<_>>();
-        assert_eq!(Page::new(0, 3).of(items()), vec![1, 2, 3]);
-        assert_eq!(Page::new(8, 3).of(items()), vec![9, 10]);
-        assert_eq!(Page::new(4, 0).of(items()), vec![5, 6, 7, 8, 9, 10]);
-        assert_eq!(Page::new(10, 0).of(items()), Vec::<i32>::new());
+        let items: Vec<i32> = (1..=10).collect();
+        assert_eq!(Page::new(0, 3).slice(&items), [1, 2, 3]);
+        assert_eq!(Page::new(8, 3).slice(&items), [9, 10]);
+        assert_eq!(Page::new(4, 0).slice(&items), [5, 6, 7, 8, 9, 10]);
+        assert!(Page::new(10, 0).slice(&items).is_empty());
+        assert!(Page::new(11, 5).slice(&items).is_empty());
     }
 }

@@ -1,4 +1,8 @@
 //! `stockq stats`: what the queue holds, who works on it, and each product's books.
+//!
+//! Two parts, because they cost very differently: the [`Overview`] is a few Redis round
+//! trips (the dashboard polls it every second or two), the [`BooksPage`] comes from one
+//! consistency check over every product (about a second for 100,000).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -13,6 +17,15 @@ use crate::queue::{Heartbeat, Shards};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Stats {
+    #[serde(flatten)]
+    pub(crate) overview: Overview,
+    #[serde(flatten)]
+    pub(crate) books: BooksPage,
+}
+
+/// The queue's depths, workers and running totals, from Redis alone.
+#[derive(Debug, Serialize)]
+pub(crate) struct Overview {
     pub(crate) queue: String,
     pub(crate) pending: u64,
     pub(crate) processing: u64,
@@ -37,6 +50,11 @@ pub(crate) struct Stats {
     /// Running totals since the queue was created: applied, rejected, dead, requeued, ...,
     /// every one of them, 0 until it first moves.
     pub(crate) counters: BTreeMap<String, u64>,
+}
+
+/// A page of the books from one consistency check.
+#[derive(Debug, Serialize)]
+pub(crate) struct BooksPage {
     pub(crate) consistent: bool,
     /// Products the consistency check covered.
     pub(crate) products_total: usize,
@@ -45,13 +63,35 @@ pub(crate) struct Stats {
     /// The page of `products` shown: skipped products, and the most shown (0: all).
     pub(crate) offset: usize,
     pub(crate) limit: usize,
-    /// A page of the products' Redis, MySQL and in-flight figures, from one consistency
-    /// check, drifting first (largest delta first), then by product id.
+    /// A page of the products' Redis, MySQL and in-flight figures, drifting first (largest
+    /// delta first), then by product id.
     pub(crate) products: Vec<ProductBooks>,
 }
 
+impl BooksPage {
+    /// `page` of `sorted`, the products of one check in [`drifting_first`] order.
+    pub(crate) fn of(sorted: &[ProductBooks], page: Page) -> BooksPage {
+        let drifting_total = sorted.iter().take_while(|p| p.delta != 0).count();
+        BooksPage {
+            consistent: drifting_total == 0,
+            products_total: sorted.len(),
+            drifting_total,
+            offset: page.offset,
+            limit: page.limit.unwrap_or(0),
+            products: page.slice(sorted).to_vec(),
+        }
+    }
+}
+
 pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Result<Stats> {
-    let mut stats = Stats {
+    let overview = overview(shards).await?;
+    let report = check::check(shards, ledger).await?;
+    Ok(Stats { overview, books: BooksPage::of(&drifting_first(report.products), page) })
+}
+
+/// The queue's depths over every shard, its live workers and its running totals.
+pub(crate) async fn overview(shards: &Shards) -> Result<Overview> {
+    let mut o = Overview {
         queue: shards.all().iter().map(|q| q.keys().prefix()).collect::<Vec<_>>().join(","),
         pending: 0,
         processing: 0,
@@ -64,42 +104,31 @@ pub(crate) async fn collect(shards: &Shards, ledger: &Ledger, page: Page) -> Res
         live_workers: Vec::new(),
         throughput: 0.0,
         counters: BTreeMap::new(),
-        consistent: true,
-        products_total: 0,
-        drifting_total: 0,
-        offset: page.offset,
-        limit: page.limit.unwrap_or(0),
-        products: Vec::new(),
     };
     for queue in shards.all() {
         let depths = queue.depths().await?;
-        stats.pending += depths.pending;
-        stats.processing += depths.processing;
-        stats.dead += depths.dead;
-        stats.held += depths.held;
-        stats.cancelling += depths.cancelling;
-        stats.releasing += depths.releasing;
-        stats.oldest_pending_age_ms = stats.oldest_pending_age_ms.max(depths.oldest_pending_age_ms);
-        stats.claim_expires_in_ms = match (stats.claim_expires_in_ms, depths.claim_expires_in_ms) {
+        o.pending += depths.pending;
+        o.processing += depths.processing;
+        o.dead += depths.dead;
+        o.held += depths.held;
+        o.cancelling += depths.cancelling;
+        o.releasing += depths.releasing;
+        o.oldest_pending_age_ms = o.oldest_pending_age_ms.max(depths.oldest_pending_age_ms);
+        o.claim_expires_in_ms = match (o.claim_expires_in_ms, depths.claim_expires_in_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         for (name, n) in depths.counters {
-            *stats.counters.entry(name).or_default() += n;
+            *o.counters.entry(name).or_default() += n;
         }
     }
-    stats.live_workers = shards.first().live_workers().await?;
-    stats.throughput = stats.live_workers.iter().fold(0.0, |sum, w| sum + w.rate);
-    let report = check::check(shards, ledger).await?;
-    stats.consistent = report.is_consistent();
-    stats.products_total = report.products.len();
-    stats.drifting_total = report.drifts().count();
-    stats.products = page.of(drifting_first(report.products));
-    Ok(stats)
+    o.live_workers = shards.first().live_workers().await?;
+    o.throughput = o.live_workers.iter().fold(0.0, |sum, w| sum + w.rate);
+    Ok(o)
 }
 
 /// The products an operator needs to see first: the largest drift first, then by id.
-fn drifting_first(mut products: Vec<ProductBooks>) -> Vec<ProductBooks> {
+pub(crate) fn drifting_first(mut products: Vec<ProductBooks>) -> Vec<ProductBooks> {
     products.sort_unstable_by_key(|p| (Reverse(p.delta.unsigned_abs()), p.product_id));
     products
 }
@@ -108,18 +137,23 @@ fn drifting_first(mut products: Vec<ProductBooks>) -> Vec<ProductBooks> {
 mod tests {
     use super::*;
 
+    fn books(product_id: i64, delta: i64) -> ProductBooks {
+        ProductBooks { product_id, redis: Some(0), mysql: 0, in_flight: 0, expected_redis: 0, delta }
+    }
+
     #[test]
     fn the_largest_drift_either_way_comes_first_then_the_ids() {
-        let books = |product_id, delta: i64| ProductBooks {
-            product_id,
-            redis: Some(0),
-            mysql: 0,
-            in_flight: 0,
-            expected_redis: 0,
-            delta,
-        };
         let products = vec![books(1, 0), books(2, 3), books(3, i64::MIN), books(4, -3), books(5, 0)];
         let order: Vec<i64> = drifting_first(products).iter().map(|p| p.product_id).collect();
         assert_eq!(order, vec![3, 2, 4, 1, 5]);
+    }
+
+    #[test]
+    fn a_books_page_counts_the_drifting_products_of_the_whole_check() {
+        let sorted = drifting_first(vec![books(1, 0), books(2, 3), books(3, 0), books(4, -1)]);
+        let page = BooksPage::of(&sorted, Page::new(3, 2));
+        assert_eq!((page.products_total, page.drifting_total, page.consistent), (4, 2, false));
+        assert_eq!(page.products.iter().map(|p| p.product_id).collect::<Vec<_>>(), vec![3]);
+        assert!(BooksPage::of(&sorted[2..], Page::new(0, 0)).consistent);
     }
 }

@@ -56,7 +56,8 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
     }
 }
 
-pub(super) fn stats(s: &Stats) {
+pub(super) fn stats(stats: &Stats) {
+    let (s, b) = (&stats.overview, &stats.books);
     println!("queue        {}", s.queue);
     match s.oldest_pending_age_ms {
         Some(ms) if s.pending > 0 => {
@@ -82,19 +83,19 @@ pub(super) fn stats(s: &Stats) {
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("totals       {}", counters.join(", "));
-    if s.consistent {
-        println!("books        consistent, {} products", s.products_total);
+    if b.consistent {
+        println!("books        consistent, {} products", b.products_total);
     } else {
         println!(
             "books        DRIFT in {} of {} products (see stockq check)",
-            s.drifting_total, s.products_total
+            b.drifting_total, b.products_total
         );
     }
-    if s.offset > 0 {
-        println!("... {} products before these", s.offset);
+    if b.offset > 0 {
+        println!("... {} products before these", b.offset);
     }
     println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
-    for p in &s.products {
+    for p in &b.products {
         println!(
             "{:>12} {:>12} {:>12} {:>10} {:>+8}",
             p.product_id,
@@ -104,7 +105,7 @@ pub(super) fn stats(s: &Stats) {
             p.delta
         );
     }
-    let more = s.products_total.saturating_sub(s.offset + s.products.len());
+    let more = b.products_total.saturating_sub(b.offset + b.products.len());
     if more > 0 {
         println!("... and {more} more (stockq stats --limit 0 lists all)");
     }

@@ -29,7 +29,8 @@ pub(crate) fn clip(value: &str) -> String {
     clip_to(value, MAX_ECHO)
 }
 
-fn clip_to(value: &str, max: usize) -> String {
+/// `value` cut to at most `max` characters (and an ellipsis).
+pub(crate) fn clip_to(value: &str, max: usize) -> String {
     match value.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &value[..at]),
         None => value.to_string(),

@@ -6,6 +6,7 @@
 //! | `GET /reservations/<id>`, `POST /reservations/<id>/confirm`, `POST /reservations/<id>/cancel` | the order service's: see [`crate::http::reservations`] |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
+//! | `/admin`, `/admin/...` | the operators' dashboard, behind its own login: see [`crate::http::admin`] |
 //!
 //! Every error body is `{"error": "..."}` (see [`crate::http::answer`]). A reservation is one
 //! call of the reservation script over a multiplexed connection, so concurrent requests are
@@ -14,19 +15,20 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{ApiToken, Settings};
+use crate::config::{HttpSettings, Settings};
 use crate::error::{Error, Result};
+use crate::http::admin::{self, Admin, Latencies, time_reservations};
 use crate::http::answer::{clip, error};
 use crate::http::health::{self, Health, LedgerSlot};
 use crate::http::reservations::{self, Api, reserve_answer};
@@ -129,19 +131,26 @@ async fn get_stock(State(Front { shards, .. }): State<Front>, Path(id): Path<Str
 pub(crate) fn router(
     shards: Shards,
     ledger: LedgerSlot,
-    token: Option<ApiToken>,
+    http: &HttpSettings,
     max_hold: std::time::Duration,
 ) -> Router {
-    let api = Api { shards: shards.clone(), ledger: ledger.clone(), token };
+    let api = Api { shards: shards.clone(), ledger: ledger.clone(), token: http.api_token.clone() };
+    let latencies = Latencies::default();
+    let admin = Admin::new(shards.clone(), ledger.clone(), http.admin_token.clone(), latencies.clone());
     let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
+    let timed = middleware::from_fn_with_state(latencies, time_reservations);
     Router::new()
-        .route("/reserve", post(post_reserve))
+        .route("/reserve", post(post_reserve).layer(timed))
         .route("/stock/{id}", get(get_stock))
         .with_state(Front { shards, max_hold })
         .merge(reservations::routes(api))
         .merge(health::routes(health))
+        .merge(admin::routes(admin))
         .fallback(|| async {
-            error(StatusCode::NOT_FOUND, "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics")
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics, /admin",
+            )
         })
 }
 
@@ -155,7 +164,7 @@ pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Res
     let addr = SocketAddr::new(settings.http.bind, settings.http.port.unwrap_or(DEFAULT_PORT));
     let served = crate::http::listen::serve(
         addr,
-        router(shards, ledger, settings.http.api_token.clone(), settings.redis.max_hold),
+        router(shards, ledger, &settings.http, settings.redis.max_hold),
         shutdown.clone(),
     )
     .await;

@@ -1,6 +1,6 @@
 //! What the surfaces around the queue need beside an entry's life: its depths for `stats` and
-//! the metrics, a ping for `/healthz`, the alerts stream the janitor's check writes, and the
-//! reset of the demo and the benchmark.
+//! the metrics, a ping for `/healthz`, the alerts stream the janitor's check writes (and the
+//! dashboard reads), and the reset of the demo and the benchmark.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,6 +140,11 @@ impl Queue {
         }
         let mut conn = self.conn();
         bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// The latest `count` drifts in `{q}:alerts`, newest first.
+    pub(crate) async fn latest_alerts(&self, count: usize) -> Result<Vec<super::OutcomeEntry>> {
+        self.latest_entries("redis (alerts)", self.keys.alerts(), count).await
     }
 
     /// Deletes every key of the queue: the fixed ones, the heartbeats of the workers in the

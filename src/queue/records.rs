@@ -113,7 +113,8 @@ impl Record {
     }
 }
 
-/// One entry of `{q}:outcomes`: its stream id and fields, in order.
+/// One entry of `{q}:outcomes` (or of another of the queue's streams, `{q}:alerts`): its
+/// stream id and fields, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutcomeEntry {
     pub id: String,
@@ -143,17 +144,21 @@ impl Queue {
 
     /// The latest `count` outcomes, newest first (XREVRANGE).
     pub async fn latest_outcomes(&self, count: usize) -> Result<Vec<OutcomeEntry>> {
+        self.latest_entries("redis (outcomes)", self.keys.outcomes(), count).await
+    }
+
+    /// The latest `count` entries of the stream `key`, newest first (XREVRANGE).
+    pub(super) async fn latest_entries(
+        &self,
+        what: &'static str,
+        key: String,
+        count: usize,
+    ) -> Result<Vec<OutcomeEntry>> {
         let mut conn = self.conn();
         let raw: RawEntries = bounded(
-            "redis (outcomes)",
+            what,
             CALL_TIMEOUT,
-            redis::cmd("XREVRANGE")
-                .arg(self.keys.outcomes())
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn),
+            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(count).query_async(&mut conn),
         )
         .await?;
         Ok(entries(raw))

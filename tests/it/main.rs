@@ -5,8 +5,10 @@
 //! without trampling each other or a developer's data.
 
 mod books;
+mod browser;
 mod cli;
 mod cluster;
+mod dashboard;
 mod faults;
 mod foundation;
 mod helpers;

@@ -1,0 +1,265 @@
+//! The operators' dashboard at `/admin` (README "Dashboard"): the sale as charts and tables
+//! that update themselves, and the dead letters' requeue and drop.
+//!
+//! | route | answers |
+//! |---|---|
+//! | `GET /admin` | the dashboard with a live session, else the login form; 403 while `STOCKQ_ADMIN_TOKEN` is unset |
+//! | `POST /admin/login` `{"token"}` | 204 and the session cookie; 401 wrong token; 429 after too many wrong ones |
+//! | `POST /admin/logout` | 204, the session ended |
+//! | `GET /admin/api/state`, `GET /admin/api/books` | what the page polls ([`feed`]) |
+//! | `POST /admin/api/dead/<event_id>/requeue`, `.../drop` | the dead letters' actions ([`actions`]) |
+//! | `GET /admin/dashboard.js`, `/admin/dashboard.css` | the page's script and style |
+//!
+//! Everything the browser needs is in the binary (`assets/`): no build step, nothing fetched
+//! from elsewhere, which the Content-Security-Policy of every answer also forbids. Sessions
+//! and CSRF are in [`session`].
+
+mod actions;
+mod feed;
+mod latency;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+pub(crate) use self::latency::{Latencies, time_reservations};
+use self::session::{Session, Sessions};
+use crate::config::ApiToken;
+use crate::error::Error;
+use crate::http::answer::error;
+use crate::http::health::LedgerSlot;
+use crate::queue::Shards;
+
+const LOGIN_HTML: &str = include_str!("assets/login.html");
+const DASHBOARD_HTML: &str = include_str!("assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("assets/dashboard.css");
+
+/// Where the pages may load from: this server only, no inline script, no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// What the dashboard needs.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    shards: Shards,
+    ledger: LedgerSlot,
+    /// `None`: the dashboard is off.
+    token: Option<ApiToken>,
+    /// The latency of `POST /reserve` in this process.
+    latencies: Latencies,
+    sessions: Sessions,
+    books: Arc<feed::BooksCache>,
+}
+
+impl Admin {
+    pub(crate) fn new(
+        shards: Shards,
+        ledger: LedgerSlot,
+        token: Option<ApiToken>,
+        latencies: Latencies,
+    ) -> Admin {
+        Admin { shards, ledger, token, latencies, sessions: Sessions::default(), books: Arc::default() }
+    }
+
+    /// Refuses every admin route while no admin token is set, as the order service's API
+    /// does without its token.
+    fn refuse_when_off(&self) -> Option<Response> {
+        self.token.is_none().then(|| Refused::Off.into_response())
+    }
+
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        session::cookie_session(headers).and_then(|id| self.sessions.get(id))
+    }
+}
+
+/// The dashboard's routes.
+pub(crate) fn routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/admin", get(page))
+        .route("/admin/login", post(login))
+        .route("/admin/logout", post(logout))
+        .route("/admin/dashboard.js", get(script))
+        .route("/admin/dashboard.css", get(style))
+        .route("/admin/api/state", get(feed::state))
+        .route("/admin/api/books", get(feed::books))
+        .route("/admin/api/dead/{event_id}/requeue", post(actions::requeue))
+        .route("/admin/api/dead/{event_id}/drop", post(actions::drop))
+        .layer(axum::middleware::map_response(harden))
+        .with_state(admin)
+}
+
+/// Every admin answer: never cached, never framed, nothing loaded from elsewhere.
+async fn harden(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Why an admin request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// No admin token is set.
+    Off,
+    /// No live session.
+    LoggedOut,
+    /// An action whose `Origin` is another site's, or missing.
+    ForeignOrigin,
+    /// An action without its session's CSRF token.
+    NoCsrfToken,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Off => error(StatusCode::FORBIDDEN, "the dashboard is off: set STOCKQ_ADMIN_TOKEN"),
+            Refused::LoggedOut => error(StatusCode::UNAUTHORIZED, "log in at /admin first"),
+            Refused::ForeignOrigin => {
+                error(StatusCode::FORBIDDEN, "the request does not come from the dashboard's own origin")
+            }
+            Refused::NoCsrfToken => {
+                error(StatusCode::FORBIDDEN, "the request lacks the dashboard's CSRF token")
+            }
+        }
+    }
+}
+
+/// An operator logged in: the extractor of the routes that read.
+pub(super) struct Operator;
+
+impl FromRequestParts<Admin> for Operator {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Refused> {
+        logged_in(admin, &parts.headers).map(|_| Operator)
+    }
+}
+
+/// An operator's request to change something: a live session, from the dashboard's own
+/// origin, with the session's CSRF token. The extractor of the routes that act.
+pub(super) struct Action(Session);
+
+impl FromRequestParts<Admin> for Action {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Refused> {
+        let session = logged_in(admin, &parts.headers)?;
+        if !session::same_origin(&parts.headers) {
+            return Err(Refused::ForeignOrigin);
+        }
+        if !session::csrf_matches(&session, &parts.headers) {
+            return Err(Refused::NoCsrfToken);
+        }
+        Ok(Action(session))
+    }
+}
+
+/// The request's live session, unless the dashboard is off or there is none.
+fn logged_in(admin: &Admin, headers: &HeaderMap) -> Result<Session, Refused> {
+    if admin.token.is_none() {
+        return Err(Refused::Off);
+    }
+    admin.session(headers).ok_or(Refused::LoggedOut)
+}
+
+/// A failure of a store behind the dashboard: logged, and answered 503.
+fn unavailable(what: &'static str, e: Error) -> Response {
+    crate::http::serve::log_failure(what, &e);
+    error(StatusCode::SERVICE_UNAVAILABLE, format!("{}; try again", crate::error::one_line(&e.to_string())))
+}
+
+fn html(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+/// `GET /admin`: the dashboard, or the login form. The page carries its session's CSRF token
+/// for the script to send with each action.
+async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = admin.refuse_when_off() {
+        return refusal;
+    }
+    match admin.session(&headers) {
+        // a CSRF token is 64 hex digits: nothing in it needs escaping
+        Some(session) => html(DASHBOARD_HTML.replace("{{csrf}}", &session.csrf)),
+        None => html(LOGIN_HTML.to_string()),
+    }
+}
+
+async fn script(State(admin): State<Admin>) -> Response {
+    admin.refuse_when_off().unwrap_or_else(|| {
+        ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], DASHBOARD_JS).into_response()
+    })
+}
+
+async fn style(State(admin): State<Admin>) -> Response {
+    admin.refuse_when_off().unwrap_or_else(|| {
+        ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], DASHBOARD_CSS).into_response()
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    token: String,
+}
+
+/// `POST /admin/login` `{"token": "..."}`: a JSON body, which a form on another site cannot
+/// send, from the dashboard's own origin.
+async fn login(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Login>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(refusal) = admin.refuse_when_off() {
+        return refusal;
+    }
+    if !session::same_origin(&headers) {
+        return Refused::ForeignOrigin.into_response();
+    }
+    let axum::Json(Login { token }) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    if !admin.sessions.may_try_login() {
+        return error(StatusCode::TOO_MANY_REQUESTS, "too many wrong tokens; try again in a minute");
+    }
+    if !admin.token.as_ref().is_some_and(|t| t.matches(&token)) {
+        admin.sessions.login_failed();
+        tracing::warn!("dashboard: a login with a wrong token");
+        return error(StatusCode::UNAUTHORIZED, "wrong token");
+    }
+    if let Some(old) = session::cookie_session(&headers) {
+        admin.sessions.close(old);
+    }
+    let session = admin.sessions.open();
+    tracing::info!("dashboard: an operator logged in");
+    with_cookie(session::set_cookie(&session, &headers))
+}
+
+/// `POST /admin/logout`
+async fn logout(State(admin): State<Admin>, Action(session): Action, headers: HeaderMap) -> Response {
+    admin.sessions.close(&session.id);
+    with_cookie(session::clear_cookie(&headers))
+}
+
+fn with_cookie(cookie: String) -> Response {
+    match HeaderValue::try_from(cookie) {
+        Ok(cookie) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot write the session cookie"),
+    }
+}
