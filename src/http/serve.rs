@@ -2,7 +2,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used; 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
+//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used (with the reservation's `state` when the API's bearer token is given); 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
 //! | `GET /reservations/<id>` | the order service's: see [`crate::http::reservations`] |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -61,7 +61,8 @@ pub(crate) fn log_failure(what: &'static str, e: &Error) {
 }
 
 async fn post_reserve(
-    State(shards): State<Shards>,
+    State(api): State<Api>,
+    headers: HeaderMap,
     body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>,
 ) -> Response {
     let axum::Json(req) = match body {
@@ -88,8 +89,10 @@ async fn post_reserve(
     // the id exists before Redis is called, so that a 503 can tell which id to retry with
     let buyer = req.buyer.as_deref();
     let result =
-        reserve_for(shards.for_product(req.product_id), req.product_id, req.qty, &event_id, buyer).await;
-    reserve_answer(Asked { product_id: req.product_id, qty: req.qty, buyer }, &event_id, result)
+        reserve_for(api.shards.for_product(req.product_id), req.product_id, req.qty, &event_id, buyer).await;
+    let order_service = reservations::has_token(api.token.as_ref(), &headers);
+    let asked = Asked { product_id: req.product_id, qty: req.qty, buyer };
+    reserve_answer(asked, &event_id, order_service, result)
 }
 
 async fn get_stock(State(shards): State<Shards>, Path(id): Path<String>) -> Response {
@@ -114,7 +117,7 @@ pub(crate) fn router(shards: Shards, ledger: LedgerSlot, token: Option<ApiToken>
     let api = Api { shards: shards.clone(), ledger: ledger.clone(), token };
     let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
     Router::new()
-        .route("/reserve", post(post_reserve))
+        .route("/reserve", post(post_reserve).with_state(api.clone()))
         .route("/stock/{id}", get(get_stock))
         .with_state(shards)
         .merge(reservations::routes(api))

@@ -335,3 +335,37 @@ async fn http_replays_and_the_order_service_api() {
     assert_eq!(code, 403, "{body}");
     let _ = crate::helpers::terminate(&mut serve).await;
 }
+
+/// "event id already used" tells the state of the reservation holding the id only to the
+/// order service (the API's bearer token): a shopper, or a wrong token, learns nothing more.
+#[tokio::test]
+async fn http_id_used_tells_the_state_only_with_the_token() {
+    let env = TestEnv::new().await;
+    env.stock(4, 10).await;
+    let (mut serve, port) = start_serve(&env, "s3cret").await;
+    let first = r#"{"product_id": 4, "qty": 1, "event_id": "u-1", "buyer": "eve"}"#;
+    let (code, _) = http(port, "POST", "/reserve", None, Some(first)).await;
+    assert_eq!(code, 201);
+    let reuse = r#"{"product_id": 4, "qty": 3, "event_id": "u-1", "buyer": "eve"}"#;
+    for token in [None, Some("wrong"), Some(""), Some("s3cre")] {
+        let (code, body) = http(port, "POST", "/reserve", token, Some(reuse)).await;
+        assert_eq!((code, body["error"].as_str()), (409, Some("event id already used")), "{token:?}");
+        assert_eq!(body.get("state"), None, "{token:?}: {body}");
+    }
+    let (code, body) = http(port, "POST", "/reserve", Some("s3cret"), Some(reuse)).await;
+    assert_eq!(
+        (code, body["error"].as_str(), body["state"].as_str()),
+        (409, Some("event id already used"), Some("queued"))
+    );
+    env.drain(10).await;
+    let (code, body) = http(port, "POST", "/reserve", Some("s3cret"), Some(reuse)).await;
+    assert_eq!((code, body["state"].as_str()), (409, Some("applied")), "{body}");
+    assert_eq!(env.redis_stock(4).await, Some(9), "nothing taken by the refused reuses");
+    let _ = crate::helpers::terminate(&mut serve).await;
+
+    // with the API off, no token opens it
+    let (mut serve, port) = start_serve(&env, "").await;
+    let (code, body) = http(port, "POST", "/reserve", Some(""), Some(reuse)).await;
+    assert_eq!((code, body.get("state")), (409, None), "{body}");
+    let _ = crate::helpers::terminate(&mut serve).await;
+}
