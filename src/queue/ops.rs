@@ -12,6 +12,8 @@ use crate::error::{Result, bounded};
 
 /// Entries kept in `{q}:alerts` (approximately: trimmed with `MAXLEN ~`).
 const ALERTS_MAX_LEN: usize = 10_000;
+/// Keys a SCAN step of the reset looks at, and records a step unlinks at most.
+const RESET_SCAN_COUNT: usize = 1000;
 
 /// One shard's list lengths, oldest claim and running totals.
 pub struct Depths {
@@ -103,10 +105,11 @@ impl Queue {
         bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Deletes every key of the queue: the fixed ones, the heartbeats of the workers in the
-    /// registry and the stock of `product_ids`. The keys are named, not scanned for: SCAN
-    /// would visit one node of a cluster only.
-    pub(crate) async fn reset(&self, product_ids: &[i64]) -> Result<()> {
+    /// Deletes every key of the queue: the fixed ones (the outcome stream among them), the
+    /// heartbeats of the workers in the registry, the stock of `product_ids` and every
+    /// reservation record. The fixed and per-product keys are named; the records, one per
+    /// reservation, are found with SCAN on the server that holds the queue's slot.
+    pub async fn reset(&self, product_ids: &[i64]) -> Result<()> {
         let k = &self.keys;
         let mut conn = self.conn();
         let workers: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, conn.smembers(k.workers())).await?;
@@ -116,6 +119,28 @@ impl Queue {
         for chunk in keys.chunks(1000) {
             bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
         }
-        Ok(())
+        self.unlink_records().await
+    }
+
+    /// Unlinks every reservation record `{q}:r:*`, a SCAN step (COUNT 1000) and one UNLINK
+    /// of what it found at a time, so that Redis is never busy for long. Never KEYS: it would
+    /// stop Redis for as long as it walks the whole keyspace.
+    async fn unlink_records(&self) -> Result<()> {
+        let pattern = format!("{}*", self.keys.record(""));
+        let mut conn = self.conn();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(RESET_SCAN_COUNT);
+            let (next, found): (u64, Vec<String>) =
+                bounded("redis (reset)", CALL_TIMEOUT, conn.query_at(self.keys.prefix(), &scan)).await?;
+            if !found.is_empty() {
+                bounded("redis (reset)", CALL_TIMEOUT, conn.unlink::<_, ()>(&found)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }

@@ -369,3 +369,54 @@ async fn http_id_used_tells_the_state_only_with_the_token() {
     assert_eq!((code, body.get("state")), (409, None), "{body}");
     let _ = crate::helpers::terminate(&mut serve).await;
 }
+
+/// Every key of the queue, found with SCAN.
+async fn queue_keys(env: &TestEnv) -> Vec<String> {
+    let mut c = env.redis.clone();
+    let mut iter: redis::AsyncIter<String> = c.scan_match(format!("{{{}}}:*", env.name)).await.unwrap();
+    let mut keys = Vec::new();
+    while let Some(key) = iter.next_item().await {
+        keys.push(key.unwrap());
+    }
+    keys
+}
+
+/// The reset of `demo` and `bench` empties the queue whole: its records (more of them than
+/// one SCAN step looks at) and its outcome stream go too, so that the next run starts with no
+/// stale outcome and may reuse an event id. Another queue's records stay.
+#[tokio::test]
+async fn a_reset_forgets_the_records_and_the_outcomes() {
+    use futures::StreamExt;
+    const EVENTS: usize = 2_500;
+    let env = TestEnv::new().await;
+    env.stock(1, 10_000).await;
+    let env_ref = &env;
+    futures::stream::iter(0..EVENTS)
+        .for_each_concurrent(32, |i| async move {
+            env_ref.reserve_ok(1, 1, &format!("again-{i}")).await;
+        })
+        .await;
+    env.drain(100).await;
+    // live records too: queued, without a TTL
+    for i in 0..10 {
+        env.reserve_ok(1, 1, &format!("live-{i}")).await;
+    }
+    assert_eq!(outcomes(&env).await.len(), EVENTS);
+    assert!(queue_keys(&env).await.len() > EVENTS, "a record per reservation");
+    let elsewhere = format!("{{{}x}}:r:again-1", env.name);
+    let mut c = env.redis.clone();
+    let () = c.hset(&elsewhere, "state", "queued").await.unwrap();
+
+    env.queue.reset(&[1]).await.unwrap();
+    let left = queue_keys(&env).await;
+    let kept: Option<String> = c.hget(&elsewhere, "state").await.unwrap();
+    let _: i64 = c.del(&elsewhere).await.unwrap();
+    assert!(left.is_empty(), "keys left after the reset: {:?}", &left[..left.len().min(5)]);
+    assert_eq!(kept.as_deref(), Some("queued"), "another queue's record is not the reset's business");
+    assert!(env.queue.latest_outcomes(10).await.unwrap().is_empty());
+
+    // the next run may use the same ids: a fresh reservation, not "event id already used"
+    let () = c.set(env.key("stock:1"), 5).await.unwrap();
+    let again = stockq::reserve(&env.queue, 1, 1, "again-1").await.unwrap();
+    assert!(matches!(again, Reservation::Reserved { .. }), "{again:?}");
+}
