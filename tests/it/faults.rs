@@ -31,7 +31,7 @@ use crate::helpers::{TestEnv, send_signal};
 
 /// A redis-server child process on a private port with its own AOF directory. Dropping it
 /// SIGKILLs the server and removes the directory (also when the test panics).
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<std::process::Child>,
@@ -39,7 +39,7 @@ struct RedisServer {
 
 impl RedisServer {
     /// Starts a server on a random free port in 20000..40000 (retrying on a clash).
-    async fn start() -> RedisServer {
+    pub(crate) async fn start() -> RedisServer {
         let dir = std::env::temp_dir().join(format!("stockq-faults-redis-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("create the redis temp dir");
         let mut server = RedisServer { port: 0, dir, child: None };
@@ -56,7 +56,7 @@ impl RedisServer {
         panic!("could not start a private redis-server on a free port");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -103,7 +103,7 @@ impl RedisServer {
     }
 
     /// SIGKILLs the server and reaps it.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -111,11 +111,11 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port and directory (it replays its AOF).
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         assert!(self.launch().await, "redis-server could not be restarted on port {}", self.port);
     }
 
-    fn aof_dir_exists(&self) -> bool {
+    pub(crate) fn aof_dir_exists(&self) -> bool {
         self.dir.join("appendonlydir").is_dir()
     }
 }
