@@ -68,7 +68,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lrange +lpush +rpush +rpop +lrem \
     +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
-    +smembers +xadd +hmget +hset +pexpire +xrevrange +xread +scan +unlink";
+    +smembers +xadd +hmget +hset +pexpire +xrevrange +xread +scan +unlink +xrange";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub(crate) type Entry = Vec<u8>;
