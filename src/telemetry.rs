@@ -288,16 +288,32 @@ pub(crate) mod metrics {
     pub(crate) const BUILD_INFO: &str = "stockq_build_info";
 
     /// Every value of the `result` label of [`RESERVATIONS`]; `error`: no answer from Redis.
-    pub(crate) const RESERVATION_RESULTS: &[&str] =
-        &["reserved", "replayed", "id_used", "sold_out", "unknown_product", "limit", "buyer_required", "error"];
+    pub(crate) const RESERVATION_RESULTS: &[&str] = &[
+        "reserved",
+        "replayed",
+        "id_used",
+        "sold_out",
+        "unknown_product",
+        "limit",
+        "buyer_required",
+        "error",
+    ];
     /// Every value of the `result` label of [`CHECKS`]; `error`: the check could not run.
     pub(crate) const CHECK_RESULTS: &[&str] = &["consistent", "drift", "error"];
     /// Every value of the `store` label of [`STORE_ERRORS`].
     const STORES: &[&str] = &["redis", "mysql"];
     /// The counters without labels.
-    const COUNTERS: &[&str] =
-        &[
-        APPLIED, REJECTED, DUPLICATES, REDELIVERED, DEAD_LETTERED, REQUEUED, ADOPTED, RECONNECTS, CANCELLED, RELEASED,
+    const COUNTERS: &[&str] = &[
+        APPLIED,
+        REJECTED,
+        DUPLICATES,
+        REDELIVERED,
+        DEAD_LETTERED,
+        REQUEUED,
+        ADOPTED,
+        RECONNECTS,
+        CANCELLED,
+        RELEASED,
         EXPIRED,
     ];
     /// The gauges the queue sampler sets; NaN while Redis does not answer it.

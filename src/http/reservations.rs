@@ -24,8 +24,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The answer to `POST /reserve`. `event_id` is the id the reservation was tried under: a 503
 /// carries it, because the reservation may have been taken and only a retry under the same id
-/// is safe.
-pub(crate) fn reserve_answer(asked: Asked<'_>, event_id: &str, result: Result<Reservation>) -> Response {
+/// is safe. `order_service` says whether the request carried the API's bearer token: only
+/// then does "event id already used" tell the state of the reservation holding the id.
+pub(crate) fn reserve_answer(
+    asked: Asked<'_>,
+    event_id: &str,
+    order_service: bool,
+    result: Result<Reservation>,
+) -> Response {
     let reservation = match result {
         Ok(reservation) => reservation,
         Err(Error::Usage(message)) => return error(StatusCode::BAD_REQUEST, message),
@@ -52,6 +58,10 @@ pub(crate) fn reserve_answer(asked: Asked<'_>, event_id: &str, result: Result<Re
                 .into_response()
         }
         // the state is the order service's business: shoppers only learn that the id is taken
+        Reservation::IdUsed { state } if order_service => {
+            (StatusCode::CONFLICT, axum::Json(json!({ "error": "event id already used", "state": state })))
+                .into_response()
+        }
         Reservation::IdUsed { .. } => error(StatusCode::CONFLICT, "event id already used"),
         Reservation::LimitReached { limit, .. } => {
             (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({ "error": "buyer limit", "limit": limit })))
@@ -82,19 +92,25 @@ pub(crate) fn routes(api: Api) -> Router {
         .with_state(api)
 }
 
-/// `None` when the request may go on; else the refusal.
-fn refuse_unauthorized(token: Option<&ApiToken>, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = token else {
-        return Some(error(StatusCode::FORBIDDEN, "the order-service API is off: set STOCKQ_API_TOKEN"));
-    };
+/// Whether the request carries `Authorization: Bearer <token>` with the API's token (never
+/// when the API is off).
+pub(crate) fn has_token(token: Option<&ApiToken>, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if token.matches(given) => None,
-        _ => Some(error(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is required")),
+    matches!((token, given), (Some(token), Some(given)) if token.matches(given))
+}
+
+/// `None` when the request may go on; else the refusal.
+fn refuse_unauthorized(token: Option<&ApiToken>, headers: &HeaderMap) -> Option<Response> {
+    if token.is_none() {
+        return Some(error(StatusCode::FORBIDDEN, "the order-service API is off: set STOCKQ_API_TOKEN"));
     }
+    if has_token(token, headers) {
+        return None;
+    }
+    Some(error(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is required"))
 }
 
 async fn get_reservation(

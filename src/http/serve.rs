@@ -2,7 +2,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?, "hold": "15m"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used; 429 buyer limit; 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
+//! | `POST /reserve` `{"product_id": 42, "qty": 1, "event_id": "order-1"?, "buyer": "b-7"?, "hold": "15m"?}` | 201 the status object with `remaining`; 200 with `"replayed": true` for a retry; 409 sold out or event id already used (with the reservation's `state` when the API's bearer token is given); 429 buyer limit; 404 unknown product; 400 bad input; 503 `{"error", "event_id"}` |
 //! | `GET /reservations/<id>`, `POST /reservations/<id>/confirm`, `POST /reservations/<id>/cancel` | the order service's: see [`crate::http::reservations`] |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{HttpSettings, Settings};
+use crate::config::{ApiToken, HttpSettings, Settings};
 use crate::error::{Error, Result};
 use crate::http::admin::{self, Admin, Latencies, time_reservations};
 use crate::http::answer::{clip, error};
@@ -56,6 +56,8 @@ struct ReserveRequest {
 struct Front {
     shards: Shards,
     max_hold: std::time::Duration,
+    /// The order-service API's token: a 409 tells the reservation's state to its holder only.
+    token: Option<ApiToken>,
 }
 
 /// MySQL serves `/healthz` only.
@@ -72,7 +74,8 @@ pub(crate) fn log_failure(what: &'static str, e: &Error) {
 }
 
 async fn post_reserve(
-    State(Front { shards, max_hold }): State<Front>,
+    State(Front { shards, max_hold, token }): State<Front>,
+    headers: HeaderMap,
     body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>,
 ) -> Response {
     let axum::Json(req) = match body {
@@ -107,7 +110,9 @@ async fn post_reserve(
     let buyer = req.buyer.as_deref();
     let request = Request { product_id: req.product_id, qty: req.qty, event_id: &event_id, buyer, hold };
     let result = reserve_held(shards.for_product(req.product_id), request).await;
-    reserve_answer(Asked { product_id: req.product_id, qty: req.qty, buyer }, &event_id, result)
+    let order_service = reservations::has_token(token.as_ref(), &headers);
+    let asked = Asked { product_id: req.product_id, qty: req.qty, buyer };
+    reserve_answer(asked, &event_id, order_service, result)
 }
 
 async fn get_stock(State(Front { shards, .. }): State<Front>, Path(id): Path<String>) -> Response {
@@ -142,7 +147,7 @@ pub(crate) fn router(
     Router::new()
         .route("/reserve", post(post_reserve).layer(timed))
         .route("/stock/{id}", get(get_stock))
-        .with_state(Front { shards, max_hold })
+        .with_state(Front { shards, max_hold, token: http.api_token.clone() })
         .merge(reservations::routes(api))
         .merge(health::routes(health))
         .merge(admin::routes(admin))

@@ -12,6 +12,8 @@ use crate::error::{Result, bounded};
 
 /// Entries kept in `{q}:alerts` (approximately: trimmed with `MAXLEN ~`).
 const ALERTS_MAX_LEN: usize = 10_000;
+/// Keys a SCAN step of the reset looks at, and records a step unlinks at most.
+const RESET_SCAN_COUNT: usize = 1000;
 
 /// The running totals of `{q}:counters` that the scripts keep. [`Queue::depths`] reports each
 /// of them, 0 until it first moves, so that a reader sees every total whether or not it has
@@ -63,25 +65,45 @@ impl Queue {
     pub async fn depths(&self) -> Result<Depths> {
         let keys = &self.keys;
         let mut conn = self.conn();
-        type Reply =
-            (u64, u64, u64, Option<Vec<u8>>, Vec<(Vec<u8>, f64)>, BTreeMap<String, u64>, (u64, u64), u64, u64, u64);
-        let (pending, processing, dead, oldest_pending, earliest_claim, counters, time, held, cancelling, releasing): Reply =
-            bounded("redis (stats)", CALL_TIMEOUT, async {
-                redis::pipe()
-                    .llen(keys.pending())
-                    .llen(keys.processing())
-                    .llen(keys.dead())
-                    .lindex(keys.pending(), -1)
-                    .zrange_withscores(keys.claims(), 0, 0)
-                    .hgetall(keys.counters())
-                    .cmd("TIME")
-                    .zcard(keys.holds())
-                    .scard(keys.cancels())
-                    .llen(keys.releases())
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        type Reply = (
+            u64,
+            u64,
+            u64,
+            Option<Vec<u8>>,
+            Vec<(Vec<u8>, f64)>,
+            BTreeMap<String, u64>,
+            (u64, u64),
+            u64,
+            u64,
+            u64,
+        );
+        let (
+            pending,
+            processing,
+            dead,
+            oldest_pending,
+            earliest_claim,
+            counters,
+            time,
+            held,
+            cancelling,
+            releasing,
+        ): Reply = bounded("redis (stats)", CALL_TIMEOUT, async {
+            redis::pipe()
+                .llen(keys.pending())
+                .llen(keys.processing())
+                .llen(keys.dead())
+                .lindex(keys.pending(), -1)
+                .zrange_withscores(keys.claims(), 0, 0)
+                .hgetall(keys.counters())
+                .cmd("TIME")
+                .zcard(keys.holds())
+                .scard(keys.cancels())
+                .llen(keys.releases())
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
         let now_ms = (time.0 * 1000 + time.1 / 1000) as i64;
         let oldest_pending_age_ms =
             oldest_pending.as_deref().and_then(reserved_at).map(|at| u64::try_from(now_ms - at).unwrap_or(0));
@@ -147,10 +169,11 @@ impl Queue {
         self.latest_entries("redis (alerts)", self.keys.alerts(), count).await
     }
 
-    /// Deletes every key of the queue: the fixed ones, the heartbeats of the workers in the
-    /// registry and the stock of `product_ids`. The keys are named, not scanned for: SCAN
-    /// would visit one node of a cluster only.
-    pub(crate) async fn reset(&self, product_ids: &[i64]) -> Result<()> {
+    /// Deletes every key of the queue: the fixed ones (the outcome stream among them), the
+    /// heartbeats of the workers in the registry, the stock of `product_ids` and every
+    /// reservation record. The fixed and per-product keys are named; the records, one per
+    /// reservation, are found with SCAN on the server that holds the queue's slot.
+    pub async fn reset(&self, product_ids: &[i64]) -> Result<()> {
         let k = &self.keys;
         let mut conn = self.conn();
         let workers: Vec<String> = bounded("redis (reset)", CALL_TIMEOUT, conn.smembers(k.workers())).await?;
@@ -160,7 +183,29 @@ impl Queue {
         for chunk in keys.chunks(1000) {
             bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
         }
-        Ok(())
+        self.unlink_records().await
+    }
+
+    /// Unlinks every reservation record `{q}:r:*`, a SCAN step (COUNT 1000) and one UNLINK
+    /// of what it found at a time, so that Redis is never busy for long. Never KEYS: it would
+    /// stop Redis for as long as it walks the whole keyspace.
+    async fn unlink_records(&self) -> Result<()> {
+        let pattern = format!("{}*", self.keys.record(""));
+        let mut conn = self.conn();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(RESET_SCAN_COUNT);
+            let (next, found): (u64, Vec<String>) =
+                bounded("redis (reset)", CALL_TIMEOUT, conn.query_at(self.keys.prefix(), &scan)).await?;
+            if !found.is_empty() {
+                bounded("redis (reset)", CALL_TIMEOUT, conn.unlink::<_, ()>(&found)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }
 

@@ -164,6 +164,31 @@ impl Queue {
         Ok(entries(raw))
     }
 
+    /// Up to `count` outcomes after stream id `after` (`None`: from the first), oldest first
+    /// (XRANGE with an exclusive start): a reader pages through the stream with the last id
+    /// of each page.
+    pub(crate) async fn outcomes_after(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<OutcomeEntry>> {
+        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
+        let mut conn = self.conn();
+        let raw: RawEntries = bounded(
+            "redis (outcomes)",
+            CALL_TIMEOUT,
+            redis::cmd("XRANGE")
+                .arg(self.keys.outcomes())
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(entries(raw))
+    }
+
     /// Outcomes appended after stream id `after`, waiting up to `wait` for the first one
     /// (XREAD BLOCK on the waiter's dedicated connection).
     pub async fn next_outcomes(

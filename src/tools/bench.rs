@@ -10,6 +10,12 @@
 //! 4. read each worker's CPU time and peak resident memory from /proc, stop it with SIGTERM,
 //!    and check that the books balance.
 //!
+//! Then the steady run: with the worker processes already running, reservations are offered
+//! at a fixed rate (`--rate`, by default half the batched throughput just measured) for
+//! `--rate-for`, and the time from each reservation to its outcome (`at − reserved_at`, both
+//! stamped by Redis) is read back from the outcome stream: what an order service waits for
+//! its answer when the system is busy but not saturated.
+//!
 //! It is a measurement, not a test: nothing fails because the machine was slow.
 
 use std::time::{Duration, Instant};
@@ -56,6 +62,12 @@ pub(crate) struct BenchArgs {
     /// One JSON object per run on stdout instead of the table
     #[arg(long)]
     json: bool,
+    /// Reservations per second offered in the steady run [default: half the batched throughput]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// How long the steady run offers reservations (0s: no steady run)
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    rate_for: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +85,31 @@ struct Run {
     worker_rss_early_kib: u64,
     worker_rss_end_kib: u64,
     consistent: bool,
+}
+
+/// The steady run: reservations offered at a fixed rate while the workers run.
+#[derive(Debug, Serialize)]
+struct SteadyRun {
+    run: &'static str,
+    mode: &'static str,
+    batch: usize,
+    offered_per_s: u64,
+    events: u64,
+    /// The rate the producer reached (below `offered_per_s` when it could not keep up).
+    reservations_per_s: f64,
+    reserve_latency: Latency,
+    /// Outcome entries the latency below was measured over (one per reservation).
+    outcomes: u64,
+    to_outcome: ToOutcome,
+    consistent: bool,
+}
+
+/// Reservation-to-outcome latency in milliseconds (Redis stamps both ends to the ms).
+#[derive(Debug, Default, Serialize)]
+struct ToOutcome {
+    p50_ms: u64,
+    p99_ms: u64,
+    max_ms: u64,
 }
 
 pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
@@ -96,21 +133,33 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
         None => vec!["uniform", "hot"],
     };
     let mut all_consistent = true;
+    let mut batched_rates = Vec::new();
     for mode in modes {
-        all_consistent &= bench_mode(&settings, &shards, &ledger, args, mode).await?;
+        let (consistent, batched_rate) = bench_mode(&settings, &shards, &ledger, args, mode).await?;
+        all_consistent &= consistent;
+        batched_rates.push((mode, batched_rate));
+    }
+    if !args.rate_for.is_zero() {
+        // uniform, unless only hot was asked for
+        let (mode, batched_rate) = batched_rates[0];
+        let rate = args.rate.unwrap_or_else(|| (batched_rate / 2.0).round().max(1.0) as u64);
+        let steady = steady_run(&settings, &shards, &ledger, args, mode, rate).await?;
+        all_consistent &= steady.consistent;
+        print_steady(&steady, args);
     }
     Ok(if all_consistent { 0 } else { 1 })
 }
 
 /// The runs of one mode: the chosen batch size, then (unless `--no-single`) one event per
-/// transaction, compared with it. Returns whether every run's books balanced.
+/// transaction, compared with it. Returns whether every run's books balanced, and the
+/// events/s of the chosen batch size.
 async fn bench_mode(
     settings: &Settings,
     shards: &Shards,
     ledger: &Ledger,
     args: &BenchArgs,
     mode: &'static str,
-) -> Result<bool> {
+) -> Result<(bool, f64)> {
     let mut consistent = true;
     let mut batched_rate = None;
     let mut shapes = vec![(args.batch, args.events)];
@@ -121,11 +170,11 @@ async fn bench_mode(
         let run = one_run(settings, shards, ledger, args, mode, batch, events).await?;
         consistent &= run.consistent;
         print_run(&run, args, batched_rate);
-        if batch != 1 {
+        if batch != 1 || batched_rate.is_none() {
             batched_rate = Some(run.applied_per_s);
         }
     }
-    Ok(consistent)
+    Ok((consistent, batched_rate.unwrap_or_default()))
 }
 
 fn print_header(idle: &Latency) {
@@ -230,6 +279,130 @@ async fn one_run(
         worker_rss_end_kib: usage.rss_end_kib,
         consistent,
     })
+}
+
+/// The steady run: a fresh queue and database, the worker processes started and announced,
+/// then `rate` reservations a second for `--rate-for`, drained; the reservation-to-outcome
+/// latency is read from the outcome stream afterwards.
+async fn steady_run(
+    settings: &Settings,
+    shards: &Shards,
+    ledger: &Ledger,
+    args: &BenchArgs,
+    mode: &'static str,
+    rate: u64,
+) -> Result<SteadyRun> {
+    let hot = mode == "hot";
+    let products = if hot { 1 } else { 100 };
+    let events = ((rate as f64 * args.rate_for.as_secs_f64()).ceil() as u64).max(1);
+    prepare(shards, ledger, products, events as i64 + 1).await?;
+    let workers = start_workers(settings, args, args.batch)?;
+    let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
+    wait_for_workers(shards, &pids).await?;
+    let options = ProduceOptions {
+        events,
+        products,
+        qty: 1,
+        hot,
+        rate: Some(rate),
+        in_flight: produce::DEFAULT_IN_FLIGHT,
+        progress: false,
+    };
+    let started = Instant::now();
+    let produced = produce::produce(shards, &options).await?;
+    wait_for_drain(shards, None, events, started).await?;
+    stop_workers(workers).await;
+    let consistent = crate::check::check(shards, ledger).await?.is_consistent();
+    let (outcomes, to_outcome) = to_outcome(shards).await?;
+    Ok(SteadyRun {
+        run: "steady",
+        mode,
+        batch: args.batch,
+        offered_per_s: rate,
+        events,
+        reservations_per_s: produced.per_second(),
+        reserve_latency: produced.latency,
+        outcomes,
+        to_outcome,
+        consistent,
+    })
+}
+
+/// Waits (up to 10 s) until every worker process has announced itself, so that the first
+/// reservations offered do not wait for workers to start.
+async fn wait_for_workers(shards: &Shards, pids: &[u32]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let live = shards.first().live_workers().await?;
+        if pids.iter().all(|pid| live.iter().any(|beat| beat.pid == *pid)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Outcome entries read per XRANGE call.
+const OUTCOMES_PAGE: usize = 10_000;
+
+/// `at − reserved_at` of every outcome on the queue's streams (emptied before the run), read
+/// a page at a time: how many, and their percentiles.
+async fn to_outcome(shards: &Shards) -> Result<(u64, ToOutcome)> {
+    let mut samples = Vec::new();
+    for queue in shards.all() {
+        let mut after: Option<String> = None;
+        loop {
+            let page = queue.outcomes_after(after.as_deref(), OUTCOMES_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            samples.extend(page.iter().filter_map(|o| {
+                let at: i64 = o.get("at")?.parse().ok()?;
+                let reserved_at: i64 = o.get("reserved_at")?.parse().ok()?;
+                Some(at.saturating_sub(reserved_at).max(0) as u64)
+            }));
+        }
+    }
+    let count = samples.len() as u64;
+    // the same percentiles as the reservations', taken of milliseconds
+    let l = Latency::from_samples(samples);
+    Ok((count, ToOutcome { p50_ms: l.p50_us, p99_ms: l.p99_us, max_ms: l.max_us }))
+}
+
+fn print_steady(run: &SteadyRun, args: &BenchArgs) {
+    if args.json {
+        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        return;
+    }
+    let l = &run.reserve_latency;
+    let o = &run.to_outcome;
+    println!(
+        "steady run: {} reservations/s offered for {}s ({}), with the workers running",
+        run.offered_per_s,
+        args.rate_for.as_secs_f64(),
+        if args.rate.is_some() { "--rate" } else { "half the batched throughput" }
+    );
+    println!(
+        "{:<8} {:>6} {:>8} {:>11} {:>22} {:>9} {:>24} {:>8}",
+        "mode",
+        "batch",
+        "events",
+        "reserve/s",
+        "reserve p50/p99/p99.9",
+        "outcomes",
+        "to outcome p50/p99/max",
+        "books"
+    );
+    println!(
+        "{:<8} {:>6} {:>8} {:>11.0} {:>22} {:>9} {:>24} {:>8}",
+        run.mode,
+        run.batch,
+        run.events,
+        run.reservations_per_s,
+        format!("{}/{}/{}us", l.p50_us, l.p99_us, l.p999_us),
+        run.outcomes,
+        format!("{}/{}/{}ms", o.p50_ms, o.p99_ms, o.max_ms),
+        if run.consistent { "balanced" } else { "DRIFT" }
+    );
 }
 
 /// Steps 1 and 2: a fresh queue and database with enough stock for every event, then the

@@ -392,7 +392,8 @@ pub(crate) fn own_queue(queue: &str, suffix: &str) -> String {
     format!("{queue}-{suffix}")
 }
 
-/// Empties a queue's keys (every shard) and the database's tables.
+/// Empties a queue's keys (every shard: its records and outcomes too) and the database's
+/// tables, so that a new run starts from nothing and may reuse its event ids.
 pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
     let products = ledger.product_ids().await?;
     for queue in shards.all() {

@@ -115,7 +115,7 @@ impl RedisServer {
         assert!(self.launch().await, "redis-server could not be restarted on port {}", self.port);
     }
 
-    fn aof_dir_exists(&self) -> bool {
+    pub(crate) fn aof_dir_exists(&self) -> bool {
         self.dir.join("appendonlydir").is_dir()
     }
 }

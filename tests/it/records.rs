@@ -1,7 +1,9 @@
 //! Reservation records, replays, status and the outcome stream (README "Following outcomes").
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -9,6 +11,7 @@ use stockq::Reservation;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::RedisServer;
 use crate::helpers::{TestEnv, send_signal};
 
 /// Every entry of the test queue's outcome stream, oldest first, as field maps.
@@ -340,4 +343,275 @@ async fn http_replays_and_the_order_service_api() {
     let (code, body) = http(port, "GET", "/reservations/h-1", Some(""), None).await;
     assert_eq!(code, 403, "{body}");
     let _ = crate::helpers::terminate(&mut serve).await;
+}
+
+/// "event id already used" tells the state of the reservation holding the id only to the
+/// order service (the API's bearer token): a shopper, or a wrong token, learns nothing more.
+#[tokio::test]
+async fn http_id_used_tells_the_state_only_with_the_token() {
+    let env = TestEnv::new().await;
+    env.stock(4, 10).await;
+    let (mut serve, port) = start_serve(&env, "s3cret").await;
+    let first = r#"{"product_id": 4, "qty": 1, "event_id": "u-1", "buyer": "eve"}"#;
+    let (code, _) = http(port, "POST", "/reserve", None, Some(first)).await;
+    assert_eq!(code, 201);
+    let reuse = r#"{"product_id": 4, "qty": 3, "event_id": "u-1", "buyer": "eve"}"#;
+    for token in [None, Some("wrong"), Some(""), Some("s3cre")] {
+        let (code, body) = http(port, "POST", "/reserve", token, Some(reuse)).await;
+        assert_eq!((code, body["error"].as_str()), (409, Some("event id already used")), "{token:?}");
+        assert_eq!(body.get("state"), None, "{token:?}: {body}");
+    }
+    let (code, body) = http(port, "POST", "/reserve", Some("s3cret"), Some(reuse)).await;
+    assert_eq!(
+        (code, body["error"].as_str(), body["state"].as_str()),
+        (409, Some("event id already used"), Some("queued"))
+    );
+    env.drain(10).await;
+    let (code, body) = http(port, "POST", "/reserve", Some("s3cret"), Some(reuse)).await;
+    assert_eq!((code, body["state"].as_str()), (409, Some("applied")), "{body}");
+    assert_eq!(env.redis_stock(4).await, Some(9), "nothing taken by the refused reuses");
+    let _ = crate::helpers::terminate(&mut serve).await;
+
+    // with the API off, no token opens it
+    let (mut serve, port) = start_serve(&env, "").await;
+    let (code, body) = http(port, "POST", "/reserve", Some(""), Some(reuse)).await;
+    assert_eq!((code, body.get("state")), (409, None), "{body}");
+    let _ = crate::helpers::terminate(&mut serve).await;
+}
+
+/// Every key of the queue, found with SCAN.
+async fn queue_keys(env: &TestEnv) -> Vec<String> {
+    let mut c = env.redis.clone();
+    let mut iter: redis::AsyncIter<String> = c.scan_match(format!("{{{}}}:*", env.name)).await.unwrap();
+    let mut keys = Vec::new();
+    while let Some(key) = iter.next_item().await {
+        keys.push(key.unwrap());
+    }
+    keys
+}
+
+/// The reset of `demo` and `bench` empties the queue whole: its records (more of them than
+/// one SCAN step looks at) and its outcome stream go too, so that the next run starts with no
+/// stale outcome and may reuse an event id. Another queue's records stay.
+#[tokio::test]
+async fn a_reset_forgets_the_records_and_the_outcomes() {
+    use futures::StreamExt;
+    const EVENTS: usize = 2_500;
+    let env = TestEnv::new().await;
+    env.stock(1, 10_000).await;
+    let env_ref = &env;
+    futures::stream::iter(0..EVENTS)
+        .for_each_concurrent(32, |i| async move {
+            env_ref.reserve_ok(1, 1, &format!("again-{i}")).await;
+        })
+        .await;
+    env.drain(100).await;
+    // live records too: queued, without a TTL
+    for i in 0..10 {
+        env.reserve_ok(1, 1, &format!("live-{i}")).await;
+    }
+    assert_eq!(outcomes(&env).await.len(), EVENTS);
+    assert!(queue_keys(&env).await.len() > EVENTS, "a record per reservation");
+    let elsewhere = format!("{{{}x}}:r:again-1", env.name);
+    let mut c = env.redis.clone();
+    let () = c.hset(&elsewhere, "state", "queued").await.unwrap();
+
+    env.queue.reset(&[1]).await.unwrap();
+    let left = queue_keys(&env).await;
+    let kept: Option<String> = c.hget(&elsewhere, "state").await.unwrap();
+    let _: i64 = c.del(&elsewhere).await.unwrap();
+    assert!(left.is_empty(), "keys left after the reset: {:?}", &left[..left.len().min(5)]);
+    assert_eq!(kept.as_deref(), Some("queued"), "another queue's record is not the reset's business");
+    assert!(env.queue.latest_outcomes(10).await.unwrap().is_empty());
+
+    // the next run may use the same ids: a fresh reservation, not "event id already used"
+    let () = c.set(env.key("stock:1"), 5).await.unwrap();
+    let again = stockq::reserve(&env.queue, 1, 1, "again-1").await.unwrap();
+    assert!(matches!(again, Reservation::Reserved { .. }), "{again:?}");
+}
+
+/// Waits until `probe` holds, polling every 50 ms for at most `within`; false if it never did.
+async fn within<F, Fut>(within: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The outcome stream across a Redis restart: a private Redis with AOF (`appendfsync
+/// always`), worker processes SIGKILLed until the janitor has re-queued some of their claims,
+/// then Redis itself SIGKILLed and started again on its AOF, all while reservations flow.
+/// Every reserved event is announced exactly once and its record ends in that state; an event
+/// whose answer was lost to the outage is announced once if Redis kept it and never if not;
+/// MySQL logs each once; `stockq check` finds the stores consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_stream_survives_killed_workers_and_a_redis_restart() {
+    const PRODUCTS: i64 = 5;
+    const PROGRESS: usize = 200;
+    let mut server = RedisServer::start().await;
+    let mut env = TestEnv::with_redis(&server.url(), |s| {
+        s.delivery.visibility_timeout = Duration::from_secs(1);
+        s.janitor.interval = Duration::from_millis(200);
+        s.janitor.check_interval = Duration::from_millis(500);
+        s.delivery.max_attempts = 1000;
+    })
+    .await;
+    for p in 1..=PRODUCTS {
+        env.stock(p, 100_000).await;
+    }
+    let mut janitor = env.spawn(&["janitor"]);
+    let worker_args = ["worker", "--batch", "5"];
+    let mut workers = [env.spawn(&worker_args), env.spawn(&worker_args)];
+
+    // what the reserver was told: reserved, or no answer (Redis down: taken or not)
+    let reserved: Mutex<Vec<String>> = Mutex::default();
+    let uncertain: Mutex<Vec<String>> = Mutex::default();
+    let stop = AtomicBool::new(false);
+    let mut kills = 0;
+    let mut outage = Duration::ZERO;
+    {
+        let (env, reserved, uncertain, stop) = (&env, &reserved, &uncertain, &stop);
+        let (workers, server, kills, outage) = (&mut workers, &mut server, &mut kills, &mut outage);
+        let reserver = async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(3));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let id = format!("aof-{i}");
+                match stockq::reserve(&env.queue, 1 + i % PRODUCTS, 1, &id).await {
+                    Ok(Reservation::Reserved { .. }) => reserved.lock().unwrap().push(id),
+                    Ok(other) => panic!("reserve {id}: {other:?} (stock is ample)"),
+                    Err(_) => uncertain.lock().unwrap().push(id),
+                }
+                i += 1;
+            }
+        };
+        let chaos = async move {
+            let answered = || reserved.lock().unwrap().len();
+            let progress = |what: &'static str, mark: (usize, i64)| async move {
+                env.eventually(Duration::from_secs(20), what, || async {
+                    reserved.lock().unwrap().len() >= mark.0 + PROGRESS
+                        && env.log_rows().await >= mark.1 + PROGRESS as i64
+                })
+                .await;
+            };
+            progress("reservations applied", (0, 0)).await;
+            // SIGKILL workers in turn until the janitor has re-queued what one of them held
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let victim = &mut workers[*kills % 2];
+                send_signal(victim.id().expect("worker running"), "KILL");
+                let _ = tokio::time::timeout(Duration::from_secs(10), victim.wait()).await;
+                *victim = env.spawn(&worker_args);
+                *kills += 1;
+                // a claim is re-queued one visibility timeout after it was made
+                let requeued = within(Duration::from_secs(3), || async {
+                    env.hget_i64("counters", b"requeued").await > 0
+                })
+                .await;
+                if requeued {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no claim re-queued after {kills} worker kills");
+            }
+            // Redis SIGKILLed and started again on its AOF, under load
+            let mark = (answered(), env.log_rows().await);
+            server.kill();
+            let killed = Instant::now();
+            // the fault itself: Redis stays down this long
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            server.restart().await;
+            *outage = killed.elapsed();
+            progress("reservations and applications to resume after the restart", mark).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(reserver, chaos);
+    }
+    assert!(server.aof_dir_exists(), "the server ran with an AOF");
+    // the test's own plain connection died with the first server
+    env.redis = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    env.eventually(Duration::from_secs(30), "pending, processing and claims empty", || async {
+        env.len("pending").await == 0 && env.len("processing").await == 0 && env.zcard("claims").await == 0
+    })
+    .await;
+    for w in workers.iter_mut().chain([&mut janitor]) {
+        let _ = crate::helpers::terminate(w).await;
+    }
+
+    let reserved = reserved.into_inner().unwrap();
+    let uncertain = uncertain.into_inner().unwrap();
+    let mut told: HashMap<String, Vec<String>> = HashMap::new();
+    let stream = outcomes(&env).await;
+    for o in &stream {
+        told.entry(o["event_id"].clone()).or_default().push(o["state"].clone());
+    }
+    let logged: HashMap<String, String> =
+        sqlx::query_as("SELECT event_id, CAST(status AS CHAR) FROM stock_log")
+            .fetch_all(&env.mysql)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut states = redis::pipe();
+    for id in &reserved {
+        states.hget(env.key(&format!("r:{id}")), "state");
+    }
+    let mut c = env.redis.clone();
+    let states: Vec<Option<String>> = states.query_async(&mut c).await.unwrap();
+
+    let wrong: Vec<_> = reserved
+        .iter()
+        .zip(&states)
+        .filter(|(id, state)| {
+            told.get(*id).map(Vec::as_slice) != Some(&["applied".to_string()][..])
+                || state.as_deref() != Some("applied")
+                || logged.get(*id).map(String::as_str) != Some("applied")
+        })
+        .map(|(id, state)| (id, told.get(id), state, logged.get(id)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} reserved events not announced exactly once as applied, with their record and \
+         stock_log row saying so (id, outcomes, record, stock_log), e.g. {:?}",
+        wrong.len(),
+        reserved.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let mut kept = 0;
+    for id in &uncertain {
+        let announced = told.get(id).map_or(0, Vec::len);
+        assert!(announced <= 1, "{id} announced {announced} times");
+        assert_eq!(
+            announced == 1,
+            logged.contains_key(id),
+            "{id}: outcomes {:?} stock_log {:?}",
+            told.get(id),
+            logged.get(id)
+        );
+        kept += announced;
+    }
+    assert_eq!(stream.len(), reserved.len() + kept, "an outcome for no reservation made");
+    assert_eq!(logged.len(), stream.len(), "one stock_log row per announced event");
+    assert_eq!(env.len("dead").await, 0);
+    env.assert_books_balance().await;
+    let (code, out, err) = env.run(&["check"]).await;
+    assert_eq!(code, 0, "stockq check: {out}{err}");
+    eprintln!(
+        "outcomes across a Redis restart: {} reserved, {} answers lost ({kept} kept by Redis), \
+         {kills} worker kills, requeued {}, Redis down {outage:?}",
+        reserved.len(),
+        uncertain.len(),
+        env.hget_i64("counters", b"requeued").await
+    );
 }
