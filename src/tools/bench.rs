@@ -35,6 +35,11 @@ use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport};
 pub(crate) const BENCH: &str = "bench";
 /// Far longer than the largest benchmark takes to drain: past it, the workers are stuck.
 const DRAIN_WITHIN: Duration = Duration::from_secs(600);
+/// The highest `--rate`, and the longest `--rate-for`.
+const MAX_RATE: u64 = 10_000_000;
+const MAX_RATE_FOR: Duration = Duration::from_secs(600);
+/// The most reservations a steady run may offer (each keeps its latency sample in memory).
+const MAX_STEADY_EVENTS: f64 = 50_000_000.0;
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -63,7 +68,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Reservations per second offered in the steady run [default: half the batched throughput]
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_RATE))]
     rate: Option<u64>,
     /// How long the steady run offers reservations (0s: no steady run)
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
@@ -118,7 +123,13 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     }
     crate::worker::WorkerOptions { batch: args.batch, concurrency: args.concurrency, ..Default::default() }
         .validate()?;
-    let settings = crate::tools::demo::own_settings(settings, BENCH)?;
+    if args.rate_for > MAX_RATE_FOR {
+        return Err(Error::usage("--rate-for must be at most 10m"));
+    }
+    if let Some(rate) = args.rate {
+        steady_events(rate, args.rate_for)?;
+    }
+        let settings = crate::tools::demo::own_settings(settings, BENCH)?;
     ledger::migrate(&settings).await?;
     let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 2).await?;
@@ -294,7 +305,7 @@ async fn steady_run(
 ) -> Result<SteadyRun> {
     let hot = mode == "hot";
     let products = if hot { 1 } else { 100 };
-    let events = ((rate as f64 * args.rate_for.as_secs_f64()).ceil() as u64).max(1);
+    let events = steady_events(rate, args.rate_for)?;
     prepare(shards, ledger, products, events as i64 + 1).await?;
     let workers = start_workers(settings, args, args.batch)?;
     let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
@@ -326,6 +337,17 @@ async fn steady_run(
         to_outcome,
         consistent,
     })
+}
+
+/// How many reservations a steady run offers: `rate` a second for `rate_for`.
+fn steady_events(rate: u64, rate_for: Duration) -> Result<u64> {
+    let events = (rate as f64 * rate_for.as_secs_f64()).ceil();
+    if events > MAX_STEADY_EVENTS {
+        return Err(Error::usage(format!(
+            "--rate x --rate-for offers {events:.0} reservations; at most {MAX_STEADY_EVENTS:.0}"
+        )));
+    }
+    Ok((events as u64).max(1))
 }
 
 /// Waits (up to 10 s) until every worker process has announced itself, so that the first

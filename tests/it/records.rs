@@ -379,15 +379,27 @@ async fn http_id_used_tells_the_state_only_with_the_token() {
     let _ = crate::helpers::terminate(&mut serve).await;
 }
 
-/// Every key of the queue, found with SCAN.
+/// Every key of the queue, found with SCAN (in large steps: the shared Redis may hold many
+/// keys of other work).
 async fn queue_keys(env: &TestEnv) -> Vec<String> {
     let mut c = env.redis.clone();
-    let mut iter: redis::AsyncIter<String> = c.scan_match(format!("{{{}}}:*", env.name)).await.unwrap();
-    let mut keys = Vec::new();
-    while let Some(key) = iter.next_item().await {
-        keys.push(key.unwrap());
+    let (mut cursor, mut keys) = (0u64, Vec::new());
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{}}}:*", env.name))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.extend(found);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
     }
-    keys
 }
 
 /// The reset of `demo` and `bench` empties the queue whole: its records (more of them than
@@ -410,10 +422,11 @@ async fn a_reset_forgets_the_records_and_the_outcomes() {
     for i in 0..10 {
         env.reserve_ok(1, 1, &format!("live-{i}")).await;
     }
-    assert_eq!(outcomes(&env).await.len(), EVENTS);
+    let mut c = env.redis.clone();
+    let told: usize = redis::cmd("XLEN").arg(env.key("outcomes")).query_async(&mut c).await.unwrap();
+    assert_eq!(told, EVENTS);
     assert!(queue_keys(&env).await.len() > EVENTS, "a record per reservation");
     let elsewhere = format!("{{{}x}}:r:again-1", env.name);
-    let mut c = env.redis.clone();
     let () = c.hset(&elsewhere, "state", "queued").await.unwrap();
 
     env.queue.reset(&[1]).await.unwrap();
