@@ -72,8 +72,9 @@ if string.sub(KEYS[5], -#record_suffix) ~= record_suffix then
 end
 
 -- state, product_id, qty, buyer, seq, reserved_at, updated_at, deadline
-local r = redis.call('HMGET', KEYS[5], 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at',
-  'updated_at', 'deadline')
+-- EXISTS first: most event ids are fresh, and it costs less than reading eight missing fields
+local r = redis.call('EXISTS', KEYS[5]) == 1 and redis.call('HMGET', KEYS[5], 'state', 'product_id',
+  'qty', 'buyer', 'seq', 'reserved_at', 'updated_at', 'deadline') or {}
 if r[1] then
   local state = r[1]
   local live = state == 'queued' or state == 'dead' or state == 'applied' or state == 'held'
@@ -109,9 +110,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local remaining = redis.call('DECRBY', KEYS[1], qty)
 local seq = redis.call('INCR', KEYS[3])
-redis.call('HINCRBY', KEYS[4], product_id, qty)
-local fields = {'state', 'queued', 'product_id', product_id, 'qty', qty_arg, 'seq', seq,
-  'reserved_at', now, 'updated_at', now}
+redis.call('HINCRBY', KEYS[4], product_id, qty_arg)
+-- as strings once: Lua formats a number with sprintf each time it is passed or joined
+local now_s, seq_s = tostring(now), tostring(seq)
+local fields = {'state', 'queued', 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
+  'reserved_at', now_s, 'updated_at', now_s}
 if buyer ~= '' then
   fields[#fields + 1] = 'buyer'
   fields[#fields + 1] = buyer
@@ -139,6 +142,6 @@ if deadline == 0 then
   if buyer ~= '' then buyer_field = ',"buyer":"' .. buyer .. '"' end
   redis.call('LPUSH', KEYS[2],
     '{"event_id":"' .. event_id .. '","product_id":' .. product_id ..
-    ',"qty":' .. qty_arg .. ',"seq":' .. seq .. buyer_field .. ',"at":' .. now .. '}')
+    ',"qty":' .. qty_arg .. ',"seq":' .. seq_s .. buyer_field .. ',"at":' .. now_s .. '}')
 end
 return {1, seq, remaining, now, deadline}

@@ -58,34 +58,36 @@
 local d, g, x, c = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
 local record_base = 11 + g
 
--- targets[i] = {entry, kind, extra}; wanted[entry] = stack of target indexes
-local targets, wanted = {}, {}
-local function want(entry, kind, extra)
-  local i = #targets + 1
-  targets[i] = {entry, kind, extra}
-  local stack = wanted[entry]
-  if not stack then
-    stack = {}
-    wanted[entry] = stack
+-- Target i is entry[i] of kind[i] ('ack', 'give', 'dead' or 'drop') with extra[i] (the
+-- ARGV index of its own arguments) and ending[i] (the ARGV index of its 8 ending arguments);
+-- wanted[entry] = stack of target indexes. Flat arrays: a table per event costs more than
+-- the work it describes.
+local entry, kind, extra, ending, wanted = {}, {}, {}, {}, {}
+local n = 0
+local function want(a, k, e)
+  n = n + 1
+  local v = ARGV[a]
+  entry[n], kind[n], extra[n], ending[n] = v, k, a, e
+  local stack = wanted[v]
+  if stack then
+    stack[#stack + 1] = n
+  else
+    wanted[v] = {n}
   end
-  stack[#stack + 1] = i
 end
--- ending[i] = the index in ARGV of target i's 8 ending arguments
-local ending = {}
 local a = 8
-for i = 1, d do want(ARGV[a], 'ack', {ARGV[a + 1], ARGV[a + 2]}); ending[#targets] = a + 3; a = a + 11 end
-for i = 1, g do
-  want(ARGV[a], 'give', {11 + i, ARGV[a + 2], ARGV[a + 1], ARGV[a + 3]}); ending[#targets] = a + 4; a = a + 12
-end
-for i = 1, x do want(ARGV[a], 'dead', ARGV[a + 1]); ending[#targets] = a + 2; a = a + 10 end
-for i = 1, c do want(ARGV[a], 'drop', nil); ending[#targets] = a + 1; a = a + 9 end
+for i = 1, d do want(a, 'ack', a + 3); a = a + 11 end
+for i = 1, g do want(a, 'give', a + 4); a = a + 12 end
+for i = 1, x do want(a, 'dead', a + 2); a = a + 10 end
+for i = 1, c do want(a, 'drop', a + 1); a = a + 9 end
 
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- as a string once: Lua formats a number with sprintf each time it is passed or joined
+local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local tombstone = '\0stockq:settled\0' .. t[1] .. '.' .. t[2]
 local found = {}
-local remaining = #targets
-local start, window = 0, math.max(4 * #targets, 256)
+local remaining = n
+local start, window = 0, math.max(2 * n, 256)
 while remaining > 0 do
   local chunk = redis.call('LRANGE', KEYS[1], start, start + window - 1)
   if #chunk == 0 then break end
@@ -101,7 +103,7 @@ while remaining > 0 do
   start = start + #chunk
   window = window * 2
 end
-if remaining < #targets then
+if remaining < n then
   redis.call('LREM', KEYS[1], 0, tombstone)
 end
 
@@ -121,20 +123,21 @@ end
 -- Records the end of target i's reservation and announces it on the outcome stream.
 -- Returns true when the reservation was cancelled meanwhile: its stock and in-flight units
 -- are back already, so the caller gives nothing back.
-local function announce(i, kind, extra)
+local function announce(i)
   local e = ending[i]
   local event_id, seq, state, reason = ARGV[e], ARGV[e + 3], ARGV[e + 6], ARGV[e + 7]
   if event_id == '' then return false end
+  local k = kind[i]
   local record = KEYS[record_base + i]
   local r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
   local cancelled = false
   if r[1] and r[1] == seq then
     if r[2] == 'cancelling' then
-      if kind == 'dead' then
+      if k == 'dead' then
         -- still cancelled: dead_drop.lua and dead_requeue.lua keep it so
-        redis.call('HSET', record, 'envelope', extra, 'updated_at', now)
+        redis.call('HSET', record, 'envelope', ARGV[extra[i] + 1], 'updated_at', now)
         return true
-      elseif kind == 'ack' then
+      elseif k == 'ack' then
         -- the deduction committed before the cancel could stop it: release it
         redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
         redis.call('RPUSH', KEYS[10], '{"event_id":"' .. event_id .. '","product_id":' ..
@@ -147,29 +150,30 @@ local function announce(i, kind, extra)
         redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
       end
     elseif r[2] == 'queued' or r[2] == 'dead' then
-      redis.call('HSET', record, 'state', state, 'updated_at', now)
       if state == 'dead' then
-        redis.call('HSET', record, 'envelope', extra)
+        redis.call('HSET', record, 'state', state, 'updated_at', now, 'envelope', ARGV[extra[i] + 1])
       else
-        redis.call('HDEL', record, 'envelope')
+        redis.call('HSET', record, 'state', state, 'updated_at', now)
+        -- only a dead letter carries its envelope
+        if r[2] == 'dead' then redis.call('HDEL', record, 'envelope') end
         redis.call('PEXPIRE', record, ARGV[5])
       end
-      if kind == 'give' then untally(record, ARGV[e + 1], r[4], r[3]) end
+      if k == 'give' then untally(record, ARGV[e + 1], r[4], r[3]) end
     else
       -- already told (a copy of the same entry pushed by hand): say it once
       return false
     end
   end
   local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1], 'qty', ARGV[e + 2]}
-  local optional = {'seq', seq, 'buyer', ARGV[e + 4], 'reason', reason, 'reserved_at', ARGV[e + 5]}
-  for k = 1, #optional, 2 do
-    if optional[k + 1] ~= '' then
-      fields[#fields + 1] = optional[k]
-      fields[#fields + 1] = optional[k + 1]
-    end
-  end
-  fields[#fields + 1] = 'at'
-  fields[#fields + 1] = now
+  local f = 8
+  if seq ~= '' then fields[f + 1] = 'seq'; fields[f + 2] = seq; f = f + 2 end
+  local buyer = ARGV[e + 4]
+  if buyer ~= '' then fields[f + 1] = 'buyer'; fields[f + 2] = buyer; f = f + 2 end
+  if reason ~= '' then fields[f + 1] = 'reason'; fields[f + 2] = reason; f = f + 2 end
+  local reserved_at = ARGV[e + 5]
+  if reserved_at ~= '' then fields[f + 1] = 'reserved_at'; fields[f + 2] = reserved_at; f = f + 2 end
+  fields[f + 1] = 'at'
+  fields[f + 2] = now
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
   return cancelled
 end
@@ -180,38 +184,41 @@ local function settle(product_id, counted)
   local n = tonumber(counted)
   if n > 0 then uncount[product_id] = (uncount[product_id] or 0) + n end
 end
-for i, target in ipairs(targets) do
+for i = 1, n do
   if found[i] then
-    local entry, kind, extra = target[1], target[2], target[3]
-    claims[#claims + 1] = entry
-    local cancelled = announce(i, kind, extra)
-    if kind == 'ack' then
-      settle(extra[1], extra[2])
-      settled[#settled + 1] = entry
+    local k, v, a = kind[i], entry[i], extra[i]
+    claims[#claims + 1] = v
+    local cancelled = announce(i)
+    if k == 'ack' then
+      settle(ARGV[a + 1], ARGV[a + 2])
+      settled[#settled + 1] = v
       acked = acked + 1
-    elseif kind == 'give' then
+    elseif k == 'give' then
       if not cancelled then
-        redis.call('INCRBY', KEYS[extra[1]], extra[2])
-        settle(extra[3], extra[4])
-        given = given + tonumber(extra[2])
+        local qty = ARGV[a + 2]
+        redis.call('INCRBY', KEYS[11 + i - d], qty)
+        settle(ARGV[a + 1], ARGV[a + 3])
+        given = given + tonumber(qty)
       end
-      settled[#settled + 1] = entry
+      settled[#settled + 1] = v
       acked = acked + 1
-    elseif kind == 'drop' then
-      settled[#settled + 1] = entry
+    elseif k == 'drop' then
+      settled[#settled + 1] = v
       acked = acked + 1
       dropped = dropped + 1
     else
-      redis.call('LPUSH', KEYS[4], extra)
+      redis.call('LPUSH', KEYS[4], ARGV[a + 1])
       dead = dead + 1
     end
   end
 end
--- ZREM/HDEL in slices: unpack is bounded by Lua's stack
+-- ZREM/HDEL in slices: unpack is bounded by Lua's stack; attempts is empty but after a
+-- timed-out claim
+local timed_out = redis.call('EXISTS', KEYS[3]) == 1
 for i = 1, #claims, 1000 do
   local last = math.min(i + 999, #claims)
   redis.call('ZREM', KEYS[2], unpack(claims, i, last))
-  redis.call('HDEL', KEYS[3], unpack(claims, i, last))
+  if timed_out then redis.call('HDEL', KEYS[3], unpack(claims, i, last)) end
 end
 -- a dead letter keeps its reservation (and its unsure mark) until `dead requeue` or `drop`
 for _, set in ipairs({KEYS[7], KEYS[9]}) do

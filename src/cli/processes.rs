@@ -26,6 +26,7 @@ pub(super) async fn worker(settings: &Settings, concurrency: usize, batch: usize
     let shutdown = install_signals()?;
     let (shards, ledger) = connect(settings, concurrency as u32 + 2).await?;
     tracing::info!(redis = %settings.redis.url, mysql = %settings.mysql.url, "connected");
+    ledger.warm_up(concurrency as u32).await;
     let ops = start_ops(settings, &shards, &ledger, &shutdown);
     let worker = Worker::new(shards, ledger, options)?;
     worker.run(shutdown.clone()).await?;

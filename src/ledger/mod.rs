@@ -140,6 +140,15 @@ impl Ledger {
         Ok(Ledger { pool })
     }
 
+    /// Opens `n` pooled connections now instead of at the first batches: the first seconds of a
+    /// sale are when the queue is deepest, and a lazily opened pool spends them connecting.
+    /// Best effort: a connection that cannot be opened now is opened (and its error reported)
+    /// when a batch needs it.
+    pub(crate) async fn warm_up(&self, n: u32) {
+        let opened = futures::future::join_all((0..n).map(|_| self.pool.acquire())).await;
+        drop(opened);
+    }
+
     /// Whether the database answers within `within`.
     pub(crate) async fn ping(&self, within: Duration) -> Result<()> {
         bounded("mysql (ping)", within, sqlx::query("SELECT 1").execute(&self.pool)).await?;

@@ -34,7 +34,7 @@ use crate::queue::{
 };
 use crate::telemetry::metrics as m;
 
-pub(crate) const DEFAULT_BATCH: usize = 100;
+pub(crate) const DEFAULT_BATCH: usize = 500;
 /// The reason an outcome `cancelled` carries when the order was cancelled.
 pub(crate) const CANCELLED_REASON: &str = "cancelled";
 pub(crate) const DEFAULT_CONCURRENCY: usize = 2;
