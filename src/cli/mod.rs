@@ -108,7 +108,7 @@ pub(crate) enum Command {
         /// Claim/apply loops in this process
         #[arg(long, default_value_t = worker::DEFAULT_CONCURRENCY)]
         concurrency: usize,
-        /// Events claimed and applied in one transaction
+        /// Most events claimed and applied in one transaction (a claim takes what is pending, up to this)
         #[arg(long, default_value_t = worker::DEFAULT_BATCH)]
         batch: usize,
     },
