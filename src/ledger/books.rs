@@ -166,6 +166,21 @@ impl Ledger {
     }
 
     /// Empties every table: for the demo's and the benchmark's databases of their own.
+    /// Products 1..=`n`, each with `stock`, inserted 5,000 rows a statement: the setup of
+    /// `stockq bench`'s check of 100,000 products, which an operator's one-by-one stock change
+    /// would take minutes to make. The tables must be empty (see [`Ledger::reset`]).
+    pub(crate) async fn insert_products(&self, n: i64, stock: i64) -> Result<()> {
+        for first in (1..=n).step_by(5_000) {
+            let ids = first..=(first + 4_999).min(n);
+            let mut q = QueryBuilder::<MySql>::new("INSERT INTO products (id, stock) ");
+            q.push_values(ids, |mut row, id| {
+                row.push_bind(id).push_bind(stock);
+            });
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn reset(&self) -> Result<()> {
         for table in ["stock_log", "stock_adjustments", "products"] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}"))).execute(&self.pool).await?;

@@ -30,6 +30,7 @@
 mod books;
 mod conn;
 mod dead;
+mod fill;
 mod keys;
 mod lifecycle;
 mod ops;

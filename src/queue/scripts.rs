@@ -29,3 +29,4 @@ script!(PROBE, "probe.lua");
 script!(CONFIRM, "confirm.lua");
 script!(CANCEL, "cancel.lua");
 script!(RELEASED, "released.lua");
+script!(BENCH_FILL, "bench_fill.lua");

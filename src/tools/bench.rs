@@ -29,7 +29,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
-use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport};
+use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport, ShopperOptions};
 
 /// The suffix of the benchmark's queue and database names (see `demo::own_settings`).
 pub(crate) const BENCH: &str = "bench";
@@ -73,10 +73,27 @@ pub(crate) struct BenchArgs {
     /// How long the steady run offers reservations (0s: no steady run)
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
     rate_for: Duration,
+    /// How long the capacity run reserves flat out while the workers apply (0s: none; the
+    /// steady run then offers half the batched throughput)
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    capacity_for: Duration,
+    /// How long `stockq serve` is loaded over HTTP (0s: no HTTP run)
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    http_for: Duration,
+    /// Keep-alive connections of the HTTP run
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    http_connections: u64,
+    /// Products of the check run (0: no check run)
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    check_products: u64,
+    /// Events pending during the check run
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
+    check_backlog: u64,
 }
 
 #[derive(Debug, Serialize)]
 struct Run {
+    run: &'static str,
     mode: &'static str,
     batch: usize,
     events: u64,
@@ -129,7 +146,7 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     if let Some(rate) = args.rate {
         steady_events(rate, args.rate_for)?;
     }
-        let settings = crate::tools::demo::own_settings(settings, BENCH)?;
+    let settings = crate::tools::demo::own_settings(settings, BENCH)?;
     ledger::migrate(&settings).await?;
     let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 2).await?;
@@ -150,13 +167,39 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
         all_consistent &= consistent;
         batched_rates.push((mode, batched_rate));
     }
+    // uniform, unless only hot was asked for
+    let (mode, batched_rate) = batched_rates[0];
+    let mut half = (mode, batched_rate / 2.0, "half the batched throughput");
+    if !args.capacity_for.is_zero() {
+        let capacity = capacity_run(&settings, &shards, &ledger, args, mode).await?;
+        all_consistent &= capacity.consistent;
+        print_capacity(&capacity, args);
+        half = (mode, capacity.capacity_per_s / 2.0, "half the sustained capacity");
+    }
     if !args.rate_for.is_zero() {
-        // uniform, unless only hot was asked for
-        let (mode, batched_rate) = batched_rates[0];
-        let rate = args.rate.unwrap_or_else(|| (batched_rate / 2.0).round().max(1.0) as u64);
+        let (mode, half_rate, why) = half;
+        let rate = args.rate.unwrap_or_else(|| half_rate.round().max(1.0) as u64);
+        let why = if args.rate.is_some() { "--rate" } else { why };
         let steady = steady_run(&settings, &shards, &ledger, args, mode, rate).await?;
         all_consistent &= steady.consistent;
-        print_steady(&steady, args);
+        print_steady(&steady, args, why);
+    }
+    if !args.http_for.is_zero() {
+        let http = crate::tools::bench_http::http_run(
+            &settings,
+            &shards,
+            &ledger,
+            args.http_for,
+            args.http_connections,
+        )
+        .await?;
+        all_consistent &= http.consistent;
+        crate::tools::bench_http::print_http(&http, args.json);
+    }
+    if args.check_products > 0 {
+        let check = check_run(&shards, &ledger, args.check_products, args.check_backlog).await?;
+        all_consistent &= check.consistent;
+        print_check(&check, args);
     }
     Ok(if all_consistent { 0 } else { 1 })
 }
@@ -234,7 +277,7 @@ fn print_run(run: &Run, args: &BenchArgs, batched_rate: Option<f64>) {
     );
 }
 
-async fn prepare(shards: &Shards, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
+pub(crate) async fn prepare(shards: &Shards, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
     crate::tools::demo::reset(shards, ledger).await?;
     for product in 1..=products {
         stock::adjust(shards.for_product(product), ledger, product, Change::Set(per_product)).await?;
@@ -277,6 +320,7 @@ async fn one_run(
     // 100 ticks a second is the Linux user-space clock (USER_HZ) on every common platform
     let cpu_us = usage.cpu_ticks as f64 * 10_000.0;
     Ok(Run {
+        run: "drain",
         mode,
         batch,
         events,
@@ -320,7 +364,7 @@ async fn steady_run(
         progress: false,
     };
     let started = Instant::now();
-    let produced = produce::produce(shards, &options).await?;
+    let produced = produce::produce_shoppers(shards, &options, &shoppers()).await?;
     wait_for_drain(shards, None, events, started).await?;
     stop_workers(workers).await;
     let consistent = crate::check::check(shards, ledger).await?.is_consistent();
@@ -337,6 +381,174 @@ async fn steady_run(
         to_outcome,
         consistent,
     })
+}
+
+/// The capacity run: what the system sustains with the producer on the same machine.
+#[derive(Debug, Serialize)]
+struct CapacityRun {
+    run: &'static str,
+    mode: &'static str,
+    batch: usize,
+    events: u64,
+    /// The producer's rate, flat out, with the workers running beside it.
+    reservations_per_s: f64,
+    reserve_latency: Latency,
+    /// Events applied per second while the producer ran.
+    applied_per_s: f64,
+    /// The lower of the two: the highest rate reservations can arrive at and be applied at
+    /// for as long as they come. The steady run offers half of it.
+    capacity_per_s: f64,
+    /// Pending and processing when the producer stopped (what it got ahead by).
+    backlog_at_end: u64,
+    consistent: bool,
+}
+
+/// Reserves flat out for about `--capacity-for` (the event count is sized from the rate the
+/// producer reached alone) while the worker processes apply, and measures both rates.
+async fn capacity_run(
+    settings: &Settings,
+    shards: &Shards,
+    ledger: &Ledger,
+    args: &BenchArgs,
+    mode: &'static str,
+) -> Result<CapacityRun> {
+    let hot = mode == "hot";
+    let products = if hot { 1 } else { 100 };
+    // sized for the producer alone; beside the workers it runs slower, so this lasts longer
+    let alone = produce_rate_alone(shards, ledger, hot).await?;
+    let events =
+        ((alone * args.capacity_for.as_secs_f64()).ceil() as u64).clamp(1_000, MAX_STEADY_EVENTS as u64);
+    prepare(shards, ledger, products, events as i64 + 1).await?;
+    let workers = start_workers(settings, args, args.batch)?;
+    let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
+    wait_for_workers(shards, &pids).await?;
+    let applied_before = applied(shards).await?;
+    let options = ProduceOptions {
+        events,
+        products,
+        qty: 1,
+        hot,
+        rate: None,
+        in_flight: produce::DEFAULT_IN_FLIGHT,
+        progress: false,
+    };
+    let produced = produce::produce_shoppers(shards, &options, &shoppers()).await?;
+    let applied_during = applied(shards).await?.saturating_sub(applied_before);
+    let (pending, processing) = crate::tools::demo::depths(shards).await?;
+    wait_for_drain(shards, None, events, Instant::now()).await?;
+    stop_workers(workers).await;
+    let consistent = crate::check::check(shards, ledger).await?.is_consistent();
+    let applied_per_s = applied_during as f64 / produced.elapsed.as_secs_f64().max(1e-9);
+    let reservations_per_s = produced.per_second();
+    Ok(CapacityRun {
+        run: "capacity",
+        mode,
+        batch: args.batch,
+        events,
+        reservations_per_s,
+        reserve_latency: produced.latency,
+        applied_per_s,
+        capacity_per_s: applied_per_s.min(reservations_per_s),
+        backlog_at_end: pending + processing,
+        consistent,
+    })
+}
+
+/// Reservations per second of the producer alone, over a short burst.
+async fn produce_rate_alone(shards: &Shards, ledger: &Ledger, hot: bool) -> Result<f64> {
+    let products = if hot { 1 } else { 100 };
+    prepare(shards, ledger, products, 1_000_000).await?;
+    let options = ProduceOptions {
+        events: 20_000,
+        products,
+        qty: 1,
+        hot,
+        rate: None,
+        in_flight: produce::DEFAULT_IN_FLIGHT,
+        progress: false,
+    };
+    Ok(produce::produce_shoppers(shards, &options, &shoppers()).await?.per_second())
+}
+
+/// Events applied so far on every shard (the `applied` counter settle.lua keeps).
+async fn applied(shards: &Shards) -> Result<u64> {
+    let mut total = 0;
+    for queue in shards.all() {
+        total += queue.depths().await?.counters.get("applied").copied().unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn print_capacity(run: &CapacityRun, args: &BenchArgs) {
+    if args.json {
+        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        return;
+    }
+    let l = &run.reserve_latency;
+    println!(
+        "capacity: {} reserving flat out beside {} workers: {:.0} reservations/s (p50/p99 {}/{}us), {:.0} applied/s; sustained capacity {:.0}/s (backlog {} when the producer stopped) {}",
+        run.mode,
+        args.workers,
+        run.reservations_per_s,
+        l.p50_us,
+        l.p99_us,
+        run.applied_per_s,
+        run.capacity_per_s,
+        run.backlog_at_end,
+        if run.consistent { "balanced" } else { "DRIFT" }
+    );
+}
+
+/// The check against a backlog: `products` products and `backlog` pending events.
+#[derive(Debug, Serialize)]
+struct CheckRun {
+    run: &'static str,
+    products: u64,
+    backlog: u64,
+    /// Each of three `check` runs, in milliseconds.
+    check_ms: Vec<u64>,
+    consistent: bool,
+}
+
+/// Fills a fresh queue with `products` stocked products and `backlog` pending events (in
+/// bulk, exact for the books: `lua/bench_fill.lua`), then times three checks.
+async fn check_run(shards: &Shards, ledger: &Ledger, products: u64, backlog: u64) -> Result<CheckRun> {
+    if shards.len() > 1 {
+        return Err(Error::usage(
+            "the check run fills one queue: run it with STOCKQ_SHARDS=1, or pass --check-products 0",
+        ));
+    }
+    const STOCK: i64 = 1_000_000_000;
+    crate::tools::demo::reset(shards, ledger).await?;
+    ledger.insert_products(products as i64, STOCK).await?;
+    let queue = shards.first();
+    queue.fill_stock(products, STOCK).await?;
+    queue.fill_backlog(backlog, products).await?;
+    let mut check_ms = Vec::new();
+    let mut consistent = true;
+    for _ in 0..3 {
+        let started = Instant::now();
+        consistent &= crate::check::check(shards, ledger).await?.is_consistent();
+        check_ms.push(started.elapsed().as_millis() as u64);
+    }
+    // leave no million-entry queue behind
+    crate::tools::demo::reset(shards, ledger).await?;
+    Ok(CheckRun { run: "check", products, backlog, check_ms, consistent })
+}
+
+fn print_check(run: &CheckRun, args: &BenchArgs) {
+    if args.json {
+        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        return;
+    }
+    println!(
+        "check: {} products, {} pending: {} ms ({} runs) {}",
+        run.products,
+        run.backlog,
+        run.check_ms.iter().map(u64::to_string).collect::<Vec<_>>().join(" / "),
+        run.check_ms.len(),
+        if run.consistent { "balanced" } else { "DRIFT" }
+    );
 }
 
 /// How many reservations a steady run offers: `rate` a second for `rate_for`.
@@ -390,7 +602,7 @@ async fn to_outcome(shards: &Shards) -> Result<(u64, ToOutcome)> {
     Ok((count, ToOutcome { p50_ms: l.p50_us, p99_ms: l.p99_us, max_ms: l.max_us }))
 }
 
-fn print_steady(run: &SteadyRun, args: &BenchArgs) {
+fn print_steady(run: &SteadyRun, args: &BenchArgs, why: &str) {
     if args.json {
         println!("{}", serde_json::to_string(run).unwrap_or_default());
         return;
@@ -398,10 +610,9 @@ fn print_steady(run: &SteadyRun, args: &BenchArgs) {
     let l = &run.reserve_latency;
     let o = &run.to_outcome;
     println!(
-        "steady run: {} reservations/s offered for {}s ({}), with the workers running",
+        "steady run: {} reservations/s offered for {}s ({why}), with the workers running",
         run.offered_per_s,
         args.rate_for.as_secs_f64(),
-        if args.rate.is_some() { "--rate" } else { "half the batched throughput" }
     );
     println!(
         "{:<8} {:>6} {:>8} {:>11} {:>22} {:>9} {:>24} {:>8}",
@@ -441,7 +652,15 @@ async fn reserve_events(shards: &Shards, ledger: &Ledger, hot: bool, events: u64
         in_flight: produce::DEFAULT_IN_FLIGHT,
         progress: false,
     };
-    produce::produce(shards, &options).await
+    produce::produce_shoppers(shards, &options, &shoppers()).await
+}
+
+/// Buyers the benchmark's reservations are made for: every reservation carries one (as a
+/// shop's would), so the figures include what a buyer costs reserve.lua.
+const BUYERS: u64 = 100_000;
+
+fn shoppers() -> ShopperOptions {
+    ShopperOptions { buyers: Some(BUYERS), ..Default::default() }
 }
 
 /// Step 3: worker processes of this binary on the bench's queue and database. They are
