@@ -36,6 +36,8 @@ if ARGV[3] then
 end
 
 local result = {deadline, 0, redis.call('LLEN', KEYS[7]), {}}
+-- as a string once: Lua formats a number with sprintf each time it is passed to Redis
+local deadline_s = tostring(deadline)
 local header = #result
 local want = tonumber(ARGV[1])
 if want > 0 then
@@ -48,7 +50,7 @@ if want > 0 then
       redis.call('LPUSH', KEYS[2], unpack(taken, i, last))
       local zargs = {}
       for j = i, last do
-        zargs[#zargs + 1] = deadline
+        zargs[#zargs + 1] = deadline_s
         zargs[#zargs + 1] = taken[j]
         result[#result + 1] = taken[j]
       end
