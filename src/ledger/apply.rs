@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use sqlx::{MySql, QueryBuilder};
+use sqlx::{MySql, QueryBuilder, Row};
 
 use super::{CALL_TIMEOUT, Ledger, Outcome, Settled, Status, push_list, read_settled};
 use crate::error::{Result, bounded};
@@ -59,59 +59,63 @@ impl Ledger {
     /// as possible: the `stock_log` rows go in first (as 'applied'), outside the locked
     /// window, and their primary key doubles as the redelivery test. `None` when an event id
     /// is already settled: the transaction is rolled back and [`Self::apply_checked`] runs.
+    ///
+    /// Its statements are sent as text with the values written in (`literal`), not prepared:
+    /// a batch's size sets the text of its statements, and at a steady rate no two batches
+    /// are the same size, so prepared statements would cost a prepare (a round trip and a
+    /// parse) per statement per batch and churn the statement cache. Only integers and event
+    /// ids checked to be `[A-Za-z0-9._:-]` are written in; a batch with any other id goes the
+    /// general (prepared) way.
     async fn apply_fresh(
         &self,
         events: &[Event],
         claim_seq: i64,
     ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+        let Some(insert) = literal::insert_applied(events, claim_seq) else { return Ok(None) };
         let mut tx = self.pool.begin().await?;
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) ",
-        );
-        q.push_values(events, |mut row, event| {
-            row.push_bind(event.event_id.clone())
-                .push_bind(event.product_id)
-                .push_bind(event.qty)
-                .push_bind("applied")
-                .push_bind(event.seq)
-                .push_bind(claim_seq);
-        });
-        match q.build().execute(&mut *tx).await {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(insert)).execute(&mut *tx).await {
             Ok(_) => {}
             // code() is the SQLSTATE (23000) for MySQL; the 1062 is the error number
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
             Err(e) => return Err(e),
         }
 
-        let mut stock = lock_products(&mut tx, events).await?;
+        let products: BTreeSet<i64> = events.iter().map(|e| e.product_id).collect();
+        let mut stock = HashMap::with_capacity(products.len());
+        for row in
+            sqlx::raw_sql(sqlx::AssertSqlSafe(literal::lock_products(&products))).fetch_all(&mut *tx).await?
+        {
+            stock.insert(row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
+        }
         let before = stock.clone();
         // every id is new here (the insert proved it), so nothing is settled yet
         let outcomes = allocate(events, &mut stock, &mut HashMap::new());
-        let ids_with = |wanted: Outcome| -> Vec<String> {
+        let ids_with = |wanted: Outcome| -> Vec<&str> {
             events
                 .iter()
                 .zip(&outcomes)
                 .filter(|(_, o)| **o == wanted)
-                .map(|(e, _)| e.event_id.clone())
+                .map(|(e, _)| e.event_id.as_str())
                 .collect()
         };
+        let mut changes = String::new();
         let rejected = ids_with(Outcome::Rejected);
-        let unknown = ids_with(Outcome::UnknownProduct);
         if !rejected.is_empty() {
-            let mut q =
-                QueryBuilder::<MySql>::new("UPDATE stock_log SET status = 'rejected' WHERE event_id IN (");
-            push_list(&mut q, rejected.into_iter());
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
+            changes += &format!(
+                "UPDATE stock_log SET status = 'rejected' WHERE event_id IN ({});",
+                literal::ids(&rejected)
+            );
         }
+        let unknown = ids_with(Outcome::UnknownProduct);
         if !unknown.is_empty() {
             // an unknown product's event is dead-lettered, not settled
-            let mut q = QueryBuilder::<MySql>::new("DELETE FROM stock_log WHERE event_id IN (");
-            push_list(&mut q, unknown.into_iter());
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
+            changes += &format!("DELETE FROM stock_log WHERE event_id IN ({});", literal::ids(&unknown));
         }
-        update_products(&mut tx, &before, &stock).await?;
+        changes += &literal::update_products(&before, &stock);
+        if !changes.is_empty() {
+            // one round trip for every change, inside the locked window
+            sqlx::raw_sql(sqlx::AssertSqlSafe(changes)).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(Some(outcomes))
     }
@@ -195,6 +199,60 @@ fn allocate(
         outcomes.push(outcome);
     }
     outcomes
+}
+
+/// The text of the fresh path's statements, values written in (see `Ledger::apply_fresh`).
+mod literal {
+    use std::collections::{BTreeSet, HashMap};
+    use std::fmt::Write;
+
+    use crate::event::{Event, validate_event_id};
+
+    /// `INSERT` of every event's `stock_log` row as 'applied'; `None` when an event id is
+    /// not one that may be written in.
+    pub(super) fn insert_applied(events: &[Event], claim_seq: i64) -> Option<String> {
+        let mut sql = String::with_capacity(64 + events.len() * 96);
+        sql.push_str("INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) VALUES ");
+        for (i, e) in events.iter().enumerate() {
+            validate_event_id(&e.event_id).ok()?;
+            let seq = e.seq.map_or_else(|| "NULL".to_string(), |s| s.to_string());
+            let sep = if i == 0 { "" } else { "," };
+            let _ =
+                write!(sql, "{sep}('{}',{},{},'applied',{seq},{claim_seq})", e.event_id, e.product_id, e.qty);
+        }
+        Some(sql)
+    }
+
+    /// Event ids already checked by [`insert_applied`], quoted and comma-separated.
+    pub(super) fn ids(ids: &[&str]) -> String {
+        ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",")
+    }
+
+    /// See [`super::lock_products`].
+    pub(super) fn lock_products(products: &BTreeSet<i64>) -> String {
+        let ids: Vec<String> = products.iter().map(i64::to_string).collect();
+        format!(
+            "SELECT id, stock FROM products FORCE INDEX (PRIMARY) WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            ids.join(",")
+        )
+    }
+
+    /// See [`super::update_products`]; empty when nothing changed.
+    pub(super) fn update_products(before: &HashMap<i64, i64>, after: &HashMap<i64, i64>) -> String {
+        let mut changed: Vec<(i64, i64)> =
+            after.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(id, s)| (*id, *s)).collect();
+        if changed.is_empty() {
+            return String::new();
+        }
+        changed.sort_unstable();
+        let mut sql = String::from("UPDATE products FORCE INDEX (PRIMARY) SET stock = CASE id");
+        for (id, stock) in &changed {
+            let _ = write!(sql, " WHEN {id} THEN {stock}");
+        }
+        let ids: Vec<String> = changed.iter().map(|(id, _)| id.to_string()).collect();
+        let _ = write!(sql, " END WHERE id IN ({});", ids.join(","));
+        sql
+    }
 }
 
 /// Locks the batch's products, each once, in ascending id order, and reads their stock.

@@ -144,12 +144,20 @@ pub async fn produce_shoppers(
     let qty = options.qty;
     let rate = options.rate;
     let (buyers, hold) = (shoppers.buyers, shoppers.hold);
-    let mut answers = futures::stream::iter(0..options.events)
-        .map(|i| async move {
-            if let Some(rate) = rate {
-                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+    // Paced one after another: every reservation that has come due since the last wake goes
+    // at once, so the producer wakes about once a millisecond (the timer's resolution), not
+    // once a reservation, and takes less of the machine it measures.
+    let paced = futures::stream::iter(0..options.events).then(move |i| async move {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            if due > Instant::now() {
                 tokio::time::sleep_until(due.into()).await;
             }
+        }
+        i
+    });
+    let answers = paced
+        .map(|_| async move {
             let product_id = if hot { 1 } else { rand::random_range(1..=products) };
             let event_id = new_event_id();
             let buyer = buyers.map(|n| format!("buyer-{}", rand::random_range(1..=n.max(1))));
@@ -159,6 +167,7 @@ pub async fn produce_shoppers(
             (answer, sent.elapsed(), product_id, event_id)
         })
         .buffer_unordered(options.in_flight);
+    let mut answers = std::pin::pin!(answers);
 
     let mut report = ProduceReport::default();
     let mut samples = Vec::with_capacity(options.events as usize);
