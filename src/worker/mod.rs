@@ -49,12 +49,6 @@ pub(crate) const DRAIN_RETRY: Duration = Duration::from_secs(10);
 /// makes are tried once: the refusal is known by then.
 const REFUSED_ATTEMPTS: u32 = 3;
 const MAX_BATCH: usize = 5000;
-/// How long a loop that was idle waits after the first entry wakes it, before it claims: a
-/// batch of one costs a MySQL transaction as much as a batch of twenty does, and at a steady
-/// rate batches of one keep the database busy for nothing. Small against the latency an
-/// order service waits for (tens of milliseconds); the entry is in processing meanwhile, so a
-/// crash here is recovered as any BLMOVE'd entry is (the janitor adopts it).
-const LINGER: Duration = Duration::from_millis(2);
 /// The shortest BLMOVE wait when the wait is shared among shards.
 const MIN_SHARD_WAIT: Duration = Duration::from_millis(100);
 const MAX_CONCURRENCY: usize = 256;
@@ -278,8 +272,6 @@ impl Worker {
         // Not raced against shutdown: once BLMOVE has moved an entry we own it, and the wait
         // is short.
         let Some(entry) = queue.wait_for_entry(waiter, wait).await? else { return Ok(StepOutcome::Idle) };
-        // an idle loop wakes on the first entry; what arrives in the next moments rides along
-        tokio::time::sleep(LINGER).await;
         let started = Instant::now();
         let claim = queue.claim(self.options.batch, Some(entry)).await?;
         add_elapsed(&self.totals.claim_us, started);
