@@ -172,3 +172,54 @@ async fn two_demos_run_side_by_side_each_on_its_own_queue_and_database() {
     assert_eq!(alice.len("pending").await + alice.len("processing").await, 0);
     assert_eq!(alice.redis_stock(1).await, None);
 }
+
+#[tokio::test]
+async fn bench_reports_every_figure_in_one_run() {
+    let env = TestEnv::new().await;
+    let _leftovers =
+        DemoLeftovers { queue: format!("{}-bench", env.name), database: format!("{}_bench", env.database) };
+    let (code, out, err) = env
+        .run(&[
+            "bench",
+            "--events",
+            "3000",
+            "--single-events",
+            "300",
+            "--mode",
+            "uniform",
+            "--capacity-for",
+            "1s",
+            "--rate-for",
+            "1s",
+            "--http-for",
+            "1s",
+            "--http-connections",
+            "8",
+            "--check-products",
+            "2000",
+            "--check-backlog",
+            "20000",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let parts: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect(l)).collect();
+    let part = |run: &str| -> Vec<&Value> { parts.iter().filter(|p| p["run"] == run).collect() };
+    assert!(parts.iter().all(|p| p["consistent"] == true), "{out}");
+    let drains = part("drain");
+    assert_eq!(drains.iter().map(|d| d["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [500, 1], "{out}");
+    assert!(drains.iter().all(|d| d["applied_per_s"].as_f64().unwrap() > 0.0), "{out}");
+    let capacity = part("capacity")[0];
+    assert!(capacity["capacity_per_s"].as_f64().unwrap() > 0.0, "{out}");
+    // the steady run offers half the capacity, and every reservation got its outcome
+    let steady = part("steady")[0];
+    let half = (capacity["capacity_per_s"].as_f64().unwrap() / 2.0).round().max(1.0) as u64;
+    assert_eq!(steady["offered_per_s"].as_u64().unwrap(), half, "{out}");
+    assert_eq!(steady["outcomes"], steady["events"], "{out}");
+    let http = part("http")[0];
+    assert!(http["requests"].as_u64().unwrap() > 0, "{out}");
+    assert_eq!(http["not_created"], 0, "{out}");
+    let check = part("check")[0];
+    assert_eq!((check["products"].as_u64(), check["backlog"].as_u64()), (Some(2000), Some(20000)), "{out}");
+    assert_eq!(check["check_ms"].as_array().unwrap().len(), 3, "{out}");
+}
