@@ -58,8 +58,7 @@ pub(crate) async fn http_run(
     let mut samples = Vec::new();
     let mut not_created = 0;
     for load in loads {
-        let (mine, refused) =
-            load.await.map_err(|e| Error::usage(format!("an HTTP load task failed: {e}")))??;
+        let (mine, refused) = load.await.map_err(failed)??;
         samples.extend(mine);
         not_created += refused;
     }
@@ -146,7 +145,8 @@ async fn wait_until_up(addr: SocketAddr) -> Result<()> {
             }
         }
         if Instant::now() > deadline {
-            return Err(Error::usage(format!("stockq serve did not answer on {addr} within {STARTUP:?}")));
+            let why = format!("no answer on {addr} within {}", humantime::format_duration(STARTUP));
+            return Err(Error::Spawn { what: "start serve", source: std::io::Error::other(why) });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -158,9 +158,8 @@ async fn load(addr: SocketAddr, until: Instant, n: u64) -> Result<(Vec<u64>, u64
     let connect_error = |e: std::io::Error| Error::Spawn { what: "connect to serve", source: e };
     let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
     stream.set_nodelay(true).map_err(connect_error)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| Error::usage(format!("HTTP handshake with serve failed: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(failed)?;
     tokio::spawn(conn);
     let mut samples = Vec::new();
     let mut not_created = 0;
@@ -173,18 +172,20 @@ async fn load(addr: SocketAddr, until: Instant, n: u64) -> Result<(Vec<u64>, u64
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| Error::usage(format!("bad request: {e}")))?;
+            .map_err(failed)?;
         let sent = Instant::now();
-        let answer = sender
-            .send_request(request)
-            .await
-            .map_err(|e| Error::usage(format!("serve stopped answering: {e}")))?;
+        let answer = sender.send_request(request).await.map_err(failed)?;
         let status = answer.status();
-        answer.into_body().collect().await.map_err(|e| Error::usage(format!("serve cut an answer: {e}")))?;
+        answer.into_body().collect().await.map_err(failed)?;
         samples.push(sent.elapsed().as_micros() as u64);
         if status.as_u16() != 201 {
             not_created += 1;
         }
     }
     Ok((samples, not_created))
+}
+
+/// A failure of the HTTP run, as one line: `cannot load serve over HTTP: <why>`.
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Spawn { what: "load serve over HTTP", source: std::io::Error::other(e.to_string()) }
 }
