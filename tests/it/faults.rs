@@ -483,7 +483,7 @@ async fn redis_sigkilled_twice_loses_nothing_and_applies_nothing_twice() {
     }
     assert!(server.aof_dir_exists(), "the server ran with an AOF");
     // the test's own plain connection died with the first server
-    env.redis = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    env.redis = crate::helpers::test_redis(&server.url()).await;
     wait_drained(&env, Duration::from_secs(60)).await;
     for p in &mut procs {
         p.assert_alive();

@@ -58,8 +58,7 @@ impl TestEnv {
         stockq::migrate(&settings).await.expect("migrate (is scripts/services.sh run?)");
         let queue = Queue::connect(&settings).await.expect("redis");
         let ledger = Ledger::connect(&settings, 8).await.expect("mysql");
-        let redis =
-            redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let redis = test_redis(&redis_url()).await;
         let mysql = open_mysql(&settings).await;
         TestEnv { name, database, settings, queue, ledger, redis, mysql }
     }
@@ -394,7 +393,7 @@ impl TestEnv {
             tweak(s);
         })
         .await;
-        env.redis = redis::Client::open(first).unwrap().get_multiplexed_async_connection().await.unwrap();
+        env.redis = test_redis(&first).await;
         env
     }
 }
@@ -461,4 +460,12 @@ pub fn series(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The tests' own Redis connection, to inspect and stage. Its answers may wait longer than
+/// redis-rs's default 500 ms: on two cores busy with workers, a test reading a whole outcome
+/// stream must not fail because the machine is slow.
+pub(crate) async fn test_redis(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&config).await.unwrap()
 }

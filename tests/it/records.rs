@@ -553,7 +553,7 @@ async fn the_outcome_stream_survives_killed_workers_and_a_redis_restart() {
     }
     assert!(server.aof_dir_exists(), "the server ran with an AOF");
     // the test's own plain connection died with the first server
-    env.redis = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    env.redis = crate::helpers::test_redis(&server.url()).await;
     env.eventually(Duration::from_secs(30), "pending, processing and claims empty", || async {
         env.len("pending").await == 0 && env.len("processing").await == 0 && env.zcard("claims").await == 0
     })
