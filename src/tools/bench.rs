@@ -348,23 +348,14 @@ async fn steady_run(
     rate: u64,
 ) -> Result<SteadyRun> {
     let hot = mode == "hot";
-    let products = if hot { 1 } else { 100 };
+    let products = products(hot);
     let events = steady_events(rate, args.rate_for)?;
     prepare(shards, ledger, products, events as i64 + 1).await?;
     let workers = start_workers(settings, args, args.batch)?;
     let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
     wait_for_workers(shards, &pids).await?;
-    let options = ProduceOptions {
-        events,
-        products,
-        qty: 1,
-        hot,
-        rate: Some(rate),
-        in_flight: produce::DEFAULT_IN_FLIGHT,
-        progress: false,
-    };
     let started = Instant::now();
-    let produced = produce::produce_shoppers(shards, &options, &shoppers()).await?;
+    let produced = reserve_as_shoppers(shards, hot, events, Some(rate)).await?;
     wait_for_drain(shards, None, events, started).await?;
     stop_workers(workers).await;
     let consistent = crate::check::check(shards, ledger).await?.is_consistent();
@@ -413,7 +404,7 @@ async fn capacity_run(
     mode: &'static str,
 ) -> Result<CapacityRun> {
     let hot = mode == "hot";
-    let products = if hot { 1 } else { 100 };
+    let products = products(hot);
     // sized for the producer alone; beside the workers it runs slower, so this lasts longer
     let alone = produce_rate_alone(shards, ledger, hot).await?;
     let events =
@@ -423,16 +414,7 @@ async fn capacity_run(
     let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
     wait_for_workers(shards, &pids).await?;
     let applied_before = applied(shards).await?;
-    let options = ProduceOptions {
-        events,
-        products,
-        qty: 1,
-        hot,
-        rate: None,
-        in_flight: produce::DEFAULT_IN_FLIGHT,
-        progress: false,
-    };
-    let produced = produce::produce_shoppers(shards, &options, &shoppers()).await?;
+    let produced = reserve_as_shoppers(shards, hot, events, None).await?;
     let applied_during = applied(shards).await?.saturating_sub(applied_before);
     let (pending, processing) = crate::tools::demo::depths(shards).await?;
     wait_for_drain(shards, None, events, Instant::now()).await?;
@@ -456,18 +438,9 @@ async fn capacity_run(
 
 /// Reservations per second of the producer alone, over a short burst.
 async fn produce_rate_alone(shards: &Shards, ledger: &Ledger, hot: bool) -> Result<f64> {
-    let products = if hot { 1 } else { 100 };
+    let products = products(hot);
     prepare(shards, ledger, products, 1_000_000).await?;
-    let options = ProduceOptions {
-        events: 20_000,
-        products,
-        qty: 1,
-        hot,
-        rate: None,
-        in_flight: produce::DEFAULT_IN_FLIGHT,
-        progress: false,
-    };
-    Ok(produce::produce_shoppers(shards, &options, &shoppers()).await?.per_second())
+    Ok(reserve_as_shoppers(shards, hot, 20_000, None).await?.per_second())
 }
 
 /// Events applied so far on every shard (the `applied` counter settle.lua keeps).
@@ -641,26 +614,40 @@ fn print_steady(run: &SteadyRun, args: &BenchArgs, why: &str) {
 /// Steps 1 and 2: a fresh queue and database with enough stock for every event, then the
 /// events reserved (uniformly over 100 products, or all on one when `hot`).
 async fn reserve_events(shards: &Shards, ledger: &Ledger, hot: bool, events: u64) -> Result<ProduceReport> {
-    let products = if hot { 1 } else { 100 };
+    let products = products(hot);
     prepare(shards, ledger, products, events as i64 + 1).await?;
-    let options = ProduceOptions {
-        events,
-        products,
-        qty: 1,
-        hot,
-        rate: None,
-        in_flight: produce::DEFAULT_IN_FLIGHT,
-        progress: false,
-    };
-    produce::produce_shoppers(shards, &options, &shoppers()).await
+    reserve_as_shoppers(shards, hot, events, None).await
 }
 
 /// Buyers the benchmark's reservations are made for: every reservation carries one (as a
 /// shop's would), so the figures include what a buyer costs reserve.lua.
 const BUYERS: u64 = 100_000;
 
-fn shoppers() -> ShopperOptions {
-    ShopperOptions { buyers: Some(BUYERS), ..Default::default() }
+/// Reserves `events` (at `rate` a second, or flat out) as `produce` does, `DEFAULT_IN_FLIGHT`
+/// at a time, each for one of [`BUYERS`] buyers: uniformly over 100 products, or all on one
+/// when `hot`.
+async fn reserve_as_shoppers(
+    shards: &Shards,
+    hot: bool,
+    events: u64,
+    rate: Option<u64>,
+) -> Result<ProduceReport> {
+    let options = ProduceOptions {
+        events,
+        products: products(hot),
+        qty: 1,
+        hot,
+        rate,
+        in_flight: produce::DEFAULT_IN_FLIGHT,
+        progress: false,
+    };
+    let shoppers = ShopperOptions { buyers: Some(BUYERS), ..Default::default() };
+    produce::produce_shoppers(shards, &options, &shoppers).await
+}
+
+/// The products a mode reserves: 1..=100 (uniform), or product 1 alone (hot).
+fn products(hot: bool) -> i64 {
+    if hot { 1 } else { 100 }
 }
 
 /// Step 3: worker processes of this binary on the bench's queue and database. They are

@@ -393,7 +393,7 @@ impl TestEnv {
             tweak(s);
         })
         .await;
-        env.redis = test_redis(&first).await;
+        env.redis = test_redis(first).await;
         env
     }
 }
