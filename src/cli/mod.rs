@@ -146,7 +146,7 @@ pub(crate) enum Command {
     Serve,
     /// The one-command showcase: a flash sale against local Redis and MariaDB, reconciled
     Demo(crate::tools::demo::DemoArgs),
-    /// Measure reservations/s, latency, and events applied/s end to end (its own queue and database)
+    /// Measure every figure of BENCHMARKS.md in one run: drains, capacity, steady latency, HTTP, the check (its own queue and database)
     Bench(crate::tools::bench::BenchArgs),
 }
 

@@ -10,11 +10,19 @@
 //! 4. read each worker's CPU time and peak resident memory from /proc, stop it with SIGTERM,
 //!    and check that the books balance.
 //!
-//! Then the steady run: with the worker processes already running, reservations are offered
-//! at a fixed rate (`--rate`, by default half the batched throughput just measured) for
-//! `--rate-for`, and the time from each reservation to its outcome (`at − reserved_at`, both
-//! stamped by Redis) is read back from the outcome stream: what an order service waits for
-//! its answer when the system is busy but not saturated.
+//! Then, each part skipped when its duration or size is 0:
+//!
+//! - the capacity run: with the worker processes running, reserve flat out for
+//!   `--capacity-for`; the sustained capacity is the lower of the reservation rate and the
+//!   rate the workers applied meanwhile: what a sale can keep up on this machine, producer
+//!   included;
+//! - the steady run: reservations offered at a fixed rate (`--rate`, by default half the
+//!   sustained capacity) for `--rate-for`, and the time from each reservation to its outcome
+//!   (`at − reserved_at`, both stamped by Redis) read back from the outcome stream: what an
+//!   order service waits for its answer when the system is busy but not saturated;
+//! - the HTTP run (`bench_http`): `POST /reserve` against a `stockq serve` process;
+//! - the check run: `check` timed three times against `--check-products` products and a
+//!   backlog of `--check-backlog` events, made in bulk (`lua/bench_fill.lua`).
 //!
 //! It is a measurement, not a test: nothing fails because the machine was slow.
 
@@ -64,10 +72,11 @@ pub(crate) struct BenchArgs {
     /// Only this mode
     #[arg(long, value_parser = ["uniform", "hot"])]
     mode: Option<String>,
-    /// One JSON object per run on stdout instead of the table
+    /// One JSON object per part on stdout instead of the tables
     #[arg(long)]
     json: bool,
-    /// Reservations per second offered in the steady run [default: half the batched throughput]
+    /// Reservations per second offered in the steady run [default: half the sustained capacity,
+    /// or of the batched throughput with --capacity-for 0s]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_RATE))]
     rate: Option<u64>,
     /// How long the steady run offers reservations (0s: no steady run)
