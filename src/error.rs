@@ -72,7 +72,8 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The benchmark could not start its worker processes; `what` is the step that failed.
+    /// The benchmark could not start or drive the processes it measures (its workers, `serve`);
+    /// `what` is the step that failed.
     #[error("cannot {what}: {source}")]
     Spawn {
         what: &'static str,

@@ -165,7 +165,6 @@ impl Ledger {
         Ok((applied as u64, rows as u64))
     }
 
-    /// Empties every table: for the demo's and the benchmark's databases of their own.
     /// Products 1..=`n`, each with `stock`, inserted 5,000 rows a statement: the setup of
     /// `stockq bench`'s check of 100,000 products, which an operator's one-by-one stock change
     /// would take minutes to make. The tables must be empty (see [`Ledger::reset`]).
@@ -181,6 +180,7 @@ impl Ledger {
         Ok(())
     }
 
+    /// Empties every table: for the demo's and the benchmark's databases of their own.
     pub(crate) async fn reset(&self) -> Result<()> {
         for table in ["stock_log", "stock_adjustments", "products"] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE TABLE {table}"))).execute(&self.pool).await?;

@@ -89,8 +89,8 @@ pub(crate) struct BenchArgs {
     /// How long `stockq serve` is loaded over HTTP (0s: no HTTP run)
     #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
     http_for: Duration,
-    /// Keep-alive connections of the HTTP run
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// Keep-alive connections of the HTTP run (at most the 1,024 that serve takes at once)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     http_connections: u64,
     /// Products of the check run (0: no check run)
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
@@ -154,6 +154,11 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
     }
     if let Some(rate) = args.rate {
         steady_events(rate, args.rate_for)?;
+    }
+    if args.check_products > 0 && settings.redis.shards > 1 {
+        return Err(Error::usage(
+            "the check run fills one queue: run the benchmark with STOCKQ_SHARDS=1, or pass --check-products 0",
+        ));
     }
     let settings = crate::tools::demo::own_settings(settings, BENCH)?;
     ledger::migrate(&settings).await?;
@@ -495,11 +500,6 @@ struct CheckRun {
 /// Fills a fresh queue with `products` stocked products and `backlog` pending events (in
 /// bulk, exact for the books: `lua/bench_fill.lua`), then times three checks.
 async fn check_run(shards: &Shards, ledger: &Ledger, products: u64, backlog: u64) -> Result<CheckRun> {
-    if shards.len() > 1 {
-        return Err(Error::usage(
-            "the check run fills one queue: run it with STOCKQ_SHARDS=1, or pass --check-products 0",
-        ));
-    }
     const STOCK: i64 = 1_000_000_000;
     crate::tools::demo::reset(shards, ledger).await?;
     ledger.insert_products(products as i64, STOCK).await?;

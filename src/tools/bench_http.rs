@@ -26,6 +26,8 @@ const PRODUCTS: i64 = 100;
 const STOCK: i64 = 100_000_000;
 /// How long `serve` may take to answer `/healthz` after it starts.
 const STARTUP: Duration = Duration::from_secs(15);
+/// Longest wait for one answer: past it, `serve` has stopped answering and the run fails.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Serialize)]
 pub(crate) struct HttpRun {
@@ -174,9 +176,14 @@ async fn load(addr: SocketAddr, until: Instant, n: u64) -> Result<(Vec<u64>, u64
             .body(Full::new(Bytes::from(body)))
             .map_err(failed)?;
         let sent = Instant::now();
-        let answer = sender.send_request(request).await.map_err(failed)?;
-        let status = answer.status();
-        answer.into_body().collect().await.map_err(failed)?;
+        let status = tokio::time::timeout(ANSWER_WITHIN, async {
+            let answer = sender.send_request(request).await.map_err(failed)?;
+            let status = answer.status();
+            answer.into_body().collect().await.map_err(failed)?;
+            Ok::<_, Error>(status)
+        })
+        .await
+        .map_err(|_| failed(format!("no answer within {}", humantime::format_duration(ANSWER_WITHIN))))??;
         samples.push(sent.elapsed().as_micros() as u64);
         if status.as_u16() != 201 {
             not_created += 1;
