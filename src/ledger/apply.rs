@@ -239,12 +239,10 @@ mod literal {
 
     /// See [`super::update_products`]; empty when nothing changed.
     pub(super) fn update_products(before: &HashMap<i64, i64>, after: &HashMap<i64, i64>) -> String {
-        let mut changed: Vec<(i64, i64)> =
-            after.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(id, s)| (*id, *s)).collect();
+        let changed = super::changed_stock(before, after);
         if changed.is_empty() {
             return String::new();
         }
-        changed.sort_unstable();
         let mut sql = String::from("UPDATE products FORCE INDEX (PRIMARY) SET stock = CASE id");
         for (id, stock) in &changed {
             let _ = write!(sql, " WHEN {id} THEN {stock}");
@@ -270,6 +268,14 @@ async fn lock_products(
     Ok(q.build_query_as::<(i64, i64)>().fetch_all(&mut **tx).await?.into_iter().collect())
 }
 
+/// The products whose stock the batch changed, with their new stock, in ascending id order.
+fn changed_stock(before: &HashMap<i64, i64>, after: &HashMap<i64, i64>) -> Vec<(i64, i64)> {
+    let mut changed: Vec<(i64, i64)> =
+        after.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(id, s)| (*id, *s)).collect();
+    changed.sort_unstable();
+    changed
+}
+
 /// Writes each product whose stock the batch changed, in one statement. The rows are locked
 /// and the new values computed from the locked read, so setting them is exact.
 async fn update_products(
@@ -277,12 +283,10 @@ async fn update_products(
     before: &HashMap<i64, i64>,
     after: &HashMap<i64, i64>,
 ) -> Result<(), sqlx::Error> {
-    let mut changed: Vec<(i64, i64)> =
-        after.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(id, s)| (*id, *s)).collect();
+    let changed = changed_stock(before, after);
     if changed.is_empty() {
         return Ok(());
     }
-    changed.sort_unstable();
     let mut q = QueryBuilder::<MySql>::new("UPDATE products FORCE INDEX (PRIMARY) SET stock = CASE id");
     for (id, s) in &changed {
         q.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*s);
