@@ -48,9 +48,13 @@
 -- acknowledgement writes nothing). A record changes only for the entry that made it (same
 -- seq): a second reservation under its id is announced `duplicate` without touching it.
 --
--- Cost: LREM per entry would scan processing once per entry. Instead the entries are found
--- in windows from the head (where fresh claims sit), overwritten in place with a tombstone,
--- and removed by one LREM: about one pass over the part of processing that holds them.
+-- Cost: LREM per entry would scan processing once per entry. A batch claimed in one call is
+-- one block of processing, and mostly at one of its ends (below): then one LTRIM drops it.
+-- Otherwise the entries are found in windows from the head (where fresh claims sit),
+-- overwritten in place with a tombstone, and removed by one LREM: about one pass over the
+-- part of processing that holds them. Inside the script, what costs most is each
+-- redis.call, a number turned into a string, and a table per entry (callgrind counts:
+-- BENCHMARKS.md "Where the time goes now"), so the hot path avoids all three where it can.
 --
 -- `allow-oom`: this script only shrinks the queue, so it runs when Redis is full; a worker
 -- that could not acknowledge would otherwise apply to MySQL again and again.
@@ -60,19 +64,21 @@ local record_base = 11 + g
 
 -- Target i is entry[i] of kind[i] ('ack', 'give', 'dead' or 'drop') with extra[i] (the
 -- ARGV index of its own arguments) and ending[i] (the ARGV index of its 8 ending arguments);
--- wanted[entry] = stack of target indexes. Flat arrays: a table per event costs more than
+-- wanted[entry] = the target index still to be found, and more[entry] the others when the
+-- same entry is given more than once (rare). Flat arrays: a table per event costs more than
 -- the work it describes.
-local entry, kind, extra, ending, wanted = {}, {}, {}, {}, {}
+local entry, kind, extra, ending, wanted, more = {}, {}, {}, {}, {}, {}
 local n = 0
 local function want(a, k, e)
   n = n + 1
   local v = ARGV[a]
   entry[n], kind[n], extra[n], ending[n] = v, k, a, e
-  local stack = wanted[v]
-  if stack then
-    stack[#stack + 1] = n
+  if not wanted[v] then
+    wanted[v] = n
+  elseif more[v] then
+    more[v][#more[v] + 1] = n
   else
-    wanted[v] = {n}
+    more[v] = {n}
   end
 end
 local a = 8
@@ -83,18 +89,61 @@ for i = 1, c do want(a, 'drop', a + 1); a = a + 9 end
 
 local t = redis.call('TIME')
 -- as a string once: Lua formats a number with sprintf each time it is passed or joined
-local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = string.format('%d', now_ms)
+-- an ended record expires at a time rather than after a TTL: PEXPIREAT is cheaper for Redis
+-- than PEXPIRE, which it rewrites into one
+local expire_at = string.format('%d', now_ms + tonumber(ARGV[5]))
 local tombstone = '\0stockq:settled\0' .. t[1] .. '.' .. t[2]
 local found = {}
 local remaining = n
+
+-- Whether the list elements `block` are exactly the entries wanted (as many of each).
+local function exactly_wanted(block)
+  if #block ~= n then return false end
+  local seen = {}
+  for j = 1, n do
+    local v = block[j]
+    if not wanted[v] then return false end
+    local s = (seen[v] or 0) + 1
+    local others = more[v]
+    if s > 1 + (others and #others or 0) then return false end
+    seen[v] = s
+  end
+  return true
+end
+
+-- The entries of one claim are pushed as one block, and batches are mostly settled in the
+-- order they were claimed: the block is usually at the tail of processing (the oldest
+-- claim), or at its head (the newest). There it goes with one LTRIM, with no tombstones
+-- and no scan; anywhere else the windows below find it.
+if n > 0 then
+  -- {the end's index, the block's LRANGE start and stop, the LTRIM that drops it}
+  for _, e in ipairs({{-1, -n, -1, 0, -n - 1}, {0, 0, n - 1, n, -1}}) do
+    -- one element first: an LRANGE of a block that is not there would cost as much as the trim
+    local edge = redis.call('LINDEX', KEYS[1], e[1])
+    if edge and wanted[edge] then
+      if exactly_wanted(redis.call('LRANGE', KEYS[1], e[2], e[3])) then
+        redis.call('LTRIM', KEYS[1], e[4], e[5])
+        for i = 1, n do found[i] = true end
+        remaining = 0
+        break
+      end
+    end
+  end
+end
+
 local start, window = 0, math.max(2 * n, 256)
 while remaining > 0 do
   local chunk = redis.call('LRANGE', KEYS[1], start, start + window - 1)
   if #chunk == 0 then break end
   for j = 1, #chunk do
-    local stack = wanted[chunk[j]]
-    if stack and #stack > 0 then
-      found[table.remove(stack)] = true
+    local v = chunk[j]
+    local i = wanted[v]
+    if i then
+      found[i] = true
+      local others = more[v]
+      wanted[v] = others and table.remove(others) or nil
       redis.call('LSET', KEYS[1], start + j - 1, tombstone)
       remaining = remaining - 1
       if remaining == 0 then break end
@@ -129,7 +178,13 @@ local function announce(i)
   if event_id == '' then return false end
   local k = kind[i]
   local record = KEYS[record_base + i]
-  local r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
+  -- the tally and buyer matter only to a give-back: two fields fewer to read for an ack
+  local r
+  if k == 'give' then
+    r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
+  else
+    r = redis.call('HMGET', record, 'seq', 'state')
+  end
   local cancelled = false
   if r[1] and r[1] == seq then
     if r[2] == 'cancelling' then
@@ -146,7 +201,7 @@ local function announce(i)
       else
         state, reason, cancelled = 'cancelled', 'cancelled', true
         redis.call('HSET', record, 'state', state, 'updated_at', now)
-        redis.call('PEXPIRE', record, ARGV[5])
+        redis.call('PEXPIREAT', record, expire_at)
         redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
       end
     elseif r[2] == 'queued' or r[2] == 'dead' then
@@ -156,7 +211,7 @@ local function announce(i)
         redis.call('HSET', record, 'state', state, 'updated_at', now)
         -- only a dead letter carries its envelope
         if r[2] == 'dead' then redis.call('HDEL', record, 'envelope') end
-        redis.call('PEXPIRE', record, ARGV[5])
+        redis.call('PEXPIREAT', record, expire_at)
       end
       if k == 'give' then untally(record, ARGV[e + 1], r[4], r[3]) end
     else
@@ -164,24 +219,35 @@ local function announce(i)
       return false
     end
   end
+  local buyer, reserved_at = ARGV[e + 4], ARGV[e + 5]
+  if seq ~= '' and reserved_at ~= '' and reason == '' then
+    -- the usual entry, written by reserve.lua: its fields passed as they are (a table per
+    -- event costs more than the XADD's own work)
+    if buyer ~= '' then
+      redis.call('XADD', KEYS[8], '*', 'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1],
+        'qty', ARGV[e + 2], 'seq', seq, 'buyer', buyer, 'reserved_at', reserved_at, 'at', now)
+    else
+      redis.call('XADD', KEYS[8], '*', 'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1],
+        'qty', ARGV[e + 2], 'seq', seq, 'reserved_at', reserved_at, 'at', now)
+    end
+    return cancelled
+  end
   local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1], 'qty', ARGV[e + 2]}
   local f = 8
   if seq ~= '' then fields[f + 1] = 'seq'; fields[f + 2] = seq; f = f + 2 end
-  local buyer = ARGV[e + 4]
   if buyer ~= '' then fields[f + 1] = 'buyer'; fields[f + 2] = buyer; f = f + 2 end
   if reason ~= '' then fields[f + 1] = 'reason'; fields[f + 2] = reason; f = f + 2 end
-  local reserved_at = ARGV[e + 5]
   if reserved_at ~= '' then fields[f + 1] = 'reserved_at'; fields[f + 2] = reserved_at; f = f + 2 end
   fields[f + 1] = 'at'
   fields[f + 2] = now
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+  redis.call('XADD', KEYS[8], '*', unpack(fields))
   return cancelled
 end
 
 local acked, given, dead, dropped = 0, 0, 0, 0
 local claims, settled, uncount = {}, {}, {}
 local function settle(product_id, counted)
-  local n = tonumber(counted)
+  local n = counted == '1' and 1 or tonumber(counted)
   if n > 0 then uncount[product_id] = (uncount[product_id] or 0) + n end
 end
 for i = 1, n do
@@ -235,4 +301,7 @@ end
 if dead > 0 then
   redis.call('HINCRBY', KEYS[5], 'dead', dead)
 end
+-- trimmed once per call rather than per entry: the stream may pass MAXLEN by one batch
+-- inside this script, which nobody sees
+redis.call('XTRIM', KEYS[8], 'MAXLEN', '~', ARGV[6])
 return {acked, given, dead, dropped}

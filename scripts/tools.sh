@@ -4,6 +4,8 @@
 #   promtool  Prometheus's own checker of /metrics text (Debian's `prometheus` package)
 #   honcho    a Procfile runner, as a developer runs Procfile.dev (from PyPI, into a virtualenv
 #             of its own under ~/.cache/stockq/venv, or $STOCKQ_TOOLS_VENV)
+#   redis-py  Redis's Python client, in the same virtualenv, for scripts/lua-cost.sh (only when
+#             asked for by name)
 #
 # Run by scripts/test.sh and scripts/dev.sh, and by the tests when they do not find a tool. Safe to
 # run again: what is there is left alone. `bash scripts/tools.sh honcho` installs one.
@@ -13,6 +15,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 VENV="${STOCKQ_TOOLS_VENV:-$HOME/.cache/stockq/venv}"
 HONCHO_VERSION="2.0.0"
+REDIS_PY_VERSION="5.2.1"
 
 say() { echo "tools: $*" >&2; }
 
@@ -48,8 +51,15 @@ for tool in "${tools[@]}"; do
         "$VENV/bin/pip" install --quiet --disable-pip-version-check "honcho==$HONCHO_VERSION"
       fi
       ;;
+    redis-py)
+      if ! "$VENV/bin/python" -c "import redis" 2>/dev/null; then
+        say "installing redis-py $REDIS_PY_VERSION into $VENV"
+        [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check "redis==$REDIS_PY_VERSION"
+      fi
+      ;;
     *)
-      say "unknown tool $tool (promtool, honcho)"; exit 2
+      say "unknown tool $tool (promtool, honcho, redis-py)"; exit 2
       ;;
   esac
 done

@@ -233,6 +233,56 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
 
 /// A slow worker's entry is re-queued and delivered again; whichever holder settles first and
 /// whatever the old holder does afterwards, MySQL changes once and Redis gives back at most once.
+/// A batch leaves processing wherever it sits: in the middle, at the head (the newest claim),
+/// at the tail (the oldest), alone, or as part of two claims; settle.lua trims a whole block
+/// at either end and searches for anything else, and must never take another batch's entry.
+#[tokio::test]
+async fn a_batch_is_acknowledged_wherever_it_sits_in_processing() {
+    let env = TestEnv::new().await;
+    env.stock(1, 100).await;
+    for i in 0..16 {
+        env.reserve_ok(1, 1, &format!("pos-{i}")).await;
+    }
+    let mut claims = Vec::new();
+    for _ in 0..4 {
+        let claim = env.queue.claim(3, None).await.unwrap();
+        assert_eq!(claim.entries.len(), 3);
+        claims.push(claim);
+    }
+    let (a, b, c, d) = (claims[0].clone(), claims[1].clone(), claims[2].clone(), claims[3].clone());
+    let e = env.queue.claim(2, None).await.unwrap();
+    let f = env.queue.claim(2, None).await.unwrap();
+    // a batch of one entry of each of the two newest claims, then the rest of both
+    let mut e_and_f = e.clone();
+    e_and_f.entries = vec![e.entries[0].clone(), f.entries[1].clone()];
+    let mut rest = e.clone();
+    rest.entries = vec![e.entries[1].clone(), f.entries[0].clone()];
+
+    let worker = env.worker(10);
+    let token = CancellationToken::new();
+    let sorted = |mut v: Vec<Vec<u8>>| {
+        v.sort();
+        v
+    };
+    let mut left = sorted(env.list("processing").await);
+    // processing, head to tail: f, e, d, c, b, a
+    let order = [("middle", b), ("mixed", e_and_f), ("rest", rest), ("head", d), ("tail", a), ("alone", c)];
+    for (name, claim) in order {
+        let report = worker.process(&env.queue, claim.clone(), &token).await.unwrap();
+        let n = claim.entries.len() as u64;
+        assert_eq!((report.applied, report.acknowledged), (n, n), "{name}: {report:?}");
+        for entry in &claim.entries {
+            let at = left.iter().position(|x| x == entry).expect("an entry of the batch was in processing");
+            left.remove(at);
+        }
+        assert_eq!(sorted(env.list("processing").await), left, "{name}: exactly the batch's entries left processing");
+    }
+    assert!(left.is_empty());
+    assert_eq!(env.len("pending").await, 0);
+    assert_eq!(env.log_counts().await, (16, 0));
+    env.assert_books_balance().await;
+}
+
 #[tokio::test]
 async fn late_acknowledgement_does_no_harm() {
     for reject in [false, true] {
