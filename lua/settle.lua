@@ -98,17 +98,31 @@ local tombstone = '\0stockq:settled\0' .. t[1] .. '.' .. t[2]
 local found = {}
 local remaining = n
 
--- Whether the list elements `block` are exactly the entries wanted (as many of each).
-local function exactly_wanted(block)
+-- Marks every target found when the list elements `block` are exactly the entries wanted
+-- (as many of each); otherwise marks none and returns false.
+local function take_block(block)
   if #block ~= n then return false end
-  local seen = {}
+  if next(more) then
+    -- an entry given more than once (rare): count them
+    local seen = {}
+    for j = 1, n do
+      local v = block[j]
+      if not wanted[v] then return false end
+      local s = (seen[v] or 0) + 1
+      local others = more[v]
+      if s > 1 + (others and #others or 0) then return false end
+      seen[v] = s
+    end
+    for i = 1, n do found[i] = true end
+    return true
+  end
   for j = 1, n do
-    local v = block[j]
-    if not wanted[v] then return false end
-    local s = (seen[v] or 0) + 1
-    local others = more[v]
-    if s > 1 + (others and #others or 0) then return false end
-    seen[v] = s
+    local i = wanted[block[j]]
+    if not i or found[i] then
+      found = {}
+      return false
+    end
+    found[i] = true
   end
   return true
 end
@@ -123,9 +137,8 @@ if n > 0 then
     -- one element first: an LRANGE of a block that is not there would cost as much as the trim
     local edge = redis.call('LINDEX', KEYS[1], e[1])
     if edge and wanted[edge] then
-      if exactly_wanted(redis.call('LRANGE', KEYS[1], e[2], e[3])) then
+      if take_block(redis.call('LRANGE', KEYS[1], e[2], e[3])) then
         redis.call('LTRIM', KEYS[1], e[4], e[5])
-        for i = 1, n do found[i] = true end
         remaining = 0
         break
       end
@@ -246,6 +259,7 @@ end
 
 local acked, given, dead, dropped = 0, 0, 0, 0
 local claims, settled, uncount = {}, {}, {}
+local nc, ns = 0, 0
 local function settle(product_id, counted)
   local n = counted == '1' and 1 or tonumber(counted)
   if n > 0 then uncount[product_id] = (uncount[product_id] or 0) + n end
@@ -253,11 +267,13 @@ end
 for i = 1, n do
   if found[i] then
     local k, v, a = kind[i], entry[i], extra[i]
-    claims[#claims + 1] = v
+    nc = nc + 1
+    claims[nc] = v
     local cancelled = announce(i)
     if k == 'ack' then
       settle(ARGV[a + 1], ARGV[a + 2])
-      settled[#settled + 1] = v
+      ns = ns + 1
+      settled[ns] = v
       acked = acked + 1
     elseif k == 'give' then
       if not cancelled then
@@ -266,10 +282,12 @@ for i = 1, n do
         settle(ARGV[a + 1], ARGV[a + 3])
         given = given + tonumber(qty)
       end
-      settled[#settled + 1] = v
+      ns = ns + 1
+      settled[ns] = v
       acked = acked + 1
     elseif k == 'drop' then
-      settled[#settled + 1] = v
+      ns = ns + 1
+      settled[ns] = v
       acked = acked + 1
       dropped = dropped + 1
     else

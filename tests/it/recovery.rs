@@ -281,6 +281,16 @@ async fn a_batch_is_acknowledged_wherever_it_sits_in_processing() {
     assert_eq!(env.len("pending").await, 0);
     assert_eq!(env.log_counts().await, (16, 0));
     env.assert_books_balance().await;
+
+    // the same bytes twice in one batch (pushed by hand): both leave processing, once each
+    let twice = br#"{"event_id":"by-hand-twice","product_id":1,"qty":1}"#;
+    env.push_raw(twice).await;
+    env.push_raw(twice).await;
+    let claim = env.queue.claim(10, None).await.unwrap();
+    assert_eq!(claim.entries.len(), 2);
+    let report = worker.process(&env.queue, claim, &token).await.unwrap();
+    assert_eq!((report.applied, report.redelivered, report.acknowledged), (1, 1, 2), "{report:?}");
+    assert_eq!(env.len("processing").await, 0);
 }
 
 #[tokio::test]
