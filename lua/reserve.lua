@@ -97,7 +97,14 @@ if not stock then
   return {-1, 0, 0}
 end
 local limit = redis.call('HGET', KEYS[7], product_id)
-limit = limit and tonumber(limit) or 0
+if limit then
+  limit = tonumber(limit)
+  if not limit then
+    return redis.error_reply('ERR stockq: the buyer limit of product ' .. product_id .. ' in ' .. KEYS[7] .. ' is not a number')
+  end
+else
+  limit = 0
+end
 if limit > 0 and buyer == '' then
   return {-3, 0, limit}
 end

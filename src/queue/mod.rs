@@ -73,7 +73,7 @@ pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lindex +lrange +lpush +rpush +rpop \
     +lrem +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
     +smembers +xadd +hmget +hset +pexpire +xrevrange +xread +hget +hscan +sismember +smismember +scard \
-    +persist +zcard +scan +unlink +xrange +xtrim +ltrim +pexpireat";
+    +persist +zcard +scan +unlink +xrange +xtrim +ltrim";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub(crate) type Entry = Vec<u8>;

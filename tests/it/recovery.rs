@@ -231,8 +231,6 @@ async fn entry_timing_out_max_attempts_times_is_dead_lettered() {
     assert_eq!(env.log_rows().await, 0, "never reached MySQL");
 }
 
-/// A slow worker's entry is re-queued and delivered again; whichever holder settles first and
-/// whatever the old holder does afterwards, MySQL changes once and Redis gives back at most once.
 /// A batch leaves processing wherever it sits: in the middle, at the head (the newest claim),
 /// at the tail (the oldest), alone, or as part of two claims; settle.lua trims a whole block
 /// at either end and searches for anything else, and must never take another batch's entry.
@@ -293,6 +291,8 @@ async fn a_batch_is_acknowledged_wherever_it_sits_in_processing() {
     assert_eq!(env.len("processing").await, 0);
 }
 
+/// A slow worker's entry is re-queued and delivered again; whichever holder settles first and
+/// whatever the old holder does afterwards, MySQL changes once and Redis gives back at most once.
 #[tokio::test]
 async fn late_acknowledgement_does_no_harm() {
     for reject in [false, true] {

@@ -107,6 +107,71 @@ impl Drop for TlsRedis {
     }
 }
 
+/// A Redis user set up from an earlier version's ACL list lacks the commands added since
+/// (XTRIM, LTRIM; one missing at a time): acknowledging a batch then fails before it changes anything (entries still
+/// in processing, records still queued, no outcome, no counter), and succeeds once the
+/// user has the current list.
+#[tokio::test]
+async fn an_acl_without_the_newer_commands_fails_an_acknowledgement_before_it_changes_anything() {
+    for missing in ["+xtrim", "+ltrim"] {
+        acknowledge_without(missing).await;
+    }
+}
+
+async fn acknowledge_without(missing: &str) {
+    let env = TestEnv::new().await;
+    let user = AclUser { name: format!("stockq_old_{}", env.name) };
+    let mut c = env.redis.clone();
+    let acl = |commands: Vec<&str>| {
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg(&user.name).arg("on").arg(">acl-secret").arg("resetkeys");
+        setuser.arg(format!("~{{{}}}:*", env.name)).arg("resetchannels").arg("-@all");
+        for command in commands {
+            setuser.arg(command);
+        }
+        setuser
+    };
+    let old: Vec<&str> = stockq::ACL_COMMANDS.split_whitespace().filter(|c| *c != missing).collect();
+    let () = acl(old).query_async(&mut c).await.expect("ACL SETUSER");
+    let mut settings = env.settings.clone();
+    settings.redis.url =
+        stockq::SecretUrl::parse("REDIS_URL", &format!("redis://{}:acl-secret@127.0.0.1:6379", user.name), &["redis"])
+            .unwrap();
+    let limited = stockq::Queue::connect(&settings).await.expect("the limited user connects");
+
+    env.stock(1, 10).await;
+    for i in 0..3 {
+        env.reserve_ok(1, 1, &format!("acl-old-{i}")).await;
+    }
+    let claim = env.queue.claim(10, None).await.unwrap();
+    assert_eq!(claim.entries.len(), 3);
+    let processing = env.list("processing").await;
+    let worker = env.worker(10);
+    let token = tokio_util::sync::CancellationToken::new();
+    let err = worker.process(&limited, claim.clone(), &token).await.unwrap_err().to_string();
+    assert!(err.contains("can't run this command"), "without {missing}: {err}");
+
+    assert_eq!(env.list("processing").await, processing, "without {missing}: the batch is still held");
+    let mut c = env.redis.clone();
+    for i in 0..3 {
+        let state: Option<String> =
+            redis::AsyncCommands::hget(&mut c, env.key(&format!("r:acl-old-{i}")), "state").await.unwrap();
+        assert_eq!(state.as_deref(), Some("queued"), "without {missing}");
+    }
+    let outcomes: usize = redis::cmd("XLEN").arg(env.key("outcomes")).query_async(&mut c).await.unwrap();
+    assert_eq!(outcomes, 0, "without {missing}: no outcome announced");
+    let applied: Option<i64> = redis::AsyncCommands::hget(&mut c, env.key("counters"), "applied").await.unwrap();
+    assert_eq!(applied, None, "without {missing}: no counter moved");
+
+    // MySQL did apply the batch: once the user has the current list, its redelivery settles it
+    let () = acl(stockq::ACL_COMMANDS.split_whitespace().collect()).query_async(&mut c).await.unwrap();
+    let report = worker.process(&limited, claim, &token).await.unwrap();
+    assert_eq!((report.redelivered, report.acknowledged), (3, 3), "{report:?}");
+    assert_eq!(env.len("processing").await, 0);
+    assert_eq!(env.log_counts().await, (3, 0));
+    env.assert_books_balance().await;
+}
+
 async fn start_tls_redis() -> TlsRedis {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let dir = std::env::temp_dir().join(format!("stockq-tls-{:08x}", rand::random::<u32>()));
