@@ -273,7 +273,11 @@ async fn a_batch_is_acknowledged_wherever_it_sits_in_processing() {
             let at = left.iter().position(|x| x == entry).expect("an entry of the batch was in processing");
             left.remove(at);
         }
-        assert_eq!(sorted(env.list("processing").await), left, "{name}: exactly the batch's entries left processing");
+        assert_eq!(
+            sorted(env.list("processing").await),
+            left,
+            "{name}: exactly the batch's entries left processing"
+        );
     }
     assert!(left.is_empty());
     assert_eq!(env.len("pending").await, 0);

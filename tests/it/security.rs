@@ -134,9 +134,12 @@ async fn acknowledge_without(missing: &str) {
     let old: Vec<&str> = stockq::ACL_COMMANDS.split_whitespace().filter(|c| *c != missing).collect();
     let () = acl(old).query_async(&mut c).await.expect("ACL SETUSER");
     let mut settings = env.settings.clone();
-    settings.redis.url =
-        stockq::SecretUrl::parse("REDIS_URL", &format!("redis://{}:acl-secret@127.0.0.1:6379", user.name), &["redis"])
-            .unwrap();
+    settings.redis.url = stockq::SecretUrl::parse(
+        "REDIS_URL",
+        &format!("redis://{}:acl-secret@127.0.0.1:6379", user.name),
+        &["redis"],
+    )
+    .unwrap();
     let limited = stockq::Queue::connect(&settings).await.expect("the limited user connects");
 
     env.stock(1, 10).await;
@@ -160,7 +163,8 @@ async fn acknowledge_without(missing: &str) {
     }
     let outcomes: usize = redis::cmd("XLEN").arg(env.key("outcomes")).query_async(&mut c).await.unwrap();
     assert_eq!(outcomes, 0, "without {missing}: no outcome announced");
-    let applied: Option<i64> = redis::AsyncCommands::hget(&mut c, env.key("counters"), "applied").await.unwrap();
+    let applied: Option<i64> =
+        redis::AsyncCommands::hget(&mut c, env.key("counters"), "applied").await.unwrap();
     assert_eq!(applied, None, "without {missing}: no counter moved");
 
     // MySQL did apply the batch: once the user has the current list, its redelivery settles it
