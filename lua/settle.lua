@@ -137,7 +137,7 @@ end
 if n > 0 then
   -- {the end's index, the block's LRANGE start and stop, the LTRIM that drops it}
   for _, e in ipairs({{-1, -n, -1, 0, -n - 1}, {0, 0, n - 1, n, -1}}) do
-    -- one element first: an LRANGE of a block that is not there would cost as much as the trim
+    -- one element first: reading n entries is wasted when the block is not at this end
     local edge = redis.call('LINDEX', KEYS[1], e[1])
     if edge and wanted[edge] then
       if take_block(redis.call('LRANGE', KEYS[1], e[2], e[3])) then
