@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{MySql, QueryBuilder, Row};
 
-use super::{CALL_TIMEOUT, Ledger, Outcome, Settled, Status, push_list, read_settled};
+use super::{CALL_TIMEOUT, Ledger, Outcome, Settled, Status, insert_log_rows, push_list, read_settled};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -140,18 +140,10 @@ impl Ledger {
             .collect();
 
         if !new_rows.is_empty() {
-            let mut q = QueryBuilder::<MySql>::new(
-                "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) ",
-            );
-            q.push_values(&new_rows, |mut row, (event, status)| {
-                row.push_bind(event.event_id.clone())
-                    .push_bind(event.product_id)
-                    .push_bind(event.qty)
-                    .push_bind(status.as_str())
-                    .push_bind(event.seq)
-                    .push_bind(claim_seq);
-            });
-            q.build().execute(&mut *tx).await?;
+            insert_log_rows("INSERT INTO", new_rows.iter().map(|(e, s)| (*e, *s)), claim_seq)
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
         update_products(&mut tx, &before, &stock).await?;
         tx.commit().await?;

@@ -231,6 +231,26 @@ where
     Ok(settled)
 }
 
+/// `INSERT [IGNORE] INTO stock_log`, one row per (event, status), each stamped `claim_seq`:
+/// the prepared form shared by a batch and by the settling of cancelled events.
+fn insert_log_rows<'e>(
+    insert: &str,
+    rows: impl IntoIterator<Item = (&'e crate::event::Event, Status)>,
+    claim_seq: i64,
+) -> QueryBuilder<MySql> {
+    let mut q =
+        QueryBuilder::new(format!("{insert} stock_log (event_id, product_id, qty, status, seq, claim_seq) "));
+    q.push_values(rows, |mut row, (event, status)| {
+        row.push_bind(event.event_id.clone())
+            .push_bind(event.product_id)
+            .push_bind(event.qty)
+            .push_bind(status.as_str())
+            .push_bind(event.seq)
+            .push_bind(claim_seq);
+    });
+    q
+}
+
 fn push_list<T>(q: &mut QueryBuilder<MySql>, values: impl Iterator<Item = T>)
 where
     T: 'static + for<'q> sqlx::Encode<'q, MySql> + sqlx::Type<MySql>,

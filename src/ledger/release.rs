@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{MySql, QueryBuilder};
 
-use super::{CALL_TIMEOUT, Ledger, Settled, push_list, read_settled};
+use super::{CALL_TIMEOUT, Ledger, Settled, Status, insert_log_rows, push_list, read_settled};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -29,18 +29,8 @@ impl Ledger {
         }
         bounded("mysql (cancelled)", CALL_TIMEOUT, async {
             let mut tx = self.pool.begin().await?;
-            let mut q = QueryBuilder::<MySql>::new(
-                "INSERT IGNORE INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) ",
-            );
-            q.push_values(events, |mut row, event| {
-                row.push_bind(event.event_id.clone())
-                    .push_bind(event.product_id)
-                    .push_bind(event.qty)
-                    .push_bind("cancelled")
-                    .push_bind(event.seq)
-                    .push_bind(claim_seq);
-            });
-            q.build().execute(&mut *tx).await?;
+            let rows = events.iter().map(|e| (e, Status::Cancelled));
+            insert_log_rows("INSERT IGNORE INTO", rows, claim_seq).build().execute(&mut *tx).await?;
             let rows = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(
