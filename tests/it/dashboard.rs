@@ -34,22 +34,12 @@ async fn request(
     (head[9..12].parse().unwrap(), head.to_string(), body.to_string())
 }
 
-/// `serve` on a free port with `admin_token` (none: unset), waiting until it listens.
+/// `serve` with `admin_token` (none: unset), once it listens.
 async fn start_serve(env: &TestEnv, admin_token: Option<&str>) -> (tokio::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = env.command(&["serve"]);
-    cmd.env("PORT", port.to_string()).env("STOCKQ_BIND", "127.0.0.1").stdout(std::process::Stdio::null());
-    if let Some(token) = admin_token {
-        cmd.env("STOCKQ_ADMIN_TOKEN", token);
+    match admin_token {
+        Some(token) => env.serve(&[("STOCKQ_ADMIN_TOKEN", token)]).await,
+        None => env.serve(&[]).await,
     }
-    let child = cmd.spawn().expect("spawn serve");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (child, port);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("serve did not listen on {port}");
 }
 
 /// Logs in over HTTP; the session cookie (`stockq_admin=...`) and the whole `Set-Cookie`.

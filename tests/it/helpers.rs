@@ -97,6 +97,22 @@ impl TestEnv {
         cmd
     }
 
+    /// `stockq serve` on a free local port, with the environment `vars` added, once it listens.
+    pub async fn serve(&self, vars: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = self.command(&["serve"]);
+        cmd.env("PORT", port.to_string()).env("STOCKQ_BIND", "127.0.0.1").stdout(Stdio::null());
+        cmd.envs(vars.iter().copied());
+        let child = cmd.spawn().expect("spawn serve");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return (child, port);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("serve did not listen on {port}");
+    }
+
     /// Runs the binary to completion: (exit status, stdout, stderr).
     pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())

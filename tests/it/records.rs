@@ -292,21 +292,9 @@ pub(crate) async fn http(
     (status, json)
 }
 
+/// `serve` with the API token `token` (empty: unset), once it listens.
 pub(crate) async fn start_serve(env: &TestEnv, token: &str) -> (tokio::process::Child, u16) {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut cmd = env.command(&["serve"]);
-    cmd.env("PORT", port.to_string()).env("STOCKQ_API_TOKEN", token).stdout(std::process::Stdio::null());
-    let child = cmd.spawn().expect("spawn serve");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (child, port);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("serve did not listen on {port}");
+    env.serve(&[("STOCKQ_API_TOKEN", token)]).await
 }
 
 /// `POST /reserve` answers replays and reused ids; `GET /reservations/<id>` wants the token.
