@@ -133,12 +133,12 @@ local deadline = 0
 if hold ~= '' and hold ~= '0' and tonumber(hold) > 0 then
   deadline = now + tonumber(hold)
 end
-local state = deadline == 0 and 'queued' or 'held'
+local first_state = deadline == 0 and 'queued' or 'held'
 if buyer ~= '' then
-  redis.call('HSET', KEYS[5], 'state', state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
+  redis.call('HSET', KEYS[5], 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
     'reserved_at', now_s, 'updated_at', now_s, 'buyer', buyer)
 else
-  redis.call('HSET', KEYS[5], 'state', state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
+  redis.call('HSET', KEYS[5], 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
     'reserved_at', now_s, 'updated_at', now_s)
 end
 if limit > 0 then
