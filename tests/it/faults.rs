@@ -562,7 +562,9 @@ async fn mysql_connections_killed_under_a_backlog() {
         env.stock(p, INITIAL).await;
     }
     let tally = Tally::default();
-    tally.backlog(&env, 5000, PRODUCTS).await;
+    // deep enough that the workers (batches of 10, about 10,000 events/s between kills) still
+    // have work when ten rounds of kills have hit
+    tally.backlog(&env, 20_000, PRODUCTS).await;
 
     // The test's own MySQL access goes through one connection that is spared; its pools (the
     // ledger's and its own) are closed so that every other stockq connection on this database
