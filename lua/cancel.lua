@@ -39,65 +39,16 @@
 -- the worker then finds, settle.lua gives nothing back twice.
 -- `allow-oom`: ending reservations frees memory and must run when Redis is full.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl, maxlen = ARGV[2], ARGV[3]
+--- @include "clock"
+--- @include "entry"
+--- @include "give_back"
 
-local function read(record)
-  local v = redis.call('HMGET', record, 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at',
-    'deadline', 'tally', 'envelope')
-  if not v[1] then return nil end
-  return {state = v[1], product_id = v[2], qty = v[3], buyer = v[4], seq = v[5], reserved_at = v[6],
-    deadline = v[7], tally = v[8], envelope = v[9]}
-end
+local inflight, outcomes, bought, holds, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local cancels, dead, releases = KEYS[6], KEYS[7], KEYS[8]
+local mode, ttl = ARGV[1], ARGV[2]
 
-local function announce(event_id, r, state, reason)
-  local fields = {'event_id', event_id, 'state', state, 'product_id', r.product_id, 'qty', r.qty}
-  for _, kv in ipairs({{'seq', r.seq}, {'buyer', r.buyer}, {'reason', reason},
-                       {'reserved_at', r.reserved_at}, {'at', now}}) do
-    if kv[2] then
-      fields[#fields + 1] = kv[1]
-      fields[#fields + 1] = kv[2]
-    end
-  end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(fields))
-end
-
--- Gives the reservation's stock back to Redis and its units back to its buyer; `counted`
--- says whether it still counts in the product's in-flight units.
-local function give_back(record, stock, r)
-  redis.call('INCRBY', stock, r.qty)
-  redis.call('HINCRBY', KEYS[1], r.product_id, -tonumber(r.qty))
-  if r.tally then
-    local field = r.product_id .. ':' .. (r.buyer or '')
-    local held = tonumber(redis.call('HGET', KEYS[3], field) or '0')
-    if held > tonumber(r.tally) then
-      redis.call('HINCRBY', KEYS[3], field, -tonumber(r.tally))
-    else
-      redis.call('HDEL', KEYS[3], field)
-    end
-    redis.call('HDEL', record, 'tally')
-  end
-end
-
-local function finish(event_id, record, r, state, reason)
-  redis.call('HSET', record, 'state', state, 'updated_at', now)
-  redis.call('PEXPIRE', record, ttl)
-  announce(event_id, r, state, reason)
-end
-
--- The bytes reserve.lua (or confirm.lua) pushed for this reservation.
-local function entry_of(event_id, r)
-  local buyer_field = ''
-  if r.buyer then buyer_field = ',"buyer":"' .. r.buyer .. '"' end
-  return '{"event_id":"' .. event_id .. '","product_id":' .. r.product_id .. ',"qty":' .. r.qty ..
-    ',"seq":' .. r.seq .. buyer_field .. ',"at":' .. r.reserved_at .. '}'
-end
-
-local function release_of(event_id, r)
-  return '{"event_id":"' .. event_id .. '","product_id":' .. r.product_id .. ',"qty":' .. r.qty ..
-    ',"seq":' .. (r.seq or 'null') .. '}'
-end
+trim_outcomes(outcomes, ARGV[3])
+local now = clock_text()
 
 local function check_stock_key(stock, r)
   local suffix = ':stock:' .. r.product_id
@@ -106,33 +57,33 @@ local function check_stock_key(stock, r)
   end
 end
 
-if ARGV[1] == 'expire' then
+if mode == 'expire' then
   local expired = 0
+  local now_ms = tonumber(now)
   for i = 4, #ARGV do
     local event_id, record, stock = ARGV[i], KEYS[9 + 2 * (i - 4)], KEYS[10 + 2 * (i - 4)]
-    local r = read(record)
+    local r = read_record(record)
     if not r or r.state ~= 'held' then
-      redis.call('ZREM', KEYS[4], event_id)
-    elseif tonumber(r.deadline) <= now then
+      redis.call('ZREM', holds, event_id)
+    elseif tonumber(r.deadline) <= now_ms then
       check_stock_key(stock, r)
-      redis.call('ZREM', KEYS[4], event_id)
-      give_back(record, stock, r)
-      finish(event_id, record, r, 'expired', 'payment deadline passed')
+      expire_hold({holds = holds, stock = stock, inflight = inflight, bought = bought, outcomes = outcomes},
+        event_id, record, r, now, ttl)
       expired = expired + 1
     end
   end
   return {expired}
 end
 
-if ARGV[1] ~= 'cancel' then
+if mode ~= 'cancel' then
   return redis.error_reply('ERR stockq: cancel.lua mode must be cancel or expire')
 end
 local event_id, record, stock = ARGV[4], KEYS[9], KEYS[10]
-local r = read(record)
+local r = read_record(record)
 if not r then
   if not ARGV[5] then return {'', 0} end
   -- applied, and its record expired: what the ledger says is enough to release it
-  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7], reserved_at = nil}
+  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7]}
   if ARGV[7] == '' then r.seq = nil end
   redis.call('HSET', record, 'state', 'applied', 'product_id', r.product_id, 'qty', r.qty,
     'updated_at', now)
@@ -141,26 +92,28 @@ end
 check_stock_key(stock, r)
 
 if r.state == 'held' then
-  redis.call('ZREM', KEYS[4], event_id)
-  give_back(record, stock, r)
-  finish(event_id, record, r, 'cancelled', 'cancelled')
+  redis.call('ZREM', holds, event_id)
+  give_back(stock, inflight, bought, record, r)
+  end_record(record, 'cancelled', now, ttl)
+  announce(outcomes, event_id, 'cancelled', r.product_id, r.qty, r.seq, r.buyer, 'cancelled', r.reserved_at, now)
   return {'cancelled', 1}
 elseif r.state == 'queued' or r.state == 'dead' then
-  local entry = entry_of(event_id, r)
+  -- the bytes reserve.lua (or confirm.lua) pushed for this reservation
+  local entry = entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at)
   if r.state == 'dead' then
-    if not r.envelope or redis.call('LREM', KEYS[7], 1, r.envelope) == 0 then
+    if not r.envelope or redis.call('LREM', dead, 1, r.envelope) == 0 then
       return redis.error_reply('ERR stockq: the dead letter of ' .. event_id .. ' is not in the dead list')
     end
-    redis.call('RPUSH', KEYS[5], entry)
+    redis.call('RPUSH', pending, entry)
     redis.call('HDEL', record, 'envelope')
   end
-  redis.call('SADD', KEYS[6], entry)
-  give_back(record, stock, r)
+  redis.call('SADD', cancels, entry)
+  give_back(stock, inflight, bought, record, r)
   redis.call('HSET', record, 'state', 'cancelling', 'updated_at', now)
   return {'cancelling', 1}
 elseif r.state == 'applied' then
-  give_back(record, stock, r)
-  redis.call('RPUSH', KEYS[8], release_of(event_id, r))
+  give_back(stock, inflight, bought, record, r)
+  redis.call('RPUSH', releases, release_json(event_id, r.product_id, r.qty, r.seq))
   redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
   redis.call('PERSIST', record)
   return {'releasing', 1}

@@ -28,8 +28,9 @@
 -- The `#!lua` line makes Redis refuse the claim when it is over `maxmemory`: a worker that
 -- could not acknowledge what it applies must not take more (settle.lua still runs then).
 
-local t = redis.call('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+--- @include "clock"
+
+local deadline = clock_ms() + tonumber(ARGV[2])
 
 if ARGV[3] then
   redis.call('ZADD', KEYS[3], deadline, ARGV[3])

@@ -25,60 +25,41 @@
 -- confirm racing the deadline either queues the event or finds it expired, never both.
 -- Refused under `maxmemory` (`#!lua`): confirming adds an event to the queue.
 
-local r = redis.call('HMGET', KEYS[1], 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at',
-  'deadline', 'tally')
-local state = r[1]
-if not state then
+--- @include "clock"
+--- @include "entry"
+--- @include "give_back"
+
+local record, stock, pending, holds, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local outcomes, bought = KEYS[6], KEYS[7]
+local event_id, ttl = ARGV[1], ARGV[2]
+
+local r = read_record(record)
+if not r then
   return {-1, ''}
 end
+local state = r.state
 if state == 'queued' or state == 'dead' or state == 'applied' then
   return {0, state}
 end
 if state ~= 'held' then
   return {-2, state}
 end
-local suffix = ':stock:' .. r[2]
-if string.sub(KEYS[2], -#suffix) ~= suffix then
+local suffix = ':stock:' .. r.product_id
+if string.sub(stock, -#suffix) ~= suffix then
   return redis.error_reply('ERR stockq: KEYS[2] must be the stock key of the record\'s product')
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREM', KEYS[4], ARGV[1])
-if now < tonumber(r[7]) then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', now)
-  redis.call('HDEL', KEYS[1], 'deadline')
-  local buyer_field = ''
-  if r[4] then buyer_field = ',"buyer":"' .. r[4] .. '"' end
-  -- the same bytes reserve.lua would have pushed
-  redis.call('LPUSH', KEYS[3],
-    '{"event_id":"' .. ARGV[1] .. '","product_id":' .. r[2] ..
-    ',"qty":' .. r[3] .. ',"seq":' .. r[5] .. buyer_field .. ',"at":' .. r[6] .. '}')
+local now = clock_text()
+if tonumber(now) < tonumber(r.deadline) then
+  redis.call('ZREM', holds, event_id)
+  redis.call('HSET', record, 'state', 'queued', 'updated_at', now)
+  redis.call('HDEL', record, 'deadline')
+  redis.call('LPUSH', pending, entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at))
   return {1, 'queued'}
 end
 
--- the deadline has passed: expire the hold as the janitor would (see cancel.lua)
-redis.call('INCRBY', KEYS[2], r[3])
-redis.call('HINCRBY', KEYS[5], r[2], -tonumber(r[3]))
-if r[8] then
-  local field = r[2] .. ':' .. (r[4] or '')
-  local held = tonumber(redis.call('HGET', KEYS[7], field) or '0')
-  if held > tonumber(r[8]) then
-    redis.call('HINCRBY', KEYS[7], field, -tonumber(r[8]))
-  else
-    redis.call('HDEL', KEYS[7], field)
-  end
-  redis.call('HDEL', KEYS[1], 'tally')
-end
-redis.call('HSET', KEYS[1], 'state', 'expired', 'updated_at', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local fields = {'event_id', ARGV[1], 'state', 'expired', 'product_id', r[2], 'qty', r[3], 'seq', r[5]}
-if r[4] then
-  fields[#fields + 1] = 'buyer'
-  fields[#fields + 1] = r[4]
-end
-for _, v in ipairs({'reason', 'payment deadline passed', 'reserved_at', r[6], 'at', now}) do
-  fields[#fields + 1] = v
-end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+-- the deadline has passed: expire the hold as the janitor would (cancel.lua)
+trim_outcomes(outcomes, ARGV[3])
+expire_hold({holds = holds, stock = stock, inflight = inflight, bought = bought, outcomes = outcomes},
+  event_id, record, r, now, ttl)
 return {-2, 'expired'}

@@ -34,71 +34,61 @@
 -- pushed (as settle.lua does), and nothing is given back here.
 -- `allow-oom`: dropping only shrinks Redis.
 
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+--- @include "clock"
+--- @include "entry"
+--- @include "outcome"
+--- @include "tally"
+
+local dead, stock, inflight, unsure, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local outcomes, releases, bought, cancels = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local envelope, units, product_id, counted, original, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local event_id, qty, seq, buyer, reserved_at, state, reason = ARGV[8], ARGV[10], ARGV[11], ARGV[12],
+  ARGV[13], ARGV[14], ARGV[15]
+
+trim_outcomes(outcomes, ARGV[7])
+if redis.call('LREM', dead, 1, envelope) == 0 then
   return 0
 end
-local event_id, seq, state = ARGV[8], ARGV[11], ARGV[14]
-local reason = ARGV[15]
+local is_event = event_id and event_id ~= ''
 local r = {}
-if event_id and event_id ~= '' then
-  r = redis.call('HMGET', KEYS[5], 'seq', 'state', 'tally', 'buyer')
+if is_event then
+  r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
 end
 local mine = r[1] and r[1] == seq
-if ARGV[5] then
-  redis.call('SREM', KEYS[4], ARGV[5])
-  redis.call('SREM', KEYS[9], ARGV[5])
+if original then
+  redis.call('SREM', unsure, original)
+  redis.call('SREM', cancels, original)
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock_text()
 if mine and r[2] == 'cancelling' then
   if state == 'applied' then
-    if tonumber(ARGV[4]) > 0 then
-      redis.call('HINCRBY', KEYS[3], ARGV[3], -tonumber(ARGV[4]))
+    if tonumber(counted) > 0 then
+      redis.call('HINCRBY', inflight, product_id, -tonumber(counted))
     end
-    redis.call('RPUSH', KEYS[7], '{"event_id":"' .. event_id .. '","product_id":' .. ARGV[9] ..
-      ',"qty":' .. ARGV[10] .. ',"seq":' .. seq .. '}')
-    redis.call('HSET', KEYS[5], 'state', 'releasing', 'updated_at', now)
+    redis.call('RPUSH', releases, release_json(event_id, ARGV[9], qty, seq))
+    redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
   else
     state, reason = 'cancelled', 'cancelled'
-    redis.call('HSET', KEYS[5], 'state', state, 'updated_at', now)
-    redis.call('PEXPIRE', KEYS[5], ARGV[6])
+    redis.call('HSET', record, 'state', state, 'updated_at', now)
+    redis.call('PEXPIRE', record, ttl)
   end
-  redis.call('HDEL', KEYS[5], 'envelope')
+  redis.call('HDEL', record, 'envelope')
 else
-  if tonumber(ARGV[2]) > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('INCRBY', KEYS[2], ARGV[2])
+  if tonumber(units) > 0 and redis.call('EXISTS', stock) == 1 then
+    redis.call('INCRBY', stock, units)
   end
-  if tonumber(ARGV[4]) > 0 then
-    redis.call('HINCRBY', KEYS[3], ARGV[3], -tonumber(ARGV[4]))
+  if tonumber(counted) > 0 then
+    redis.call('HINCRBY', inflight, product_id, -tonumber(counted))
   end
-  if not (event_id and event_id ~= '') then
+  if not is_event then
     return 1
   end
   if mine then
-    redis.call('HSET', KEYS[5], 'state', state, 'updated_at', now)
-    redis.call('HDEL', KEYS[5], 'envelope')
-    redis.call('PEXPIRE', KEYS[5], ARGV[6])
-    if state == 'cancelled' and r[3] then
-      local field = ARGV[9] .. ':' .. (r[4] or '')
-      local held = tonumber(redis.call('HGET', KEYS[8], field) or '0')
-      if held > tonumber(r[3]) then
-        redis.call('HINCRBY', KEYS[8], field, -tonumber(r[3]))
-      else
-        redis.call('HDEL', KEYS[8], field)
-      end
-      redis.call('HDEL', KEYS[5], 'tally')
-    end
+    redis.call('HSET', record, 'state', state, 'updated_at', now)
+    redis.call('HDEL', record, 'envelope')
+    redis.call('PEXPIRE', record, ttl)
+    if state == 'cancelled' and r[3] then untally(bought, record, ARGV[9], r[4], r[3]) end
   end
 end
-local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[9], 'qty', ARGV[10]}
-local optional = {'seq', seq, 'buyer', ARGV[12], 'reason', reason, 'reserved_at', ARGV[13]}
-for k = 1, #optional, 2 do
-  if optional[k + 1] ~= '' then
-    fields[#fields + 1] = optional[k]
-    fields[#fields + 1] = optional[k + 1]
-  end
-end
-fields[#fields + 1] = 'at'
-fields[#fields + 1] = now
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', unpack(fields))
+announce(outcomes, event_id, state, ARGV[9], qty, seq, buyer, reason, reserved_at, now)
 return 1

@@ -15,13 +15,14 @@
 -- `allow-oom`: the entry is smaller than its envelope, so this shrinks Redis (the record only
 -- changes a field).
 
+--- @include "clock"
+
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return 0
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 if ARGV[3] and ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'seq') == ARGV[3] then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = clock_text()
   redis.call('HDEL', KEYS[3], 'envelope')
   if redis.call('HGET', KEYS[3], 'state') == 'dead' then
     redis.call('HSET', KEYS[3], 'state', 'queued', 'updated_at', now)

@@ -19,32 +19,31 @@
 -- the row once) both call this; the second finds the entry gone and changes nothing.
 -- `allow-oom`: acknowledging only shrinks Redis.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "clock"
+--- @include "outcome"
+
+local releases, inflight, outcomes, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ttl = ARGV[1]
+
+trim_outcomes(outcomes, ARGV[2])
+local now = clock_text()
 local n = 0
 for i = 0, (#ARGV - 2) / 5 - 1 do
   local a = 3 + 5 * i
   local entry, event_id, product_id, qty, seq = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  if redis.call('LREM', KEYS[1], 1, entry) > 0 then
+  if redis.call('LREM', releases, 1, entry) > 0 then
     n = n + 1
-    redis.call('HINCRBY', KEYS[2], product_id, tonumber(qty))
+    redis.call('HINCRBY', inflight, product_id, tonumber(qty))
     local record = KEYS[5 + i]
     local r = redis.call('HMGET', record, 'state', 'seq', 'buyer', 'reserved_at')
     if r[1] == 'releasing' and (r[2] or '') == seq then
       redis.call('HSET', record, 'state', 'released', 'updated_at', now)
-      redis.call('PEXPIRE', record, ARGV[1])
+      redis.call('PEXPIRE', record, ttl)
     end
-    local fields = {'event_id', event_id, 'state', 'released', 'product_id', product_id, 'qty', qty}
-    for _, kv in ipairs({{'seq', seq}, {'buyer', r[3]}, {'reserved_at', r[4]}, {'at', now}}) do
-      if kv[2] and kv[2] ~= '' then
-        fields[#fields + 1] = kv[1]
-        fields[#fields + 1] = kv[2]
-      end
-    end
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+    announce(outcomes, event_id, 'released', product_id, qty, seq, r[3], nil, r[4], now)
   end
 end
 if n > 0 then
-  redis.call('HINCRBY', KEYS[4], 'released', n)
+  redis.call('HINCRBY', counters, 'released', n)
 end
 return n

@@ -10,8 +10,9 @@
 -- `allow-oom`: it only updates scores, and a live worker must keep what it holds when Redis
 -- is full.
 
-local t = redis.call('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+--- @include "clock"
+
+local deadline = clock_ms() + tonumber(ARGV[1])
 local n = 0
 for i = 2, #ARGV do
   n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, ARGV[i])

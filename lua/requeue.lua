@@ -29,8 +29,9 @@
 --
 -- `allow-oom`: recovery only moves entries, so it runs when Redis is full.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "clock"
+
+local now = clock_ms()
 local max_attempts = tonumber(ARGV[1])
 local vt = tonumber(ARGV[2])
 

@@ -46,7 +46,13 @@
 -- string (tostring is about 5,000 instructions, string.format('%d') half that), tonumber,
 -- a pattern match per check, and a table per call. Times stay strings where they can.
 
+--- @include "clock"
+--- @include "entry"
+--- @include "tally"
+
 local find, match, sub, format = string.find, string.match, string.sub, string.format
+local stock_key, pending, seq_key, inflight, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local holds, limits, bought = KEYS[6], KEYS[7], KEYS[8]
 local event_id, product_id, qty_arg, buyer, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 if not event_id or not buyer or #event_id < 1 or #event_id > 64 or #buyer > 64
@@ -70,17 +76,17 @@ if #KEYS ~= 8 then
   return redis.error_reply('ERR stockq: reserve.lua takes 8 keys: stock, pending, seq, inflight, record, holds, limits, bought')
 end
 -- every key of the queue starts with the prefix of its sequence key, '{q}:'
-local prefix = sub(KEYS[3], 1, -4)
-if KEYS[1] ~= prefix .. 'stock:' .. product_id then
+local prefix = sub(seq_key, 1, -4)
+if stock_key ~= prefix .. 'stock:' .. product_id then
   return redis.error_reply('ERR stockq: KEYS[1] must be the stock key of ARGV[2] in the queue of KEYS[3]')
 end
-if KEYS[5] ~= prefix .. 'r:' .. event_id then
+if record ~= prefix .. 'r:' .. event_id then
   return redis.error_reply('ERR stockq: KEYS[5] must be the record key of ARGV[1] in the queue of KEYS[3]')
 end
 
 -- state, product_id, qty, buyer, seq, reserved_at, updated_at, deadline
 -- EXISTS first: most event ids are fresh, and it costs less than reading eight missing fields
-local r = redis.call('EXISTS', KEYS[5]) == 1 and redis.call('HMGET', KEYS[5], 'state', 'product_id',
+local r = redis.call('EXISTS', record) == 1 and redis.call('HMGET', record, 'state', 'product_id',
   'qty', 'buyer', 'seq', 'reserved_at', 'updated_at', 'deadline') or {}
 local state = r[1]
 if state then
@@ -92,15 +98,15 @@ if state then
   return {-2, 0, state}
 end
 
-local stock = redis.call('GET', KEYS[1])
+local stock = redis.call('GET', stock_key)
 if not stock then
   return {-1, 0, 0}
 end
-local limit = redis.call('HGET', KEYS[7], product_id)
+local limit = redis.call('HGET', limits, product_id)
 if limit then
   limit = tonumber(limit)
   if not limit then
-    return redis.error_reply('ERR stockq: the buyer limit of product ' .. product_id .. ' in ' .. KEYS[7] .. ' is not a number')
+    return redis.error_reply('ERR stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number')
   end
 else
   limit = 0
@@ -111,53 +117,46 @@ end
 if tonumber(stock) < tonumber(qty_arg) then
   return {0, 0, tonumber(stock)}
 end
-local tally_field
+local buyer_field
 if limit > 0 then
-  tally_field = product_id .. ':' .. buyer
-  local held = tonumber(redis.call('HGET', KEYS[8], tally_field) or '0')
+  buyer_field = tally_field(product_id, buyer)
+  local held = tonumber(redis.call('HGET', bought, buyer_field) or '0')
   if held + tonumber(qty_arg) > limit then
     return {-4, 0, limit, held}
   end
 end
 
--- now in unix ms, as a string built from TIME's seconds and zero-padded microseconds
-local t = redis.call('TIME')
-local us = t[2]
-local now_s = t[1] .. sub(sub('000000', #us + 1) .. us, 1, 3)
+local now_s = clock_text()
 local now = tonumber(now_s)
-local remaining = redis.call('DECRBY', KEYS[1], qty_arg)
-local seq = redis.call('INCR', KEYS[3])
+local remaining = redis.call('DECRBY', stock_key, qty_arg)
+local seq = redis.call('INCR', seq_key)
 local seq_s = format('%d', seq)
-redis.call('HINCRBY', KEYS[4], product_id, qty_arg)
+redis.call('HINCRBY', inflight, product_id, qty_arg)
 local deadline = 0
 if hold ~= '' and hold ~= '0' and tonumber(hold) > 0 then
   deadline = now + tonumber(hold)
 end
 local first_state = deadline == 0 and 'queued' or 'held'
 if buyer ~= '' then
-  redis.call('HSET', KEYS[5], 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
+  redis.call('HSET', record, 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
     'reserved_at', now_s, 'updated_at', now_s, 'buyer', buyer)
 else
-  redis.call('HSET', KEYS[5], 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
+  redis.call('HSET', record, 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
     'reserved_at', now_s, 'updated_at', now_s)
 end
 if limit > 0 then
   -- the record says how many units it holds against the buyer, so that whichever script
   -- ends it gives exactly those back, once
-  redis.call('HINCRBY', KEYS[8], tally_field, qty_arg)
-  redis.call('HSET', KEYS[5], 'tally', qty_arg)
+  redis.call('HINCRBY', bought, buyer_field, qty_arg)
+  redis.call('HSET', record, 'tally', qty_arg)
 end
 if deadline > 0 then
   local deadline_s = format('%d', deadline)
-  redis.call('HSET', KEYS[5], 'deadline', deadline_s)
-  redis.call('ZADD', KEYS[6], deadline_s, event_id)
+  redis.call('HSET', record, 'deadline', deadline_s)
+  redis.call('ZADD', holds, deadline_s, event_id)
 else
   -- the entry carries the buyer and the time, so that the worker writes the outcome without
-  -- reading the record; confirm.lua and cancel.lua build the same bytes from the record
-  local buyer_field = ''
-  if buyer ~= '' then buyer_field = ',"buyer":"' .. buyer .. '"' end
-  redis.call('LPUSH', KEYS[2],
-    '{"event_id":"' .. event_id .. '","product_id":' .. product_id ..
-    ',"qty":' .. qty_arg .. ',"seq":' .. seq_s .. buyer_field .. ',"at":' .. now_s .. '}')
+  -- reading the record
+  redis.call('LPUSH', pending, entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s))
 end
 return {1, seq, remaining, now, deadline}

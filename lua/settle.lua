@@ -59,8 +59,18 @@
 -- `allow-oom`: this script only shrinks the queue, so it runs when Redis is full; a worker
 -- that could not acknowledge would otherwise apply to MySQL again and again.
 
+--- @include "clock"
+--- @include "entry"
+--- @include "outcome"
+--- @include "tally"
+
+local processing, claims, attempts, dead_list, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local inflight, unsure, outcomes, cancels, releases, bought = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local d, g, x, c = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
-local record_base = 11 + g
+local ttl, maxlen = ARGV[5], ARGV[6]
+-- KEYS[stock_base + j] is the stock key of give-back j, KEYS[record_base + i] the record of
+-- target i (below)
+local stock_base, record_base = 11, 11 + g
 
 -- Target i is entry[i] of kind[i] ('ack', 'give', 'dead' or 'drop') with extra[i] (the
 -- ARGV index of its own arguments) and ending[i] (the ARGV index of its 8 ending arguments);
@@ -88,14 +98,11 @@ for i = 1, x do want(a, 'dead', a + 2); a = a + 10 end
 for i = 1, c do want(a, 'drop', a + 1); a = a + 9 end
 
 -- The outcome stream is trimmed once per call rather than on each XADD, and first: a Redis
--- user whose ACL predates XTRIM and LTRIM (README "Security") then fails this script before
--- it has changed anything, and the batch is retried or re-queued whole.
-redis.call('XTRIM', KEYS[8], 'MAXLEN', '~', ARGV[6])
+-- user whose ACL predates XTRIM and LTRIM then fails this script before it has changed
+-- anything, and the batch is retried or re-queued whole.
+trim_outcomes(outcomes, maxlen)
 
-local t = redis.call('TIME')
--- as a string once: Lua formats a number with sprintf each time it is passed or joined
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local now = string.format('%d', now_ms)
+local now, t = clock_text()
 local tombstone = '\0stockq:settled\0' .. t[1] .. '.' .. t[2]
 local found = {}
 local remaining = n
@@ -138,10 +145,10 @@ if n > 0 then
   -- {the end's index, the block's LRANGE start and stop, the LTRIM that drops it}
   for _, e in ipairs({{-1, -n, -1, 0, -n - 1}, {0, 0, n - 1, n, -1}}) do
     -- one element first: reading n entries is wasted when the block is not at this end
-    local edge = redis.call('LINDEX', KEYS[1], e[1])
+    local edge = redis.call('LINDEX', processing, e[1])
     if edge and wanted[edge] then
-      if take_block(redis.call('LRANGE', KEYS[1], e[2], e[3])) then
-        redis.call('LTRIM', KEYS[1], e[4], e[5])
+      if take_block(redis.call('LRANGE', processing, e[2], e[3])) then
+        redis.call('LTRIM', processing, e[4], e[5])
         remaining = 0
         break
       end
@@ -151,7 +158,7 @@ end
 
 local start, window = 0, math.max(2 * n, 256)
 while remaining > 0 do
-  local chunk = redis.call('LRANGE', KEYS[1], start, start + window - 1)
+  local chunk = redis.call('LRANGE', processing, start, start + window - 1)
   if #chunk == 0 then break end
   for j = 1, #chunk do
     local v = chunk[j]
@@ -160,7 +167,7 @@ while remaining > 0 do
       found[i] = true
       local others = more[v]
       wanted[v] = others and table.remove(others) or nil
-      redis.call('LSET', KEYS[1], start + j - 1, tombstone)
+      redis.call('LSET', processing, start + j - 1, tombstone)
       tombstoned = true
       remaining = remaining - 1
       if remaining == 0 then break end
@@ -170,26 +177,13 @@ while remaining > 0 do
   window = window * 2
 end
 if tombstoned then
-  redis.call('LREM', KEYS[1], 0, tombstone)
-end
-
--- Gives a reservation's units back to its buyer, once: the record says how many it holds.
-local function untally(record, product_id, buyer, tally)
-  if not tally then return end
-  local field = product_id .. ':' .. (buyer or '')
-  local held = tonumber(redis.call('HGET', KEYS[11], field) or '0')
-  if held > tonumber(tally) then
-    redis.call('HINCRBY', KEYS[11], field, -tonumber(tally))
-  else
-    redis.call('HDEL', KEYS[11], field)
-  end
-  redis.call('HDEL', record, 'tally')
+  redis.call('LREM', processing, 0, tombstone)
 end
 
 -- Records the end of target i's reservation and announces it on the outcome stream.
 -- Returns true when the reservation was cancelled meanwhile: its stock and in-flight units
 -- are back already, so the caller gives nothing back.
-local function announce(i)
+local function end_reservation(i)
   local e = ending[i]
   local event_id, seq, state, reason = ARGV[e], ARGV[e + 3], ARGV[e + 6], ARGV[e + 7]
   if event_id == '' then return false end
@@ -212,14 +206,13 @@ local function announce(i)
       elseif k == 'ack' then
         -- the deduction committed before the cancel could stop it: release it
         redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
-        redis.call('RPUSH', KEYS[10], '{"event_id":"' .. event_id .. '","product_id":' ..
-          ARGV[e + 1] .. ',"qty":' .. ARGV[e + 2] .. ',"seq":' .. seq .. '}')
+        redis.call('RPUSH', releases, release_json(event_id, ARGV[e + 1], ARGV[e + 2], seq))
         state, reason = 'applied', ''
       else
         state, reason, cancelled = 'cancelled', 'cancelled', true
         redis.call('HSET', record, 'state', state, 'updated_at', now)
-        redis.call('PEXPIRE', record, ARGV[5])
-        redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
+        redis.call('PEXPIRE', record, ttl)
+        redis.call('HINCRBY', counters, 'cancelled', 1)
       end
     elseif r[2] == 'queued' or r[2] == 'dead' then
       if state == 'dead' then
@@ -228,41 +221,20 @@ local function announce(i)
         redis.call('HSET', record, 'state', state, 'updated_at', now)
         -- only a dead letter carries its envelope
         if r[2] == 'dead' then redis.call('HDEL', record, 'envelope') end
-        redis.call('PEXPIRE', record, ARGV[5])
+        redis.call('PEXPIRE', record, ttl)
       end
-      if k == 'give' then untally(record, ARGV[e + 1], r[4], r[3]) end
+      if k == 'give' and r[3] then untally(bought, record, ARGV[e + 1], r[4], r[3]) end
     else
       -- already told (a copy of the same entry pushed by hand): say it once
       return false
     end
   end
-  local buyer, reserved_at = ARGV[e + 4], ARGV[e + 5]
-  if seq ~= '' and reserved_at ~= '' and reason == '' then
-    -- the usual entry, written by reserve.lua: its fields passed as they are (a table per
-    -- event costs more than the XADD's own work)
-    if buyer ~= '' then
-      redis.call('XADD', KEYS[8], '*', 'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1],
-        'qty', ARGV[e + 2], 'seq', seq, 'buyer', buyer, 'reserved_at', reserved_at, 'at', now)
-    else
-      redis.call('XADD', KEYS[8], '*', 'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1],
-        'qty', ARGV[e + 2], 'seq', seq, 'reserved_at', reserved_at, 'at', now)
-    end
-    return cancelled
-  end
-  local fields = {'event_id', event_id, 'state', state, 'product_id', ARGV[e + 1], 'qty', ARGV[e + 2]}
-  local f = 8
-  if seq ~= '' then fields[f + 1] = 'seq'; fields[f + 2] = seq; f = f + 2 end
-  if buyer ~= '' then fields[f + 1] = 'buyer'; fields[f + 2] = buyer; f = f + 2 end
-  if reason ~= '' then fields[f + 1] = 'reason'; fields[f + 2] = reason; f = f + 2 end
-  if reserved_at ~= '' then fields[f + 1] = 'reserved_at'; fields[f + 2] = reserved_at; f = f + 2 end
-  fields[f + 1] = 'at'
-  fields[f + 2] = now
-  redis.call('XADD', KEYS[8], '*', unpack(fields))
+  announce(outcomes, event_id, state, ARGV[e + 1], ARGV[e + 2], seq, ARGV[e + 4], reason, ARGV[e + 5], now)
   return cancelled
 end
 
 local acked, given, dead, dropped = 0, 0, 0, 0
-local claims, settled, uncount = {}, {}, {}
+local claimed, settled, uncount = {}, {}, {}
 local nc, ns = 0, 0
 local function settle(product_id, counted)
   local n = counted == '1' and 1 or tonumber(counted)
@@ -272,8 +244,8 @@ for i = 1, n do
   if found[i] then
     local k, v, a = kind[i], entry[i], extra[i]
     nc = nc + 1
-    claims[nc] = v
-    local cancelled = announce(i)
+    claimed[nc] = v
+    local cancelled = end_reservation(i)
     if k == 'ack' then
       settle(ARGV[a + 1], ARGV[a + 2])
       ns = ns + 1
@@ -282,7 +254,7 @@ for i = 1, n do
     elseif k == 'give' then
       if not cancelled then
         local qty = ARGV[a + 2]
-        redis.call('INCRBY', KEYS[11 + i - d], qty)
+        redis.call('INCRBY', KEYS[stock_base + i - d], qty)
         settle(ARGV[a + 1], ARGV[a + 3])
         given = given + tonumber(qty)
       end
@@ -295,32 +267,32 @@ for i = 1, n do
       acked = acked + 1
       dropped = dropped + 1
     else
-      redis.call('LPUSH', KEYS[4], ARGV[a + 1])
+      redis.call('LPUSH', dead_list, ARGV[a + 1])
       dead = dead + 1
     end
   end
 end
 -- ZREM/HDEL in slices: unpack is bounded by Lua's stack; attempts is empty but after a
 -- timed-out claim
-local timed_out = redis.call('EXISTS', KEYS[3]) == 1
-for i = 1, #claims, 1000 do
-  local last = math.min(i + 999, #claims)
-  redis.call('ZREM', KEYS[2], unpack(claims, i, last))
-  if timed_out then redis.call('HDEL', KEYS[3], unpack(claims, i, last)) end
+local timed_out = redis.call('EXISTS', attempts) == 1
+for i = 1, #claimed, 1000 do
+  local last = math.min(i + 999, #claimed)
+  redis.call('ZREM', claims, unpack(claimed, i, last))
+  if timed_out then redis.call('HDEL', attempts, unpack(claimed, i, last)) end
 end
 -- a dead letter keeps its reservation (and its unsure mark) until `dead requeue` or `drop`
-for _, set in ipairs({KEYS[7], KEYS[9]}) do
+for _, set in ipairs({unsure, cancels}) do
   for i = 1, (redis.call('EXISTS', set) == 1) and #settled or 0, 1000 do
     redis.call('SREM', set, unpack(settled, i, math.min(i + 999, #settled)))
   end
 end
 for product_id, n in pairs(uncount) do
-  redis.call('HINCRBY', KEYS[6], product_id, -n)
+  redis.call('HINCRBY', inflight, product_id, -n)
 end
 for field, n in string.gmatch(ARGV[4], '([%w_]+)=(%d+)') do
-  redis.call('HINCRBY', KEYS[5], field, n)
+  redis.call('HINCRBY', counters, field, n)
 end
 if dead > 0 then
-  redis.call('HINCRBY', KEYS[5], 'dead', dead)
+  redis.call('HINCRBY', counters, 'dead', dead)
 end
 return {acked, given, dead, dropped}

@@ -31,9 +31,18 @@ import sys
 import redis
 
 
+def script_source(source, name):
+    """A script as Redis receives it: from a stockq binary (`stockq scripts NAME`, assembled
+    with its shared steps) or, for a checkout older than those, from a directory of .lua files."""
+    if os.path.isdir(source):
+        with open(os.path.join(source, f"{name}.lua")) as f:
+            return f.read()
+    return subprocess.run([source, "scripts", name], check=True, capture_output=True, text=True).stdout
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("lua_dir", help="directory holding reserve.lua, claim.lua and settle.lua")
+    p.add_argument("source", help="a stockq binary, or a directory holding reserve.lua, claim.lua and settle.lua")
     p.add_argument("--port", type=int, required=True, help="the callgrind-run redis-server")
     p.add_argument("--out", required=True, help="callgrind's --callgrind-out-file prefix")
     p.add_argument("--events", type=int, default=4000)
@@ -63,8 +72,7 @@ def main():
         r.delete(key)
     sha = {}
     for name in ("reserve", "claim", "settle"):
-        with open(os.path.join(a.lua_dir, f"{name}.lua")) as f:
-            sha[name] = r.script_load(f.read())
+        sha[name] = r.script_load(script_source(a.source, name))
     for product in range(1, 101):
         r.set(k(f"stock:{product}"), 10**9)
 
@@ -125,7 +133,7 @@ def main():
 
     for key in r.scan_iter(match=f"{q}:*", count=1000):
         r.delete(key)
-    print(json.dumps({"lua": a.lua_dir, "order": a.order, "events": a.events, "batch": a.batch,
+    print(json.dumps({"lua": a.source, "order": a.order, "events": a.events, "batch": a.batch,
                       "reserve_per_call": round(reserve), "claim_per_entry": round(claim),
                       "settle_per_entry": round(settle)}))
 

@@ -148,6 +148,11 @@ pub(crate) enum Command {
     Demo(crate::tools::demo::DemoArgs),
     /// Measure every figure of BENCHMARKS.md in one run: drains, capacity, steady latency, HTTP, the check (its own queue and database)
     Bench(crate::tools::bench::BenchArgs),
+    /// The Lua scripts this build runs: each name with the SHA1 EVALSHA calls it by, or one script as Redis receives it
+    Scripts {
+        /// Print this script (reserve, claim, settle, ...) instead of the list
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +327,9 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {
+    if let Command::Scripts { name } = &cli.command {
+        return scripts(name.as_deref());
+    }
     let settings = Settings::from_args(&cli.global)?;
     let settings = &settings;
     match cli.command {
@@ -354,6 +362,32 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Serve => processes::serve(settings).await,
         Command::Demo(args) => crate::tools::demo::run(settings, &args).await,
         Command::Bench(args) => crate::tools::bench::run(settings, &args).await,
+        Command::Scripts { .. } => unreachable!("answered before the settings are read"),
+    }
+}
+
+/// `stockq scripts [NAME]`: needs no store and no setting.
+fn scripts(name: Option<&str>) -> Result<u8> {
+    use crate::queue::scripts::{ALL, digest};
+    let Some(name) = name else {
+        for (name, source) in ALL {
+            println!("{name:<14} {}", digest(source));
+        }
+        return Ok(0);
+    };
+    let name = name.strip_suffix(".lua").unwrap_or(name);
+    match ALL.iter().find(|(n, _)| *n == name) {
+        Some((_, source)) => {
+            print!("{source}");
+            Ok(0)
+        }
+        None => {
+            let names: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
+            Err(crate::error::Error::usage(format!(
+                "no script {name:?}; the scripts are {}",
+                names.join(", ")
+            )))
+        }
     }
 }
 

@@ -35,7 +35,7 @@ mod keys;
 mod lifecycle;
 mod ops;
 mod records;
-mod scripts;
+pub(crate) mod scripts;
 pub(crate) mod shards;
 mod stock;
 mod workers;

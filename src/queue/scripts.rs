@@ -1,6 +1,9 @@
 //! The Lua scripts of `lua/`, one per file, compiled into the binary.
 //!
 //! Each file starts with its KEYS/ARGV/return contract and the invariant it keeps atomic.
+//! The build (`build.rs`) inlines the shared steps a script names (`--- @include "name"`,
+//! from `lua/includes/`), so what is embedded here is the assembled script, exactly as
+//! Redis receives it (`stockq scripts NAME` prints it).
 //! `redis::Script` sends EVALSHA and falls back to loading the script when the server does
 //! not know it (after a restart, on a fresh replica), so callers never manage SHAs.
 
@@ -8,25 +11,41 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-macro_rules! script {
-    ($name:ident, $file:literal) => {
-        pub(super) static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file))));
+macro_rules! scripts {
+    ($($name:ident = $file:literal),* $(,)?) => {
+        $(
+            pub(super) static $name: LazyLock<Script> = LazyLock::new(|| Script::new(source($file)));
+        )*
+        /// Every script: its name (the file's, without `.lua`) and its assembled source.
+        pub(crate) const ALL: &[(&str, &str)] = &[
+            $(($file, include_str!(concat!(env!("OUT_DIR"), "/lua/", $file, ".lua"))),)*
+        ];
     };
 }
 
-script!(RESERVE, "reserve.lua");
-script!(CLAIM, "claim.lua");
-script!(SETTLE, "settle.lua");
-script!(RENEW, "renew.lua");
-script!(RELEASE, "release.lua");
-script!(REQUEUE, "requeue.lua");
-script!(SNAPSHOT, "snapshot.lua");
-script!(ADJUST, "adjust.lua");
-script!(DEAD_REQUEUE, "dead_requeue.lua");
-script!(DEAD_DROP, "dead_drop.lua");
-script!(PROBE, "probe.lua");
-script!(CONFIRM, "confirm.lua");
-script!(CANCEL, "cancel.lua");
-script!(RELEASED, "released.lua");
-script!(BENCH_FILL, "bench_fill.lua");
+scripts! {
+    RESERVE = "reserve",
+    CLAIM = "claim",
+    SETTLE = "settle",
+    RENEW = "renew",
+    RELEASE = "release",
+    REQUEUE = "requeue",
+    SNAPSHOT = "snapshot",
+    ADJUST = "adjust",
+    DEAD_REQUEUE = "dead_requeue",
+    DEAD_DROP = "dead_drop",
+    PROBE = "probe",
+    CONFIRM = "confirm",
+    CANCEL = "cancel",
+    RELEASED = "released",
+    BENCH_FILL = "bench_fill",
+}
+
+fn source(name: &str) -> &'static str {
+    ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap_or_default()
+}
+
+/// The SHA1 digest EVALSHA names a script by.
+pub(crate) fn digest(source: &str) -> String {
+    Script::new(source).get_hash().to_string()
+}
