@@ -22,7 +22,7 @@
 -- `releasing`, or the state it was already in) and 1 if this call changed it; state '' for
 -- an unknown reservation. For 'expire' {expired}: the holds that were due and ended now.
 --
--- The transitions (README "Holds, cancels and limits"):
+-- The transitions (docs/lifecycle.md):
 --   held       -> cancelled / expired  stock, in-flight and buyer units back; outcome now
 --   queued     -> cancelling           stock, in-flight and buyer units back; the entry is
 --                                      marked in cancels, and the worker that meets it drops

@@ -98,8 +98,8 @@ for i = 1, x do want(a, 'dead', a + 2); a = a + 10 end
 for i = 1, c do want(a, 'drop', a + 1); a = a + 9 end
 
 -- The outcome stream is trimmed once per call rather than on each XADD, and first: a Redis
--- user whose ACL predates XTRIM and LTRIM then fails this script before it has changed
--- anything, and the batch is retried or re-queued whole.
+-- user whose ACL predates XTRIM and LTRIM (docs/security.md) then fails this script before
+-- it has changed anything, and the batch is retried or re-queued whole.
 trim_outcomes(outcomes, maxlen)
 
 local now, t = clock_text()

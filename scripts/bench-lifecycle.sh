@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of the lifecycle of a reservation (README "Holds, cancels and limits"):
+# The cost of the lifecycle of a reservation (docs/lifecycle.md):
 #
 #   1. reservations/s and latency through `stockq produce`: plain, with --buyers (every
 #      product under a per-buyer limit), and with --hold, alternating so each sees the same

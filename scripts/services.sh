@@ -51,7 +51,7 @@ if ! mysql_up; then
   wait_for MariaDB 60 $SUDO mariadb-admin ping
 fi
 
-# A dedicated account with a real password (never root): see README, "Configuration".
+# A dedicated account with a real password (never root): see docs/security.md, "MySQL account".
 # Both host entries, since a TCP connection to 127.0.0.1 may match either.
 $SUDO mariadb -uroot <<'SQL'
 CREATE USER IF NOT EXISTS 'stockq'@'localhost' IDENTIFIED BY 'stockq';

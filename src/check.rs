@@ -33,12 +33,12 @@
 //! `{q}:releases` meanwhile, which the snapshot reads as it reads processing.
 //!
 //! A rejected event counts as in flight until its acknowledgement gives the stock back; a
-//! valid event in `{q}:dead` counts until `dead requeue` or `dead drop` (README "The exact
-//! consistency check"). An event pushed by hand without a seq is not counted in flight: the
-//! check is exact for stamped events, and an unstamped one shows as drift only until it is
-//! applied. A real drift (a store changed behind stockq's back) shows as a non-zero delta on
-//! every run; `repair` adds `−delta` to Redis with INCRBY, so reservations made meanwhile
-//! survive.
+//! valid event in `{q}:dead` counts until `dead requeue` or `dead drop` (docs/lifecycle.md,
+//! "The exact consistency check"). An event pushed by hand without a seq is not counted in
+//! flight: the check is exact for stamped events, and an unstamped one shows as drift only
+//! until it is applied. A real drift (a store changed behind stockq's back) shows as a non-zero
+//! delta on every run; `repair` adds `−delta` to Redis with INCRBY, so reservations made
+//! meanwhile survive.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};

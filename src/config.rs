@@ -25,7 +25,7 @@ pub(crate) const DEFAULT_RECORD_TTL: &str = "24h";
 pub(crate) const DEFAULT_OUTCOMES_MAXLEN: u64 = 1_000_000;
 pub(crate) const DEFAULT_MAX_HOLD: &str = "30m";
 
-/// The settings every command shares (README "Configuration"). Flattened into each
+/// The settings every command shares (docs/configuration.md). Flattened into each
 /// subcommand's arguments; each command's help lists them apart from its own options, and
 /// shows which variable sets each one but never its value (a URL may hold a password).
 #[derive(Debug, Clone, Args)]

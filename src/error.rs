@@ -1,8 +1,8 @@
 //! Errors, and the decision each one carries.
 //!
 //! Two questions matter when something fails: *should the caller retry* (a lost connection, a
-//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (README
-//! "Commands": 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that
+//! deadlock, a lock-wait timeout will pass) and *what should the process exit with* (see
+//! docs/commands.md: 2 for bad usage or input, 1 for anything else). [`Error`] answers both, so that
 //! loops retry what is transient and `main` maps everything else to one line on stderr and a
 //! status.
 //!
@@ -133,7 +133,7 @@ impl Error {
         Error::Usage(message.into())
     }
 
-    /// The process exit status for this error (README "Commands").
+    /// The process exit status for this error (docs/commands.md, "Exit statuses").
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,

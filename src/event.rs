@@ -1,9 +1,9 @@
-//! The stock event: one entry of the pending list (README "The event"), its validation and
-//! the dead-letter envelope of an entry that fails it.
+//! The stock event: one entry of the pending list (docs/redis-keys.md, "The event"), its
+//! validation and the dead-letter envelope of an entry that fails it.
 //!
 //! Validation happens in the worker, before MySQL is touched: an entry that is not a valid
-//! event is dead-lettered at once with a reason and never retried (README "Operations and
-//! failure modes"), so a stream of garbage cannot stall the queue or burn attempts.
+//! event is dead-lettered at once with a reason and never retried (docs/operations.md,
+//! "Failure modes"), so a stream of garbage cannot stall the queue or burn attempts.
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -104,7 +104,7 @@ fn integer_field(fields: &Map<String, Value>, name: &str) -> Result<Option<i64>,
     }
 }
 
-/// The JSON envelope stored in `{q}:dead` (README "Redis keys"). An entry that is not UTF-8
+/// The JSON envelope stored in `{q}:dead` (docs/redis-keys.md). An entry that is not UTF-8
 /// is kept exactly, as `entry_base64`.
 pub(crate) fn dead_envelope(entry: &[u8], reason: &str, attempts: u64, failed_at_ms: u64) -> String {
     let mut envelope = json!({

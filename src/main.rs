@@ -1,5 +1,5 @@
 //! The `stockq` binary: parse the command line, set up logging, run the command, and turn
-//! the result into one line on stderr and an exit status (README "Commands").
+//! the result into one line on stderr and an exit status (docs/commands.md).
 
 use std::process::ExitCode;
 

@@ -1,4 +1,4 @@
-//! A reservation's status (README "Following outcomes"): what `stockq status`, `reserve
+//! A reservation's status (docs/outcomes.md): what `stockq status`, `reserve
 //! --json` and the order-service API answer.
 //!
 //! Redis keeps a record per reservation while it lives and `STOCKQ_RECORD_TTL` after it ended;
@@ -15,7 +15,7 @@ use crate::queue::{Cancel, Confirm, Forgotten, Record, Shards};
 use crate::reserve::Reservation;
 use crate::telemetry::metrics as m;
 
-/// The status object (README "Following outcomes"); times are unix ms on the Redis clock.
+/// The status object (docs/outcomes.md); times are unix ms on the Redis clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
     pub event_id: String,

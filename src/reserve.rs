@@ -42,8 +42,8 @@ pub struct Request<'a> {
     pub qty: i64,
     pub event_id: &'a str,
     pub buyer: Option<&'a str>,
-    /// Keep the stock held, unqueued, until `confirm` or this passes (README "Holds, cancels
-    /// and limits"); the caller has bounded it by `STOCKQ_MAX_HOLD` with [`check_hold`].
+    /// Keep the stock held, unqueued, until `confirm` or this passes (docs/lifecycle.md); the
+    /// caller has bounded it by `STOCKQ_MAX_HOLD` with [`check_hold`].
     pub hold: Option<Duration>,
 }
 

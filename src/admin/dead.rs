@@ -1,4 +1,4 @@
-//! Dead letters: list, requeue and drop (README "Commands").
+//! Dead letters: list, requeue and drop (docs/commands.md).
 //!
 //! A valid event in `{q}:dead` still holds its reservation. `requeue` sends it on to pending;
 //! `drop` first settles it in MySQL as rejected (unless an earlier delivery applied it), so a

@@ -1,4 +1,4 @@
-//! The command line (README "Commands"): one subcommand per job, each a thin call into the
+//! The command line (docs/commands.md): one subcommand per job, each a thin call into the
 //! library. This file is the grammar and the dispatch; the commands live by topic:
 //! `processes` (migrate, worker, janitor, serve: what a deployment runs), `stock` (stock,
 //! reserve, produce), `books` (check, stats), `dead` (dead letters), and `print` renders

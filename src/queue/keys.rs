@@ -1,4 +1,4 @@
-//! The one place that builds Redis key names (README "Redis keys").
+//! The one place that builds Redis key names (docs/redis-keys.md).
 //!
 //! Every key of queue `q` starts with the hash tag `{q}`, so all of them hash to one Redis
 //! Cluster slot and every multi-key script runs there unchanged.

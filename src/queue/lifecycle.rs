@@ -1,5 +1,5 @@
 //! Holds, confirms, cancels, expiries and releases: the life of a reservation after
-//! `reserve` (README "Holds, cancels and limits"). Each transition is one script
+//! `reserve` (docs/lifecycle.md). Each transition is one script
 //! (`lua/confirm.lua`, `lua/cancel.lua`, `lua/released.lua`) that decides on the record's
 //! state and moves the stock in the same step.
 

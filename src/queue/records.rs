@@ -1,4 +1,4 @@
-//! Reservation records and the outcome stream (README "Redis keys", "Following outcomes").
+//! Reservation records and the outcome stream (docs/redis-keys.md, docs/outcomes.md).
 //!
 //! reserve.lua writes a record `{q}:r:<event_id>` with the reservation; the scripts that end
 //! it (settle.lua, dead_drop.lua) change its state and append to `{q}:outcomes` in the same

@@ -1,7 +1,7 @@
 //! A queue spread over shards, to outgrow one Redis server.
 //!
 //! With `STOCKQ_SHARDS=N` (N > 1) a queue named `q` is N queues, `{q:0}` … `{q:N-1}`, each
-//! with every key of README "Redis keys" under its own hash tag, so on a Redis Cluster each
+//! with every key of docs/redis-keys.md under its own hash tag, so on a Redis Cluster each
 //! lives in its own slot (and usually on its own master). A product belongs to shard
 //! `product_id mod N`: its stock key, its reservations and its events stay in that shard, so
 //! every script still touches one slot. With N = 1 (the default) the one queue is plain `{q}`.

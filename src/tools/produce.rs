@@ -30,7 +30,7 @@ pub struct ProduceOptions {
     pub progress: bool,
 }
 
-/// How the generated shoppers behave beyond reserving (README "Holds, cancels and limits").
+/// How the generated shoppers behave beyond reserving (docs/lifecycle.md).
 #[derive(Debug, Clone, Default)]
 pub struct ShopperOptions {
     /// Each reservation for one of this many buyers, at random (`buyer-1`..).

@@ -1,6 +1,6 @@
 //! The books: the exact consistency check under load and against injected drift, duplicate
-//! event ids, and dead letters re-queued or dropped (README "The exact consistency check",
-//! "How it works", "Commands").
+//! event ids, and dead letters re-queued or dropped (docs/lifecycle.md "The exact
+//! consistency check", README "How it works", docs/commands.md).
 
 use std::time::{Duration, Instant};
 

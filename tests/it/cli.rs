@@ -1,4 +1,4 @@
-//! The command line as a new operator meets it (README "Commands"): the commands listed by a
+//! The command line as a new operator meets it (docs/commands.md): the commands listed by a
 //! bare `stockq`, each command's help with its own options apart from the global ones,
 //! negative numbers read as numbers, dead letters with readable times, and demos that keep to
 //! a queue and a database of their own.

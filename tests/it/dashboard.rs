@@ -1,4 +1,4 @@
-//! The operators' dashboard of `serve` (README "Dashboard"): its login, sessions and CSRF
+//! The operators' dashboard of `serve` (docs/dashboard.md): its login, sessions and CSRF
 //! over plain HTTP, and the page itself in a real headless Chromium while a sale runs.
 
 use std::time::Duration;

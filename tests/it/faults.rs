@@ -1,4 +1,4 @@
-//! Faults (README "Operations and failure modes"): Redis SIGKILLed and restarted under load,
+//! Faults (docs/operations.md, "Failure modes"): Redis SIGKILLed and restarted under load,
 //! the workers' MySQL connections killed under a backlog, a product row locked past the
 //! lock-wait timeout, and hostile configuration values.
 //!

@@ -96,7 +96,7 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// An error answer as the README promises: `{"error": "..."}`, short whatever was sent.
+    /// An error answer as docs/http-api.md promises: `{"error": "..."}`, short whatever was sent.
     fn assert_json_error(&self, status: u16) {
         assert_eq!(self.status, status, "{} {}", self.head, self.text());
         assert!(self.body.len() <= 1024, "{} bytes of error body", self.body.len());

@@ -1,5 +1,5 @@
-//! Holds, confirms, expiries, cancels, releases and per-buyer limits (README "Holds, cancels
-//! and limits"), against the real Redis and MariaDB.
+//! Holds, confirms, expiries, cancels, releases and per-buyer limits (docs/lifecycle.md),
+//! against the real Redis and MariaDB.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

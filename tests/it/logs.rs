@@ -1,4 +1,4 @@
-//! Logs as an operator reads them (README "Logs"): JSON lines whose numbers are numbers and
+//! Logs as an operator reads them (docs/operations.md, "Logs"): JSON lines whose numbers are numbers and
 //! whose missing values are null, the queue on every line, each line under the target of the
 //! part that wrote it, and colour only on a terminal (never with `NO_COLOR`).
 //!

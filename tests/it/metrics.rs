@@ -1,4 +1,4 @@
-//! `/metrics` as Prometheus reads it (README "Metrics"): every counter there from the first
+//! `/metrics` as Prometheus reads it (docs/operations.md, "Metrics"): every counter there from the first
 //! scrape, failed reservations counted, no stale queue figures while Redis is down, Redis
 //! reconnections counted only after an error, the process's own figures, and the whole text
 //! accepted by Prometheus's own checker, `promtool check metrics`.

@@ -1,4 +1,4 @@
-//! Reservation records, replays, status and the outcome stream (README "Following outcomes").
+//! Reservation records, replays, status and the outcome stream (docs/outcomes.md).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

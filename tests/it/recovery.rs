@@ -1,5 +1,5 @@
 //! Recovery: crashed workers, orphaned entries, max attempts, late acknowledgements, racing
-//! janitors and garbage on the queue (README "Operations and failure modes").
+//! janitors and garbage on the queue (docs/operations.md, "Failure modes").
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! `stockq stats` (README "Commands"): the waits it shows are read from what Redis holds, on
+//! `stockq stats` (docs/commands.md): the waits it shows are read from what Redis holds, on
 //! the Redis clock, so they are the same whoever asks and whatever their own visibility
 //! timeout; and every running total is shown, 0 until it first moves.
 

@@ -1,5 +1,5 @@
 //! The dashboard's actions on dead letters, by event id, as `stockq dead requeue ID` and
-//! `stockq dead drop ID` do them (README "Commands"). Each is a POST that [`Action`] admits.
+//! `stockq dead drop ID` do them (docs/commands.md). Each is a POST that [`Action`] admits.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! The operators' dashboard at `/admin` (README "Dashboard"): the sale as charts and tables
+//! The operators' dashboard at `/admin` (docs/dashboard.md): the sale as charts and tables
 //! that update themselves, and the dead letters' requeue and drop.
 //!
 //! | route | answers |

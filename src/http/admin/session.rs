@@ -1,5 +1,5 @@
 //! Operators' sessions on the dashboard, and what a request that changes something must show
-//! besides (README "Dashboard").
+//! besides (docs/dashboard.md, "Security").
 //!
 //! A browser cannot send a bearer header, so the admin token is posted once to
 //! `/admin/login` and exchanged for a random session id in an `HttpOnly; SameSite=Strict;
