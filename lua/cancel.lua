@@ -15,8 +15,9 @@
 -- ARGV[2]  record TTL in ms, set when a reservation ends
 -- ARGV[3]  the outcome stream's approximate MAXLEN
 -- ARGV[4..]  the event id of each reservation, in the order of its keys
--- For 'cancel' of an applied reservation whose record has expired, ARGV[5..7] give the
--- product_id, qty and seq of its `stock_log` row (the caller read it); otherwise absent.
+-- For 'cancel' of an applied reservation whose record has expired, ARGV[5..9] give the
+-- product_id, qty, seq, buyer and limit_epoch of its `stock_log` row (the caller read it;
+-- '' for none); otherwise absent.
 --
 -- Returns for 'cancel' {state, changed}: the state it leaves (`cancelled`, `cancelling`,
 -- `releasing`, or the state it was already in) and 1 if this call changed it; state '' for
@@ -83,11 +84,17 @@ local r = read_record(record)
 if not r then
   if not ARGV[5] then return {'', 0} end
   -- applied, and its record expired: what the ledger says is enough to release it
-  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7]}
+  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7], buyer = ARGV[8]}
   if ARGV[7] == '' then r.seq = nil end
+  if not ARGV[8] or ARGV[8] == '' then r.buyer = nil end
   redis.call('HSET', record, 'state', 'applied', 'product_id', r.product_id, 'qty', r.qty,
     'updated_at', now)
   if r.seq then redis.call('HSET', record, 'seq', r.seq) end
+  if r.buyer then redis.call('HSET', record, 'buyer', r.buyer) end
+  -- the buyer's units go back to the tally the reservation counted in (give_back, below)
+  if r.buyer and ARGV[9] and ARGV[9] ~= '' then
+    r.tally, r.epoch = r.qty, ARGV[9]
+  end
 end
 check_stock_key(stock, r)
 
@@ -99,7 +106,7 @@ if r.state == 'held' then
   return {'cancelled', 1}
 elseif r.state == 'queued' or r.state == 'dead' then
   -- the bytes reserve.lua (or confirm.lua) pushed for this reservation
-  local entry = entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at)
+  local entry = entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at, r.epoch)
   if r.state == 'dead' then
     if not r.envelope or redis.call('LREM', dead, 1, r.envelope) == 0 then
       return redis.error_reply('ERR stockq: the dead letter of ' .. event_id .. ' is not in the dead list')

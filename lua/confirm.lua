@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=allow-oom
 -- confirm.lua: payment done; a held reservation goes to the queue to be deducted in MySQL.
 --
 -- KEYS[1]  {q}:r:<event_id>   the reservation's record
@@ -23,7 +23,10 @@
 -- Invariant kept atomic: a hold ends exactly once. This script and the janitor's expiry
 -- (cancel.lua) both decide on the record's state and the Redis clock in one step, so a
 -- confirm racing the deadline either queues the event or finds it expired, never both.
--- Refused under `maxmemory` (`#!lua`): confirming adds an event to the queue.
+-- `allow-oom`: a confirm moves a reservation that is already counted (its stock taken, its
+-- record written) from holds to pending, a few dozen bytes; refusing it when Redis is full
+-- would let the hold expire while its buyer has paid. New reservations, which add records,
+-- are what a full Redis refuses.
 
 --- @include "clock"
 --- @include "entry"
@@ -54,7 +57,8 @@ if tonumber(now) < tonumber(r.deadline) then
   redis.call('ZREM', holds, event_id)
   redis.call('HSET', record, 'state', 'queued', 'updated_at', now)
   redis.call('HDEL', record, 'deadline')
-  redis.call('LPUSH', pending, entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at))
+  redis.call('LPUSH', pending, entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at,
+    r.epoch))
   return {1, 'queued'}
 end
 

@@ -52,7 +52,7 @@ end
 local is_event = event_id and event_id ~= ''
 local r = {}
 if is_event then
-  r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
+  r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer', 'epoch')
 end
 local mine = r[1] and r[1] == seq
 if original then
@@ -87,7 +87,7 @@ else
     redis.call('HSET', record, 'state', state, 'updated_at', now)
     redis.call('HDEL', record, 'envelope')
     redis.call('PEXPIRE', record, ttl)
-    if state == 'cancelled' and r[3] then untally(bought, record, ARGV[9], r[4], r[3]) end
+    if state == 'cancelled' and r[3] then untally(bought, record, ARGV[9], r[4], r[3], r[5]) end
   end
 end
 announce(outcomes, event_id, state, ARGV[9], qty, seq, buyer, reason, reserved_at, now)

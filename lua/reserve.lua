@@ -7,8 +7,9 @@
 -- KEYS[4]  {q}:inflight             hash: product_id -> units reserved and not yet settled
 -- KEYS[5]  {q}:r:<event_id>         the reservation's record (hash)
 -- KEYS[6]  {q}:holds                sorted set: event_id of a held reservation -> deadline
--- KEYS[7]  {q}:limits               hash: product_id -> units one buyer may hold
--- KEYS[8]  {q}:bought               hash: "<product_id>:<buyer>" -> units the buyer holds
+-- KEYS[7]  {q}:limits               hash: product_id -> units one buyer may hold, as
+--                                   '<limit>' or '<limit>@<epoch>' (limit.lua)
+-- KEYS[8]  {q}:bought               hash: the buyer's tally field (tally.lua) -> units held
 -- ARGV[1]  event_id    1..64 characters of [A-Za-z0-9._:-]
 -- ARGV[2]  product_id  a positive decimal integer that fits in a signed 64-bit integer
 -- ARGV[3]  qty         an integer from 1 to 1000000
@@ -102,14 +103,18 @@ local stock = redis.call('GET', stock_key)
 if not stock then
   return {-1, 0, 0}
 end
-local limit = redis.call('HGET', limits, product_id)
-if limit then
-  limit = tonumber(limit)
+-- '<limit>', or '<limit>@<epoch>' once a limit of the product was removed (limit.lua)
+local limit_value = redis.call('HGET', limits, product_id)
+local limit, epoch = 0, '0'
+if limit_value then
+  limit = tonumber(limit_value)
   if not limit then
-    return redis.error_reply('ERR stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number')
+    local l, e = match(limit_value, '^(%d+)@(%d+)$')
+    limit, epoch = tonumber(l), e
+    if not limit then
+      return redis.error_reply('ERR stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number')
+    end
   end
-else
-  limit = 0
 end
 if limit > 0 and buyer == '' then
   return {-3, 0, limit}
@@ -119,7 +124,7 @@ if tonumber(stock) < tonumber(qty_arg) then
 end
 local buyer_field
 if limit > 0 then
-  buyer_field = tally_field(product_id, buyer)
+  buyer_field = tally_field(product_id, buyer, epoch)
   local held = tonumber(redis.call('HGET', bought, buyer_field) or '0')
   if held + tonumber(qty_arg) > limit then
     return {-4, 0, limit, held}
@@ -145,10 +150,12 @@ else
     'reserved_at', now_s, 'updated_at', now_s)
 end
 if limit > 0 then
-  -- the record says how many units it holds against the buyer, so that whichever script
-  -- ends it gives exactly those back, once
+  -- the record says how many units it holds against the buyer, and in which epoch, so that
+  -- whichever script ends it gives exactly those back, once
   redis.call('HINCRBY', bought, buyer_field, qty_arg)
-  redis.call('HSET', record, 'tally', qty_arg)
+  redis.call('HSET', record, 'tally', qty_arg, 'epoch', epoch)
+else
+  epoch = nil
 end
 if deadline > 0 then
   local deadline_s = format('%d', deadline)
@@ -157,6 +164,6 @@ if deadline > 0 then
 else
   -- the entry carries the buyer and the time, so that the worker writes the outcome without
   -- reading the record
-  redis.call('LPUSH', pending, entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s))
+  redis.call('LPUSH', pending, entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s, epoch))
 end
 return {1, seq, remaining, now, deadline}

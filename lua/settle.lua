@@ -18,7 +18,9 @@
 -- ARGV[1]  D: entries to acknowledge only (applied in MySQL)
 -- ARGV[2]  G: entries to acknowledge and give back (rejected in MySQL, or a duplicate event id)
 -- ARGV[3]  X: entries to dead-letter
--- ARGV[4]  counters to add, as "field=n,field=n" (may be empty)
+-- ARGV[4]  the running totals the D+G acknowledged entries add to, as runs in their order:
+--          "field=n,field=n" (may be empty), each run naming the field of its next n entries.
+--          Only the entries found count: a late acknowledgement adds nothing
 -- ARGV[5]  record TTL in ms, set when a reservation reaches a final state
 -- ARGV[6]  the outcome stream's approximate MAXLEN
 -- ARGV[7]  C: entries of cancelled reservations to drop without a MySQL deduction
@@ -192,7 +194,7 @@ local function end_reservation(i)
   -- the tally and buyer matter only to a give-back: two fields fewer to read for an ack
   local r
   if k == 'give' then
-    r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer')
+    r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer', 'epoch')
   else
     r = redis.call('HMGET', record, 'seq', 'state')
   end
@@ -223,7 +225,7 @@ local function end_reservation(i)
         if r[2] == 'dead' then redis.call('HDEL', record, 'envelope') end
         redis.call('PEXPIRE', record, ttl)
       end
-      if k == 'give' and r[3] then untally(bought, record, ARGV[e + 1], r[4], r[3]) end
+      if k == 'give' and r[3] then untally(bought, record, ARGV[e + 1], r[4], r[3], r[5]) end
     else
       -- already told (a copy of the same entry pushed by hand): say it once
       return false
@@ -289,8 +291,14 @@ end
 for product_id, n in pairs(uncount) do
   redis.call('HINCRBY', inflight, product_id, -n)
 end
+local run_end = 0
 for field, n in string.gmatch(ARGV[4], '([%w_]+)=(%d+)') do
-  redis.call('HINCRBY', counters, field, n)
+  local run_start, counted = run_end + 1, 0
+  run_end = run_end + tonumber(n)
+  for i = run_start, math.min(run_end, d + g) do
+    if found[i] then counted = counted + 1 end
+  end
+  if counted > 0 then redis.call('HINCRBY', counters, field, counted) end
 end
 if dead > 0 then
   redis.call('HINCRBY', counters, 'dead', dead)

@@ -47,12 +47,12 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// The SIGTERM/SIGINT handlers could not be installed, so a process could not stop
-    /// gracefully: it does not start.
     /// A store the process connects to in the background has not answered yet.
     #[error("not connected yet: {why}")]
     NotConnected { store: Store, why: String },
 
+    /// The SIGTERM/SIGINT handlers could not be installed, so a process could not stop
+    /// gracefully: it does not start.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 
@@ -80,6 +80,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A worker's claim/apply loop ended by a panic: the process stops (the others finish
+    /// what they hold) and exits 1, so that its supervisor restarts it whole rather than
+    /// leave it heartbeating with fewer loops, or none.
+    #[error("a consumer loop crashed ({0}); the worker stopped to be restarted")]
+    LoopCrashed(String),
 
     /// The demo's or the benchmark's workers left entries in the queue past their deadline.
     #[error(
@@ -154,6 +160,7 @@ impl Error {
             | Error::Listen { .. }
             | Error::Serve { .. }
             | Error::Spawn { .. }
+            | Error::LoopCrashed(_)
             | Error::NotDrained { .. } => None,
             Error::StockChange { .. } => Some(Store::Mysql),
         }
@@ -176,6 +183,7 @@ impl Error {
             | Error::Listen { .. }
             | Error::Serve { .. }
             | Error::Spawn { .. }
+            | Error::LoopCrashed(_)
             | Error::NotDrained { .. }
             | Error::StockChange { .. } => false,
         }

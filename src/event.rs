@@ -27,6 +27,10 @@ pub struct Event {
     pub buyer: Option<String>,
     /// When the reservation was made (unix ms, Redis clock), as reserve.lua stamps it.
     pub reserved_at: Option<i64>,
+    /// The epoch of the buyer limit the reservation counts against, when one does
+    /// (`lua/includes/tally.lua`): kept in `stock_log`, so that a refund after the record
+    /// expired still gives the buyer's units back.
+    pub limit_epoch: Option<i64>,
 }
 
 impl Event {
@@ -61,7 +65,10 @@ impl Event {
             _ => None,
         };
         let reserved_at = fields.get("at").and_then(Value::as_i64);
-        Ok(Event { event_id, product_id, qty, seq, buyer, reserved_at })
+        // a limit counts a buyer: without one, the epoch would give units back to nobody
+        let limit_epoch =
+            fields.get("limit_epoch").and_then(Value::as_i64).filter(|e| *e >= 0 && buyer.is_some());
+        Ok(Event { event_id, product_id, qty, seq, buyer, reserved_at, limit_epoch })
     }
 }
 
@@ -70,13 +77,27 @@ pub(crate) fn validate_event_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_EVENT_ID_LEN
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok { Ok(()) } else { Err(format!("event_id {id:?} is not 1 to 64 characters of [A-Za-z0-9._:-]")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("event_id {} is not 1 to 64 characters of [A-Za-z0-9._:-]", quote(id)))
+    }
+}
+
+/// A value that failed validation, as an error may quote it: at most its first 64
+/// characters and an ellipsis (docs/http-api.md "Errors"), so that an answer never grows
+/// with what a client sent.
+fn quote(value: &str) -> String {
+    match value.char_indices().nth(MAX_EVENT_ID_LEN) {
+        Some((at, _)) => format!("{:?}…", &value[..at]),
+        None => format!("{value:?}"),
+    }
 }
 
 /// A buyer id: 1 to 64 characters of `[A-Za-z0-9._:-]`, like an event id.
 pub(crate) fn validate_buyer(buyer: &str) -> Result<(), String> {
     validate_event_id(buyer)
-        .map_err(|_| format!("buyer {buyer:?} is not 1 to 64 characters of [A-Za-z0-9._:-]"))
+        .map_err(|_| format!("buyer {} is not 1 to 64 characters of [A-Za-z0-9._:-]", quote(buyer)))
 }
 
 pub(crate) fn validate_product_id(product_id: i64) -> Result<(), String> {
@@ -159,8 +180,23 @@ impl DeadLetter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn an_error_quotes_at_most_64_characters_of_a_bad_value() {
+        let long = "b".repeat(5000);
+        let message = validate_buyer(&format!("{long}!")).unwrap_err();
+        assert!(message.len() < 140, "{message}");
+        assert!(message.starts_with(&format!("buyer \"{}\"…", "b".repeat(64))), "{message}");
+        let message = validate_event_id(&long).unwrap_err();
+        assert!(message.len() < 140, "{message}");
+        assert_eq!(
+            validate_event_id("a b").unwrap_err(),
+            "event_id \"a b\" is not 1 to 64 characters of [A-Za-z0-9._:-]"
+        );
+    }
 
     #[test]
     fn parses_a_stamped_event_and_ignores_other_fields() {
@@ -173,11 +209,18 @@ mod tests {
                 qty: 3,
                 seq: Some(7),
                 buyer: None,
-                reserved_at: None
+                reserved_at: None,
+                limit_epoch: None,
             }
         );
         let e = Event::parse(br#"{"event_id":"o-1","product_id":42,"qty":3}"#).unwrap();
         assert_eq!(e.seq, None);
+        let limited =
+            br#"{"event_id":"o-1","product_id":4,"qty":1,"seq":7,"buyer":"b","limit_epoch":2,"at":5}"#;
+        assert_eq!(Event::parse(limited).unwrap().limit_epoch, Some(2));
+        // an epoch counts a buyer's units: without a buyer there is none to give back
+        let no_buyer = br#"{"event_id":"o-1","product_id":4,"qty":1,"seq":7,"limit_epoch":2}"#;
+        assert_eq!(Event::parse(no_buyer).unwrap().limit_epoch, None);
     }
 
     #[test]
@@ -228,7 +271,7 @@ mod tests {
             let mut v = json!({"event_id": id, "product_id": product, "qty": qty});
             if let Some(s) = seq { v["seq"] = json!(s); }
             let e = Event::parse(v.to_string().as_bytes()).unwrap();
-            prop_assert_eq!(e, Event { event_id: id, product_id: product, qty, seq, buyer: None, reserved_at: None });
+            prop_assert_eq!(e, Event { event_id: id, product_id: product, qty, seq, buyer: None, reserved_at: None, limit_epoch: None });
         }
 
         #[test]

@@ -37,6 +37,9 @@
 //!
 //! Only what the binary and the integration tests use is exported below.
 
+#[macro_use]
+mod out;
+
 mod admin;
 mod backoff;
 mod check;

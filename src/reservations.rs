@@ -59,7 +59,7 @@ pub async fn status(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<
         product_id: row.product_id,
         qty: row.qty,
         seq: row.seq,
-        buyer: None,
+        buyer: row.buyer,
         deadline: None,
         reserved_at: None,
         updated_at: Some(row.settled_at),
@@ -134,7 +134,13 @@ pub async fn cancel(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<
         // ended long ago: nothing to give back
         return Ok(Cancel::Done { state: row.status, changed: false });
     }
-    let forgotten = Forgotten { product_id: row.product_id, qty: row.qty, seq: row.seq };
+    let forgotten = Forgotten {
+        product_id: row.product_id,
+        qty: row.qty,
+        seq: row.seq,
+        buyer: row.buyer,
+        limit_epoch: row.limit_epoch,
+    };
     let answer = shards.for_product(row.product_id).cancel(event_id, Some(forgotten)).await?;
     count_cancel(&answer);
     Ok(answer)

@@ -16,7 +16,7 @@
 local function give_back(stock, inflight, bought, record, r)
   redis.call('INCRBY', stock, r.qty)
   redis.call('HINCRBY', inflight, r.product_id, -tonumber(r.qty))
-  if r.tally then untally(bought, record, r.product_id, r.buyer, r.tally) end
+  if r.tally then untally(bought, record, r.product_id, r.buyer, r.tally, r.epoch) end
 end
 
 local function expire_hold(keys, event_id, record, r, now, ttl)

@@ -20,7 +20,7 @@ pub(super) async fn check(settings: &Settings, repair: bool, json: bool) -> Resu
     }
     print::check(&report, json, true);
     if repair && repaired > 0 && !json {
-        println!("repaired {repaired} product(s) in Redis");
+        outln!("repaired {repaired} product(s) in Redis");
     }
     Ok(if report.is_consistent() { 0 } else { 1 })
 }
@@ -30,7 +30,7 @@ pub(super) async fn stats(settings: &Settings, json: bool, page: Page) -> Result
     let (shards, ledger) = connect(settings, 2).await?;
     let stats = crate::admin::stats::collect(&shards, &ledger, page).await?;
     if json {
-        println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&stats).unwrap_or_default());
     } else {
         print::stats(&stats);
     }

@@ -28,11 +28,9 @@ pub(super) async fn list(settings: &Settings, json: bool, page: Page) -> Result<
 pub(super) async fn requeue(settings: &Settings, which: &DeadSelection) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
     let (moved, skipped) = letters::requeue(&shards, &selection(which)).await?;
-    println!("requeued {moved}");
+    outln!("requeued {moved}");
     if skipped > 0 {
-        println!(
-            "left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)"
-        );
+        outln!("left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)");
     }
     Ok(0)
 }
@@ -41,7 +39,7 @@ pub(super) async fn requeue(settings: &Settings, which: &DeadSelection) -> Resul
 pub(super) async fn drop(settings: &Settings, which: &DeadSelection) -> Result<u8> {
     let (shards, ledger) = connect(settings, 1).await?;
     let (dropped, given) = letters::drop(&shards, &ledger, &selection(which)).await?;
-    println!("dropped {dropped}, gave back {given} units of stock");
+    outln!("dropped {dropped}, gave back {given} units of stock");
     Ok(0)
 }
 

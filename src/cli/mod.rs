@@ -291,7 +291,7 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             // the commands to choose from on stdout, why it failed on stderr
-            print!("{}", e.render());
+            out!("{}", e.render());
             eprintln!("stockq: a command is required here (the commands are listed above)");
             ExitCode::from(2)
         }
@@ -371,14 +371,14 @@ fn scripts(name: Option<&str>) -> Result<u8> {
     use crate::queue::scripts::{ALL, digest};
     let Some(name) = name else {
         for (name, source) in ALL {
-            println!("{name:<14} {}", digest(source));
+            outln!("{name:<14} {}", digest(source));
         }
         return Ok(0);
     };
     let name = name.strip_suffix(".lua").unwrap_or(name);
     match ALL.iter().find(|(n, _)| *n == name) {
         Some((_, source)) => {
-            print!("{source}");
+            out!("{source}");
             Ok(0)
         }
         None => {

@@ -16,7 +16,7 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
     if json {
         if last {
             let drifts: Vec<_> = report.drifts().collect();
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "consistent": report.is_consistent(),
@@ -30,7 +30,7 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
         return;
     }
     for p in report.drifts() {
-        println!(
+        outln!(
             "drift: product {}: redis {}{}, mysql {}, in-flight {}, expected redis {}, delta {:+}",
             p.product_id,
             p.redis.unwrap_or(0),
@@ -44,29 +44,29 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
     if last {
         let n = report.drifts().count();
         if n == 0 {
-            println!(
+            outln!(
                 "consistent: {} products, redis == mysql − in-flight (seq {}, {} ms)",
                 report.products.len(),
                 report.seq,
                 report.took.as_millis()
             );
         } else {
-            println!("{n} of {} products drifted", report.products.len());
+            outln!("{n} of {} products drifted", report.products.len());
         }
     }
 }
 
 pub(super) fn stats(stats: &Stats) {
     let (s, b) = (&stats.overview, &stats.books);
-    println!("queue        {}", s.queue);
+    outln!("queue        {}", s.queue);
     match s.oldest_pending_age_ms {
         Some(ms) if s.pending > 0 => {
-            println!("pending      {} (the oldest waiting {})", s.pending, seconds(ms as i64))
+            outln!("pending      {} (the oldest waiting {})", s.pending, seconds(ms as i64))
         }
-        _ => println!("pending      {}", s.pending),
+        _ => outln!("pending      {}", s.pending),
     }
-    println!("processing   {}", s.processing);
-    println!(
+    outln!("processing   {}", s.processing);
+    outln!(
         "next claim   {}",
         match s.claim_expires_in_ms {
             None => "-".to_string(),
@@ -74,29 +74,30 @@ pub(super) fn stats(stats: &Stats) {
             Some(ms) => format!("overdue by {} (its worker stopped; the janitor re-queues it)", seconds(-ms)),
         }
     );
-    println!("dead         {}", s.dead);
-    println!("held         {} unpaid", s.held);
-    println!("cancelling   {} (in the queue), releasing {} (to MySQL)", s.cancelling, s.releasing);
-    println!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
+    outln!("dead         {}", s.dead);
+    outln!("held         {} unpaid", s.held);
+    outln!("cancelling   {} (in the queue), releasing {} (to MySQL)", s.cancelling, s.releasing);
+    outln!("workers      {} live, {:.0} events/s", s.live_workers.len(), s.throughput.max(0.0));
     for w in &s.live_workers {
-        println!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
+        outln!("  {}  applied {}  rejected {}  {:.0}/s", w.id, w.applied, w.rejected, w.rate);
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("totals       {}", counters.join(", "));
+    outln!("totals       {}", counters.join(", "));
     if b.consistent {
-        println!("books        consistent, {} products", b.products_total);
+        outln!("books        consistent, {} products", b.products_total);
     } else {
-        println!(
+        outln!(
             "books        DRIFT in {} of {} products (see stockq check)",
-            b.drifting_total, b.products_total
+            b.drifting_total,
+            b.products_total
         );
     }
     if b.offset > 0 {
-        println!("... {} products before these", b.offset);
+        outln!("... {} products before these", b.offset);
     }
-    println!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
+    outln!("{:>12} {:>12} {:>12} {:>10} {:>8}", "product", "redis", "mysql", "in-flight", "delta");
     for p in &b.products {
-        println!(
+        outln!(
             "{:>12} {:>12} {:>12} {:>10} {:>+8}",
             p.product_id,
             p.redis.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
@@ -107,7 +108,7 @@ pub(super) fn stats(stats: &Stats) {
     }
     let more = b.products_total.saturating_sub(b.offset + b.products.len());
     if more > 0 {
-        println!("... and {more} more (stockq stats --limit 0 lists all)");
+        outln!("... and {more} more (stockq stats --limit 0 lists all)");
     }
 }
 
@@ -120,11 +121,11 @@ pub(super) fn produce(report: &ProduceReport, json: bool) {
     if json {
         let mut v = serde_json::to_value(report).unwrap_or_default();
         v["per_second"] = json!(report.per_second());
-        println!("{v}");
+        outln!("{v}");
         return;
     }
     let l = &report.latency;
-    println!(
+    outln!(
         "reserved {} and sold out {} (unknown product {}) in {:.2}s: {:.0} reservations/s; \
          latency p50 {}us p99 {}us p99.9 {}us max {}us",
         report.reserved,
@@ -138,11 +139,11 @@ pub(super) fn produce(report: &ProduceReport, json: bool) {
         l.max_us
     );
     if report.limited > 0 {
-        println!("refused by a buyer limit: {}", report.limited);
+        outln!("refused by a buyer limit: {}", report.limited);
     }
     if let Some(c) = &report.cancels {
         let l = &c.latency;
-        println!(
+        outln!(
             "cancelled {} in {:.2}s: {:.0} cancels/s; latency p50 {}us p99 {}us max {}us",
             c.cancelled,
             c.elapsed.as_secs_f64(),
@@ -168,17 +169,17 @@ pub(super) struct DeadLetters {
 impl DeadLetters {
     pub(super) fn start(total: u64, page: Page, json: bool) -> DeadLetters {
         if json {
-            print!(
+            out!(
                 r#"{{"total":{total},"offset":{},"limit":{},"dead":["#,
                 page.offset,
                 page.limit.unwrap_or(0)
             );
         } else if total == 0 {
-            println!("no dead letters");
+            outln!("no dead letters");
         } else {
             let skipped =
                 if page.offset > 0 { format!(", after the first {}", page.offset) } else { String::new() };
-            println!("{total} dead letter{}, newest first{skipped}", if total == 1 { "" } else { "s" });
+            outln!("{total} dead letter{}, newest first{skipped}", if total == 1 { "" } else { "s" });
         }
         DeadLetters { total, page, json, shown: 0 }
     }
@@ -197,18 +198,18 @@ impl DeadLetters {
             }
             self.shown += 1;
         }
-        print!("{out}");
+        out!("{out}");
     }
 
     pub(super) fn finish(self) {
         if self.json {
-            println!("]}}");
+            outln!("]}}");
             return;
         }
         let next = self.page.offset + self.shown;
         let more = self.total.saturating_sub(next as u64);
         if more > 0 {
-            println!("... and {more} more (stockq dead list --offset {next} lists the next ones)");
+            outln!("... and {more} more (stockq dead list --offset {next} lists the next ones)");
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::worker::{Worker, WorkerOptions};
 /// `stockq migrate`
 pub(super) async fn migrate(settings: &Settings) -> Result<u8> {
     ledger::migrate(settings).await?;
-    println!("migrated {}", settings.mysql.url);
+    outln!("migrated {}", settings.mysql.url);
     Ok(0)
 }
 

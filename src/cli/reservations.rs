@@ -24,9 +24,9 @@ pub(super) async fn status(settings: &Settings, event_id: &str, json: bool) -> R
         return Ok(EXIT_UNKNOWN_RESERVATION);
     };
     if json {
-        println!("{}", serde_json::to_string(&status).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&status).unwrap_or_default());
     } else {
-        println!("{}", status_line(&status));
+        outln!("{}", status_line(&status));
     }
     Ok(0)
 }
@@ -35,8 +35,8 @@ pub(super) async fn status(settings: &Settings, event_id: &str, json: bool) -> R
 pub(super) async fn confirm(settings: &Settings, event_id: &str) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
     match reservations::confirm(&shards, event_id).await? {
-        Confirm::Queued => println!("{event_id} queued"),
-        Confirm::Unchanged { state } => println!("{event_id} {state} (already confirmed)"),
+        Confirm::Queued => outln!("{event_id} queued"),
+        Confirm::Unchanged { state } => outln!("{event_id} {state} (already confirmed)"),
         Confirm::Ended { state } => {
             eprintln!("stockq: reservation ended: {event_id} is {state}; nothing confirmed");
             return Ok(EXIT_ENDED);
@@ -53,8 +53,8 @@ pub(super) async fn confirm(settings: &Settings, event_id: &str) -> Result<u8> {
 pub(super) async fn cancel(settings: &Settings, event_id: &str) -> Result<u8> {
     let (shards, ledger) = connect(settings, 1).await?;
     match reservations::cancel(&shards, &ledger, event_id).await? {
-        Cancel::Done { state, changed: true } => println!("{event_id} {state}"),
-        Cancel::Done { state, changed: false } => println!("{event_id} {state} (unchanged)"),
+        Cancel::Done { state, changed: true } => outln!("{event_id} {state}"),
+        Cancel::Done { state, changed: false } => outln!("{event_id} {state} (unchanged)"),
         Cancel::Unknown => {
             eprintln!("stockq: unknown reservation {event_id}");
             return Ok(EXIT_UNKNOWN_RESERVATION);
@@ -131,9 +131,9 @@ fn print_outcome(entry: &OutcomeEntry, json: bool) {
             };
             object.insert(k.clone(), value);
         }
-        println!("{}", serde_json::Value::Object(object));
+        outln!("{}", serde_json::Value::Object(object));
     } else {
         let fields: Vec<String> = entry.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{} {}", entry.id, fields.join(" "));
+        outln!("{} {}", entry.id, fields.join(" "));
     }
 }

@@ -36,9 +36,12 @@ pub(super) async fn add(settings: &Settings, product: i64, delta: i64) -> Result
 async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8> {
     let (shards, ledger) = connect(settings, 1).await?;
     let done = admin_stock::adjust(shards.for_product(product), &ledger, product, change).await?;
-    println!(
+    outln!(
         "product {}: mysql {} (change {:+}), redis {}",
-        done.product_id, done.mysql, done.delta, done.redis
+        done.product_id,
+        done.mysql,
+        done.delta,
+        done.redis
     );
     Ok(0)
 }
@@ -48,9 +51,9 @@ pub(super) async fn limit(settings: &Settings, product: i64, limit: u64) -> Resu
     let shards = Shards::connect(settings).await?;
     shards.for_product(product).set_limit(product, limit).await?;
     if limit == 0 {
-        println!("product {product}: no buyer limit");
+        outln!("product {product}: no buyer limit");
     } else {
-        println!("product {product}: at most {limit} per buyer");
+        outln!("product {product}: at most {limit} per buyer");
     }
     Ok(0)
 }
@@ -78,9 +81,9 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
     let answer = reservations::reserve_held(shards.for_product(product), request).await?;
     if let Some(object) = crate::reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
         match (json, &answer) {
-            (true, _) => println!("{object}"),
+            (true, _) => outln!("{object}"),
             (false, Reservation::Reserved { event_id, .. } | Reservation::Replayed { event_id, .. }) => {
-                println!("{event_id}")
+                outln!("{event_id}")
             }
             _ => {}
         }
@@ -116,7 +119,7 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
         ),
     };
     if json {
-        println!("{object}");
+        outln!("{object}");
     }
     eprintln!("stockq: {message}");
     Ok(code)

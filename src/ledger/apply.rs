@@ -198,19 +198,30 @@ mod literal {
     use std::collections::{BTreeSet, HashMap};
     use std::fmt::Write;
 
-    use crate::event::{Event, validate_event_id};
+    use crate::event::{Event, validate_buyer, validate_event_id};
 
-    /// `INSERT` of every event's `stock_log` row as 'applied'; `None` when an event id is
-    /// not one that may be written in.
+    /// `INSERT` of every event's `stock_log` row as 'applied'; `None` when an event id or a
+    /// buyer is not one that may be written in.
     pub(super) fn insert_applied(events: &[Event], claim_seq: i64) -> Option<String> {
-        let mut sql = String::with_capacity(64 + events.len() * 96);
-        sql.push_str("INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq) VALUES ");
+        let mut sql = String::with_capacity(64 + events.len() * 128);
+        sql.push_str(
+            "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq, buyer, limit_epoch) VALUES ",
+        );
         for (i, e) in events.iter().enumerate() {
             validate_event_id(&e.event_id).ok()?;
             let seq = e.seq.map_or_else(|| "NULL".to_string(), |s| s.to_string());
+            let buyer = match &e.buyer {
+                // the same characters as an event id: nothing in them can end the literal
+                Some(b) => validate_buyer(b).ok().map(|()| format!("'{b}'"))?,
+                None => "NULL".to_string(),
+            };
+            let epoch = e.limit_epoch.map_or_else(|| "NULL".to_string(), |x| x.to_string());
             let sep = if i == 0 { "" } else { "," };
-            let _ =
-                write!(sql, "{sep}('{}',{},{},'applied',{seq},{claim_seq})", e.event_id, e.product_id, e.qty);
+            let _ = write!(
+                sql,
+                "{sep}('{}',{},{},'applied',{seq},{claim_seq},{buyer},{epoch})",
+                e.event_id, e.product_id, e.qty
+            );
         }
         Some(sql)
     }
@@ -296,7 +307,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn event(id: u8, product: i64, qty: i64, seq: Option<i64>) -> Event {
-        Event { event_id: format!("e{id}"), product_id: product, qty, seq, buyer: None, reserved_at: None }
+        Event {
+            event_id: format!("e{id}"),
+            product_id: product,
+            qty,
+            seq,
+            buyer: None,
+            reserved_at: None,
+            limit_epoch: None,
+        }
     }
 
     #[test]

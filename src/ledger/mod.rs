@@ -238,15 +238,18 @@ fn insert_log_rows<'e>(
     rows: impl IntoIterator<Item = (&'e crate::event::Event, Status)>,
     claim_seq: i64,
 ) -> QueryBuilder<MySql> {
-    let mut q =
-        QueryBuilder::new(format!("{insert} stock_log (event_id, product_id, qty, status, seq, claim_seq) "));
+    let mut q = QueryBuilder::new(format!(
+        "{insert} stock_log (event_id, product_id, qty, status, seq, claim_seq, buyer, limit_epoch) "
+    ));
     q.push_values(rows, |mut row, (event, status)| {
         row.push_bind(event.event_id.clone())
             .push_bind(event.product_id)
             .push_bind(event.qty)
             .push_bind(status.as_str())
             .push_bind(event.seq)
-            .push_bind(claim_seq);
+            .push_bind(claim_seq)
+            .push_bind(event.buyer.clone())
+            .push_bind(event.limit_epoch);
     });
     q
 }

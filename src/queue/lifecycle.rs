@@ -34,12 +34,14 @@ pub enum Cancel {
 }
 
 /// An applied reservation the ledger knows and Redis has forgotten (its record expired):
-/// enough to release it.
-#[derive(Debug, Clone, Copy)]
+/// enough to release it, and to give its buyer's units back when a limit counted them.
+#[derive(Debug, Clone)]
 pub(crate) struct Forgotten {
     pub(crate) product_id: i64,
     pub(crate) qty: i64,
     pub(crate) seq: Option<i64>,
+    pub(crate) buyer: Option<String>,
+    pub(crate) limit_epoch: Option<i64>,
 }
 
 /// Holds the janitor ends per call: each costs about 25 µs of Redis time (a record read and
@@ -82,7 +84,7 @@ impl Queue {
     /// Cancels a reservation in whatever state it is (`lua/cancel.lua`). `forgotten` releases
     /// an applied reservation whose record expired, from its `stock_log` row.
     pub(crate) async fn cancel(&self, event_id: &str, forgotten: Option<Forgotten>) -> Result<Cancel> {
-        let product_id = match (self.record_product(event_id).await?, forgotten) {
+        let product_id = match (self.record_product(event_id).await?, &forgotten) {
             (Some(p), _) => p,
             (None, Some(f)) => f.product_id,
             (None, None) => return Ok(Cancel::Unknown),
@@ -90,7 +92,13 @@ impl Queue {
         let mut invocation = self.lifecycle_invocation("cancel");
         invocation.key(self.keys.record(event_id)).key(self.keys.stock(product_id)).arg(event_id);
         if let Some(f) = forgotten {
-            invocation.arg(f.product_id).arg(f.qty).arg(f.seq.map(|s| s.to_string()).unwrap_or_default());
+            let text = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_default();
+            invocation
+                .arg(f.product_id)
+                .arg(f.qty)
+                .arg(text(f.seq))
+                .arg(f.buyer.unwrap_or_default())
+                .arg(text(f.limit_epoch));
         }
         let (state, changed): (String, i64) = self.invoke("redis (cancel)", &invocation).await?;
         Ok(if state.is_empty() { Cancel::Unknown } else { Cancel::Done { state, changed: changed == 1 } })

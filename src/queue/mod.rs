@@ -131,7 +131,9 @@ pub(crate) struct Settlement {
     /// Cancelled before MySQL deducted them: remove, ending `cancelled` (their stock came
     /// back with the cancel).
     pub(crate) drops: Vec<(Entry, Ending)>,
-    /// Running totals to add to `{q}:counters`.
+    /// The totals of `{q}:counters` the acknowledgements add to, as runs over `acks` then
+    /// `give_backs` in order: `(field, n)` counts the next n entries. settle.lua adds only the
+    /// entries it finds, so a late acknowledgement adds nothing.
     pub(crate) counters: Vec<(&'static str, u64)>,
 }
 
@@ -296,7 +298,7 @@ impl Queue {
 
     /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).
     pub(crate) async fn settle(&self, s: &Settlement) -> Result<Settled> {
-        if s.is_empty() && s.counters.is_empty() {
+        if s.is_empty() {
             return Ok(Settled::default());
         }
         let mut invocation = scripts::SETTLE.prepare_invoke();

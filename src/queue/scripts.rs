@@ -38,6 +38,7 @@ scripts! {
     CONFIRM = "confirm",
     CANCEL = "cancel",
     RELEASED = "released",
+    LIMIT = "limit",
     BENCH_FILL = "bench_fill",
 }
 

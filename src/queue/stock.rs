@@ -114,18 +114,32 @@ impl Queue {
         })
     }
 
-    /// Sets how many units of `product_id` one buyer may hold (0: no limit). Removing a limit
-    /// forgets every buyer's units of the product: a tally lasts as long as its limit.
+    /// Sets how many units of `product_id` one buyer may hold (0: no limit; `lua/limit.lua`).
+    /// Removing a limit ends its epoch and forgets every buyer's units of the product: a tally
+    /// lasts as long as its limit, and reservations counted in it give their units back to it
+    /// alone (`lua/includes/tally.lua`).
     pub(crate) async fn set_limit(&self, product_id: i64, limit: u64) -> Result<()> {
-        let mut conn = self.conn();
-        if limit > 0 {
-            let _: () =
-                bounded("redis (limit)", CALL_TIMEOUT, conn.hset(self.keys.limits(), product_id, limit))
-                    .await?;
-            return Ok(());
+        let mut invocation = scripts::LIMIT.prepare_invoke();
+        invocation.key(self.keys.limits()).arg(product_id).arg(limit);
+        let (epoch, _ended): (u64, u64) = self.invoke("redis (limit)", &invocation).await?;
+        if epoch > 0 || limit == 0 {
+            self.forget_tallies(product_id, epoch).await?;
         }
-        let _: () = bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.limits(), product_id)).await?;
-        let pattern = format!("{product_id}:*");
+        Ok(())
+    }
+
+    /// Deletes the product's tallies of epochs before `epoch`, in steps of about 1,000 fields.
+    /// Safe beside live reservations: they count in `epoch` alone, and a give-back to an ended
+    /// epoch's field only lowers or removes it.
+    async fn forget_tallies(&self, product_id: i64, epoch: u64) -> Result<()> {
+        for pattern in [format!("{product_id}:*"), format!("{product_id}#*")] {
+            self.forget_matching(&pattern, |field| tally_epoch(field).is_some_and(|e| e < epoch)).await?;
+        }
+        Ok(())
+    }
+
+    async fn forget_matching(&self, pattern: &str, ended: impl Fn(&str) -> bool) -> Result<()> {
+        let mut conn = self.conn();
         let mut cursor = 0u64;
         loop {
             let (next, fields): (u64, Vec<(String, String)>) = bounded(
@@ -135,13 +149,14 @@ impl Queue {
                     .arg(self.keys.bought())
                     .arg(cursor)
                     .arg("MATCH")
-                    .arg(&pattern)
+                    .arg(pattern)
                     .arg("COUNT")
                     .arg(1000)
                     .query_async(&mut conn),
             )
             .await?;
-            let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+            let names: Vec<&str> =
+                fields.iter().map(|(name, _)| name.as_str()).filter(|name| ended(name)).collect();
             if !names.is_empty() {
                 let _: () =
                     bounded("redis (limit)", CALL_TIMEOUT, conn.hdel(self.keys.bought(), names)).await?;
@@ -178,5 +193,30 @@ impl Queue {
     pub(super) async fn add_to_stock(&self, what: &'static str, product_id: i64, by: i64) -> Result<i64> {
         let mut conn = self.conn();
         bounded(what, CALL_TIMEOUT, conn.incr(self.keys.stock(product_id), by)).await
+    }
+}
+
+/// The epoch of a `{q}:bought` field: `<p>:<buyer>` is epoch 0, `<p>#<e>:<buyer>` epoch e
+/// (`lua/includes/tally.lua`). `None` for a field of neither shape.
+fn tally_epoch(field: &str) -> Option<u64> {
+    let (head, _buyer) = field.split_once(':')?;
+    match head.split_once('#') {
+        None => Some(0),
+        Some((_product, epoch)) => epoch.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tally_epoch;
+
+    #[test]
+    fn a_tally_field_names_its_epoch() {
+        assert_eq!(tally_epoch("12:alice"), Some(0));
+        assert_eq!(tally_epoch("12:a:b"), Some(0));
+        assert_eq!(tally_epoch("12#3:alice"), Some(3));
+        assert_eq!(tally_epoch("12#3:a#b"), Some(3));
+        assert_eq!(tally_epoch("12#x:alice"), None);
+        assert_eq!(tally_epoch("12"), None);
     }
 }

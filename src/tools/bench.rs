@@ -246,11 +246,13 @@ async fn bench_mode(
 }
 
 fn print_header(idle: &Latency) {
-    println!(
+    outln!(
         "single reservations, one at a time: p50 {}us p99 {}us p99.9 {}us",
-        idle.p50_us, idle.p99_us, idle.p999_us
+        idle.p50_us,
+        idle.p99_us,
+        idle.p999_us
     );
-    println!(
+    outln!(
         "{:<8} {:>6} {:>8} {:>11} {:>22} {:>11} {:>9} {:>10} {:>8}",
         "mode",
         "batch",
@@ -268,11 +270,11 @@ fn print_header(idle: &Latency) {
 /// says how many times faster the batched run applied.
 fn print_run(run: &Run, args: &BenchArgs, batched_rate: Option<f64>) {
     if args.json {
-        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        outln!("{}", serde_json::to_string(run).unwrap_or_default());
         return;
     }
     let l = &run.reserve_latency;
-    println!(
+    outln!(
         "{:<8} {:>6} {:>8} {:>11.0} {:>22} {:>11.0} {:>7.1}us {:>7}KiB {:>8}{}",
         run.mode,
         run.batch,
@@ -468,11 +470,11 @@ async fn applied(shards: &Shards) -> Result<u64> {
 
 fn print_capacity(run: &CapacityRun, args: &BenchArgs) {
     if args.json {
-        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        outln!("{}", serde_json::to_string(run).unwrap_or_default());
         return;
     }
     let l = &run.reserve_latency;
-    println!(
+    outln!(
         "capacity: {} reserving flat out beside {} workers: {:.0} reservations/s (p50/p99 {}/{}us), {:.0} applied/s; sustained capacity {:.0}/s (backlog {} when the producer stopped) {}",
         run.mode,
         args.workers,
@@ -520,10 +522,10 @@ async fn check_run(shards: &Shards, ledger: &Ledger, products: u64, backlog: u64
 
 fn print_check(run: &CheckRun, args: &BenchArgs) {
     if args.json {
-        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        outln!("{}", serde_json::to_string(run).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "check: {} products, {} pending: {} ms ({} runs) {}",
         run.products,
         run.backlog,
@@ -586,17 +588,17 @@ async fn to_outcome(shards: &Shards) -> Result<(u64, ToOutcome)> {
 
 fn print_steady(run: &SteadyRun, args: &BenchArgs, why: &str) {
     if args.json {
-        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        outln!("{}", serde_json::to_string(run).unwrap_or_default());
         return;
     }
     let l = &run.reserve_latency;
     let o = &run.to_outcome;
-    println!(
+    outln!(
         "steady run: {} reservations/s offered for {}s ({why}), with the workers running",
         run.offered_per_s,
         args.rate_for.as_secs_f64(),
     );
-    println!(
+    outln!(
         "{:<8} {:>6} {:>8} {:>11} {:>22} {:>9} {:>24} {:>8}",
         "mode",
         "batch",
@@ -607,7 +609,7 @@ fn print_steady(run: &SteadyRun, args: &BenchArgs, why: &str) {
         "to outcome p50/p99/max",
         "books"
     );
-    println!(
+    outln!(
         "{:<8} {:>6} {:>8} {:>11.0} {:>22} {:>9} {:>24} {:>8}",
         run.mode,
         run.batch,

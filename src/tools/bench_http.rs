@@ -87,11 +87,11 @@ pub(crate) async fn http_run(
 
 pub(crate) fn print_http(run: &HttpRun, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(run).unwrap_or_default());
+        outln!("{}", serde_json::to_string(run).unwrap_or_default());
         return;
     }
     let l = &run.latency;
-    println!(
+    outln!(
         "http: POST /reserve over {} keep-alive connections for {:.1}s: {:.0} req/s, p50/p99/p99.9 {}/{}/{}us{} {}",
         run.connections,
         run.seconds,

@@ -70,13 +70,17 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<u8> {
 }
 
 fn introduce(settings: &Settings, args: &DemoArgs) {
-    println!(
+    outln!(
         "stockq demo: a flash sale of {} products x {} units for {} buyers",
-        args.products, args.stock, args.buyers
+        args.products,
+        args.stock,
+        args.buyers
     );
-    println!(
+    outln!(
         "  redis {} (queue {{{}}}), mysql {}",
-        settings.redis.url, settings.redis.queue, settings.mysql.url
+        settings.redis.url,
+        settings.redis.queue,
+        settings.mysql.url
     );
 }
 
@@ -89,7 +93,7 @@ async fn stock_products(settings: &Settings, args: &DemoArgs) -> Result<(Shards,
     for product in 1..=args.products {
         stock::adjust(shards.for_product(product), &ledger, product, Change::Set(args.stock)).await?;
     }
-    println!("1. stocked products 1..={} with {} units each, in MySQL and Redis", args.products, args.stock);
+    outln!("1. stocked products 1..={} with {} units each, in MySQL and Redis", args.products, args.stock);
     Ok((shards, ledger))
 }
 
@@ -115,7 +119,7 @@ impl Crew {
             let s = shutdown.clone();
             tokio::spawn(async move { j.run(s).await })
         };
-        println!(
+        outln!(
             "2. started a worker ({} loops, batches of {}) and a janitor in this process",
             crate::worker::DEFAULT_CONCURRENCY,
             crate::worker::DEFAULT_BATCH
@@ -220,7 +224,7 @@ async fn drain(shards: &Shards, worker: &Worker, applying: &ProgressBar, since: 
 /// Steps 3 and 4 in words, once the bars are gone.
 fn tell_sale(args: &DemoArgs, sale: &Sale, worker: &Worker, drained_after: Duration) {
     let Sale { reserved, sold_out, took, .. } = sale;
-    println!(
+    outln!(
         "3. {} buyers answered in {:.2}s ({:.0}/s): {reserved} reserved, {sold_out} turned away as sold out",
         args.buyers,
         took.as_secs_f64(),
@@ -229,7 +233,7 @@ fn tell_sale(args: &DemoArgs, sale: &Sale, worker: &Worker, drained_after: Durat
     let totals = worker.totals();
     let applied = totals.applied.load(std::sync::atomic::Ordering::Relaxed);
     let batches = totals.batches.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
+    outln!(
         "4. workers applied {applied} deductions to MySQL in {batches} transactions; queue empty after {:.2}s",
         drained_after.as_secs_f64()
     );
@@ -255,7 +259,7 @@ async fn follow_orders(shards: &Shards, ledger: &Ledger, product: i64) -> Result
     let queue = shards.for_product(product);
     stock::adjust(queue, ledger, product, Change::Set(ORDERS_STOCK)).await?;
     queue.set_limit(product, ORDERS_LIMIT).await?;
-    println!(
+    outln!(
         "5. the life of a few orders of product {product} ({ORDERS_STOCK} units, at most {ORDERS_LIMIT} per buyer):"
     );
     let take = |event_id: &'static str, buyer: &'static str, qty: i64, hold: Option<Duration>| {
@@ -279,17 +283,17 @@ async fn follow_orders(shards: &Shards, ledger: &Ledger, product: i64) -> Result
         ("order-refunded", "dave", "paid, deducted, then refunded", "released"),
         ("order-pair", "erin", "2 units: the buyer's limit", "applied"),
     ];
-    println!("   {:<19} {:<6} {:<34} {:<10} outcomes announced", "order", "buyer", "what happened", "state");
+    outln!("   {:<19} {:<6} {:<34} {:<10} outcomes announced", "order", "buyer", "what happened", "state");
     for (order, buyer, what, end) in story {
         let state = settle_order(shards, ledger, order, end).await?;
         let told = queue.outcomes_of(order).await?;
-        println!("   {order:<19} {buyer:<6} {what:<34} {state:<10} {}", told.join(" -> "));
+        outln!("   {order:<19} {buyer:<6} {what:<34} {state:<10} {}", told.join(" -> "));
     }
     let third = match refused {
         Reservation::LimitReached { limit, held } => format!("refused: limit {limit}, holds {held}"),
         other => format!("not refused: {other:?}"),
     };
-    println!("   {:<19} {:<6} {:<34} {third}", "order-third", "erin", "one more unit");
+    outln!("   {:<19} {:<6} {:<34} {third}", "order-third", "erin", "one more unit");
     Ok(Orders { applied_rows: 2, rows: 3 })
 }
 
@@ -318,22 +322,22 @@ async fn reconcile(
     let queue = shards.first().keys().prefix().to_string();
     let report = check::check(shards, ledger).await?;
     let (log_applied, log_rows) = ledger.log_counts().await?;
-    println!("6. reconciliation:");
+    outln!("6. reconciliation:");
     print_books(&report, args.stock, args.products);
     let log_applied = log_applied.saturating_sub(orders.applied_rows);
     let log_rows = log_rows.saturating_sub(orders.rows);
     let balanced = report.is_consistent() && log_applied == reserved && log_rows == reserved;
     if balanced {
-        println!(
+        outln!(
             "   every reservation of the sale was applied exactly once ({log_rows} rows in stock_log) and \
              Redis == MySQL for every product."
         );
-        println!(
+        outln!(
             "   inspect it: redis-cli --scan --pattern '{queue}*'; the demo data stays until the next run."
         );
         Ok(0)
     } else {
-        println!(
+        outln!(
             "   the books do NOT balance: {reserved} reserved, {log_applied} applied in stock_log ({log_rows} rows); see `stockq check`"
         );
         Ok(1)
@@ -341,14 +345,19 @@ async fn reconcile(
 }
 
 fn print_books(report: &check::CheckReport, stocked: i64, sale_products: i64) {
-    println!(
+    outln!(
         "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  books",
-        "product", "stocked", "sold", "mysql", "redis", "in-flight"
+        "product",
+        "stocked",
+        "sold",
+        "mysql",
+        "redis",
+        "in-flight"
     );
     for p in &report.products {
         let stocked = if p.product_id > sale_products { ORDERS_STOCK } else { stocked };
         let sold = stocked - p.mysql;
-        println!(
+        outln!(
             "   {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {}",
             p.product_id,
             stocked,

@@ -159,8 +159,11 @@ impl Worker {
         &self.totals
     }
 
-    /// Runs until `shutdown` is cancelled, then finishes what is held and returns.
+    /// Runs until `shutdown` is cancelled, then finishes what is held and returns. A loop that
+    /// crashes stops the whole process ([`supervise`]): `Err`, after the others finished.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        // the loops and the heartbeat stop on a signal, or when a loop crashes
+        let shutdown = shutdown.child_token();
         tracing::info!(
             worker = %self.id,
             concurrency = self.options.concurrency,
@@ -180,11 +183,7 @@ impl Worker {
             let shutdown = shutdown.clone();
             loops.spawn(async move { worker.consume(n, shutdown).await });
         }
-        while let Some(joined) = loops.join_next().await {
-            if let Err(e) = joined {
-                tracing::error!(error = %e, "a consumer loop crashed");
-            }
-        }
+        let crashed = supervise(loops, &shutdown).await;
         let _ = heartbeat.await;
         tracing::info!(
             worker = %self.id,
@@ -197,7 +196,7 @@ impl Worker {
             settle_ms = self.totals.settle_us.load(Ordering::Relaxed) / 1000,
             "worker stopped"
         );
-        Ok(())
+        crashed
     }
 
     /// One claim/apply loop with its own blocking connection.
@@ -499,6 +498,23 @@ impl Worker {
     }
 }
 
+/// Waits for every loop to end. The first that crashes (a panic: a bug, never bad input)
+/// stops the rest through `shutdown` and makes the result an error, so that a process whose
+/// loops have died does not go on heartbeating "live" while it does nothing.
+async fn supervise(mut loops: tokio::task::JoinSet<()>, shutdown: &CancellationToken) -> Result<()> {
+    let mut crashed = Ok(());
+    while let Some(joined) = loops.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "a consumer loop crashed; stopping the worker");
+            shutdown.cancel();
+            if crashed.is_ok() {
+                crashed = Err(Error::LoopCrashed(e.to_string()));
+            }
+        }
+    }
+    crashed
+}
+
 /// A claimed batch split into the events MySQL will decide and the entries that are not
 /// valid events (dead-lettered with their reason, never retried).
 struct Parsed<'a> {
@@ -581,13 +597,16 @@ fn decide(
     let claimed = parsed.events.len() + parsed.invalid.len() + parsed.cancels.len();
     let mut report = BatchReport { claimed, ..Default::default() };
     let mut settlement = Settlement::default();
+    // each kind of acknowledgement apart, so that settle.lua counts them in runs (below)
+    let (mut applied, mut acked_again) = (Vec::new(), Vec::new());
+    let (mut rejected, mut duplicates, mut given_again) = (Vec::new(), Vec::new(), Vec::new());
     let mut deducted = cancels_deducted.iter();
     for (event, entry, unsure) in &parsed.cancels {
         let entry = (*entry).clone();
         if *unsure && deducted.next() == Some(&true) {
             let counted = if event.seq.is_some() { event.qty } else { 0 };
             let ending = Ending::new(event, Ended::Applied, None);
-            settlement.acks.push(Ack { entry, product_id: event.product_id, counted, ending });
+            acked_again.push(Ack { entry, product_id: event.product_id, counted, ending });
             report.redelivered += 1;
         } else {
             settlement.drops.push((entry, Ending::new(event, Ended::Cancelled, Some(CANCELLED_REASON))));
@@ -636,21 +655,31 @@ fn decide(
             _ => Ending::new(event, Ended::Applied, None),
         };
         if outcome.gives_back() {
-            settlement.give_backs.push(GiveBack { entry, product_id, qty: event.qty, counted, ending });
+            let give_back = GiveBack { entry, product_id, qty: event.qty, counted, ending };
+            match outcome {
+                Outcome::Rejected => rejected.push(give_back),
+                Outcome::Duplicate => duplicates.push(give_back),
+                _ => given_again.push(give_back),
+            }
         } else {
-            settlement.acks.push(Ack { entry, product_id, counted, ending });
+            let ack = Ack { entry, product_id, counted, ending };
+            if outcome == Outcome::Applied { applied.push(ack) } else { acked_again.push(ack) }
         }
     }
     report.dead = settlement.dead.len() as u64;
-    settlement.counters = [
-        ("applied", report.applied),
-        ("rejected", report.rejected),
-        ("duplicates", report.duplicates),
-        ("redelivered", report.redelivered),
-    ]
-    .into_iter()
-    .filter(|(_, n)| *n > 0)
-    .collect();
+    // The totals of {q}:counters count the entries settle.lua finds, run by run: a late
+    // acknowledgement of entries the janitor already re-queued counts nothing, and their
+    // redelivery counts them once.
+    let runs = [
+        ("applied", applied.len()),
+        ("redelivered", acked_again.len()),
+        ("rejected", rejected.len()),
+        ("duplicates", duplicates.len()),
+        ("redelivered", given_again.len()),
+    ];
+    settlement.counters = runs.into_iter().filter(|(_, n)| *n > 0).map(|(k, n)| (k, n as u64)).collect();
+    settlement.acks = [applied, acked_again].concat();
+    settlement.give_backs = [rejected, duplicates, given_again].concat();
     (settlement, report)
 }
 
@@ -741,6 +770,29 @@ mod tests {
                 ..Default::default()
             }
         );
-        assert_eq!(s.counters, [("applied", 1), ("rejected", 1), ("duplicates", 1), ("redelivered", 2)]);
+        assert_eq!(
+            s.counters,
+            [("applied", 1), ("redelivered", 1), ("rejected", 1), ("duplicates", 1), ("redelivered", 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crashed_loop_stops_the_others_and_the_worker_fails() {
+        let shutdown = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        let stopped = shutdown.clone();
+        // a loop that runs until told to stop, as consume does
+        loops.spawn(async move { stopped.cancelled().await });
+        loops.spawn(async { panic!("a bug in a loop") });
+        let result = tokio::time::timeout(Duration::from_secs(5), supervise(loops, &shutdown)).await;
+        let result = result.expect("supervise returns once every loop has ended");
+        assert!(matches!(result, Err(Error::LoopCrashed(ref why)) if why.contains("panicked")), "{result:?}");
+        assert!(shutdown.is_cancelled(), "the heartbeat and the other loops are told to stop");
+
+        let shutdown = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        loops.spawn(async {});
+        assert!(supervise(loops, &shutdown).await.is_ok());
+        assert!(!shutdown.is_cancelled());
     }
 }

@@ -223,3 +223,26 @@ async fn bench_reports_every_figure_in_one_run() {
     assert_eq!((check["products"].as_u64(), check["backlog"].as_u64()), (Some(2000), Some(20000)), "{out}");
     assert_eq!(check["check_ms"].as_array().unwrap().len(), 3, "{out}");
 }
+
+/// A reader that stops early (`stockq stats | head`) ends the command quietly with status 0:
+/// no panic, no backtrace. The pipe's reading end is closed before stockq writes anything.
+#[tokio::test]
+async fn a_reader_gone_from_the_pipe_ends_a_report_quietly() {
+    let env = TestEnv::new().await;
+    for product in 1..=50 {
+        env.stock(product, 10).await;
+    }
+    for args in [&["stats", "--limit", "0"][..], &["dead", "list"], &["scripts", "settle"]] {
+        let mut cmd = env.command(args);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn stockq");
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("stockq finishes")
+            .expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -789,6 +789,7 @@ async fn a_full_redis_refuses_new_work_and_still_settles() {
         panic!("hold")
     };
     assert!(matches!(hold("oom-held", 900).await, Ok(Reservation::Reserved { .. })));
+    assert!(matches!(hold("oom-paid", 900).await, Ok(Reservation::Reserved { .. })));
     // Before Redis fills up: one dead letter, one batch applied in MySQL and not yet
     // acknowledged, one claim about to expire.
     let worker = env.worker(10);
@@ -812,9 +813,9 @@ async fn a_full_redis_refuses_new_work_and_still_settles() {
     assert_eq!((env.redis_stock(1).await, env.len("pending").await), (stock, pending), "nothing taken");
     let refused = env.queue.claim(10, None).await.expect_err("a full Redis hands out no work");
     assert!(refused.to_string().contains("OOM"), "{refused}");
-    let refused =
-        stockq::confirm(&env.shards(), "oom-held").await.expect_err("a full Redis confirms nothing");
-    assert!(refused.to_string().contains("OOM"), "{refused}");
+    // a buyer who paid keeps the units: the hold is already counted, its confirm only moves it
+    let confirmed = stockq::confirm(&env.shards(), "oom-paid").await.expect("a confirm when full");
+    assert_eq!(confirmed, stockq::Confirm::Queued);
     let cancelled = stockq::cancel(&env.shards(), &env.ledger, "oom-held").await.expect("cancel when full");
     assert_eq!(cancelled, stockq::Cancel::Done { state: "cancelled".into(), changed: true });
     env.wait_past(due).await;
@@ -830,7 +831,7 @@ async fn a_full_redis_refuses_new_work_and_still_settles() {
 
     let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut c).await.unwrap();
     env.drain(10).await;
-    assert_eq!(env.applied_units(1).await, 30);
-    assert_eq!((env.redis_stock(1).await, env.mysql_stock(1).await), (Some(70), 70));
+    assert_eq!(env.applied_units(1).await, 31, "the 30 reserved and the paid hold");
+    assert_eq!((env.redis_stock(1).await, env.mysql_stock(1).await), (Some(69), 69));
     env.assert_books_balance().await;
 }

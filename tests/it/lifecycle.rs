@@ -545,3 +545,154 @@ async fn http_holds_confirms_cancels_and_limits() {
     env.assert_books_balance().await;
     crate::helpers::terminate(&mut serve).await;
 }
+
+/// Two units for a buyer, held or queued.
+async fn reserve_two(env: &TestEnv, event_id: &str, buyer: &str, hold: Option<Duration>) -> Reservation {
+    let request = Request { product_id: 1, qty: 2, event_id, buyer: Some(buyer), hold };
+    stockq::reserve_held(&env.queue, request).await.expect("reserve")
+}
+
+/// A limit removed and set again starts a new tally, and the reservations counted under the
+/// old one give their units back to the old one alone, however they end: cancelled while
+/// held, expired, cancelled while queued (the worker drops it), released after the
+/// deduction, or dead-lettered and dropped. Before epochs, a cancel of an old reservation
+/// freed units the new tally counted: alice held 4 against a limit of 2.
+#[tokio::test]
+async fn a_limit_set_again_holds_whatever_ends_the_reservations_of_the_one_before() {
+    let env = TestEnv::with(|s| {
+        s.delivery.visibility_timeout = Duration::from_millis(500);
+        s.delivery.max_attempts = 1;
+    })
+    .await;
+    env.stock(1, 1_000).await;
+    let env = &env;
+    let limit = |n: &'static str| async move { env.run(&["stock", "limit", "1", n]).await };
+    let reserved = |r: Reservation| matches!(r, Reservation::Reserved { .. });
+    let refused = |r: Reservation| matches!(r, Reservation::LimitReached { limit: 2, held: 2 });
+    assert_eq!(limit("2").await.0, 0);
+
+    // dead-dropped: its delivery abandoned once, so dead-lettered
+    assert!(reserved(reserve_two(env, "dead-dropped-old", "dead-dropped", None).await));
+    let abandoned = env.queue.claim(10, None).await.unwrap();
+    env.wait_past(abandoned.deadline_ms).await;
+    assert_eq!(env.janitor().recover().await.unwrap().dead_lettered, 1);
+    assert_eq!(state(env, "dead-dropped-old").await, "dead");
+    let short = Some(Duration::from_secs(1));
+    let Reservation::Reserved { deadline: Some(expires_at), .. } =
+        reserve_two(env, "held-expired-old", "held-expired", short).await
+    else {
+        panic!("a hold")
+    };
+    let long = Some(Duration::from_secs(900));
+    assert!(reserved(reserve_two(env, "held-cancelled-old", "held-cancelled", long).await));
+    assert!(reserved(reserve_two(env, "applied-released-old", "applied-released", None).await));
+    env.drain(10).await;
+    assert_eq!(state(env, "applied-released-old").await, "applied");
+    assert!(reserved(reserve_two(env, "queued-cancelled-old", "queued-cancelled", None).await));
+    let ways = ["dead-dropped", "held-expired", "held-cancelled", "applied-released", "queued-cancelled"];
+    for way in ways {
+        assert!(refused(reserve_two(env, &format!("{way}-over"), way, None).await), "{way}");
+    }
+
+    assert_eq!(limit("0").await.0, 0);
+    assert_eq!(env.hlen("bought").await, 0, "removing the limit forgets its tallies");
+    assert_eq!(limit("2").await.0, 0);
+    for way in ways {
+        assert!(reserved(reserve_two(env, &format!("{way}-new"), way, None).await), "{way}: a new tally");
+        assert!(refused(reserve_two(env, &format!("{way}-over2"), way, None).await), "{way}: and it is full");
+    }
+
+    // every old reservation ends now, each its own way
+    let shards = env.shards();
+    let cancel = |id: &'static str| stockq::cancel(&shards, &env.ledger, id);
+    let done = |state: &str| Cancel::Done { state: state.into(), changed: true };
+    assert_eq!(cancel("held-cancelled-old").await.unwrap(), done("cancelled"));
+    assert_eq!(cancel("applied-released-old").await.unwrap(), done("releasing"));
+    assert_eq!(cancel("queued-cancelled-old").await.unwrap(), done("cancelling"));
+    env.wait_past(expires_at).await;
+    assert_eq!(env.janitor().recover().await.unwrap().expired, 1);
+    let (code, out, err) = env.run(&["dead", "drop", "--all"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    env.drain(10).await;
+    for id in ["held-cancelled-old", "queued-cancelled-old", "dead-dropped-old"] {
+        assert_eq!(state(env, id).await, "cancelled", "{id}");
+    }
+    assert_eq!(state(env, "held-expired-old").await, "expired");
+    assert_eq!(state(env, "applied-released-old").await, "released");
+
+    for way in ways {
+        assert!(
+            refused(reserve_two(env, &format!("{way}-over3"), way, None).await),
+            "{way}: an old reservation's end frees nothing the new limit counts"
+        );
+    }
+    // a reservation of the new limit gives its units back to it, even once applied
+    assert_eq!(cancel("held-expired-new").await.unwrap(), done("releasing"));
+    assert!(reserved(reserve_two(env, "held-expired-again", "held-expired", None).await));
+    env.drain(10).await;
+    env.assert_books_balance().await;
+}
+
+/// A refund after the reservation's record expired gives the buyer's units back, once, to
+/// the tally that counted them: bob, at his limit, can buy again after his refund; carol,
+/// whose limit (another product's) was removed and set again meanwhile, cannot buy past the
+/// new one.
+#[tokio::test]
+async fn a_refund_after_the_record_expired_gives_the_buyer_units_back() {
+    let env = TestEnv::with(|s| s.redis.record_ttl = Duration::from_secs(1)).await;
+    let env = &env;
+    for product in [1, 2] {
+        env.stock(product, 100).await;
+        assert_eq!(env.run(&["stock", "limit", &product.to_string(), "2"]).await.0, 0);
+    }
+    let two = |product_id: i64, event_id: &'static str, buyer: &'static str| async move {
+        let request = Request { product_id, qty: 2, event_id, buyer: Some(buyer), hold: None };
+        stockq::reserve_held(&env.queue, request).await.expect("reserve")
+    };
+    let reserved = |r: Reservation| matches!(r, Reservation::Reserved { .. });
+    let refused = |r: Reservation| matches!(r, Reservation::LimitReached { limit: 2, .. });
+    assert!(reserved(two(1, "bob-1", "bob").await));
+    assert!(reserved(two(2, "carol-1", "carol").await));
+    env.drain(10).await;
+    let c = env.redis.clone();
+    env.eventually(Duration::from_secs(10), "the applied records expire", || {
+        let mut c = c.clone();
+        async move {
+            let left: i64 = redis::cmd("EXISTS")
+                .arg(env.key("r:bob-1"))
+                .arg(env.key("r:carol-1"))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            left == 0
+        }
+    })
+    .await;
+    assert!(refused(two(1, "bob-2", "bob").await), "bob is at his limit");
+    // carol's limit is removed and set again: her units of the first limit are forgotten
+    assert_eq!(env.run(&["stock", "limit", "2", "0"]).await.0, 0);
+    assert_eq!(env.run(&["stock", "limit", "2", "2"]).await.0, 0);
+    assert!(reserved(two(2, "carol-2", "carol").await));
+
+    let shards = env.shards();
+    for id in ["bob-1", "carol-1"] {
+        let answer = stockq::cancel(&shards, &env.ledger, id).await.unwrap();
+        assert_eq!(answer, Cancel::Done { state: "releasing".into(), changed: true }, "{id}");
+        let again = stockq::cancel(&shards, &env.ledger, id).await.unwrap();
+        assert_eq!(again, Cancel::Done { state: "releasing".into(), changed: false }, "{id}: once");
+    }
+    env.drain(10).await;
+    assert!(reserved(two(1, "bob-3", "bob").await), "the refund gave bob's units back");
+    assert!(refused(two(1, "bob-4", "bob").await), "once");
+    assert!(refused(two(2, "carol-3", "carol").await), "carol's refund frees nothing of the new limit");
+    let status = stockq::status(&shards, &env.ledger, "bob-1").await.unwrap().expect("known");
+    assert_eq!((status.state.as_str(), status.buyer.as_deref()), ("released", Some("bob")));
+    let mut c = env.redis.clone();
+    let _: () = c.del(env.key("r:bob-1")).await.unwrap();
+    let status = stockq::status(&shards, &env.ledger, "bob-1").await.unwrap().expect("from stock_log");
+    assert_eq!((status.state.as_str(), status.buyer.as_deref()), ("released", Some("bob")));
+    env.drain(10).await;
+    env.assert_books_balance().await;
+    assert_eq!((env.redis_stock(1).await, env.mysql_stock(1).await), (Some(98), 98));
+    assert_eq!((env.redis_stock(2).await, env.mysql_stock(2).await), (Some(98), 98));
+}

@@ -360,6 +360,12 @@ async fn late_ack(reject: bool, old_holder_first: bool) {
         assert_eq!(env.mysql_stock(1).await, 8, "{case}: applied once");
         assert_eq!(env.redis_stock(1).await, Some(8), "{case}");
     }
+    // the running totals count the entry once, by the settlement that found it
+    let mut c = env.redis.clone();
+    let totals: HashMap<String, u64> = c.hgetall(env.key("counters")).await.unwrap();
+    let settled = if reject { "rejected" } else { "applied" };
+    assert_eq!(totals.get(settled), Some(&1), "{case}: {totals:?}");
+    assert_eq!(totals.get("redelivered"), None, "{case}: a late acknowledgement counts nothing: {totals:?}");
     env.assert_books_balance().await;
     // Nothing is left to deliver a third time.
     assert!(env.drain(10).await.is_empty(), "{case}");
