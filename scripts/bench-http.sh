@@ -11,6 +11,8 @@ command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null 2>&1 || { a
 B=target/release/stockq
 [ -x "$B" ] || cargo build --release --locked --quiet
 export STOCKQ_QUEUE=bench-http DATABASE_URL=mysql://stockq:stockq@127.0.0.1:3306/stockq_bench_http RUST_LOG=warn
+# wrk's connections all come from 127.0.0.1, as from one proxy
+export STOCKQ_MAX_CONNECTIONS_PER_ADDRESS=1024
 clean() { redis-cli --scan --pattern "{bench-http}:*" | xargs -r redis-cli del >/dev/null; }
 clean
 mariadb -ustockq -pstockq -h127.0.0.1 -e 'DROP DATABASE IF EXISTS stockq_bench_http'

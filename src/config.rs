@@ -5,6 +5,7 @@
 //! and `Display` print the URL with its password replaced by `***`.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -24,6 +25,12 @@ pub(crate) const DEFAULT_SHARDS: u32 = 1;
 pub(crate) const DEFAULT_RECORD_TTL: &str = "24h";
 pub(crate) const DEFAULT_OUTCOMES_MAXLEN: u64 = 1_000_000;
 pub(crate) const DEFAULT_MAX_HOLD: &str = "30m";
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// A quarter of the connections: one client (or one attacker) cannot take them all, and a
+/// shop behind a single proxy raises it.
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
+/// The most connections `serve` may be told to hold: each may buffer up to 128 KiB.
+pub(crate) const MAX_MAX_CONNECTIONS: u32 = 65_536;
 
 /// The settings every command shares (docs/configuration.md). Flattened into each
 /// subcommand's arguments; each command's help lists them apart from its own options, and
@@ -90,6 +97,18 @@ pub(crate) struct GlobalArgs {
     /// Token that logs an operator in to the dashboard of `serve` (/admin); unset, the dashboard is off
     #[arg(long, env = "STOCKQ_ADMIN_TOKEN", global = true, hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
+
+    /// Connections `serve` holds at once; further ones wait in the listen backlog
+    #[arg(long, env = "STOCKQ_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, global = true, hide_env_values = true)]
+    pub(crate) max_connections: u32,
+
+    /// Connections one client address may hold at once; more are answered 503 and closed
+    #[arg(long, env = "STOCKQ_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, global = true, hide_env_values = true)]
+    pub(crate) max_connections_per_address: u32,
+
+    /// Proxies (IP addresses or CIDR ranges, comma-separated) whose X-Forwarded-For/-Host/-Proto `serve` believes; none by default
+    #[arg(long, env = "STOCKQ_TRUSTED_PROXIES", global = true, hide_env_values = true)]
+    pub(crate) trusted_proxies: Option<String>,
 
     /// Log format
     #[arg(
@@ -181,6 +200,11 @@ pub struct HttpSettings {
     /// The operators' token for the dashboard; `None` when unset or empty (it is off). Its
     /// own, so that the order service's secret is never typed into a browser.
     pub admin_token: Option<ApiToken>,
+    /// Connections held at once, in all and from one client address.
+    pub max_connections: u32,
+    pub max_connections_per_address: u32,
+    /// The peers whose forwarded headers are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
@@ -219,6 +243,9 @@ impl Settings {
             }
         }
         validate_records(args)?;
+        validate_connections(args)?;
+        let trusted_proxies = TrustedProxies::parse(args.trusted_proxies.as_deref().unwrap_or(""))
+            .map_err(|e| Error::usage(format!("STOCKQ_TRUSTED_PROXIES: {e}")))?;
         Ok(Settings {
             redis: RedisSettings {
                 url: redis_url,
@@ -239,6 +266,9 @@ impl Settings {
                 bind: args.bind,
                 api_token: ApiToken::new(args.api_token.as_deref()),
                 admin_token: ApiToken::new(args.admin_token.as_deref()),
+                max_connections: args.max_connections,
+                max_connections_per_address: args.max_connections_per_address,
+                trusted_proxies,
             },
         })
     }
@@ -246,7 +276,14 @@ impl Settings {
     /// Settings for tests and embedding: the given URLs and queue, every other value the
     /// default of its flag, validated as the flags are.
     pub fn new(redis_url: &str, database_url: &str, queue: &str) -> Result<Self> {
-        Settings::from_args(&GlobalArgs {
+        Settings::from_args(&GlobalArgs::defaults(redis_url, database_url, queue))
+    }
+}
+
+impl GlobalArgs {
+    /// The given URLs and queue, every other value the default of its flag.
+    fn defaults(redis_url: &str, database_url: &str, queue: &str) -> GlobalArgs {
+        GlobalArgs {
             redis_url: redis_url.to_string(),
             database_url: database_url.to_string(),
             queue: queue.to_string(),
@@ -262,8 +299,11 @@ impl Settings {
             max_hold: default_duration(DEFAULT_MAX_HOLD),
             api_token: None,
             admin_token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            trusted_proxies: None,
             log_format: LogFormat::default(),
-        })
+        }
     }
 }
 
@@ -276,6 +316,102 @@ fn validate_records(args: &GlobalArgs) -> Result<()> {
         return Err(Error::usage("STOCKQ_OUTCOMES_MAXLEN must be at least 1"));
     }
     Ok(())
+}
+
+/// One address cannot hold more connections than there are.
+fn validate_connections(args: &GlobalArgs) -> Result<()> {
+    let total = args.max_connections;
+    if !(1..=MAX_MAX_CONNECTIONS).contains(&total) {
+        return Err(Error::usage(format!("STOCKQ_MAX_CONNECTIONS must be from 1 to {MAX_MAX_CONNECTIONS}")));
+    }
+    if !(1..=total).contains(&args.max_connections_per_address) {
+        return Err(Error::usage(format!(
+            "STOCKQ_MAX_CONNECTIONS_PER_ADDRESS must be from 1 to STOCKQ_MAX_CONNECTIONS ({total})"
+        )));
+    }
+    Ok(())
+}
+
+/// The proxies whose `X-Forwarded-For`, `-Host` and `-Proto` headers `serve` believes: from
+/// any other peer those headers are whatever the client chose to write, so they are dropped.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpRange>);
+
+/// An address range: the addresses whose first `prefix` bits are `network`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl TrustedProxies {
+    /// Parses a comma-separated list of addresses (`10.0.0.5`, `::1`) and CIDR ranges
+    /// (`10.0.0.0/8`, `fd00::/8`); empty entries are skipped. The error says which entry is
+    /// wrong and how to write it.
+    pub(crate) fn parse(list: &str) -> std::result::Result<TrustedProxies, String> {
+        let mut ranges = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            ranges.push(IpRange::parse(entry)?);
+        }
+        Ok(TrustedProxies(ranges))
+    }
+
+    /// Whether `ip` is one of the proxies (an IPv4 address written as IPv6, `::ffff:a.b.c.d`,
+    /// counts as the IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|range| range.contains(ip))
+    }
+}
+
+impl IpRange {
+    fn parse(entry: &str) -> std::result::Result<IpRange, String> {
+        let how = "write an IP address or a CIDR range, such as 10.0.0.5 or 10.0.0.0/8";
+        let (address, prefix) = match entry.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (entry, None),
+        };
+        let network: IpAddr =
+            address.parse().map_err(|_| format!("{entry:?} is not an IP address ({how})"))?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix =
+            match prefix {
+                None => bits,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(|| {
+                    format!("{entry:?} has a prefix length that is not 0 to {bits} ({how})")
+                })?,
+            };
+        let range = IpRange { network, prefix };
+        let masked = range.masked(network);
+        if masked != bits_of(network) {
+            // 10.0.0.1/8 is most likely a typo, for one address or for 10.0.0.0/8: ask
+            let base = match network {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(masked as u32)),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(masked)),
+            };
+            return Err(format!("{entry:?} has bits set past its prefix length: write {base}/{prefix}"));
+        }
+        Ok(range)
+    }
+
+    /// `ip`'s bits with those past the prefix cleared.
+    fn masked(&self, ip: IpAddr) -> u128 {
+        let width: u32 = if ip.is_ipv4() { 32 } else { 128 };
+        let host_bits = width - u32::from(self.prefix);
+        let mask = (u128::MAX >> (128 - width)) & u128::MAX.checked_shl(host_bits).unwrap_or(0);
+        bits_of(ip) & mask
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.network.is_ipv4() == ip.is_ipv4() && self.masked(ip) == bits_of(self.network)
+    }
+}
+
+fn bits_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 /// A secret token (the order-service API's, the dashboard's). Kept out of `Debug` so settings
@@ -427,5 +563,57 @@ mod tests {
         assert!(validate_queue_name("orders").is_ok());
         assert!(validate_queue_name("a{b}").is_err());
         assert!(validate_queue_name("").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_cidr_ranges() {
+        let trusted = TrustedProxies::parse(" 10.0.0.5, 192.168.0.0/16,,fd00::/8, ::1 ").unwrap();
+        let yes = ["10.0.0.5", "192.168.7.9", "192.168.255.255", "fd12::1", "::1", "::ffff:10.0.0.5"];
+        for ip in yes {
+            assert!(trusted.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.6", "192.169.0.1", "fe80::1", "::2", "0.0.0.0"] {
+            assert!(!trusted.contains(ip.parse().unwrap()), "{ip}");
+        }
+        let everything = TrustedProxies::parse("0.0.0.0/0").unwrap();
+        assert!(everything.contains("203.0.113.9".parse().unwrap()));
+        assert!(!everything.contains("2001:db8::1".parse().unwrap()), "an IPv4 range holds no IPv6 address");
+        assert!(TrustedProxies::parse("").unwrap().0.is_empty());
+        assert!(TrustedProxies::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_trusted_proxies_say_which_entry_and_how_to_write_it() {
+        let cases = [
+            ("10.0.0.300", "\"10.0.0.300\" is not an IP address"),
+            ("10.0.0.0/33", "prefix length that is not 0 to 32"),
+            ("fd00::/129", "prefix length that is not 0 to 128"),
+            ("10.0.0.0/x", "prefix length"),
+            ("10.0.0.1/8", "write 10.0.0.0/8"),
+            ("fd00::1/8", "write fd00::/8"),
+            ("proxy.internal", "not an IP address"),
+        ];
+        for (list, says) in cases {
+            let e = TrustedProxies::parse(&format!("10.0.0.5,{list}")).unwrap_err();
+            assert!(e.contains(says) && !e.contains('\n'), "{list}: {e}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_checked_against_each_other() {
+        let base = || GlobalArgs::defaults(DEFAULT_REDIS_URL, DEFAULT_DATABASE_URL, DEFAULT_QUEUE);
+        let s = Settings::from_args(&base()).unwrap();
+        assert_eq!((s.http.max_connections, s.http.max_connections_per_address), (1024, 256));
+        let raised = GlobalArgs { max_connections_per_address: 1024, ..base() };
+        assert!(Settings::from_args(&raised).is_ok(), "a shop behind one proxy may give it every connection");
+        for (total, per_address) in [(1024, 1025), (1024, 0), (0, 0), (MAX_MAX_CONNECTIONS + 1, 1)] {
+            let args =
+                GlobalArgs { max_connections: total, max_connections_per_address: per_address, ..base() };
+            let e = Settings::from_args(&args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{total}/{per_address}");
+        }
+        let bad = GlobalArgs { trusted_proxies: Some("10.0.0.0/40".into()), ..base() };
+        let e = Settings::from_args(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("STOCKQ_TRUSTED_PROXIES: \"10.0.0.0/40\""), "{e}");
     }
 }

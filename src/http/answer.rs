@@ -74,6 +74,12 @@ pub(crate) fn automatic(status: u16) -> Vec<u8> {
         StatusCode::BAD_REQUEST => "malformed HTTP request".to_string(),
         other => reason(other),
     };
+    whole(status, &message)
+}
+
+/// A whole answer `{"error": message}` that closes the connection, written as bytes for a
+/// connection that no HTTP server handles (hyper's automatic answers, a refused connection).
+pub(crate) fn whole(status: StatusCode, message: &str) -> Vec<u8> {
     let body = json!({ "error": message }).to_string();
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

@@ -112,7 +112,10 @@ pub(crate) fn spawn_ops(
     let sampler = tokio::spawn(sample_queue(shards, shutdown.clone()));
     tokio::spawn(async move {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
-        if let Err(e) = crate::http::listen::serve(addr, routes(health), shutdown).await {
+        // the settings' limits are `serve`'s: this endpoint takes the defaults, and believes
+        // no forwarded header (it reads none)
+        let limits = crate::http::listen::Limits::default();
+        if let Err(e) = crate::http::listen::serve(addr, routes(health), limits, shutdown).await {
             tracing::error!(error = %e, "health and metrics endpoint stopped");
         }
         let _ = sampler.await;

@@ -2,10 +2,12 @@
 //! /reservations/<event_id>` behind `Authorization: Bearer <STOCKQ_API_TOKEN>`.
 //!
 //! The API is off (403) while no token is set, so that a deployment that forgot it does not
-//! serve every order's status to anyone who asks.
+//! serve every order's status to anyone who asks. Wrong tokens are counted per client
+//! ([`crate::http::throttle`]), wherever they are shown: on these routes, and on `POST
+//! /reserve`, whose "event id already used" would otherwise tell a right guess from a wrong one.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +15,9 @@ use serde_json::json;
 
 use crate::config::ApiToken;
 use crate::error::{Error, Result};
+use crate::http::client::Client;
 use crate::http::health::LedgerSlot;
+use crate::http::throttle::{Throttle, Throttled};
 use crate::queue::{Cancel, Confirm, Shards};
 use crate::reservations::{self, Asked};
 use crate::reserve::Reservation;
@@ -81,6 +85,8 @@ pub(crate) struct Api {
     pub(crate) shards: Shards,
     pub(crate) ledger: LedgerSlot,
     pub(crate) token: Option<ApiToken>,
+    /// Wrong tokens per client, shared with `POST /reserve`.
+    pub(crate) tries: Throttle,
 }
 
 /// The order service's routes.
@@ -92,33 +98,80 @@ pub(crate) fn routes(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Whether the request carries `Authorization: Bearer <token>` with the API's token (never
-/// when the API is off).
-pub(crate) fn has_token(token: Option<&ApiToken>, headers: &HeaderMap) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    matches!((token, given), (Some(token), Some(given)) if token.matches(given))
+/// What a request's `Authorization: Bearer <token>` header shows.
+enum Shown {
+    /// No such header: nothing guessed, nothing counted.
+    Nothing,
+    Right,
+    /// A wrong token (or another scheme), counted against the client.
+    Wrong,
+    /// Whatever the token, the client has tried too many wrong ones: it is not looked at, so
+    /// that the answer cannot tell whether the latest guess was right.
+    Throttled(Throttled),
 }
 
-/// `None` when the request may go on; else the refusal.
-fn refuse_unauthorized(token: Option<&ApiToken>, headers: &HeaderMap) -> Option<Response> {
-    if token.is_none() {
+/// Checks the token a request shows against the API's, counting a wrong one against `client`.
+fn check_token(token: &ApiToken, tries: &Throttle, client: Client, headers: &HeaderMap) -> Shown {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Shown::Nothing };
+    let shown = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    match tries.try_secret(client) {
+        Ok(attempt) if token.matches(shown) => {
+            attempt.succeeded();
+            Shown::Right
+        }
+        Ok(_) => {
+            if crate::backoff::may_log("order-service API: a wrong token") {
+                tracing::warn!(client = %client.0, "order-service API: a wrong token (logged once every few seconds)");
+            }
+            Shown::Wrong
+        }
+        Err(throttled) => {
+            if throttled.first {
+                tracing::warn!(
+                    client = %client.0,
+                    "order-service API: too many wrong tokens from one address: refused for {}s",
+                    throttled.retry_after.as_secs()
+                );
+            }
+            Shown::Throttled(throttled)
+        }
+    }
+}
+
+/// Whether the request carries the API's token, believed (never when the API is off, nor
+/// from a client that has tried too many wrong ones).
+pub(crate) fn is_order_service(
+    token: Option<&ApiToken>,
+    tries: &Throttle,
+    client: Client,
+    headers: &HeaderMap,
+) -> bool {
+    token.is_some_and(|token| matches!(check_token(token, tries, client, headers), Shown::Right))
+}
+
+/// `None` when the request may go on; else the refusal: 403 while the API is off, 401
+/// without the right token, 429 (whatever the token) while `client` has tried too many
+/// wrong ones.
+fn authorize(api: &Api, client: Client, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = api.token.as_ref() else {
         return Some(error(StatusCode::FORBIDDEN, "the order-service API is off: set STOCKQ_API_TOKEN"));
+    };
+    match check_token(token, &api.tries, client, headers) {
+        Shown::Right => None,
+        Shown::Nothing | Shown::Wrong => {
+            Some(error(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is required"))
+        }
+        Shown::Throttled(throttled) => Some(throttled.answer("token")),
     }
-    if has_token(token, headers) {
-        return None;
-    }
-    Some(error(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is required"))
 }
 
 async fn get_reservation(
     State(api): State<Api>,
+    Extension(client): Extension<Client>,
     Path(event_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = refuse_unauthorized(api.token.as_ref(), &headers) {
+    if let Some(refusal) = authorize(&api, client, &headers) {
         return refusal;
     }
     if let Err(e) = crate::event::validate_event_id(&event_id) {
@@ -144,10 +197,11 @@ async fn get_reservation(
 /// Checks the token and the id, and hands over the ledger; else the refusal.
 fn admit<'a>(
     api: &'a Api,
+    client: Client,
     event_id: &str,
     headers: &HeaderMap,
 ) -> std::result::Result<&'a crate::ledger::Ledger, Box<Response>> {
-    if let Some(refusal) = refuse_unauthorized(api.token.as_ref(), headers) {
+    if let Some(refusal) = authorize(api, client, headers) {
         return Err(Box::new(refusal));
     }
     if let Err(e) = crate::event::validate_event_id(event_id) {
@@ -174,8 +228,13 @@ fn unavailable(e: Error) -> Response {
 }
 
 /// `POST /reservations/<id>/confirm`: payment done.
-async fn post_confirm(State(api): State<Api>, Path(event_id): Path<String>, headers: HeaderMap) -> Response {
-    let ledger = match admit(&api, &event_id, &headers) {
+async fn post_confirm(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let ledger = match admit(&api, client, &event_id, &headers) {
         Ok(ledger) => ledger,
         Err(refusal) => return *refusal,
     };
@@ -191,8 +250,13 @@ async fn post_confirm(State(api): State<Api>, Path(event_id): Path<String>, head
 }
 
 /// `POST /reservations/<id>/cancel`: ends the reservation in whatever state it is.
-async fn post_cancel(State(api): State<Api>, Path(event_id): Path<String>, headers: HeaderMap) -> Response {
-    let ledger = match admit(&api, &event_id, &headers) {
+async fn post_cancel(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let ledger = match admit(&api, client, &event_id, &headers) {
         Ok(ledger) => ledger,
         Err(refusal) => return *refusal,
     };

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,8 +30,11 @@ use crate::config::{ApiToken, HttpSettings, Settings};
 use crate::error::{Error, Result};
 use crate::http::admin::{self, Admin, Latencies, time_reservations};
 use crate::http::answer::{clip, error};
+use crate::http::client::Client;
 use crate::http::health::{self, Health, LedgerSlot};
+use crate::http::listen::Limits;
 use crate::http::reservations::{self, Api, reserve_answer};
+use crate::http::throttle::Throttle;
 use crate::ledger::Ledger;
 use crate::queue::Shards;
 use crate::reservations::Asked;
@@ -58,6 +61,8 @@ struct Front {
     max_hold: std::time::Duration,
     /// The order-service API's token: a 409 tells the reservation's state to its holder only.
     token: Option<ApiToken>,
+    /// Wrong API tokens per client, shared with the API's routes.
+    tries: Throttle,
 }
 
 /// MySQL serves `/healthz` only.
@@ -74,7 +79,8 @@ pub(crate) fn log_failure(what: &'static str, e: &Error) {
 }
 
 async fn post_reserve(
-    State(Front { shards, max_hold, token }): State<Front>,
+    State(Front { shards, max_hold, token, tries }): State<Front>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     body: std::result::Result<axum::Json<ReserveRequest>, JsonRejection>,
 ) -> Response {
@@ -110,7 +116,7 @@ async fn post_reserve(
     let buyer = req.buyer.as_deref();
     let request = Request { product_id: req.product_id, qty: req.qty, event_id: &event_id, buyer, hold };
     let result = reserve_held(shards.for_product(req.product_id), request).await;
-    let order_service = reservations::has_token(token.as_ref(), &headers);
+    let order_service = reservations::is_order_service(token.as_ref(), &tries, client, &headers);
     let asked = Asked { product_id: req.product_id, qty: req.qty, buyer };
     reserve_answer(asked, &event_id, order_service, result)
 }
@@ -139,7 +145,13 @@ pub(crate) fn router(
     http: &HttpSettings,
     max_hold: std::time::Duration,
 ) -> Router {
-    let api = Api { shards: shards.clone(), ledger: ledger.clone(), token: http.api_token.clone() };
+    let tries = Throttle::default();
+    let api = Api {
+        shards: shards.clone(),
+        ledger: ledger.clone(),
+        token: http.api_token.clone(),
+        tries: tries.clone(),
+    };
     let latencies = Latencies::default();
     let admin = Admin::new(shards.clone(), ledger.clone(), http.admin_token.clone(), latencies.clone());
     let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
@@ -147,7 +159,7 @@ pub(crate) fn router(
     Router::new()
         .route("/reserve", post(post_reserve).layer(timed))
         .route("/stock/{id}", get(get_stock))
-        .with_state(Front { shards, max_hold, token: http.api_token.clone() })
+        .with_state(Front { shards, max_hold, token: http.api_token.clone(), tries })
         .merge(reservations::routes(api))
         .merge(health::routes(health))
         .merge(admin::routes(admin))
@@ -170,6 +182,7 @@ pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Res
     let served = crate::http::listen::serve(
         addr,
         router(shards, ledger, &settings.http, settings.redis.max_hold),
+        Limits::of(&settings.http),
         shutdown.clone(),
     )
     .await;

@@ -123,6 +123,8 @@ fn start_serve(settings: &Settings, port: u16) -> Result<tokio::process::Child> 
         .env("STOCKQ_SHARDS", settings.redis.shards.to_string())
         .env("PORT", port.to_string())
         .env("STOCKQ_BIND", "127.0.0.1")
+        // every benchmark connection comes from one address, as from one proxy
+        .env("STOCKQ_MAX_CONNECTIONS_PER_ADDRESS", "1024")
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

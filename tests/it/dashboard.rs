@@ -3,36 +3,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::browser::Browser;
-use crate::helpers::{TestEnv, terminate};
+use crate::helpers::{TestEnv, http, terminate};
 
 const ADMIN_TOKEN: &str = "operators-only";
 
 /// Request headers, as (name, value).
 type Headers<'a> = &'a [(&'a str, &'a str)];
-
-/// One HTTP/1.1 request; (status, head, body).
-async fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: Headers<'_>,
-    body: &str,
-) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to serve");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (head[9..12].parse().unwrap(), head.to_string(), body.to_string())
-}
 
 /// `serve` with `admin_token` (none: unset), once it listens.
 async fn start_serve(env: &TestEnv, admin_token: Option<&str>) -> (tokio::process::Child, u16) {
@@ -46,13 +23,11 @@ async fn start_serve(env: &TestEnv, admin_token: Option<&str>) -> (tokio::proces
 async fn log_in(port: u16) -> (String, String) {
     let origin = format!("http://127.0.0.1:{port}");
     let body = format!(r#"{{"token": "{ADMIN_TOKEN}"}}"#);
-    let json = [("Origin", origin.as_str()), ("Content-Type", "application/json")];
-    let (code, head, _) = request(port, "POST", "/admin/login", &json, &body).await;
-    assert_eq!(code, 204, "{head}");
-    let set_cookie = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .unwrap_or_else(|| panic!("no session cookie: {head}"))
+    let answer = http(port, "POST", "/admin/login").header("Origin", &origin).json(&body).send().await;
+    assert_eq!(answer.status, 204, "{}", answer.head);
+    let set_cookie = answer
+        .header("set-cookie")
+        .unwrap_or_else(|| panic!("no session cookie: {}", answer.head))
         .to_string();
     let cookie = set_cookie.split(';').next().unwrap().to_string();
     (cookie, set_cookie)
@@ -70,41 +45,56 @@ async fn dashboard_login_sessions_and_csrf() {
     let env = TestEnv::new().await;
     let (mut off, port) = start_serve(&env, None).await;
     for (method, path) in [("GET", "/admin"), ("POST", "/admin/login"), ("GET", "/admin/api/state")] {
-        let (code, _, body) = request(port, method, path, &[], "").await;
-        assert_eq!(code, 403, "{method} {path}: {body}");
-        assert!(body.contains("set STOCKQ_ADMIN_TOKEN"), "{body}");
+        let answer = http(port, method, path).send().await;
+        assert_eq!(answer.status, 403, "{method} {path}: {}", answer.text());
+        assert!(answer.text().contains("set STOCKQ_ADMIN_TOKEN"), "{}", answer.text());
     }
     terminate(&mut off).await;
 
     let (mut serve, port) = start_serve(&env, Some(ADMIN_TOKEN)).await;
     let origin = format!("http://127.0.0.1:{port}");
-    let (code, head, page) = request(port, "GET", "/admin", &[], "").await;
-    assert_eq!(code, 200);
+    let get = |path: &str, cookie: Option<&str>| {
+        let request = http(port, "GET", path);
+        match cookie {
+            Some(cookie) => request.header("Cookie", cookie),
+            None => request,
+        }
+        .send()
+    };
+    let login = get("/admin", None).await;
+    assert_eq!(login.status, 200);
+    let page = login.text();
     assert!(page.contains(r#"id="login""#) && !page.contains("csrf-token"), "{page}");
-    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{head}");
-    let (code, _, body) = request(port, "GET", "/admin/api/state", &[], "").await;
-    assert_eq!((code, body.as_str()), (401, r#"{"error":"log in at /admin first"}"#));
+    let csp = login.header("content-security-policy").unwrap_or_default();
+    assert!(csp.starts_with("default-src 'none'; script-src 'self'"), "{}", login.head);
+    let state = get("/admin/api/state", None).await;
+    assert_eq!((state.status, state.text().as_str()), (401, r#"{"error":"log in at /admin first"}"#));
 
-    let json = [("Origin", origin.as_str()), ("Content-Type", "application/json")];
-    let (code, _, _) =
-        request(port, "POST", "/admin/login", &json[1..], r#"{"token": "operators-only"}"#).await;
-    assert_eq!(code, 403, "a login from no origin");
-    let (code, _, body) = request(port, "POST", "/admin/login", &json, r#"{"token": "guess"}"#).await;
-    assert_eq!((code, body.as_str()), (401, r#"{"error":"wrong token"}"#));
-    let (code, _, body) = request(port, "POST", "/admin/login", &json, "token=operators-only").await;
-    assert!(code == 400 || code == 415, "{code} {body}");
-    assert!(body.starts_with(r#"{"error":"#), "{body}");
+    let log_in_with = |body: &str, origin: Option<&str>| {
+        let request = http(port, "POST", "/admin/login").json(body);
+        match origin {
+            Some(origin) => request.header("Origin", origin),
+            None => request,
+        }
+        .send()
+    };
+    let no_origin = log_in_with(r#"{"token": "operators-only"}"#, None).await;
+    assert_eq!(no_origin.status, 403, "a login from no origin");
+    let wrong = log_in_with(r#"{"token": "guess"}"#, Some(&origin)).await;
+    assert_eq!((wrong.status, wrong.text().as_str()), (401, r#"{"error":"wrong token"}"#));
+    let form = log_in_with("token=operators-only", Some(&origin)).await;
+    assert!(form.status == 400 || form.status == 415, "{} {}", form.status, form.text());
+    assert!(form.text().starts_with(r#"{"error":"#), "{}", form.text());
 
     let (cookie, set_cookie) = log_in(port).await;
     assert!(set_cookie.contains("; Path=/admin; HttpOnly; SameSite=Strict"), "{set_cookie}");
     assert!(!set_cookie.contains(ADMIN_TOKEN), "the cookie holds a session id, never the token");
-    let (code, _, page) = request(port, "GET", "/admin", &[("Cookie", &cookie)], "").await;
-    assert!(code == 200 && page.contains(r#"id="dashboard""#), "{page}");
-    let csrf = csrf_of(&page);
-    let (code, _, state) = request(port, "GET", "/admin/api/state", &[("Cookie", &cookie)], "").await;
-    assert_eq!(code, 200, "{state}");
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    assert_eq!(state["queue"]["pending"], 0);
+    let page = get("/admin", Some(&cookie)).await;
+    assert!(page.status == 200 && page.text().contains(r#"id="dashboard""#), "{}", page.text());
+    let csrf = csrf_of(&page.text());
+    let state = get("/admin/api/state", Some(&cookie)).await;
+    assert_eq!(state.status, 200, "{}", state.text());
+    assert_eq!(state.json()["queue"]["pending"], 0);
 
     let requeue = "/admin/api/dead/order-1/requeue";
     let cases: [(Headers, u16, &str); 5] = [
@@ -119,29 +109,29 @@ async fn dashboard_login_sessions_and_csrf() {
         (&[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Origin", &origin)], 404, "no dead letter holds"),
     ];
     for (headers, expected, says) in cases {
-        let (code, _, body) = request(port, "POST", requeue, headers, "").await;
-        assert_eq!(code, expected, "{headers:?}: {body}");
+        let answer = http(port, "POST", requeue).headers(headers).send().await;
+        let body = answer.text();
+        assert_eq!(answer.status, expected, "{headers:?}: {body}");
         assert!(body.starts_with(r#"{"error":"#) && body.contains(says), "{headers:?}: {body}");
     }
-    let (code, _, _) = request(port, "GET", requeue, &[("Cookie", &cookie)], "").await;
-    assert_eq!(code, 405, "actions are POSTs");
+    assert_eq!(get(requeue, Some(&cookie)).await.status, 405, "actions are POSTs");
 
-    let (code, _, books) =
-        request(port, "GET", "/admin/api/books?limit=100000", &[("Cookie", &cookie)], "").await;
-    assert_eq!(code, 200, "{books}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&books).unwrap()["limit"], 500, "pages are bounded");
+    let books = get("/admin/api/books?limit=100000", Some(&cookie)).await;
+    assert_eq!(books.status, 200, "{}", books.text());
+    assert_eq!(books.json()["limit"], 500, "pages are bounded");
 
-    let (code, _, _) = request(port, "GET", "/healthz", &[], "").await;
-    assert_eq!(code, 200, "/healthz stays open");
-    let (code, _, _) = request(port, "GET", "/metrics", &[], "").await;
-    assert_eq!(code, 200, "/metrics stays open");
+    assert_eq!(get("/healthz", None).await.status, 200, "/healthz stays open");
+    assert_eq!(get("/metrics", None).await.status, 200, "/metrics stays open");
 
     let act = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Origin", origin.as_str())];
-    let (code, head, _) = request(port, "POST", "/admin/logout", &act, "").await;
-    assert_eq!(code, 204);
-    assert!(head.contains("set-cookie: stockq_admin=; Max-Age=0"), "{head}");
-    let (code, _, _) = request(port, "GET", "/admin/api/state", &[("Cookie", &cookie)], "").await;
-    assert_eq!(code, 401, "the session ended with the logout");
+    let logout = http(port, "POST", "/admin/logout").headers(&act).send().await;
+    assert_eq!(logout.status, 204);
+    assert!(
+        logout.header("set-cookie").unwrap_or_default().starts_with("stockq_admin=; Max-Age=0"),
+        "{}",
+        logout.head
+    );
+    assert_eq!(get("/admin/api/state", Some(&cookie)).await.status, 401, "the session ended with the logout");
     terminate(&mut serve).await;
 }
 
@@ -149,9 +139,8 @@ async fn dashboard_login_sessions_and_csrf() {
 async fn shoppers(port: u16, n: usize) {
     for i in 0..n {
         let body = format!(r#"{{"product_id": {}, "qty": 1}}"#, i % 3 + 1);
-        let (code, _, answer) =
-            request(port, "POST", "/reserve", &[("Content-Type", "application/json")], &body).await;
-        assert_eq!(code, 201, "{answer}");
+        let answer = http(port, "POST", "/reserve").json(&body).send().await;
+        assert_eq!(answer.status, 201, "{}", answer.text());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -237,7 +226,7 @@ async fn busy_shopper(port: u16, products: i64, until: std::time::Instant) {
         let buyer = rand::random_range(1..=5000);
         let hold = if rand::random_ratio(1, 10) { r#", "hold": "10m""# } else { "" };
         let body = format!(r#"{{"product_id": {product}, "qty": 1, "buyer": "b-{buyer}"{hold}}}"#);
-        let _ = request(port, "POST", "/reserve", &[("Content-Type", "application/json")], &body).await;
+        let _ = http(port, "POST", "/reserve").json(&body).try_send().await;
         tokio::time::sleep(Duration::from_millis(8)).await;
     }
 }

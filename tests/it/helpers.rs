@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use stockq::Ledger;
 use stockq::Queue;
 use stockq::Settings;
 use stockq::{StepOutcome, Worker, WorkerOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Redis used by the tests (override with STOCKQ_TEST_REDIS_URL).
@@ -103,10 +106,13 @@ impl TestEnv {
         let mut cmd = self.command(&["serve"]);
         cmd.env("PORT", port.to_string()).env("STOCKQ_BIND", "127.0.0.1").stdout(Stdio::null());
         cmd.envs(vars.iter().copied());
-        let child = cmd.spawn().expect("spawn serve");
+        let mut child = cmd.spawn().expect("spawn serve");
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return (child, port);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("serve exited at start with {status}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -414,7 +420,7 @@ impl TestEnv {
     }
 }
 
-// ---- Outside tools and plain HTTP, for metrics.rs, logs.rs and procfile.rs. ----
+// ---- Outside tools, for metrics.rs, logs.rs and procfile.rs. ----
 
 /// The path of an outside tool the tests drive (`promtool`, `honcho`): on PATH, or in the
 /// virtualenv of scripts/tools.sh, which is run to install it when it is found in neither.
@@ -449,28 +455,6 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port` on a new connection: (status, body), or `None`
-/// when nothing answers.
-pub async fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.ok()?;
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange).await.ok().flatten()
-}
-
 /// The value of one series (`name` or `name{labels}`, exactly as written) in Prometheus text.
 pub fn series(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -484,4 +468,222 @@ pub fn series(text: &str, name: &str) -> Option<f64> {
 pub(crate) async fn test_redis(url: &str) -> redis::aio::MultiplexedConnection {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&config).await.unwrap()
+}
+
+// ---- The one HTTP client of the tests. ----
+//
+// Raw HTTP/1.1 over a socket of the test's own, so that a test can send what no library
+// would (half a head, a malformed request line, a URI of a megabyte) and choose the address
+// it connects from: loopback holds all of 127.0.0.0/8, so 127.0.0.2 and 127.0.0.3 are two
+// clients to the server.
+
+/// A request to stockq on 127.0.0.1:`port`, made with [`http`] (or [`Http::raw`]) and sent on
+/// a new connection with [`Http::send`]. It says `Host: 127.0.0.1:<port>` and `Connection:
+/// close` unless given its own.
+#[derive(Debug, Clone)]
+pub struct Http {
+    port: u16,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The bytes to send instead of a request built from the above.
+    raw: Option<Vec<u8>>,
+    source: Option<IpAddr>,
+}
+
+/// A new request: `http(port, "GET", "/healthz").send().await`.
+pub fn http(port: u16, method: &str, path: &str) -> Http {
+    Http {
+        port,
+        method: method.to_string(),
+        path: path.to_string(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        raw: None,
+        source: None,
+    }
+}
+
+impl Http {
+    /// Exactly `bytes`, whatever they hold.
+    pub fn raw(port: u16, bytes: &[u8]) -> Http {
+        Http { raw: Some(bytes.to_vec()), ..http(port, "", "") }
+    }
+
+    /// One more header (a name given twice is sent twice).
+    pub fn header(mut self, name: &str, value: &str) -> Http {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn headers(self, pairs: &[(&str, &str)]) -> Http {
+        pairs.iter().fold(self, |request, (name, value)| request.header(name, value))
+    }
+
+    /// `Authorization: Bearer <token>`, when there is a token.
+    pub fn bearer(self, token: Option<&str>) -> Http {
+        match token {
+            Some(token) => self.header("Authorization", &format!("Bearer {token}")),
+            None => self,
+        }
+    }
+
+    /// A JSON body, with its `Content-Type`.
+    pub fn json(self, body: &str) -> Http {
+        self.header("Content-Type", "application/json").body(body)
+    }
+
+    pub fn body(mut self, body: &str) -> Http {
+        self.body = body.as_bytes().to_vec();
+        self
+    }
+
+    /// Connects from `source` (a loopback address such as 127.0.0.2) instead of 127.0.0.1.
+    pub fn source(mut self, source: IpAddr) -> Http {
+        self.source = Some(source);
+        self
+    }
+
+    /// The bytes this request sends.
+    pub fn bytes(&self) -> Vec<u8> {
+        if let Some(raw) = &self.raw {
+            return raw.clone();
+        }
+        let given = |name: &str| self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
+        if !given("host") {
+            head.push_str(&format!("Host: 127.0.0.1:{}\r\n", self.port));
+        }
+        if !given("connection") {
+            head.push_str("Connection: close\r\n");
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+        [head.into_bytes(), self.body.clone()].concat()
+    }
+
+    /// Sends the request and reads the answer; panics when none comes within 10 s.
+    pub async fn send(self) -> Answer {
+        let what = format!("{} {} to port {}", self.method, self.path, self.port);
+        self.try_send().await.unwrap_or_else(|| panic!("no answer to {what} within 10s"))
+    }
+
+    /// Sends the request and reads the answer: `None` when the connection is refused or
+    /// closed before any answer, or none comes within 10 s. A server that answers before the
+    /// request is all sent (and closes) is fine: the write error is ignored.
+    pub async fn try_send(self) -> Option<Answer> {
+        let exchange = async {
+            let stream = connect(self.port, self.source).await.ok()?;
+            let (mut read, mut write) = stream.into_split();
+            let request = self.bytes();
+            let writer = tokio::spawn(async move {
+                let _ = write.write_all(&request).await;
+                write
+            });
+            let answer = read_answer(&mut read, &mut Vec::new()).await;
+            writer.abort();
+            answer
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange).await.ok().flatten()
+    }
+}
+
+/// A new connection to 127.0.0.1:`port`, from `source` when given (bound before connecting).
+pub async fn connect(port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// An answer: its status, its head as sent (status line and headers) and its body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as JSON; panics, with the body, when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{} body is not JSON ({e}): {:?}", self.status, self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of the header `name` (any case), if it is there.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, value) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    /// An error answer as the README promises: `{"error": "..."}`, short whatever was sent.
+    pub fn assert_json_error(&self, status: u16) {
+        assert_eq!(self.status, status, "{} {}", self.head, self.text());
+        assert!(self.body.len() <= 1024, "{} bytes of error body", self.body.len());
+        assert_eq!(self.header("content-type"), Some("application/json"), "{}", self.head);
+        let error = self.json();
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{error}");
+    }
+}
+
+/// Reads one answer from `stream`, keeping what follows it in `buf` (for answers to
+/// pipelined requests); `None` when the connection closes (or is reset) before any byte.
+pub async fn read_answer(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Option<Answer> {
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) if buf.is_empty() => return None,
+            Ok(0) | Err(_) => {
+                panic!("connection closed inside an answer: {:?}", String::from_utf8_lossy(buf))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let length: Option<usize> = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .map(|v| v.parse().unwrap());
+    // without a length, a body ends with the connection (none at all after 204 and 304)
+    let length = match (length, status) {
+        (Some(length), _) => length,
+        (None, 204 | 304) => 0,
+        (None, _) => {
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            buf.extend_from_slice(&rest);
+            buf.len() - head_end
+        }
+    };
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => panic!("connection closed inside a body"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[head_end..head_end + length].to_vec();
+    buf.drain(..head_end + length);
+    Some(Answer { status, head: head.trim_end().to_string(), body })
+}
+
+/// Whether the server has closed `stream` (reading gives an end or a reset).
+pub async fn is_closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
 }

@@ -505,40 +505,61 @@ async fn chaos_of_the_whole_lifecycle_keeps_the_books() {
 /// buyer limit's 429.
 #[tokio::test]
 async fn http_holds_confirms_cancels_and_limits() {
-    use crate::records::{http, start_serve};
+    use crate::helpers::http;
+    use crate::records::start_serve;
     let env = TestEnv::new().await;
     env.stock(4, 10).await;
     let (code, _, _) = env.run(&["stock", "limit", "4", "1"]).await;
     assert_eq!(code, 0);
     let (mut serve, port) = start_serve(&env, "tok").await;
+    let reserve = |body: &str| http(port, "POST", "/reserve").json(body).send();
+    let order_service = |path: &str, token: Option<&str>| http(port, "POST", path).bearer(token).send();
     let hold = r#"{"product_id": 4, "qty": 1, "event_id": "w-1", "buyer": "ann", "hold": "15m"}"#;
-    let (code, held) = http(port, "POST", "/reserve", None, Some(hold)).await;
-    assert_eq!((code, held["state"].as_str()), (201, Some("held")), "{held}");
+    let held = reserve(hold).await;
+    assert_eq!((held.status, held.json()["state"].as_str()), (201, Some("held")), "{}", held.text());
+    let held = held.json();
     assert!(held["deadline"].as_i64().unwrap() > held["reserved_at"].as_i64().unwrap());
     let more = r#"{"product_id": 4, "qty": 1, "event_id": "w-2", "buyer": "ann"}"#;
-    let (code, limit) = http(port, "POST", "/reserve", None, Some(more)).await;
-    assert_eq!((code, limit["error"].as_str(), limit["limit"].as_i64()), (429, Some("buyer limit"), Some(1)));
-    let nobody = r#"{"product_id": 4, "qty": 1}"#;
-    assert_eq!(http(port, "POST", "/reserve", None, Some(nobody)).await.0, 400);
-    let too_long = r#"{"product_id": 4, "qty": 1, "buyer": "bo", "hold": "2h"}"#;
-    assert_eq!(http(port, "POST", "/reserve", None, Some(too_long)).await.0, 400);
-
-    assert_eq!(http(port, "POST", "/reservations/w-1/confirm", None, None).await.0, 401);
-    let (code, confirmed) = http(port, "POST", "/reservations/w-1/confirm", Some("tok"), None).await;
-    assert_eq!((code, confirmed["state"].as_str()), (200, Some("queued")), "{confirmed}");
-    let (code, again) = http(port, "POST", "/reservations/w-1/confirm", Some("tok"), None).await;
-    assert_eq!((code, again["state"].as_str()), (200, Some("queued")), "confirming twice is harmless");
-    let (code, cancelled) = http(port, "POST", "/reservations/w-1/cancel", Some("tok"), None).await;
-    assert_eq!((code, cancelled["state"].as_str()), (200, Some("cancelling")), "{cancelled}");
-    let (code, ended) = http(port, "POST", "/reservations/w-1/confirm", Some("tok"), None).await;
+    let limit = reserve(more).await;
+    let body = limit.json();
     assert_eq!(
-        (code, ended["error"].as_str(), ended["state"].as_str()),
+        (limit.status, body["error"].as_str(), body["limit"].as_i64()),
+        (429, Some("buyer limit"), Some(1))
+    );
+    let nobody = r#"{"product_id": 4, "qty": 1}"#;
+    assert_eq!(reserve(nobody).await.status, 400);
+    let too_long = r#"{"product_id": 4, "qty": 1, "buyer": "bo", "hold": "2h"}"#;
+    assert_eq!(reserve(too_long).await.status, 400);
+
+    assert_eq!(order_service("/reservations/w-1/confirm", None).await.status, 401);
+    let confirmed = order_service("/reservations/w-1/confirm", Some("tok")).await;
+    assert_eq!(
+        (confirmed.status, confirmed.json()["state"].as_str()),
+        (200, Some("queued")),
+        "{}",
+        confirmed.text()
+    );
+    let again = order_service("/reservations/w-1/confirm", Some("tok")).await;
+    assert_eq!(
+        (again.status, again.json()["state"].as_str()),
+        (200, Some("queued")),
+        "confirming twice is harmless"
+    );
+    let cancelled = order_service("/reservations/w-1/cancel", Some("tok")).await;
+    assert_eq!(
+        (cancelled.status, cancelled.json()["state"].as_str()),
+        (200, Some("cancelling")),
+        "{}",
+        cancelled.text()
+    );
+    let ended = order_service("/reservations/w-1/confirm", Some("tok")).await;
+    assert_eq!(
+        (ended.status, ended.json()["error"].as_str(), ended.json()["state"].as_str()),
         (409, Some("reservation ended"), Some("cancelling"))
     );
-    assert_eq!(http(port, "POST", "/reservations/nope/cancel", Some("tok"), None).await.0, 404);
+    assert_eq!(order_service("/reservations/nope/cancel", Some("tok")).await.status, 404);
     // the unit is back for the buyer
-    let (code, _) = http(port, "POST", "/reserve", None, Some(more)).await;
-    assert_eq!(code, 201);
+    assert_eq!(reserve(more).await.status, 201);
     env.drain(10).await;
     assert_eq!(state(&env, "w-1").await, "cancelled");
     assert_eq!(state(&env, "w-2").await, "applied");

@@ -46,7 +46,7 @@ impl Scraped {
         let child = cmd.spawn().expect("spawn stockq");
         let scraped = Scraped { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http(port, "GET", "/metrics", "").await.is_none() {
+        while http(port, "GET", "/metrics").try_send().await.is_none() {
             assert!(Instant::now() < deadline, "stockq {args:?} served no /metrics within 20s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -54,9 +54,9 @@ impl Scraped {
     }
 
     async fn metrics(&self) -> String {
-        let (status, text) = http(self.port, "GET", "/metrics", "").await.expect("/metrics answers");
-        assert_eq!(status, 200, "{text}");
-        text
+        let answer = http(self.port, "GET", "/metrics").send().await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.text()
     }
 
     /// Scrapes until `ok` holds for the text (bounded); returns that text.
@@ -73,9 +73,7 @@ impl Scraped {
     }
 
     async fn reserve(&self) -> u16 {
-        let (status, _) =
-            http(self.port, "POST", "/reserve", r#"{"product_id": 1, "qty": 1}"#).await.expect("an answer");
-        status
+        http(self.port, "POST", "/reserve").json(r#"{"product_id": 1, "qty": 1}"#).send().await.status
     }
 }
 

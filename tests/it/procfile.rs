@@ -73,8 +73,10 @@ async fn the_dev_formation_comes_up_under_honcho_and_stops_cleanly_on_sigterm() 
     let started = Instant::now();
     for (kind, port) in [("web", base), ("worker", base + 100), ("janitor", base + 200)] {
         loop {
-            if let Some((200, body)) = http(port, "GET", "/healthz", "").await {
-                assert!(body.contains(r#""status":"ok""#), "{kind}: {body}");
+            if let Some(answer) = http(port, "GET", "/healthz").try_send().await
+                && answer.status == 200
+            {
+                assert_eq!(answer.json()["status"], "ok", "{kind}: {}", answer.text());
                 break;
             }
             assert!(
@@ -85,8 +87,8 @@ async fn the_dev_formation_comes_up_under_honcho_and_stops_cleanly_on_sigterm() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let (status, body) = http(base, "POST", "/reserve", r#"{"product_id": 1, "qty": 2}"#).await.unwrap();
-    assert_eq!(status, 201, "{body}");
+    let answer = http(base, "POST", "/reserve").json(r#"{"product_id": 1, "qty": 2}"#).send().await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
     env.eventually(Duration::from_secs(20), "the reservation applied by the formation's worker", || async {
         env.mysql_stock(1).await == 8
     })

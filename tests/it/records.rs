@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use serde_json::Value;
 use stockq::Reservation;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::RedisServer;
-use crate::helpers::{TestEnv, send_signal};
+use crate::helpers::{TestEnv, http, send_signal};
 
 /// Every entry of the test queue's outcome stream, oldest first, as field maps.
 async fn outcomes(env: &TestEnv) -> Vec<HashMap<String, String>> {
@@ -268,30 +267,6 @@ async fn the_outcome_stream_under_chaos_has_one_entry_per_reservation() {
     }
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port`: (status, JSON body).
-pub(crate) async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to serve");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let json =
-        response.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
-    (status, json)
-}
-
 /// `serve` with the API token `token` (empty: unset), once it listens.
 pub(crate) async fn start_serve(env: &TestEnv, token: &str) -> (tokio::process::Child, u16) {
     env.serve(&[("STOCKQ_API_TOKEN", token)]).await
@@ -303,33 +278,38 @@ async fn http_replays_and_the_order_service_api() {
     let env = TestEnv::new().await;
     env.stock(3, 10).await;
     let (mut serve, port) = start_serve(&env, "s3cret").await;
+    let reserve = |body: &str| http(port, "POST", "/reserve").json(body).send();
     let body = r#"{"product_id": 3, "qty": 1, "event_id": "h-1", "buyer": "bob"}"#;
-    let (code, first) = http(port, "POST", "/reserve", None, Some(body)).await;
-    assert_eq!(code, 201, "{first}");
+    let first = reserve(body).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let first = first.json();
     assert_eq!((first["state"].as_str(), first["remaining"].as_i64()), (Some("queued"), Some(9)));
-    let (code, again) = http(port, "POST", "/reserve", None, Some(body)).await;
-    assert_eq!((code, &again["replayed"], &again["seq"]), (200, &Value::Bool(true), &first["seq"]));
+    let again = reserve(body).await;
+    assert_eq!(
+        (again.status, &again.json()["replayed"], &again.json()["seq"]),
+        (200, &Value::Bool(true), &first["seq"])
+    );
     let other = r#"{"product_id": 3, "qty": 2, "event_id": "h-1", "buyer": "bob"}"#;
-    let (code, used) = http(port, "POST", "/reserve", None, Some(other)).await;
-    assert_eq!((code, used["error"].as_str()), (409, Some("event id already used")));
+    let used = reserve(other).await;
+    assert_eq!((used.status, used.json()["error"].as_str()), (409, Some("event id already used")));
     assert_eq!(env.redis_stock(3).await, Some(9));
 
-    let (code, _) = http(port, "GET", "/reservations/h-1", None, None).await;
-    assert_eq!(code, 401);
-    let (code, _) = http(port, "GET", "/reservations/h-1", Some("wrong"), None).await;
-    assert_eq!(code, 401);
-    let (code, status) = http(port, "GET", "/reservations/h-1", Some("s3cret"), None).await;
+    let status_of = |id: &str, token: Option<&str>| {
+        http(port, "GET", &format!("/reservations/{id}")).bearer(token).send()
+    };
+    assert_eq!(status_of("h-1", None).await.status, 401);
+    assert_eq!(status_of("h-1", Some("wrong")).await.status, 401);
+    let status = status_of("h-1", Some("s3cret")).await;
     assert_eq!(
-        (code, status["state"].as_str(), status["buyer"].as_str()),
+        (status.status, status.json()["state"].as_str(), status.json()["buyer"].as_str()),
         (200, Some("queued"), Some("bob"))
     );
-    let (code, _) = http(port, "GET", "/reservations/nope", Some("s3cret"), None).await;
-    assert_eq!(code, 404);
+    assert_eq!(status_of("nope", Some("s3cret")).await.status, 404);
     let _ = crate::helpers::terminate(&mut serve).await;
 
     let (mut serve, port) = start_serve(&env, "").await;
-    let (code, body) = http(port, "GET", "/reservations/h-1", Some(""), None).await;
-    assert_eq!(code, 403, "{body}");
+    let off = http(port, "GET", "/reservations/h-1").bearer(Some("")).send().await;
+    assert_eq!(off.status, 403, "{}", off.text());
     let _ = crate::helpers::terminate(&mut serve).await;
 }
 
@@ -340,30 +320,36 @@ async fn http_id_used_tells_the_state_only_with_the_token() {
     let env = TestEnv::new().await;
     env.stock(4, 10).await;
     let (mut serve, port) = start_serve(&env, "s3cret").await;
+    let reserve =
+        |body: &str, token: Option<&str>| http(port, "POST", "/reserve").bearer(token).json(body).send();
     let first = r#"{"product_id": 4, "qty": 1, "event_id": "u-1", "buyer": "eve"}"#;
-    let (code, _) = http(port, "POST", "/reserve", None, Some(first)).await;
-    assert_eq!(code, 201);
+    assert_eq!(reserve(first, None).await.status, 201);
     let reuse = r#"{"product_id": 4, "qty": 3, "event_id": "u-1", "buyer": "eve"}"#;
     for token in [None, Some("wrong"), Some(""), Some("s3cre")] {
-        let (code, body) = http(port, "POST", "/reserve", token, Some(reuse)).await;
-        assert_eq!((code, body["error"].as_str()), (409, Some("event id already used")), "{token:?}");
+        let answer = reserve(reuse, token).await;
+        let body = answer.json();
+        assert_eq!(
+            (answer.status, body["error"].as_str()),
+            (409, Some("event id already used")),
+            "{token:?}"
+        );
         assert_eq!(body.get("state"), None, "{token:?}: {body}");
     }
-    let (code, body) = http(port, "POST", "/reserve", Some("s3cret"), Some(reuse)).await;
+    let answer = reserve(reuse, Some("s3cret")).await;
     assert_eq!(
-        (code, body["error"].as_str(), body["state"].as_str()),
+        (answer.status, answer.json()["error"].as_str(), answer.json()["state"].as_str()),
         (409, Some("event id already used"), Some("queued"))
     );
     env.drain(10).await;
-    let (code, body) = http(port, "POST", "/reserve", Some("s3cret"), Some(reuse)).await;
-    assert_eq!((code, body["state"].as_str()), (409, Some("applied")), "{body}");
+    let answer = reserve(reuse, Some("s3cret")).await;
+    assert_eq!((answer.status, answer.json()["state"].as_str()), (409, Some("applied")), "{}", answer.text());
     assert_eq!(env.redis_stock(4).await, Some(9), "nothing taken by the refused reuses");
     let _ = crate::helpers::terminate(&mut serve).await;
 
     // with the API off, no token opens it
     let (mut serve, port) = start_serve(&env, "").await;
-    let (code, body) = http(port, "POST", "/reserve", Some(""), Some(reuse)).await;
-    assert_eq!((code, body.get("state")), (409, None), "{body}");
+    let answer = http(port, "POST", "/reserve").bearer(Some("")).json(reuse).send().await;
+    assert_eq!((answer.status, answer.json().get("state")), (409, None), "{}", answer.text());
     let _ = crate::helpers::terminate(&mut serve).await;
 }
 

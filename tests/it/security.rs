@@ -1,10 +1,13 @@
 //! Security: a Redis ACL user limited to stockq's commands and one queue's keys, Redis over
-//! TLS, and MySQL over TLS (`ssl-mode` in `DATABASE_URL`) on a private MariaDB that requires it.
+//! TLS, MySQL over TLS (`ssl-mode` in `DATABASE_URL`) on a private MariaDB that requires it,
+//! and `serve` against an attacker: wrong tokens that lock out their own address only, and
+//! forwarded headers believed from trusted proxies only.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::helpers::{TestEnv, send_signal};
+use crate::helpers::{Answer, TestEnv, http, send_signal, terminate};
 
 /// Removes the ACL user even when the test fails.
 struct AclUser {
@@ -442,4 +445,203 @@ async fn mysql_over_tls_with_ssl_mode_in_the_url() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("Access denied") && err.contains("stockq:***@"), "{err}");
+}
+
+// ---- Issue 20.3: one client's wrong tokens lock out that client only. ----
+//
+// Loopback holds all of 127.0.0.0/8: a socket bound to 127.0.0.2 is another client to the
+// server than one bound to 127.0.0.3.
+
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const OPERATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+const PROXY: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+const ADMIN_TOKEN: &str = "operators-only";
+const API_TOKEN: &str = "order-service-only";
+/// Wrong tokens a client may try in a minute.
+const MAX_FAILURES: usize = 10;
+
+/// A dashboard login from `from`, with `token` and the extra `headers`, from the page's own
+/// origin unless `headers` names another.
+async fn log_in(port: u16, from: IpAddr, token: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = http(port, "POST", "/admin/login").source(from).headers(headers);
+    if !headers.iter().any(|(name, _)| *name == "Origin") {
+        request = request.header("Origin", &format!("http://127.0.0.1:{port}"));
+    }
+    request.json(&format!(r#"{{"token": "{token}"}}"#)).send().await
+}
+
+/// A 429 that says how long to wait: at most the minute.
+fn assert_throttled(answer: &Answer) {
+    answer.assert_json_error(429);
+    assert!(answer.json()["error"].as_str().unwrap().starts_with("too many wrong tokens from this address"));
+    let wait: u64 = answer.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+}
+
+/// Ten wrong logins from one address used to make the right token answer 429 for every
+/// operator. Now they lock out their own address only, and there the right token too (or
+/// the answer to the eleventh guess would still tell whether it was right).
+#[tokio::test]
+async fn wrong_logins_lock_out_their_own_address_only() {
+    let env = TestEnv::new().await;
+    let (mut serve, port) = env.serve(&[("STOCKQ_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    for _ in 0..MAX_FAILURES {
+        assert_eq!(log_in(port, ATTACKER, "guess", &[]).await.status, 401);
+    }
+    assert_throttled(&log_in(port, ATTACKER, "guess", &[]).await);
+    let operator = log_in(port, OPERATOR, ADMIN_TOKEN, &[]).await;
+    assert_eq!(operator.status, 204, "{}", operator.text());
+    assert_throttled(&log_in(port, ATTACKER, ADMIN_TOKEN, &[]).await);
+
+    // guesses sent all at once are counted before any is compared: ten are tried, no more
+    let burst = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    let guesses: Vec<_> = (0..3 * MAX_FAILURES)
+        .map(|_| tokio::spawn(async move { log_in(port, burst, "guess", &[]).await }))
+        .collect();
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap().status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [[401; MAX_FAILURES].as_slice(), &[429; 2 * MAX_FAILURES]].concat());
+    terminate(&mut serve).await;
+}
+
+/// The order-service API's bearer token had no throttle at all (458 guesses in 2 s). Now it
+/// has the login's: wrong tokens count per address, also on `POST /reserve`, whose answer to
+/// a used event id tells the reservation's state to the right token only.
+#[tokio::test]
+async fn wrong_api_tokens_lock_out_their_own_address_only() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    let (mut serve, port) = env.serve(&[("STOCKQ_API_TOKEN", API_TOKEN)]).await;
+    let status_of = |from: IpAddr, token: Option<&str>| {
+        http(port, "GET", "/reservations/t-1").source(from).bearer(token).send()
+    };
+    // a reservation of 1 unit under t-1, then its id used again for 2
+    let reserve = |from: IpAddr, token: Option<&str>, qty: u32| {
+        let body = format!(r#"{{"product_id": 1, "qty": {qty}, "event_id": "t-1"}}"#);
+        http(port, "POST", "/reserve").source(from).bearer(token).json(&body).send()
+    };
+    assert_eq!(reserve(OPERATOR, None, 1).await.status, 201);
+
+    // no token guesses nothing, and is not counted
+    for _ in 0..2 * MAX_FAILURES {
+        assert_eq!(status_of(ATTACKER, None).await.status, 401);
+    }
+    for _ in 0..MAX_FAILURES {
+        assert_eq!(status_of(ATTACKER, Some("guess")).await.status, 401);
+    }
+    assert_throttled(&status_of(ATTACKER, Some("guess")).await);
+    assert_throttled(&status_of(ATTACKER, Some(API_TOKEN)).await);
+    for action in ["confirm", "cancel"] {
+        let path = format!("/reservations/t-1/{action}");
+        let answer = http(port, "POST", &path).source(ATTACKER).bearer(Some(API_TOKEN)).send().await;
+        assert_throttled(&answer);
+    }
+    let status = status_of(OPERATOR, Some(API_TOKEN)).await;
+    assert_eq!((status.status, status.json()["state"].as_str()), (200, Some("queued")), "{}", status.text());
+    // while throttled, a reservation goes on but the token is not believed
+    let used = reserve(ATTACKER, Some(API_TOKEN), 2).await;
+    assert_eq!((used.status, used.json()["error"].as_str()), (409, Some("event id already used")));
+    assert_eq!(used.json().get("state"), None, "{}", used.text());
+    let used = reserve(OPERATOR, Some(API_TOKEN), 2).await;
+    assert_eq!((used.status, used.json()["state"].as_str()), (409, Some("queued")), "{}", used.text());
+
+    // guesses through POST /reserve count as well
+    let prober = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    for _ in 0..MAX_FAILURES {
+        let used = reserve(prober, Some("guess"), 2).await;
+        assert_eq!((used.status, used.json().get("state")), (409, None), "{}", used.text());
+    }
+    assert_throttled(&status_of(prober, Some(API_TOKEN)).await);
+    assert_eq!(env.redis_stock(1).await, Some(9), "nothing taken but the first reservation");
+    terminate(&mut serve).await;
+}
+
+/// `X-Forwarded-For`, `-Host` and `-Proto` used to be believed from anyone. Now only from a
+/// peer in `STOCKQ_TRUSTED_PROXIES`; behind it, the client is the right-most address of
+/// `X-Forwarded-For` that is not a trusted proxy (whatever is left of it, the client wrote).
+#[tokio::test]
+async fn forwarded_headers_count_only_from_a_trusted_proxy() {
+    let env = TestEnv::new().await;
+    let vars = [("STOCKQ_ADMIN_TOKEN", ADMIN_TOKEN), ("STOCKQ_TRUSTED_PROXIES", "127.0.0.4, 192.0.2.0/24")];
+    let (mut serve, port) = env.serve(&vars).await;
+
+    // from an untrusted peer, a new X-Forwarded-For each time does not make a new client
+    for i in 0..MAX_FAILURES {
+        let spoofed = format!("10.0.0.{i}");
+        let answer = log_in(port, ATTACKER, "guess", &[("X-Forwarded-For", &spoofed)]).await;
+        assert_eq!(answer.status, 401);
+    }
+    assert_throttled(&log_in(port, ATTACKER, ADMIN_TOKEN, &[("X-Forwarded-For", "10.0.0.99")]).await);
+
+    // behind the trusted proxies (127.0.0.4, then 192.0.2.9), the client is 198.51.100.7,
+    // whatever it wrote in front of its own address
+    for i in 0..MAX_FAILURES {
+        let chain = format!("6.6.6.{i}, 198.51.100.7, 192.0.2.9");
+        let answer = log_in(port, PROXY, "guess", &[("X-Forwarded-For", &chain)]).await;
+        assert_eq!(answer.status, 401);
+    }
+    let same_client = [("X-Forwarded-For", "1.1.1.1, 198.51.100.7, 192.0.2.9")];
+    assert_throttled(&log_in(port, PROXY, ADMIN_TOKEN, &same_client).await);
+    let next_client = [("X-Forwarded-For", "198.51.100.8, 192.0.2.9")];
+    assert_eq!(log_in(port, PROXY, ADMIN_TOKEN, &next_client).await.status, 204);
+    assert_eq!(log_in(port, PROXY, ADMIN_TOKEN, &[]).await.status, 204, "the proxy's own requests");
+
+    // the host and scheme a proxy says the browser used
+    let shop = [
+        ("Origin", "https://shop.example"),
+        ("X-Forwarded-Host", "shop.example"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-For", "198.51.100.9"),
+    ];
+    let from_anyone = log_in(port, OPERATOR, ADMIN_TOKEN, &shop).await;
+    assert_eq!(from_anyone.status, 403, "{}", from_anyone.text());
+    assert!(from_anyone.text().contains("own origin"), "{}", from_anyone.text());
+    let proxied = log_in(port, PROXY, ADMIN_TOKEN, &shop).await;
+    assert_eq!(proxied.status, 204, "{}", proxied.text());
+    assert!(proxied.header("set-cookie").unwrap().ends_with("; Secure"), "{}", proxied.head);
+    let https_claimed = log_in(port, OPERATOR, ADMIN_TOKEN, &[("X-Forwarded-Proto", "https")]).await;
+    assert_eq!(https_claimed.status, 204);
+    assert!(!https_claimed.header("set-cookie").unwrap().contains("Secure"), "{}", https_claimed.head);
+    terminate(&mut serve).await;
+}
+
+/// A bad limit or proxy list stops `serve` before it starts: exit 2, one line on stderr that
+/// names the setting and says what to write.
+#[tokio::test]
+async fn bad_connection_and_proxy_settings_exit_2_with_one_line() {
+    let env = TestEnv::new().await;
+    let cases = [
+        (
+            "STOCKQ_TRUSTED_PROXIES",
+            "10.0.0.5,10.0.0.0/33",
+            "STOCKQ_TRUSTED_PROXIES: \"10.0.0.0/33\" has a prefix length",
+        ),
+        (
+            "STOCKQ_TRUSTED_PROXIES",
+            "proxy.internal",
+            "\"proxy.internal\" is not an IP address (write an IP address",
+        ),
+        ("STOCKQ_TRUSTED_PROXIES", "10.0.0.1/8", "write 10.0.0.0/8"),
+        (
+            "STOCKQ_MAX_CONNECTIONS_PER_ADDRESS",
+            "2000",
+            "STOCKQ_MAX_CONNECTIONS_PER_ADDRESS must be from 1 to STOCKQ_MAX_CONNECTIONS (1024)",
+        ),
+        ("STOCKQ_MAX_CONNECTIONS_PER_ADDRESS", "0", "STOCKQ_MAX_CONNECTIONS_PER_ADDRESS must be from 1"),
+        ("STOCKQ_MAX_CONNECTIONS", "0", "STOCKQ_MAX_CONNECTIONS must be from 1 to 65536"),
+        ("STOCKQ_MAX_CONNECTIONS_PER_ADDRESS", "many", "invalid value 'many'"),
+    ];
+    for (name, value, says) in cases {
+        let mut serve = env.command(&["serve"]);
+        serve.env(name, value).env("PORT", crate::helpers::free_port().to_string());
+        let out = tokio::time::timeout(Duration::from_secs(30), serve.output()).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(out.stdout.is_empty(), "{name}={value}");
+        assert_eq!(stderr.lines().count(), 1, "{name}={value}: {stderr}");
+        assert!(stderr.contains(says), "{name}={value}: {stderr}");
+    }
 }

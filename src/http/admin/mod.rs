@@ -4,7 +4,7 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /admin` | the dashboard with a live session, else the login form; 403 while `STOCKQ_ADMIN_TOKEN` is unset |
-//! | `POST /admin/login` `{"token"}` | 204 and the session cookie; 401 wrong token; 429 after too many wrong ones |
+//! | `POST /admin/login` `{"token"}` | 204 and the session cookie; 401 wrong token; 429 (with `Retry-After`) after too many wrong ones from the client's address |
 //! | `POST /admin/logout` | 204, the session ended |
 //! | `GET /admin/api/state`, `GET /admin/api/books` | what the page polls ([`feed`]) |
 //! | `POST /admin/api/dead/<event_id>/requeue`, `.../drop` | the dead letters' actions ([`actions`]) |
@@ -22,7 +22,7 @@ mod session;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{Extension, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,9 @@ use self::session::{Session, Sessions};
 use crate::config::ApiToken;
 use crate::error::Error;
 use crate::http::answer::error;
+use crate::http::client::Client;
 use crate::http::health::LedgerSlot;
+use crate::http::throttle::Throttle;
 use crate::queue::Shards;
 
 const LOGIN_HTML: &str = include_str!("assets/login.html");
@@ -56,6 +58,8 @@ pub(crate) struct Admin {
     /// The latency of `POST /reserve` in this process.
     latencies: Latencies,
     sessions: Sessions,
+    /// Wrong login tokens per client.
+    logins: Throttle,
     books: Arc<feed::BooksCache>,
 }
 
@@ -66,7 +70,8 @@ impl Admin {
         token: Option<ApiToken>,
         latencies: Latencies,
     ) -> Admin {
-        Admin { shards, ledger, token, latencies, sessions: Sessions::default(), books: Arc::default() }
+        let (sessions, logins, books) = (Sessions::default(), Throttle::default(), Arc::default());
+        Admin { shards, ledger, token, latencies, sessions, logins, books }
     }
 
     /// Refuses every admin route while no admin token is set, as the order service's API
@@ -219,9 +224,11 @@ struct Login {
 }
 
 /// `POST /admin/login` `{"token": "..."}`: a JSON body, which a form on another site cannot
-/// send, from the dashboard's own origin.
+/// send, from the dashboard's own origin; wrong tokens are counted per client (see
+/// [`crate::http::throttle`], which also says why a right token is refused after too many).
 async fn login(
     State(admin): State<Admin>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     body: Result<axum::Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -235,14 +242,24 @@ async fn login(
         Ok(body) => body,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
-    if !admin.sessions.may_try_login() {
-        return error(StatusCode::TOO_MANY_REQUESTS, "too many wrong tokens; try again in a minute");
-    }
+    let attempt = match admin.logins.try_secret(client) {
+        Ok(attempt) => attempt,
+        Err(throttled) => {
+            if throttled.first {
+                tracing::warn!(
+                    client = %client.0,
+                    "dashboard: too many wrong tokens from one address: logins refused for {}s",
+                    throttled.retry_after.as_secs()
+                );
+            }
+            return throttled.answer("token");
+        }
+    };
     if !admin.token.as_ref().is_some_and(|t| t.matches(&token)) {
-        admin.sessions.login_failed();
-        tracing::warn!("dashboard: a login with a wrong token");
+        tracing::warn!(client = %client.0, "dashboard: a login with a wrong token");
         return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
+    attempt.succeeded();
     if let Some(old) = session::cookie_session(&headers) {
         admin.sessions.close(old);
     }

@@ -27,10 +27,6 @@ pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Sessions kept at most: past that, a login ends the session closest to its end.
 const MAX_SESSIONS: usize = 1000;
-/// Failed logins answered per minute, over every client: a weak token cannot be guessed at
-/// the speed of the network (a flood of wrong tokens delays operators by a minute at worst).
-const MAX_FAILURES_PER_MINUTE: u32 = 10;
-const MINUTE: Duration = Duration::from_secs(60);
 
 /// A live session: its id (the cookie's value) and its CSRF token.
 #[derive(Debug, Clone)]
@@ -43,8 +39,6 @@ pub(crate) struct Session {
 struct Inner {
     /// Session id → (CSRF token, end of the session).
     sessions: HashMap<String, (String, Instant)>,
-    /// The start of the current minute of failed logins, and how many failed in it.
-    failures: Option<(Instant, u32)>,
 }
 
 /// The sessions of this process.
@@ -90,23 +84,6 @@ impl Sessions {
     pub(crate) fn close(&self, id: &str) {
         self.inner().sessions.remove(id);
     }
-
-    /// Whether a login may be tried now: false after [`MAX_FAILURES_PER_MINUTE`] failures in
-    /// the current minute.
-    pub(crate) fn may_try_login(&self) -> bool {
-        match self.inner().failures {
-            Some((since, n)) => since.elapsed() >= MINUTE || n < MAX_FAILURES_PER_MINUTE,
-            None => true,
-        }
-    }
-
-    pub(crate) fn login_failed(&self) {
-        let mut inner = self.inner();
-        inner.failures = match inner.failures {
-            Some((since, n)) if since.elapsed() < MINUTE => Some((since, n + 1)),
-            _ => Some((Instant::now(), 1)),
-        };
-    }
 }
 
 /// 32 bytes of `rand`'s thread generator (a CSPRNG seeded by the operating system), as 64
@@ -129,7 +106,8 @@ pub(crate) fn cookie_session(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The `Set-Cookie` value that gives the browser `session`; `Secure` when the request came
-/// over HTTPS through a proxy that says so.
+/// over HTTPS through a proxy that says so (`X-Forwarded-Proto` reaches the routes only from
+/// a trusted proxy: [`crate::http::client`]).
 pub(crate) fn set_cookie(session: &Session, headers: &HeaderMap) -> String {
     let max_age = SESSION_TTL.as_secs();
     format!("{COOKIE}={}; Max-Age={max_age}; {}", session.id, attributes(headers))
@@ -150,8 +128,9 @@ fn attributes(headers: &HeaderMap) -> &'static str {
 }
 
 /// Whether the request's `Origin` names the host it was sent to (`Host`, or the
-/// `X-Forwarded-Host` of a proxy that rewrites it). Browsers send `Origin` with every POST;
-/// a request without one is refused.
+/// `X-Forwarded-Host` of a proxy that rewrites it, which reaches the routes only from a
+/// trusted proxy: [`crate::http::client`]). Browsers send `Origin` with every POST; a request
+/// without one is refused.
 pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -220,18 +199,6 @@ mod tests {
         }
         assert!(sessions.get(&first.id).is_none(), "the oldest session made room");
         assert_eq!(sessions.inner().sessions.len(), MAX_SESSIONS);
-    }
-
-    #[test]
-    fn failed_logins_are_limited_per_minute() {
-        let sessions = Sessions::default();
-        for _ in 0..MAX_FAILURES_PER_MINUTE {
-            assert!(sessions.may_try_login());
-            sessions.login_failed();
-        }
-        assert!(!sessions.may_try_login());
-        sessions.inner().failures = Some((Instant::now() - MINUTE, MAX_FAILURES_PER_MINUTE));
-        assert!(sessions.may_try_login(), "a new minute");
     }
 
     #[test]
