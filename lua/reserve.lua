@@ -8,7 +8,8 @@
 -- KEYS[5]  {q}:r:<event_id>         the reservation's record (hash)
 -- KEYS[6]  {q}:holds                sorted set: event_id of a held reservation -> deadline
 -- KEYS[7]  {q}:limits               hash: product_id -> units one buyer may hold, as
---                                   '<limit>' or '<limit>@<epoch>' (limit.lua)
+--                                   '<limit>' or '<limit>@<epoch>' (limit.lua); and '!heal'
+--                                   while the shard is healed after Redis lost writes (heal.lua)
 -- KEYS[8]  {q}:bought               hash: the buyer's tally field (tally.lua) -> units held
 -- ARGV[1]  event_id    1..64 characters of [A-Za-z0-9._:-]
 -- ARGV[2]  product_id  a positive decimal integer that fits in a signed 64-bit integer
@@ -28,6 +29,8 @@
 --   {-1, 0, 0}                                unknown product (no stock key)
 --   {-3, 0, limit}                            the product has a buyer limit and no buyer was given
 --   {-4, 0, limit, held}                      the buyer would hold more than the limit
+--   {-5, 0, until}                            the shard is being healed after Redis lost
+--                                             writes (heal.lua): try again; nothing taken
 -- Times are unix ms on the Redis clock. Bad arguments raise an error reply. Refusals create
 -- no record, so they do not use up the event id.
 --
@@ -103,8 +106,16 @@ local stock = redis.call('GET', stock_key)
 if not stock then
   return {-1, 0, 0}
 end
--- '<limit>', or '<limit>@<epoch>' once a limit of the product was removed (limit.lua)
-local limit_value = redis.call('HGET', limits, product_id)
+-- '<limit>', or '<limit>@<epoch>' once a limit of the product was removed (limit.lua); and
+-- in the same read, whether the shard is being healed (heal.lua)
+local settings = redis.call('HMGET', limits, product_id, '!heal')
+local limit_value = settings[1]
+if settings[2] then
+  local until_ms = tonumber(string.match(settings[2], '^%d+'))
+  if until_ms and until_ms > tonumber((clock_text())) then
+    return {-5, 0, until_ms}
+  end
+end
 local limit, epoch = 0, '0'
 if limit_value then
   limit = tonumber(limit_value)

@@ -243,10 +243,19 @@ fn chunk_books(chunk: &Chunk, held: &Held, books: &Books, since: &Since) -> Vec<
     products
 }
 
+/// Heals any shard whose Redis lost writes (`crate::heal`), then runs the check, twice when
+/// it finds drift ([`check_twice`]). Without the heal, a Redis that went back in time would
+/// show entries it is about to deliver again as drift, and a repair would take their units
+/// off for good.
+pub(crate) async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
+    crate::heal::heal_lost_writes(shards, ledger).await?;
+    check_twice(shards, ledger).await
+}
+
 /// Runs the check and, if it finds drift, once more: only a drift seen twice with the same
 /// delta is reported. Real drift persists; this filters the one window the sequence cannot
 /// order, an operator's restock caught between its Redis and MySQL halves.
-pub(crate) async fn check_confirmed(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
+pub(crate) async fn check_twice(shards: &Shards, ledger: &Ledger) -> Result<CheckReport> {
     let first = check(shards, ledger).await?;
     if first.is_consistent() {
         return Ok(first);

@@ -81,6 +81,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A shard is being healed after Redis lost writes (docs/operations.md): its stock is set
+    /// from MySQL meanwhile, so changes wait. Transient: a heal takes about a second.
+    #[error("Redis lost writes and this shard is being healed from MySQL; try again in a few seconds")]
+    Healing,
+
     /// A worker's claim/apply loop ended by a panic: the process stops (the others finish
     /// what they hold) and exits 1, so that its supervisor restarts it whole rather than
     /// leave it heartbeating with fewer loops, or none.
@@ -162,6 +167,7 @@ impl Error {
             | Error::Spawn { .. }
             | Error::LoopCrashed(_)
             | Error::NotDrained { .. } => None,
+            Error::Healing => Some(Store::Redis),
             Error::StockChange { .. } => Some(Store::Mysql),
         }
     }
@@ -173,7 +179,7 @@ impl Error {
     /// at once instead of waiting for it.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::NotConnected { .. } => true,
+            Error::Timeout { .. } | Error::NotConnected { .. } | Error::Healing => true,
             Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
             Error::Usage(_)

@@ -174,7 +174,7 @@ impl Janitor {
                 delta: p.delta,
             });
         }
-        self.shards.first().add_alerts(report.seq, &alerts).await?;
+        self.shards.first().add_alerts("drift", report.seq, &alerts).await?;
         Ok(report)
     }
 
@@ -210,6 +210,10 @@ impl Janitor {
             // killed worker's events are back one visibility timeout after its last renewal,
             // whatever the interval.
             let mut sleep = self.settings.interval;
+            if let Err(e) = crate::heal::heal_lost_writes(&self.shards, &self.ledger).await {
+                backoff.log(&e, "could not heal a Redis that lost writes");
+                failed = true;
+            }
             match self.recover().await {
                 Ok(report) => {
                     if let Some(next) = report.next_deadline_in {

@@ -47,6 +47,7 @@ pub mod cli;
 mod config;
 mod error;
 mod event;
+mod heal;
 mod http;
 mod janitor;
 mod ledger;

@@ -286,6 +286,7 @@ pub(crate) mod metrics {
     pub(crate) const HELD: &str = "stockq_holds";
     pub(crate) const CANCELS: &str = "stockq_cancels_total";
     pub(crate) const BUILD_INFO: &str = "stockq_build_info";
+    pub(crate) const HEALS: &str = "stockq_heals_total";
 
     /// Every value of the `result` label of [`RESERVATIONS`]; `error`: no answer from Redis.
     pub(crate) const RESERVATION_RESULTS: &[&str] = &[
@@ -296,6 +297,7 @@ pub(crate) mod metrics {
         "unknown_product",
         "limit",
         "buyer_required",
+        "healing",
         "error",
     ];
     /// Every value of the `result` label of [`CHECKS`]; `error`: the check could not run.
@@ -315,6 +317,7 @@ pub(crate) mod metrics {
         CANCELLED,
         RELEASED,
         EXPIRED,
+        HEALS,
     ];
     /// The gauges the queue sampler sets; NaN while Redis does not answer it.
     pub(crate) const QUEUE_GAUGES: &[&str] =
@@ -452,6 +455,7 @@ pub(crate) mod metrics {
     fn describe() {
         use ::metrics::{describe_counter, describe_gauge, describe_histogram};
         describe_counter!(APPLIED, "Events deducted in MySQL");
+        describe_counter!(HEALS, "Heals of a shard whose Redis lost writes: stock set from MySQL");
         describe_counter!(REJECTED, "Events MySQL could not honour; their Redis stock was given back");
         describe_counter!(DUPLICATES, "Second reservations of an event id; their Redis stock was given back");
         describe_counter!(REDELIVERED, "Deliveries of events already settled by an earlier delivery");

@@ -22,6 +22,8 @@ const EXIT_LIMIT: u8 = 5;
 const EXIT_ID_USED: u8 = 6;
 /// Exit status for bad input.
 const EXIT_USAGE: u8 = 2;
+/// Exit status of a failure that may pass (docs/commands.md).
+const EXIT_FAILURE: u8 = 1;
 
 /// `stockq stock set <product> <qty>`
 pub(super) async fn set(settings: &Settings, product: i64, qty: i64) -> Result<u8> {
@@ -111,6 +113,13 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
             EXIT_USAGE,
             format!("product {product} allows {limit} per buyer: give --buyer; nothing taken"),
             json!({ "error": "buyer required", "limit": limit }),
+        ),
+        Reservation::Healing { .. } => (
+            EXIT_FAILURE,
+            format!(
+                "Redis lost writes and is being healed from MySQL; nothing taken: retry in a few seconds with --event-id {event_id}"
+            ),
+            json!({ "error": "healing", "event_id": event_id }),
         ),
         _ => (
             EXIT_UNKNOWN_PRODUCT,

@@ -71,6 +71,16 @@ pub(crate) fn reserve_answer(
             (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({ "error": "buyer limit", "limit": limit })))
                 .into_response()
         }
+        Reservation::Healing { until } => {
+            let body = json!({
+                "error": "the sale pauses while stock is healed after Redis lost writes; retry with the same event_id",
+                "event_id": event_id,
+            });
+            let wait = (until - crate::backoff::now_ms() as i64).clamp(1_000, 30_000) / 1000;
+            let mut answer = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+            answer.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.into());
+            answer
+        }
         Reservation::BuyerRequired { limit } => error(
             StatusCode::BAD_REQUEST,
             format!("product {} allows {limit} per buyer: a buyer is required", asked.product_id),

@@ -11,6 +11,7 @@ use super::{CALL_TIMEOUT, IN_CHUNK, Ledger, Settled, Status, push_list, read_set
 use crate::backoff::Backoff;
 use crate::error::{Result, bounded};
 use crate::event::Event;
+use crate::queue::shards::shard_of;
 
 /// The MySQL side of a consistency check, read in one consistent snapshot.
 #[derive(Debug, Default)]
@@ -88,6 +89,32 @@ impl Ledger {
             .await
         })
         .await
+    }
+
+    /// The highest number MySQL has recorded from each of `shards` shards' sequences, as far
+    /// as the latest rows tell: each row's numbers come from its product's shard. With one
+    /// shard it is [`Ledger::max_seq`]; with more, the newest rows of each number (read down
+    /// the indexes, a few hundred per shard) are grouped by shard, and a shard none of them
+    /// belongs to is `None`.
+    pub(crate) async fn max_seq_per_shard(&self, shards: usize) -> Result<Vec<Option<i64>>> {
+        if shards <= 1 {
+            return Ok(vec![Some(self.max_seq().await?)]);
+        }
+        let newest = (200 * shards) as i64;
+        let mut highest = vec![None; shards];
+        for sql in [
+            "SELECT product_id, claim_seq FROM stock_log WHERE claim_seq IS NOT NULL ORDER BY claim_seq DESC LIMIT ?",
+            "SELECT product_id, seq FROM stock_log WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT ?",
+            "SELECT product_id, release_seq FROM stock_log WHERE release_seq IS NOT NULL ORDER BY release_seq DESC LIMIT ?",
+            "SELECT product_id, seq FROM stock_adjustments ORDER BY seq DESC LIMIT ?",
+        ] {
+            let query = sqlx::query_as::<_, (i64, i64)>(sql).bind(newest).fetch_all(&self.pool);
+            for (product_id, seq) in bounded("mysql (max seq)", CALL_TIMEOUT, query).await? {
+                let shard = &mut highest[shard_of(product_id, shards)];
+                *shard = Some(shard.map_or(seq, |s: i64| s.max(seq)));
+            }
+        }
+        Ok(highest)
     }
 
     /// Reads the MySQL side of a consistency check in one consistent snapshot, taken after

@@ -1,8 +1,9 @@
 //! One event's `stock_log` row, for `status` when Redis no longer keeps (or never kept) the
-//! reservation's record.
+//! reservation's record; and the rows a heal after lost Redis writes looks at.
 
 use super::{CALL_TIMEOUT, Ledger};
 use crate::error::{Result, bounded};
+use crate::queue::HealCandidate;
 
 /// A settled event as MySQL recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,5 +40,35 @@ impl Ledger {
             buyer,
             limit_epoch,
         }))
+    }
+}
+
+impl Ledger {
+    /// The reservations MySQL applied under a claim numbered after `since`, or released under
+    /// a number after it: what a heal after lost Redis writes compares with what Redis
+    /// remembers (`crate::heal`). Read by the claim and release indexes; only stamped events
+    /// (a `seq`) have records to compare.
+    pub(crate) async fn settled_since(&self, since: i64) -> Result<Vec<HealCandidate>> {
+        let query = sqlx::query_as::<_, (String, i64, i64, i32, String)>(
+            "SELECT event_id, seq, product_id, qty, 'applied' FROM stock_log \
+             WHERE claim_seq > ? AND status = 'applied' AND seq IS NOT NULL \
+             UNION ALL \
+             SELECT event_id, seq, product_id, qty, 'released' FROM stock_log \
+             WHERE release_seq > ? AND status = 'released' AND seq IS NOT NULL",
+        )
+        .bind(since)
+        .bind(since)
+        .fetch_all(&self.pool);
+        let rows = bounded("mysql (heal)", CALL_TIMEOUT * 2, query).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, seq, product_id, qty, status)| HealCandidate {
+                event_id,
+                seq,
+                status: if status == "released" { "released" } else { "applied" },
+                product_id,
+                qty: i64::from(qty),
+            })
+            .collect())
     }
 }

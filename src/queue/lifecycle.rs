@@ -178,7 +178,10 @@ impl Queue {
     /// the check can tell what MySQL released after its snapshot.
     pub(crate) async fn next_seq(&self) -> Result<i64> {
         let mut conn = self.conn();
-        bounded("redis (seq)", CALL_TIMEOUT, conn.incr(self.keys.seq(), 1)).await
+        let floor = self.seq_floor();
+        let seq = bounded("redis (seq)", CALL_TIMEOUT, conn.incr(self.keys.seq(), 1)).await?;
+        self.observe_seq(seq, floor).await?;
+        Ok(seq)
     }
 
     /// Acknowledges releases MySQL has applied (`lua/released.lua`). Returns how many left

@@ -31,6 +31,7 @@ mod books;
 mod conn;
 mod dead;
 mod fill;
+mod heal;
 mod keys;
 mod lifecycle;
 mod ops;
@@ -45,6 +46,8 @@ use std::time::Duration;
 pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
 pub(crate) use dead::Dropped;
+pub use heal::Marked;
+pub(crate) use heal::{HEAL_LEASE, Settled as HealCandidate};
 pub use keys::Keys;
 pub use lifecycle::{Cancel, Confirm};
 pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
@@ -87,6 +90,9 @@ pub struct Queue {
     visibility_timeout: Duration,
     max_attempts: u32,
     retention: Retention,
+    /// The highest sequence number this process has had from this shard: the sequence only
+    /// grows, so a lower one means Redis lost writes ([`Queue::observe_seq`]).
+    highest_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A dedicated connection for one consumer's blocking wait.
@@ -110,6 +116,9 @@ pub struct Claim {
     pub cancelled: Vec<Cancelled>,
     /// Releases waiting on `{q}:releases` when the batch was claimed.
     pub releases: u64,
+    /// The claim's number showed that Redis lost writes, and this claim halted the shard:
+    /// the claimer heals it (`crate::heal`).
+    pub halted: bool,
 }
 
 /// A claimed entry whose reservation was cancelled.
@@ -207,12 +216,13 @@ impl Queue {
                 record_ttl: settings.redis.record_ttl,
                 outcomes_maxlen: settings.redis.outcomes_maxlen,
             },
+            highest_seq: Default::default(),
         })
     }
 
     /// The same connection, for another queue's keys (a shard).
     pub(crate) fn with_keys(&self, keys: Keys) -> Queue {
-        Queue { keys, ..self.clone() }
+        Queue { keys, highest_seq: Default::default(), ..self.clone() }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -277,6 +287,7 @@ impl Queue {
         if let Some(entry) = &moved {
             invocation.arg(entry.as_slice());
         }
+        let floor = self.seq_floor();
         let reply: Vec<redis::Value> = self.invoke("redis (claim)", &invocation).await?;
         let mut values = reply.into_iter();
         let deadline_ms: i64 = next_value(&mut values)?;
@@ -293,7 +304,8 @@ impl Queue {
             .map(|m| Cancelled { index: m.unsigned_abs() as usize - 1, unsure: m < 0 })
             .filter(|c| c.index < entries.len())
             .collect();
-        Ok(Claim { deadline_ms, seq, entries, cancelled, releases })
+        let halted = self.observe_seq(seq, floor).await?;
+        Ok(Claim { deadline_ms, seq, entries, cancelled, releases, halted })
     }
 
     /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).

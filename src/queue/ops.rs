@@ -133,8 +133,9 @@ impl Queue {
     }
 
     /// Appends `alerts` to `{q}:alerts` in one round trip, each stamped with the sequence
-    /// number of the check that found it.
-    pub(crate) async fn add_alerts(&self, seq: i64, alerts: &[Alert]) -> Result<()> {
+    /// number of the check that found it and its kind: `drift`, or `healed` for a product
+    /// whose stock a heal after lost Redis writes set from MySQL.
+    pub(crate) async fn add_alerts(&self, kind: &str, seq: i64, alerts: &[Alert]) -> Result<()> {
         if alerts.is_empty() {
             return Ok(());
         }
@@ -146,6 +147,8 @@ impl Queue {
                 .arg("~")
                 .arg(ALERTS_MAX_LEN)
                 .arg("*")
+                .arg("kind")
+                .arg(kind)
                 .arg("product_id")
                 .arg(a.product_id)
                 .arg("redis")
@@ -162,6 +165,39 @@ impl Queue {
         }
         let mut conn = self.conn();
         bounded("redis (alerts)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Appends to `{q}:alerts` that the shard `queue` lost writes: its sequence was at
+    /// `redis_seq` where MySQL had seen `mysql_seq`, and the heal (`crate::heal`) brought
+    /// `records` records in line and set the stock of `products` products.
+    pub(crate) async fn add_lost_writes_alert(
+        &self,
+        queue: &str,
+        redis_seq: i64,
+        mysql_seq: i64,
+        records: u64,
+        products: usize,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.alerts())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(ALERTS_MAX_LEN)
+            .arg("*")
+            .arg("kind")
+            .arg("lost_writes")
+            .arg("queue")
+            .arg(queue)
+            .arg("redis_seq")
+            .arg(redis_seq)
+            .arg("mysql_seq")
+            .arg(mysql_seq)
+            .arg("records")
+            .arg(records)
+            .arg("products")
+            .arg(products);
+        bounded("redis (alerts)", CALL_TIMEOUT, cmd.query_async::<()>(&mut conn)).await
     }
 
     /// The latest `count` drifts in `{q}:alerts`, newest first.
@@ -183,6 +219,8 @@ impl Queue {
         for chunk in keys.chunks(1000) {
             bounded("redis (reset)", CALL_TIMEOUT, conn.del::<_, ()>(chunk)).await?;
         }
+        // the sequence starts again: this process must not take that for lost writes
+        self.highest_seq.store(0, std::sync::atomic::Ordering::Relaxed);
         self.unlink_records().await
     }
 

@@ -39,6 +39,7 @@ scripts! {
     CANCEL = "cancel",
     RELEASED = "released",
     LIMIT = "limit",
+    HEAL = "heal",
     BENCH_FILL = "bench_fill",
 }
 

@@ -43,6 +43,9 @@ pub enum Reservation {
     /// The buyer holds `held` units of the product and `limit` is all one buyer may hold:
     /// nothing taken.
     LimitReached { limit: i64, held: i64 },
+    /// The product's shard is being healed after Redis lost writes (docs/operations.md):
+    /// nothing taken; try again, at the latest at `until` (unix ms, Redis clock).
+    Healing { until: i64 },
 }
 
 /// What adjust.lua did.
@@ -83,19 +86,25 @@ impl Queue {
             .arg(qty)
             .arg(buyer.unwrap_or(""))
             .arg(hold.map_or(0, super::millis));
+        let floor = self.seq_floor();
         let reply: Vec<redis::Value> = self.invoke("redis (reserve)", &invocation).await?;
         let mut values = reply.into_iter();
         let code: i64 = next_value(&mut values)?;
         let seq: i64 = next_value(&mut values)?;
         let event_id = event_id.to_string();
         Ok(match code {
-            1 => Reservation::Reserved {
-                event_id,
-                seq,
-                remaining: next_value(&mut values)?,
-                reserved_at: next_value(&mut values)?,
-                deadline: deadline(next_value(&mut values)?),
-            },
+            1 => {
+                if self.observe_reservation(seq, floor, &event_id, product_id).await? {
+                    return Ok(Reservation::Healing { until: 0 });
+                }
+                Reservation::Reserved {
+                    event_id,
+                    seq,
+                    remaining: next_value(&mut values)?,
+                    reserved_at: next_value(&mut values)?,
+                    deadline: deadline(next_value(&mut values)?),
+                }
+            }
             2 => Reservation::Replayed {
                 event_id,
                 seq,
@@ -110,6 +119,7 @@ impl Queue {
             -4 => {
                 Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? }
             }
+            -5 => Reservation::Healing { until: next_value(&mut values)? },
             _ => Reservation::UnknownProduct,
         })
     }
@@ -173,9 +183,17 @@ impl Queue {
     /// at 0.
     pub(crate) async fn adjust(&self, product_id: i64, delta: i64) -> Result<Adjustment> {
         let mut invocation = scripts::ADJUST.prepare_invoke();
-        invocation.key(self.keys.stock(product_id)).key(self.keys.seq()).arg(delta);
+        invocation.key(self.keys.stock(product_id)).key(self.keys.seq()).key(self.keys.limits()).arg(delta);
+        let floor = self.seq_floor();
         let (ok, seq, stock): (i64, i64, i64) = self.invoke("redis (adjust)", &invocation).await?;
-        Ok(if ok == 1 { Adjustment::Applied { seq, stock } } else { Adjustment::Refused { stock } })
+        match ok {
+            1 => {
+                self.observe_seq(seq, floor).await?;
+                Ok(Adjustment::Applied { seq, stock })
+            }
+            0 => Ok(Adjustment::Refused { stock }),
+            _ => Err(crate::error::Error::Healing),
+        }
     }
 
     /// Takes back an applied [`Queue::adjust`] whose MySQL half failed. Returns the stock.

@@ -88,6 +88,8 @@ pub struct ProduceReport {
     pub unknown_product: u64,
     /// Refused by a per-buyer limit.
     pub limited: u64,
+    /// Refused while a shard was healed after Redis lost writes.
+    pub healing: u64,
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub latency: Latency,
@@ -186,6 +188,7 @@ pub async fn produce_shoppers(
             Reservation::UnknownProduct => report.unknown_product += 1,
             // the load generator gives no buyer; a product with a limit refuses it
             Reservation::BuyerRequired { .. } | Reservation::LimitReached { .. } => report.limited += 1,
+            Reservation::Healing { .. } => report.healing += 1,
         }
         samples.push(took.as_micros() as u64);
         bar.inc(1);

@@ -255,9 +255,13 @@ impl Worker {
             let started = Instant::now();
             let claim = queue.claim(self.options.batch, None).await?;
             add_elapsed(&self.totals.claim_us, started);
+            let halted = claim.halted;
             if !claim.entries.is_empty() {
-                return Ok(StepOutcome::Batch(self.process(queue, claim, shutdown).await?));
+                let report = self.process(queue, claim, shutdown).await?;
+                self.heal_if(halted).await;
+                return Ok(StepOutcome::Batch(report));
             }
+            self.heal_if(halted).await;
             if claim.releases > 0 {
                 self.release(queue).await?;
             }
@@ -274,7 +278,20 @@ impl Worker {
         let started = Instant::now();
         let claim = queue.claim(self.options.batch, Some(entry)).await?;
         add_elapsed(&self.totals.claim_us, started);
-        Ok(StepOutcome::Batch(self.process(queue, claim, shutdown).await?))
+        let halted = claim.halted;
+        let report = self.process(queue, claim, shutdown).await?;
+        self.heal_if(halted).await;
+        Ok(StepOutcome::Batch(report))
+    }
+
+    /// Heals the shards at once when this worker's claim halted one: its number showed that
+    /// Redis lost writes (`crate::heal`). The batch in hand is processed first (MySQL's
+    /// `stock_log` keeps it exact whatever Redis forgot); a heal that fails is left to the
+    /// janitor's next pass, the shard halted meanwhile.
+    async fn heal_if(&self, halted: bool) {
+        if halted && let Err(e) = crate::heal::heal_lost_writes(&self.shards, &self.ledger).await {
+            tracing::error!(error = %e, "could not heal a Redis that lost writes; the janitor will");
+        }
     }
 
     /// Validates, applies and settles a batch claimed from `queue`.
