@@ -84,13 +84,10 @@ local r = read_record(record)
 if not r then
   if not ARGV[5] then return {'', 0} end
   -- applied, and its record expired: what the ledger says is enough to release it
-  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7], buyer = ARGV[8]}
+  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7], buyer = ARGV[8],
+    updated_at = now}
   if ARGV[7] == '' then r.seq = nil end
   if not ARGV[8] or ARGV[8] == '' then r.buyer = nil end
-  redis.call('HSET', record, 'state', 'applied', 'product_id', r.product_id, 'qty', r.qty,
-    'updated_at', now)
-  if r.seq then redis.call('HSET', record, 'seq', r.seq) end
-  if r.buyer then redis.call('HSET', record, 'buyer', r.buyer) end
   -- the buyer's units go back to the tally the reservation counted in (give_back, below)
   if r.buyer and ARGV[9] and ARGV[9] ~= '' then
     r.tally, r.epoch = r.qty, ARGV[9]
@@ -100,8 +97,8 @@ check_stock_key(stock, r)
 
 if r.state == 'held' then
   redis.call('ZREM', holds, event_id)
-  give_back(stock, inflight, bought, record, r)
-  end_record(record, 'cancelled', now, ttl)
+  give_back(stock, inflight, bought, r)
+  end_record(record, r, 'cancelled', now, ttl)
   announce(outcomes, event_id, 'cancelled', r.product_id, r.qty, r.seq, r.buyer, 'cancelled', r.reserved_at, now)
   return {'cancelled', 1}
 elseif r.state == 'queued' or r.state == 'dead' then
@@ -112,17 +109,19 @@ elseif r.state == 'queued' or r.state == 'dead' then
       return redis.error_reply('ERR stockq: the dead letter of ' .. event_id .. ' is not in the dead list')
     end
     redis.call('RPUSH', pending, entry)
-    redis.call('HDEL', record, 'envelope')
+    r.envelope = nil
   end
   redis.call('SADD', cancels, entry)
-  give_back(stock, inflight, bought, record, r)
-  redis.call('HSET', record, 'state', 'cancelling', 'updated_at', now)
+  give_back(stock, inflight, bought, r)
+  r.state, r.updated_at = 'cancelling', now
+  save_record(record, r)
   return {'cancelling', 1}
 elseif r.state == 'applied' then
-  give_back(stock, inflight, bought, record, r)
+  give_back(stock, inflight, bought, r)
   redis.call('RPUSH', releases, release_json(event_id, r.product_id, r.qty, r.seq))
-  redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
-  redis.call('PERSIST', record)
+  -- lives again until the release is done: saved without an expiry
+  r.state, r.updated_at = 'releasing', now
+  save_record(record, r)
   return {'releasing', 1}
 end
 return {r.state, 0}

@@ -55,8 +55,8 @@ end
 local now = clock_text()
 if tonumber(now) < tonumber(r.deadline) then
   redis.call('ZREM', holds, event_id)
-  redis.call('HSET', record, 'state', 'queued', 'updated_at', now)
-  redis.call('HDEL', record, 'deadline')
+  r.state, r.updated_at, r.deadline = 'queued', now, nil
+  save_record(record, r)
   redis.call('LPUSH', pending, entry_json(event_id, r.product_id, r.qty, r.seq, r.buyer, r.reserved_at,
     r.epoch))
   return {1, 'queued'}

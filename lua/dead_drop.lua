@@ -37,6 +37,7 @@
 --- @include "clock"
 --- @include "entry"
 --- @include "outcome"
+--- @include "record"
 --- @include "tally"
 
 local dead, stock, inflight, unsure, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -50,29 +51,26 @@ if redis.call('LREM', dead, 1, envelope) == 0 then
   return 0
 end
 local is_event = event_id and event_id ~= ''
-local r = {}
-if is_event then
-  r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer', 'epoch')
-end
-local mine = r[1] and r[1] == seq
+local r = is_event and read_record(record)
+local mine = r and r.seq == seq
 if original then
   redis.call('SREM', unsure, original)
   redis.call('SREM', cancels, original)
 end
 local now = clock_text()
-if mine and r[2] == 'cancelling' then
+if mine and r.state == 'cancelling' then
+  r.envelope = nil
   if state == 'applied' then
     if tonumber(counted) > 0 then
       redis.call('HINCRBY', inflight, product_id, -tonumber(counted))
     end
     redis.call('RPUSH', releases, release_json(event_id, ARGV[9], qty, seq))
-    redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
+    r.state, r.updated_at = 'releasing', now
+    save_record(record, r)
   else
     state, reason = 'cancelled', 'cancelled'
-    redis.call('HSET', record, 'state', state, 'updated_at', now)
-    redis.call('PEXPIRE', record, ttl)
+    end_record(record, r, state, now, ttl)
   end
-  redis.call('HDEL', record, 'envelope')
 else
   if tonumber(units) > 0 and redis.call('EXISTS', stock) == 1 then
     redis.call('INCRBY', stock, units)
@@ -84,10 +82,12 @@ else
     return 1
   end
   if mine then
-    redis.call('HSET', record, 'state', state, 'updated_at', now)
-    redis.call('HDEL', record, 'envelope')
-    redis.call('PEXPIRE', record, ttl)
-    if state == 'cancelled' and r[3] then untally(bought, record, ARGV[9], r[4], r[3], r[5]) end
+    r.envelope = nil
+    if state == 'cancelled' and r.tally then
+      untally(bought, ARGV[9], r.buyer, r.tally, r.epoch)
+      r.tally = nil
+    end
+    end_record(record, r, state, now, ttl)
   end
 end
 announce(outcomes, event_id, state, ARGV[9], qty, seq, buyer, reason, reserved_at, now)

@@ -16,16 +16,18 @@
 -- changes a field).
 
 --- @include "clock"
+--- @include "record"
 
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return 0
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
-if ARGV[3] and ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'seq') == ARGV[3] then
-  local now = clock_text()
-  redis.call('HDEL', KEYS[3], 'envelope')
-  if redis.call('HGET', KEYS[3], 'state') == 'dead' then
-    redis.call('HSET', KEYS[3], 'state', 'queued', 'updated_at', now)
+local r = ARGV[3] and ARGV[3] ~= '' and read_record(KEYS[3])
+if r and r.seq == ARGV[3] then
+  r.envelope = nil
+  if r.state == 'dead' then
+    r.state, r.updated_at = 'queued', clock_text()
   end
+  save_record(KEYS[3], r)
 end
 return 1

@@ -87,7 +87,7 @@ local function undo()
   end
   redis.call('INCRBY', stock, r.qty)
   redis.call('HINCRBY', inflight, r.product_id, -tonumber(r.qty))
-  if r.tally then untally(bought, nil, r.product_id, r.buyer, r.tally, r.epoch) end
+  if r.tally then untally(bought, r.product_id, r.buyer, r.tally, r.epoch) end
   redis.call('DEL', record)
   return true
 end
@@ -144,13 +144,16 @@ for i = 0, (#ARGV - 3) / 5 - 1 do
     elseif status == 'applied' and r.state == 'held' then
       redis.call('ZREM', holds, event_id)
       redis.call('HINCRBY', inflight, r.product_id, -tonumber(r.qty))
-      redis.call('HDEL', record, 'deadline')
-      end_record(record, 'applied', now_s, ttl)
+      r.deadline = nil
+      end_record(record, r, 'applied', now_s, ttl)
       announce(outcomes, event_id, 'applied', r.product_id, r.qty, r.seq, r.buyer, nil, r.reserved_at, now_s)
       applied = applied + 1
     elseif status == 'released' and r.state == 'applied' then
-      if r.tally then untally(bought, record, r.product_id, r.buyer, r.tally, r.epoch) end
-      end_record(record, 'released', now_s, ttl)
+      if r.tally then
+        untally(bought, r.product_id, r.buyer, r.tally, r.epoch)
+        r.tally = nil
+      end
+      end_record(record, r, 'released', now_s, ttl)
       announce(outcomes, event_id, 'released', r.product_id, r.qty, r.seq, r.buyer, nil, r.reserved_at, now_s)
       released = released + 1
     end

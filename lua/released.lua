@@ -21,6 +21,7 @@
 
 --- @include "clock"
 --- @include "outcome"
+--- @include "record"
 
 local releases, inflight, outcomes, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl = ARGV[1]
@@ -35,12 +36,11 @@ for i = 0, (#ARGV - 2) / 5 - 1 do
     n = n + 1
     redis.call('HINCRBY', inflight, product_id, tonumber(qty))
     local record = KEYS[5 + i]
-    local r = redis.call('HMGET', record, 'state', 'seq', 'buyer', 'reserved_at')
-    if r[1] == 'releasing' and (r[2] or '') == seq then
-      redis.call('HSET', record, 'state', 'released', 'updated_at', now)
-      redis.call('PEXPIRE', record, ttl)
+    local r = read_record(record)
+    if r and r.state == 'releasing' and (r.seq or '') == seq then
+      end_record(record, r, 'released', now, ttl)
     end
-    announce(outcomes, event_id, 'released', product_id, qty, seq, r[3], nil, r[4], now)
+    announce(outcomes, event_id, 'released', product_id, qty, seq, r and r.buyer, nil, r and r.reserved_at, now)
   end
 end
 if n > 0 then

@@ -5,7 +5,7 @@
 -- KEYS[2]  {q}:pending              the list workers consume from the right
 -- KEYS[3]  {q}:seq                  the reservation sequence
 -- KEYS[4]  {q}:inflight             hash: product_id -> units reserved and not yet settled
--- KEYS[5]  {q}:r:<event_id>         the reservation's record (hash)
+-- KEYS[5]  {q}:r:<event_id>         the reservation's record (lua/includes/record.lua)
 -- KEYS[6]  {q}:holds                sorted set: event_id of a held reservation -> deadline
 -- KEYS[7]  {q}:limits               hash: product_id -> units one buyer may hold, as
 --                                   '<limit>' or '<limit>@<epoch>' (limit.lua); and '!heal'
@@ -52,35 +52,23 @@
 
 --- @include "clock"
 --- @include "entry"
+--- @include "request"
 --- @include "tally"
 
-local find, match, sub, format = string.find, string.match, string.sub, string.format
+local format = string.format
 local stock_key, pending, seq_key, inflight, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local holds, limits, bought = KEYS[6], KEYS[7], KEYS[8]
 local event_id, product_id, qty_arg, buyer, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
-if not event_id or not buyer or #event_id < 1 or #event_id > 64 or #buyer > 64
-   or find(event_id .. buyer, '[^%w%.%_%:%-]') then
-  if not event_id or #event_id < 1 or #event_id > 64 or find(event_id, '[^%w%.%_%:%-]') then
-    return redis.error_reply('ERR stockq: event_id must be 1 to 64 characters of [A-Za-z0-9._:-]')
-  end
-  return redis.error_reply('ERR stockq: buyer must be empty or 1 to 64 characters of [A-Za-z0-9._:-]')
-end
-if not product_id or #product_id > 19 or not match(product_id, '^[1-9]%d*$')
-   or (#product_id == 19 and product_id > '9223372036854775807') then
-  return redis.error_reply('ERR stockq: product_id must be a positive 64-bit integer')
-end
-if not qty_arg or #qty_arg > 7 or not match(qty_arg, '^[1-9]%d*$') or (#qty_arg == 7 and qty_arg > '1000000') then
-  return redis.error_reply('ERR stockq: qty must be an integer from 1 to 1000000')
-end
-if not hold or #hold > 12 or (hold ~= '' and not match(hold, '^%d+$')) then
-  return redis.error_reply('ERR stockq: hold must be empty or milliseconds')
+local bad = bad_request(event_id, product_id, qty_arg, buyer, hold)
+if bad then
+  return redis.error_reply('ERR ' .. bad)
 end
 if #KEYS ~= 8 then
   return redis.error_reply('ERR stockq: reserve.lua takes 8 keys: stock, pending, seq, inflight, record, holds, limits, bought')
 end
 -- every key of the queue starts with the prefix of its sequence key, '{q}:'
-local prefix = sub(seq_key, 1, -4)
+local prefix = string.sub(seq_key, 1, -4)
 if stock_key ~= prefix .. 'stock:' .. product_id then
   return redis.error_reply('ERR stockq: KEYS[1] must be the stock key of ARGV[2] in the queue of KEYS[3]')
 end
@@ -88,18 +76,9 @@ if record ~= prefix .. 'r:' .. event_id then
   return redis.error_reply('ERR stockq: KEYS[5] must be the record key of ARGV[1] in the queue of KEYS[3]')
 end
 
--- state, product_id, qty, buyer, seq, reserved_at, updated_at, deadline
--- EXISTS first: most event ids are fresh, and it costs less than reading eight missing fields
-local r = redis.call('EXISTS', record) == 1 and redis.call('HMGET', record, 'state', 'product_id',
-  'qty', 'buyer', 'seq', 'reserved_at', 'updated_at', 'deadline') or {}
-local state = r[1]
-if state then
-  local live = state == 'queued' or state == 'dead' or state == 'applied' or state == 'held'
-    or state == 'releasing' or state == 'cancelling'
-  if live and r[2] == product_id and r[3] == qty_arg and (r[4] or '') == buyer then
-    return {2, tonumber(r[5]), state, tonumber(r[6]), tonumber(r[7]), tonumber(r[8] or '0')}
-  end
-  return {-2, 0, state}
+local replay = replayed(record, product_id, qty_arg, buyer)
+if replay then
+  return replay
 end
 
 local stock = redis.call('GET', stock_key)
@@ -120,7 +99,7 @@ local limit, epoch = 0, '0'
 if limit_value then
   limit = tonumber(limit_value)
   if not limit then
-    local l, e = match(limit_value, '^(%d+)@(%d+)$')
+    local l, e = string.match(limit_value, '^(%d+)@(%d+)$')
     limit, epoch = tonumber(l), e
     if not limit then
       return redis.error_reply('ERR stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number')
@@ -133,10 +112,10 @@ end
 if tonumber(stock) < tonumber(qty_arg) then
   return {0, 0, tonumber(stock)}
 end
-local buyer_field
+local field
 if limit > 0 then
-  buyer_field = tally_field(product_id, buyer, epoch)
-  local held = tonumber(redis.call('HGET', bought, buyer_field) or '0')
+  field = tally_field(product_id, buyer, epoch)
+  local held = tonumber(redis.call('HGET', bought, field) or '0')
   if held + tonumber(qty_arg) > limit then
     return {-4, 0, limit, held}
   end
@@ -152,29 +131,26 @@ local deadline = 0
 if hold ~= '' and hold ~= '0' and tonumber(hold) > 0 then
   deadline = now + tonumber(hold)
 end
-local first_state = deadline == 0 and 'queued' or 'held'
-if buyer ~= '' then
-  redis.call('HSET', record, 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
-    'reserved_at', now_s, 'updated_at', now_s, 'buyer', buyer)
-else
-  redis.call('HSET', record, 'state', first_state, 'product_id', product_id, 'qty', qty_arg, 'seq', seq_s,
-    'reserved_at', now_s, 'updated_at', now_s)
-end
-if limit > 0 then
+local tally = ''
+if field then
   -- the record says how many units it holds against the buyer, and in which epoch, so that
   -- whichever script ends it gives exactly those back, once
-  redis.call('HINCRBY', bought, buyer_field, qty_arg)
-  redis.call('HSET', record, 'tally', qty_arg, 'epoch', epoch)
+  redis.call('HINCRBY', bought, field, qty_arg)
+  tally = qty_arg
 else
-  epoch = nil
+  epoch = ''
 end
+-- the record (record.lua's layout), as one string
 if deadline > 0 then
   local deadline_s = format('%d', deadline)
-  redis.call('HSET', record, 'deadline', deadline_s)
+  redis.call('SET', record, 'held|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|' .. now_s
+    .. '|' .. buyer .. '|' .. deadline_s .. '|' .. tally .. '|' .. epoch .. '|')
   redis.call('ZADD', holds, deadline_s, event_id)
 else
+  redis.call('SET', record, 'queued|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|' .. now_s
+    .. '|' .. buyer .. '||' .. tally .. '|' .. epoch .. '|')
   -- the entry carries the buyer and the time, so that the worker writes the outcome without
   -- reading the record
-  redis.call('LPUSH', pending, entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s, epoch))
+  redis.call('LPUSH', pending, entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s, field and epoch))
 end
 return {1, seq, remaining, now, deadline}

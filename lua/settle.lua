@@ -64,6 +64,7 @@
 --- @include "clock"
 --- @include "entry"
 --- @include "outcome"
+--- @include "record"
 --- @include "tally"
 
 local processing, claims, attempts, dead_list, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -191,41 +192,55 @@ local function end_reservation(i)
   if event_id == '' then return false end
   local k = kind[i]
   local record = KEYS[record_base + i]
-  -- the tally and buyer matter only to a give-back: two fields fewer to read for an ack
-  local r
-  if k == 'give' then
-    r = redis.call('HMGET', record, 'seq', 'state', 'tally', 'buyer', 'epoch')
-  else
-    r = redis.call('HMGET', record, 'seq', 'state')
+  if k == 'ack' then
+    -- the usual acknowledgement: a record still queued, by this entry's reservation. Its
+    -- head is known from the entry, so the record is checked by it and ended by writing the
+    -- new state and time in front of the rest, without reading it field by field.
+    local v = redis.pcall('GET', record)
+    local head = '|' .. ARGV[e + 1] .. '|' .. ARGV[e + 2] .. '|' .. seq .. '|'
+    if type(v) == 'string' and string.sub(v, 1, 6 + #head) == 'queued' .. head then
+      local reserved_at, rest = string.match(v, '^(%d*)|%d*|(.*)$', 7 + #head)
+      if rest then
+        redis.call('SET', record, state .. head .. reserved_at .. '|' .. now .. '|' .. rest, 'PX', ttl)
+        announce(outcomes, event_id, state, ARGV[e + 1], ARGV[e + 2], seq, ARGV[e + 4], reason, ARGV[e + 5], now)
+        return false
+      end
+    end
   end
+  local r = read_record(record)
   local cancelled = false
-  if r[1] and r[1] == seq then
-    if r[2] == 'cancelling' then
+  if r and r.seq == seq then
+    if r.state == 'cancelling' then
       if k == 'dead' then
         -- still cancelled: dead_drop.lua and dead_requeue.lua keep it so
-        redis.call('HSET', record, 'envelope', ARGV[extra[i] + 1], 'updated_at', now)
+        r.envelope, r.updated_at = ARGV[extra[i] + 1], now
+        save_record(record, r)
         return true
       elseif k == 'ack' then
         -- the deduction committed before the cancel could stop it: release it
-        redis.call('HSET', record, 'state', 'releasing', 'updated_at', now)
+        r.state, r.updated_at = 'releasing', now
+        save_record(record, r)
         redis.call('RPUSH', releases, release_json(event_id, ARGV[e + 1], ARGV[e + 2], seq))
         state, reason = 'applied', ''
       else
         state, reason, cancelled = 'cancelled', 'cancelled', true
-        redis.call('HSET', record, 'state', state, 'updated_at', now)
-        redis.call('PEXPIRE', record, ttl)
+        end_record(record, r, state, now, ttl)
         redis.call('HINCRBY', counters, 'cancelled', 1)
       end
-    elseif r[2] == 'queued' or r[2] == 'dead' then
+    elseif r.state == 'queued' or r.state == 'dead' then
+      r.state, r.updated_at = state, now
       if state == 'dead' then
-        redis.call('HSET', record, 'state', state, 'updated_at', now, 'envelope', ARGV[extra[i] + 1])
+        r.envelope = ARGV[extra[i] + 1]
+        save_record(record, r)
       else
-        redis.call('HSET', record, 'state', state, 'updated_at', now)
         -- only a dead letter carries its envelope
-        if r[2] == 'dead' then redis.call('HDEL', record, 'envelope') end
-        redis.call('PEXPIRE', record, ttl)
+        r.envelope = nil
+        if k == 'give' and r.tally then
+          untally(bought, ARGV[e + 1], r.buyer, r.tally, r.epoch)
+          r.tally = nil
+        end
+        save_record(record, r, ttl)
       end
-      if k == 'give' and r[3] then untally(bought, record, ARGV[e + 1], r[4], r[3], r[5]) end
     else
       -- already told (a copy of the same entry pushed by hand): say it once
       return false

@@ -49,6 +49,10 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--order", choices=["oldest", "newest", "alternate"], default="oldest")
     p.add_argument("--old-layout", action="store_true")
+    p.add_argument("--products", type=int, default=100, help="products reserved, in turn (1: one hot product)")
+    p.add_argument("--reserve-only", action="store_true", help="count the reservations only")
+    p.add_argument("--group", type=int, default=0,
+                   help="reserve through reserve_group.lua, this many reservations per call (0: reserve.lua, one per call)")
     a = p.parse_args()
 
     r = redis.Redis(port=a.port)
@@ -71,15 +75,27 @@ def main():
     for key in r.scan_iter(match=f"{q}:*", count=1000):
         r.delete(key)
     sha = {}
-    for name in ("reserve", "claim", "settle"):
+    for name in ("reserve", "claim", "settle") + (("reserve_group",) if a.group else ()):
         sha[name] = r.script_load(script_source(a.source, name))
-    for product in range(1, 101):
+    for product in range(1, a.products + 1):
         r.set(k(f"stock:{product}"), 10**9)
 
     zero()
     pipe = r.pipeline(transaction=False)
-    for i in range(a.events):
-        product, event_id = i % 100 + 1, f"order-{i}"
+    group_keys, group_args = [], []
+    for i in range(a.events if a.group else 0):
+        product, event_id = i % a.products + 1, f"order-{i}"
+        group_keys += [k(f"stock:{product}"), k(f"r:{event_id}")]
+        group_args += [event_id, str(product), "1", f"buyer-{i}", ""]
+        if len(group_args) == 5 * a.group or i == a.events - 1:
+            keys = [k("pending"), k("seq"), k("inflight"), k("holds"), k("limits"), k("bought")] + group_keys
+            pipe.evalsha(sha["reserve_group"], len(keys), *keys, *group_args)
+            group_keys, group_args = [], []
+        if i % 1000 == 999 or i == a.events - 1:
+            for reply in pipe.execute():
+                assert a.reserve_only or all(answer[0] == 1 for answer in reply), reply
+    for i in range(0 if a.group else a.events):
+        product, event_id = i % a.products + 1, f"order-{i}"
         if a.old_layout:
             pipe.evalsha(sha["reserve"], 4, k(f"stock:{product}"), k("pending"), k("seq"), k("inflight"),
                          event_id, str(product), "1")
@@ -91,6 +107,9 @@ def main():
             for reply in pipe.execute():
                 assert reply[0] == 1, reply
     reserve = count() / a.events
+    if a.reserve_only:
+        print(json.dumps({"lua": a.source, "events": a.events, "group": a.group, "reserve_per_call": round(reserve)}))
+        return
 
     zero()
     batches = []
@@ -133,7 +152,7 @@ def main():
 
     for key in r.scan_iter(match=f"{q}:*", count=1000):
         r.delete(key)
-    print(json.dumps({"lua": a.source, "order": a.order, "events": a.events, "batch": a.batch,
+    print(json.dumps({"lua": a.source, "order": a.order, "events": a.events, "batch": a.batch, "group": a.group,
                       "reserve_per_call": round(reserve), "claim_per_entry": round(claim),
                       "settle_per_entry": round(settle)}))
 

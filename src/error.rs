@@ -81,6 +81,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A call that this reservation shared with others (a group: `queue::group`) failed; each
+    /// of them gets the same failure.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
+
     /// A shard is being healed after Redis lost writes (docs/operations.md): its stock is set
     /// from MySQL meanwhile, so changes wait. Transient: a heal takes about a second.
     #[error("Redis lost writes and this shard is being healed from MySQL; try again in a few seconds")]
@@ -148,6 +153,7 @@ impl Error {
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
+            Error::Shared(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -168,6 +174,7 @@ impl Error {
             | Error::LoopCrashed(_)
             | Error::NotDrained { .. } => None,
             Error::Healing => Some(Store::Redis),
+            Error::Shared(e) => e.store(),
             Error::StockChange { .. } => Some(Store::Mysql),
         }
     }
@@ -180,6 +187,7 @@ impl Error {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Timeout { .. } | Error::NotConnected { .. } | Error::Healing => true,
+            Error::Shared(e) => e.is_transient(),
             Error::Redis(e) => is_transient_redis(e),
             Error::Database(e) => is_transient_sql(e),
             Error::Usage(_)

@@ -1,22 +1,64 @@
--- record: a reservation's record, the hash {q}:r:<event_id> (docs/redis-keys.md).
+-- record: a reservation's record {q}:r:<event_id> (docs/redis-keys.md), one string:
+--
+--     state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope
+--
+-- (an absent field empty; the envelope, a dead letter's JSON, last, so that it may hold any
+-- character). One string is read with one GET and written with one SET (with its TTL once
+-- the reservation ended), where a hash of the same fields cost a call per change and grew
+-- field by field. Records written before (hashes) are still read; each is written back as a
+-- string at its next change.
 --
 -- read_record(key)
 --     nil when there is none, else a table of its fields (nil when absent): state,
---     product_id, qty, buyer, seq, reserved_at, deadline, tally, envelope, epoch (the buyer
---     limit's epoch its tally counts in: tally.lua; absent in a record made before epochs,
---     whose tally counts in epoch 0 and whose entry has no limit_epoch).
--- end_record(key, state, now, ttl)
---     The record's final state: it expires ttl ms from now.
+--     product_id, qty, seq, reserved_at, updated_at, buyer, deadline, tally (units it counts
+--     against its buyer's limit), epoch (the limit's epoch they count in: tally.lua; absent
+--     in a record made before epochs, whose tally counts in epoch 0 and whose entry has no
+--     limit_epoch), envelope (its dead letter while dead).
+-- record_text(r)
+--     The string of record `r`.
+-- save_record(key, r, ttl)
+--     Writes `r`, expiring ttl ms from now when given (a reservation that ended), else
+--     kept (one that lives: held, queued, dead, cancelling, releasing).
+-- end_record(key, r, state, now, ttl)
+--     `r` moves to its final `state` at `now` and is saved to expire ttl ms later.
 
 local function read_record(key)
-  local v = redis.call('HMGET', key, 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at',
-    'deadline', 'tally', 'envelope', 'epoch')
-  if not v[1] then return nil end
-  return {state = v[1], product_id = v[2], qty = v[3], buyer = v[4], seq = v[5], reserved_at = v[6],
-    deadline = v[7], tally = v[8], envelope = v[9], epoch = v[10]}
+  local v = redis.pcall('GET', key)
+  if not v then return nil end
+  if type(v) == 'table' then
+    -- a record written as a hash, before records were strings
+    local h = redis.call('HMGET', key, 'state', 'product_id', 'qty', 'buyer', 'seq', 'reserved_at',
+      'deadline', 'tally', 'envelope', 'epoch', 'updated_at')
+    if not h[1] then return nil end
+    return {state = h[1], product_id = h[2], qty = h[3], buyer = h[4] or nil, seq = h[5] or nil,
+      reserved_at = h[6] or nil, deadline = h[7] or nil, tally = h[8] or nil, envelope = h[9] or nil,
+      epoch = h[10] or nil, updated_at = h[11] or nil}
+  end
+  local state, product_id, qty, seq, reserved_at, updated_at, buyer, deadline, tally, epoch, envelope =
+    string.match(v, '^(%a+)|(%d+)|(%d+)|(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%d*)|(.*)$')
+  if not state then return nil end
+  return {state = state, product_id = product_id, qty = qty,
+    seq = seq ~= '' and seq or nil, reserved_at = reserved_at ~= '' and reserved_at or nil,
+    updated_at = updated_at ~= '' and updated_at or nil, buyer = buyer ~= '' and buyer or nil,
+    deadline = deadline ~= '' and deadline or nil, tally = tally ~= '' and tally or nil,
+    epoch = epoch ~= '' and epoch or nil, envelope = envelope ~= '' and envelope or nil}
 end
 
-local function end_record(key, state, now, ttl)
-  redis.call('HSET', key, 'state', state, 'updated_at', now)
-  redis.call('PEXPIRE', key, ttl)
+local function record_text(r)
+  return r.state .. '|' .. r.product_id .. '|' .. r.qty .. '|' .. (r.seq or '') .. '|' .. (r.reserved_at or '')
+    .. '|' .. (r.updated_at or '') .. '|' .. (r.buyer or '') .. '|' .. (r.deadline or '') .. '|'
+    .. (r.tally or '') .. '|' .. (r.epoch or '') .. '|' .. (r.envelope or '')
+end
+
+local function save_record(key, r, ttl)
+  if ttl then
+    redis.call('SET', key, record_text(r), 'PX', ttl)
+  else
+    redis.call('SET', key, record_text(r))
+  end
+end
+
+local function end_record(key, r, state, now, ttl)
+  r.state, r.updated_at = state, now
+  save_record(key, r, ttl)
 end

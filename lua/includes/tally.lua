@@ -10,11 +10,11 @@
 -- tally_field(product_id, buyer, epoch)
 --     The buyer's field: '<product_id>:<buyer>' in epoch 0 (nil or '' reads as 0),
 --     '<product_id>#<epoch>:<buyer>' after it. A buyer id has no '#', so the two never meet.
--- untally(bought, record, product_id, buyer, units, epoch)
---     Gives `units` back to the buyer's tally of that epoch and takes the tally off the
---     record (nil for none), so that it is given back once: every caller does it in the step
---     that ends what held the units. A field that comes to zero is removed; the tally of an
---     epoch that ended is gone and stays gone.
+-- untally(bought, product_id, buyer, units, epoch)
+--     Gives `units` back to the buyer's tally of that epoch. Every caller does it in the step
+--     that ends what held the units, and takes the tally off the record there, so that it
+--     is given back once. A field that comes to zero is removed; the tally of an epoch that
+--     ended is gone and stays gone.
 
 local function tally_field(product_id, buyer, epoch)
   if epoch and epoch ~= '' and epoch ~= '0' then
@@ -23,7 +23,7 @@ local function tally_field(product_id, buyer, epoch)
   return product_id .. ':' .. (buyer or '')
 end
 
-local function untally(bought, record, product_id, buyer, units, epoch)
+local function untally(bought, product_id, buyer, units, epoch)
   local field = tally_field(product_id, buyer, epoch)
   local held = tonumber(redis.call('HGET', bought, field) or '0')
   if held > tonumber(units) then
@@ -31,5 +31,4 @@ local function untally(bought, record, product_id, buyer, units, epoch)
   elseif held > 0 then
     redis.call('HDEL', bought, field)
   end
-  if record then redis.call('HDEL', record, 'tally') end
 end

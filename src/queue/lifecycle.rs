@@ -52,8 +52,7 @@ pub(crate) const EXPIRE_CHUNK: usize = 100;
 impl Queue {
     /// The product of a reservation's record, to name its stock key to the scripts.
     async fn record_product(&self, event_id: &str) -> Result<Option<i64>> {
-        let mut conn = self.conn();
-        bounded("redis (record)", CALL_TIMEOUT, conn.hget(self.keys.record(event_id), "product_id")).await
+        Ok(self.record(event_id).await?.map(|r| r.product_id))
     }
 
     /// Moves a held reservation to the queue (`lua/confirm.lua`).
@@ -139,12 +138,7 @@ impl Queue {
         if due.is_empty() {
             return Ok((0, 0));
         }
-        let mut pipe = redis::pipe();
-        for id in &due {
-            pipe.hget(self.keys.record(id), "product_id");
-        }
-        let products: Vec<Option<i64>> =
-            bounded("redis (records)", CALL_TIMEOUT, pipe.query_async(&mut conn)).await?;
+        let products = self.record_products(&due).await?;
         let mut invocation = self.lifecycle_invocation("expire");
         for (id, product) in due.iter().zip(&products) {
             // a hold without a record (Redis lost it) is removed by the script: any product

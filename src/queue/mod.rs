@@ -31,6 +31,7 @@ mod books;
 mod conn;
 mod dead;
 mod fill;
+mod group;
 mod heal;
 mod keys;
 mod lifecycle;
@@ -93,6 +94,8 @@ pub struct Queue {
     /// The highest sequence number this process has had from this shard: the sequence only
     /// grows, so a lower one means Redis lost writes ([`Queue::observe_seq`]).
     highest_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// The shard's group commit of reservations, started by the first one.
+    grouper: std::sync::Arc<std::sync::OnceLock<group::Grouper>>,
 }
 
 /// A dedicated connection for one consumer's blocking wait.
@@ -217,12 +220,18 @@ impl Queue {
                 outcomes_maxlen: settings.redis.outcomes_maxlen,
             },
             highest_seq: Default::default(),
+            grouper: Default::default(),
         })
     }
 
     /// The same connection, for another queue's keys (a shard).
     pub(crate) fn with_keys(&self, keys: Keys) -> Queue {
-        Queue { keys, highest_seq: Default::default(), ..self.clone() }
+        Queue { keys, highest_seq: Default::default(), grouper: Default::default(), ..self.clone() }
+    }
+
+    /// The shard's group commit of reservations (see `group`).
+    fn grouper(&self) -> &group::Grouper {
+        self.grouper.get_or_init(|| group::Grouper::start(self.conn(), self.keys.clone()))
     }
 
     pub fn keys(&self) -> &Keys {

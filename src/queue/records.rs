@@ -98,6 +98,25 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record as the scripts write it: one string,
+    /// `state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope`
+    /// (`lua/includes/record.lua`).
+    fn parse(text: &str) -> Option<Record> {
+        let mut f = text.splitn(11, '|');
+        let mut next = || f.next().filter(|v| !v.is_empty());
+        let state = next()?.to_string();
+        let int = |v: Option<&str>| v.and_then(|v| v.parse::<i64>().ok());
+        let product_id = int(next())?;
+        let qty = int(next())?;
+        let seq = int(next());
+        let reserved_at = int(next());
+        let updated_at = int(next());
+        let buyer = next().map(str::to_string);
+        let deadline = int(next());
+        Some(Record { state, product_id, qty, buyer, seq, deadline, reserved_at, updated_at })
+    }
+
+    /// A record written as a hash, before records were strings.
     fn from_fields(fields: HashMap<String, String>) -> Option<Record> {
         let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
         Some(Record {
@@ -134,12 +153,39 @@ fn entries(raw: RawEntries) -> Vec<OutcomeEntry> {
 }
 
 impl Queue {
-    /// The record of `event_id` in this shard, if there is one.
+    /// The record of `event_id` in this shard, if there is one: a string, or a hash written
+    /// before records were strings.
     pub async fn record(&self, event_id: &str) -> Result<Option<Record>> {
+        let key = self.keys.record(event_id);
         let mut conn = self.conn();
-        let fields: HashMap<String, String> =
-            bounded("redis (record)", CALL_TIMEOUT, conn.hgetall(self.keys.record(event_id))).await?;
-        Ok(Record::from_fields(fields))
+        match bounded::<Option<String>, _>("redis (record)", CALL_TIMEOUT, conn.get(&key)).await {
+            Ok(text) => Ok(text.as_deref().and_then(Record::parse)),
+            Err(crate::error::Error::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                let fields: HashMap<String, String> =
+                    bounded("redis (record)", CALL_TIMEOUT, conn.hgetall(&key)).await?;
+                Ok(Record::from_fields(fields))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The product of each of `event_ids`' records (`None` for one without a record), in one
+    /// round trip but for records written as hashes (MGET answers nothing for those).
+    pub(crate) async fn record_products(&self, event_ids: &[String]) -> Result<Vec<Option<i64>>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = event_ids.iter().map(|id| self.keys.record(id)).collect();
+        let mut conn = self.conn();
+        let texts: Vec<Option<String>> = bounded("redis (records)", CALL_TIMEOUT, conn.mget(&keys)).await?;
+        let mut products = Vec::with_capacity(texts.len());
+        for (id, text) in event_ids.iter().zip(texts) {
+            products.push(match text {
+                Some(text) => Record::parse(&text).map(|r| r.product_id),
+                None => self.record(id).await?.map(|r| r.product_id),
+            });
+        }
+        Ok(products)
     }
 
     /// The latest `count` outcomes, newest first (XREVRANGE).

@@ -12,19 +12,21 @@ use std::sync::LazyLock;
 use redis::Script;
 
 macro_rules! scripts {
-    ($($name:ident = $file:literal),* $(,)?) => {
+    (run: $($name:ident = $file:literal),* $(,)? ; listed: $($other:literal),* $(,)?) => {
         $(
             pub(super) static $name: LazyLock<Script> = LazyLock::new(|| Script::new(source($file)));
         )*
         /// Every script: its name (the file's, without `.lua`) and its assembled source.
         pub(crate) const ALL: &[(&str, &str)] = &[
             $(($file, include_str!(concat!(env!("OUT_DIR"), "/lua/", $file, ".lua"))),)*
+            $(($other, include_str!(concat!(env!("OUT_DIR"), "/lua/", $other, ".lua"))),)*
         ];
     };
 }
 
 scripts! {
-    RESERVE = "reserve",
+    run:
+    RESERVE_GROUP = "reserve_group",
     CLAIM = "claim",
     SETTLE = "settle",
     RENEW = "renew",
@@ -40,7 +42,10 @@ scripts! {
     RELEASED = "released",
     LIMIT = "limit",
     HEAL = "heal",
-    BENCH_FILL = "bench_fill",
+    BENCH_FILL = "bench_fill";
+    // stockq reserves in groups; reserve.lua, one reservation a call, is its contract with
+    // producers in other languages (docs/redis-keys.md), listed by `stockq scripts`
+    listed: "reserve",
 }
 
 fn source(name: &str) -> &'static str {

@@ -60,8 +60,10 @@ pub(crate) enum Adjustment {
 impl Queue {
     /// Takes `qty` of `product_id`, enqueues event `event_id` on pending (or holds it until
     /// `hold` passes) and records the reservation, atomically; or answers a replay from the
-    /// record (`lua/reserve.lua`). The script checks its arguments again: a bad one is an
-    /// error reply.
+    /// record. The reservation goes to Redis with the others that arrive meanwhile, in one
+    /// call of `lua/reserve_group.lua` (`group`), and is answered exactly as it would be
+    /// alone (`lua/reserve.lua`'s contract). The script checks its arguments again: a bad
+    /// one is an error for this reservation alone.
     pub(crate) async fn reserve(
         &self,
         product_id: i64,
@@ -70,24 +72,15 @@ impl Queue {
         buyer: Option<&str>,
         hold: Option<std::time::Duration>,
     ) -> Result<Reservation> {
-        let keys = self.keys();
-        let mut invocation = scripts::RESERVE.prepare_invoke();
-        invocation
-            .key(keys.stock(product_id))
-            .key(keys.pending())
-            .key(keys.seq())
-            .key(keys.inflight())
-            .key(keys.record(event_id))
-            .key(keys.holds())
-            .key(keys.limits())
-            .key(keys.bought())
-            .arg(event_id)
-            .arg(product_id)
-            .arg(qty)
-            .arg(buyer.unwrap_or(""))
-            .arg(hold.map_or(0, super::millis));
+        let ask = super::group::Ask {
+            event_id: event_id.to_string(),
+            product_id,
+            qty,
+            buyer: buyer.map(str::to_string),
+            hold,
+        };
         let floor = self.seq_floor();
-        let reply: Vec<redis::Value> = self.invoke("redis (reserve)", &invocation).await?;
+        let reply = self.grouper().reserve(ask).await?;
         let mut values = reply.into_iter();
         let code: i64 = next_value(&mut values)?;
         let seq: i64 = next_value(&mut values)?;
@@ -120,7 +113,15 @@ impl Queue {
                 Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? }
             }
             -5 => Reservation::Healing { until: next_value(&mut values)? },
-            _ => Reservation::UnknownProduct,
+            -1 => Reservation::UnknownProduct,
+            _ => {
+                let message: String = next_value(&mut values)?;
+                return Err(crate::error::Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                    "reserve_group.lua refused the reservation",
+                    message,
+                ))));
+            }
         })
     }
 

@@ -353,6 +353,40 @@ impl TestEnv {
     }
 
     /// A field of a Redis hash as an integer (0 when missing).
+    /// A reservation's record as field → value: the string record.lua writes
+    /// (`state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope`,
+    /// empty fields left out), or a hash written before records were strings. Empty when
+    /// there is none.
+    pub async fn record_fields(&self, event_id: &str) -> std::collections::HashMap<String, String> {
+        const FIELDS: [&str; 11] = [
+            "state",
+            "product_id",
+            "qty",
+            "seq",
+            "reserved_at",
+            "updated_at",
+            "buyer",
+            "deadline",
+            "tally",
+            "epoch",
+            "envelope",
+        ];
+        let key = self.key(&format!("r:{event_id}"));
+        let mut c = self.redis.clone();
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut c).await.unwrap();
+        if kind == "hash" {
+            return c.hgetall(&key).await.unwrap();
+        }
+        let text: Option<String> = c.get(&key).await.unwrap();
+        let Some(text) = text else { return Default::default() };
+        FIELDS
+            .iter()
+            .zip(text.splitn(FIELDS.len(), '|'))
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     pub async fn hget_i64(&self, suffix: &str, field: &[u8]) -> i64 {
         let mut c = self.redis.clone();
         let v: Option<i64> = c.hget(self.key(suffix), field).await.unwrap();

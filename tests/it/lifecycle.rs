@@ -19,9 +19,7 @@ async fn outcomes(env: &TestEnv) -> Vec<(String, String)> {
 }
 
 async fn state(env: &TestEnv, event_id: &str) -> String {
-    let mut c = env.redis.clone();
-    let state: Option<String> = c.hget(env.key(&format!("r:{event_id}")), "state").await.unwrap();
-    state.unwrap_or_default()
+    env.record_fields(event_id).await.remove("state").unwrap_or_default()
 }
 
 async fn reserve(

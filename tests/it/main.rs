@@ -11,6 +11,7 @@ mod cluster;
 mod dashboard;
 mod faults;
 mod foundation;
+mod groups;
 mod helpers;
 mod http;
 mod ledger_faults;

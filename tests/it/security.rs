@@ -160,8 +160,7 @@ async fn acknowledge_without(missing: &str) {
     assert_eq!(env.list("processing").await, processing, "without {missing}: the batch is still held");
     let mut c = env.redis.clone();
     for i in 0..3 {
-        let state: Option<String> =
-            redis::AsyncCommands::hget(&mut c, env.key(&format!("r:acl-old-{i}")), "state").await.unwrap();
+        let state = env.record_fields(&format!("acl-old-{i}")).await.remove("state");
         assert_eq!(state.as_deref(), Some("queued"), "without {missing}");
     }
     let outcomes: usize = redis::cmd("XLEN").arg(env.key("outcomes")).query_async(&mut c).await.unwrap();
