@@ -1,7 +1,7 @@
 //! The reliable queue in Redis, and the only code that talks to Redis: every command is sent
 //! from here, and every script of `lua/` through one typed method that states its contract.
 //!
-//! - this file: an entry's life (wait, claim, settle, renew, release, recover);
+//! - this file: an entry's life (wait, claim, settle, renew, hand back, recover);
 //! - `stock`: reservations, operators' adjustments, reading and correcting a product's stock;
 //! - `books`: the consistency check's snapshot and its repair;
 //! - `dead`: listing, requeuing and dropping dead letters;
@@ -383,13 +383,16 @@ impl Queue {
         self.invoke("redis (renew)", &invocation).await
     }
 
-    /// Hands entries back to pending without counting a failed delivery (`lua/release.lua`).
+    /// Hands entries back to pending without counting a failed delivery (`lua/hand_back.lua`).
     /// Returns how many went back: an entry no longer in processing is left alone.
-    pub async fn release(&self, entries: &[Entry]) -> Result<u64> {
+    ///
+    /// Not to be confused with a release, which gives a cancelled applied reservation's
+    /// quantity back to MySQL (`{q}:releases`, `lua/released.lua`).
+    pub async fn hand_back(&self, entries: &[Entry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut invocation = scripts::RELEASE.prepare_invoke();
+        let mut invocation = scripts::HAND_BACK.prepare_invoke();
         invocation
             .key(self.keys.processing())
             .key(self.keys.claims())
@@ -398,7 +401,7 @@ impl Queue {
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
-        self.invoke("redis (release)", &invocation).await
+        self.invoke("redis (hand back)", &invocation).await
     }
 
     /// One recovery pass over claims whose deadline passed, at most `limit` of them

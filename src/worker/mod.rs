@@ -116,8 +116,9 @@ pub struct BatchReport {
     /// Entries this batch actually removed from processing (a late acknowledgement of an
     /// entry the janitor already re-queued removes nothing).
     pub acknowledged: u64,
-    /// Entries handed back to pending because MySQL could not be reached before shutdown.
-    pub released: u64,
+    /// Entries handed back to pending because MySQL could not be reached before shutdown
+    /// ([`Queue::hand_back`]).
+    pub handed_back: u64,
     /// Entries of cancelled reservations dropped without a deduction.
     pub cancelled: u64,
 }
@@ -310,9 +311,9 @@ impl Worker {
         self.record_apply(started, entries.len());
         let Some(verdicts) = applied else {
             // stopping, and MySQL out of reach: hand everything back, invalid ones too
-            let released = queue.release(&entries).await?;
-            tracing::warn!(released, "MySQL unreachable at shutdown; entries handed back to pending");
-            return Ok(BatchReport { claimed: entries.len(), released, ..Default::default() });
+            let handed_back = queue.hand_back(&entries).await?;
+            tracing::warn!(handed_back, "MySQL unreachable at shutdown; entries handed back to pending");
+            return Ok(BatchReport { claimed: entries.len(), handed_back, ..Default::default() });
         };
         let (settlement, mut report) = decide(&parsed, &verdicts, &cancels_deducted, now_ms());
         let started = Instant::now();

@@ -246,7 +246,7 @@ async fn redelivered_applied_events_change_mysql_once() {
     // Committed but not acknowledged: the check must not count them as in flight.
     env.assert_books_balance().await;
 
-    assert_eq!(env.queue.release(&entries).await.unwrap(), 5);
+    assert_eq!(env.queue.hand_back(&entries).await.unwrap(), 5);
     assert_eq!((env.len("pending").await, env.len("processing").await), (5, 0));
 
     let reports = drain(&env, 10).await;
@@ -278,7 +278,7 @@ async fn redelivered_rejected_events_give_stock_back_once() {
     let (entries, outcomes) = apply_without_settle(&env, 2).await;
     assert_eq!(outcomes, vec![Outcome::Rejected; 2]);
     assert_eq!(env.redis_stock(1).await, Some(1), "nothing given back before the acknowledgement");
-    assert_eq!(env.queue.release(&entries).await.unwrap(), 2);
+    assert_eq!(env.queue.hand_back(&entries).await.unwrap(), 2);
 
     let reports = drain(&env, 10).await;
     assert_eq!(reports.iter().map(|r| r.redelivered).sum::<u64>(), 2);
