@@ -68,10 +68,10 @@ pub use config::{
 pub use error::{Error, Result, Store};
 pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};
-pub use ledger::{Ledger, Outcome, migrate};
+pub use ledger::{Decision, Ledger, migrate};
 pub use queue::{ACL_COMMANDS, Claim, Depths, Heartbeat, Keys, Queue, Shards, Waiter};
 pub use queue::{Cancel, Confirm};
-pub use queue::{OutcomeEntry, Record};
+pub use queue::{Record, StreamEntry};
 pub use reservations::{Status, cancel, confirm, status};
 pub use reserve::{Request, Reservation, check_hold, new_event_id, reserve, reserve_for, reserve_held};
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};

@@ -47,14 +47,14 @@ pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
 pub(crate) use dead::Dropped;
 pub use heal::Marked;
-pub(crate) use heal::{HEAL_LEASE, Settled as HealCandidate};
+pub(crate) use heal::{HEAL_LEASE, SettledRow};
 pub use keys::Keys;
 pub use lifecycle::{Cancel, Confirm};
 pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
 pub(crate) use ops::Alert;
 pub use ops::Depths;
 pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
-pub use records::{OutcomeEntry, Record};
+pub use records::{Record, StreamEntry};
 pub use shards::Shards;
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
@@ -176,9 +176,9 @@ impl Settlement {
     }
 }
 
-/// What settle.lua did.
+/// What settle.lua did: how many entries it found and moved, and the units it gave back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Settled {
+pub(crate) struct SettleCounts {
     /// Entries removed from processing (acknowledged or given back).
     pub(crate) acknowledged: u64,
     /// Units of stock returned to Redis.
@@ -309,9 +309,9 @@ impl Queue {
     }
 
     /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).
-    pub(crate) async fn settle(&self, s: &Settlement) -> Result<Settled> {
+    pub(crate) async fn settle(&self, s: &Settlement) -> Result<SettleCounts> {
         if s.is_empty() {
-            return Ok(Settled::default());
+            return Ok(SettleCounts::default());
         }
         let mut invocation = scripts::SETTLE.prepare_invoke();
         invocation
@@ -366,7 +366,7 @@ impl Queue {
         }
         let (acknowledged, units_given_back, dead_lettered, cancelled): (u64, i64, u64, u64) =
             self.invoke("redis (settle)", &invocation).await?;
-        Ok(Settled { acknowledged, units_given_back, dead_lettered, cancelled })
+        Ok(SettleCounts { acknowledged, units_given_back, dead_lettered, cancelled })
     }
 
     /// Extends the claims of entries a live worker still holds (`lua/renew.lua`). Returns how

@@ -116,12 +116,12 @@ impl Record {
 /// One entry of `{q}:outcomes` (or of another of the queue's streams, `{q}:alerts`): its
 /// stream id and fields, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutcomeEntry {
+pub struct StreamEntry {
     pub id: String,
     pub fields: Vec<(String, String)>,
 }
 
-impl OutcomeEntry {
+impl StreamEntry {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
@@ -129,8 +129,8 @@ impl OutcomeEntry {
 
 type RawEntries = Vec<(String, Vec<(String, String)>)>;
 
-fn entries(raw: RawEntries) -> Vec<OutcomeEntry> {
-    raw.into_iter().map(|(id, fields)| OutcomeEntry { id, fields }).collect()
+fn entries(raw: RawEntries) -> Vec<StreamEntry> {
+    raw.into_iter().map(|(id, fields)| StreamEntry { id, fields }).collect()
 }
 
 impl Queue {
@@ -143,7 +143,7 @@ impl Queue {
     }
 
     /// The latest `count` outcomes, newest first (XREVRANGE).
-    pub async fn latest_outcomes(&self, count: usize) -> Result<Vec<OutcomeEntry>> {
+    pub async fn latest_outcomes(&self, count: usize) -> Result<Vec<StreamEntry>> {
         self.latest_entries("redis (outcomes)", self.keys.outcomes(), count).await
     }
 
@@ -153,7 +153,7 @@ impl Queue {
         what: &'static str,
         key: String,
         count: usize,
-    ) -> Result<Vec<OutcomeEntry>> {
+    ) -> Result<Vec<StreamEntry>> {
         let mut conn = self.conn();
         let raw: RawEntries = bounded(
             what,
@@ -167,11 +167,7 @@ impl Queue {
     /// Up to `count` outcomes after stream id `after` (`None`: from the first), oldest first
     /// (XRANGE with an exclusive start): a reader pages through the stream with the last id
     /// of each page.
-    pub(crate) async fn outcomes_after(
-        &self,
-        after: Option<&str>,
-        count: usize,
-    ) -> Result<Vec<OutcomeEntry>> {
+    pub(crate) async fn outcomes_after(&self, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>> {
         let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
         let mut conn = self.conn();
         let raw: RawEntries = bounded(
@@ -196,7 +192,7 @@ impl Queue {
         waiter: &mut Waiter,
         after: &str,
         wait: Duration,
-    ) -> Result<Vec<OutcomeEntry>> {
+    ) -> Result<Vec<StreamEntry>> {
         let reply: Option<Vec<(String, RawEntries)>> = bounded(
             "redis (XREAD)",
             wait + CALL_TIMEOUT,

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::event::DeadLetter;
 use crate::http::answer::{clip_to, error};
 use crate::ledger::Ledger;
-use crate::queue::{OutcomeEntry, Shards};
+use crate::queue::{Shards, StreamEntry};
 
 /// Outcomes shown in the table.
 const OUTCOMES_SHOWN: usize = 20;
@@ -78,7 +78,7 @@ fn unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// One outcome as the page shows it.
+/// One outcome (an entry of `{q}:outcomes`: how a reservation ended) as the page shows it.
 #[derive(Debug, Serialize)]
 struct Outcome {
     event_id: Option<String>,
@@ -92,7 +92,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn from_entry(e: &OutcomeEntry) -> Outcome {
+    fn from_entry(e: &StreamEntry) -> Outcome {
         let text = |name| e.get(name).map(str::to_string);
         let int = |name| e.get(name).and_then(|v| v.parse().ok());
         Outcome {
@@ -143,7 +143,7 @@ impl EndToEnd {
     }
 }
 
-fn alert_json(e: &OutcomeEntry) -> Value {
+fn alert_json(e: &StreamEntry) -> Value {
     let int = |name| e.get(name).and_then(|v| v.parse::<i64>().ok());
     // a stream id starts with the unix ms it was added at
     let at = e.id.split('-').next().and_then(|ms| ms.parse::<i64>().ok());
