@@ -19,8 +19,7 @@ use crate::http::client::Client;
 use crate::http::health::LedgerSlot;
 use crate::http::throttle::{Throttle, Throttled};
 use crate::queue::{Cancel, Confirm, Shards};
-use crate::reservations::{self, Asked};
-use crate::reserve::Reservation;
+use crate::reservations::{self, Asked, Reservation};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()

@@ -37,8 +37,7 @@ use crate::http::reservations::{self, Api, reserve_answer};
 use crate::http::throttle::Throttle;
 use crate::ledger::Ledger;
 use crate::queue::Shards;
-use crate::reservations::Asked;
-use crate::reserve::{Request, check_hold, new_event_id, reserve_held};
+use crate::reservations::{Asked, Request, check_hold, new_event_id, reserve_held};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_PORT: u16 = 8080;

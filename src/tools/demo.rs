@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
-use crate::reserve::{Reservation, new_event_id, reserve};
+use crate::reservations::{Reservation, new_event_id, reserve};
 use crate::worker::{Worker, WorkerOptions};
 
 /// The suffix of the demo's queue and database names.
@@ -254,8 +254,7 @@ struct Orders {
 
 /// Step 5: a few orders followed through their life, on `product`, stocked apart from the sale.
 async fn follow_orders(shards: &Shards, ledger: &Ledger, product: i64) -> Result<Orders> {
-    use crate::reservations::{cancel, confirm};
-    use crate::reserve::{Request, reserve_held};
+    use crate::reservations::{Request, cancel, confirm, reserve_held};
     let queue = shards.for_product(product);
     stock::adjust(queue, ledger, product, Change::Set(ORDERS_STOCK)).await?;
     queue.set_limit(product, ORDERS_LIMIT).await?;

@@ -1,5 +1,6 @@
-//! A reservation's status (docs/outcomes.md): what `stockq status`, `reserve
-//! --json` and the order-service API answer.
+//! After `reserve`: a reservation's status (docs/outcomes.md), what `stockq status`, `reserve
+//! --json` and the order-service API answer; and its confirm and its cancel
+//! (docs/lifecycle.md).
 //!
 //! Redis keeps a record per reservation while it lives and `STOCKQ_RECORD_TTL` after it ended;
 //! a reservation whose record is gone (expired, or made before records existed) is answered
@@ -11,8 +12,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::event::validate_event_id;
 use crate::ledger::Ledger;
-use crate::queue::{Cancel, Confirm, Forgotten, Record, Shards};
-use crate::reserve::Reservation;
+use crate::queue::{Cancel, Confirm, Forgotten, Record, Reservation, Shards};
 use crate::telemetry::metrics as m;
 
 /// The status object (docs/outcomes.md); times are unix ms on the Redis clock.
