@@ -73,8 +73,8 @@ pub use queue::{ACL_COMMANDS, Claim, Depths, Heartbeat, Keys, Queue, Shards, Wai
 pub use queue::{Cancel, Confirm};
 pub use queue::{Record, StreamEntry};
 pub use reservations::{
-    Request, Reservation, Status, cancel, check_hold, confirm, new_event_id, reserve, reserve_for,
-    reserve_held, status,
+    Request, Reservation, ReservationState, Status, cancel, check_hold, confirm, new_event_id, reserve,
+    reserve_for, reserve_held, status,
 };
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};
 pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

@@ -3,15 +3,15 @@
 
 use super::{CALL_TIMEOUT, Ledger};
 use crate::error::{Result, bounded};
-use crate::queue::SettledRow;
+use crate::queue::{ReservationState, SettledRow};
 
 /// A settled event as MySQL recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogRow {
     pub(crate) product_id: i64,
     pub(crate) qty: i64,
-    /// `applied` or `rejected`.
-    pub(crate) status: String,
+    /// The row's status: `applied`, `rejected`, `cancelled` or `released`.
+    pub(crate) status: ReservationState,
     pub(crate) seq: Option<i64>,
     /// When the row was written, unix ms.
     pub(crate) settled_at: i64,
@@ -34,7 +34,7 @@ impl Ledger {
         Ok(row.map(|(product_id, qty, status, seq, settled_at, buyer, limit_epoch)| LogRow {
             product_id,
             qty: i64::from(qty),
-            status,
+            status: ReservationState::from(status.as_str()),
             seq,
             settled_at,
             buyer,

@@ -54,7 +54,7 @@ pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
 pub(crate) use ops::Alert;
 pub use ops::Depths;
 pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
-pub use records::{Record, StreamEntry};
+pub use records::{Record, ReservationState, StreamEntry};
 pub use shards::Shards;
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;

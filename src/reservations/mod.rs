@@ -13,4 +13,4 @@ pub(crate) use lifecycle::{Asked, answer};
 pub use lifecycle::{Status, cancel, confirm, status};
 pub use reserve::{Request, check_hold, new_event_id, reserve, reserve_for, reserve_held};
 
-pub use crate::queue::Reservation;
+pub use crate::queue::{Reservation, ReservationState};

@@ -301,7 +301,7 @@ async fn settle_order(shards: &Shards, ledger: &Ledger, event_id: &str, end: &st
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = crate::reservations::status(shards, ledger, event_id).await?;
-        let state = status.map(|s| s.state).unwrap_or_default();
+        let state = status.map(|s| s.state.to_string()).unwrap_or_default();
         if state == end || Instant::now() > deadline {
             return Ok(state);
         }

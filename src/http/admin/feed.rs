@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::event::DeadLetter;
 use crate::http::answer::{clip_to, error};
 use crate::ledger::Ledger;
-use crate::queue::{Shards, StreamEntry};
+use crate::queue::{ReservationState, Shards, StreamEntry};
 
 /// Outcomes shown in the table.
 const OUTCOMES_SHOWN: usize = 20;
@@ -82,7 +82,7 @@ fn unix_ms() -> i64 {
 #[derive(Debug, Serialize)]
 struct Outcome {
     event_id: Option<String>,
-    state: Option<String>,
+    state: Option<ReservationState>,
     product_id: Option<i64>,
     qty: Option<i64>,
     buyer: Option<String>,
@@ -97,7 +97,7 @@ impl Outcome {
         let int = |name| e.get(name).and_then(|v| v.parse().ok());
         Outcome {
             event_id: text("event_id"),
-            state: text("state"),
+            state: e.get("state").map(ReservationState::from),
             product_id: int("product_id"),
             qty: int("qty"),
             buyer: text("buyer"),
@@ -125,7 +125,10 @@ impl EndToEnd {
     fn of(outcomes: &[Outcome], now: i64) -> EndToEnd {
         let mut took: Vec<i64> = outcomes
             .iter()
-            .filter(|o| matches!(o.state.as_deref(), Some("applied" | "rejected" | "duplicate")))
+            .filter(|o| {
+                use ReservationState::{Applied, Duplicate, Rejected};
+                matches!(o.state, Some(Applied | Rejected | Duplicate))
+            })
             .filter_map(|o| Some((o.reserved_at?, o.at?)))
             .filter(|(_, at)| now - at <= LATENCY_WINDOW_MS)
             .map(|(reserved, at)| (at - reserved).max(0))
