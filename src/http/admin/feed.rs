@@ -245,7 +245,7 @@ pub(super) async fn books(State(admin): State<Admin>, _: Operator, Query(q): Que
     let ledger = match admin.ledger.get() {
         Ok(ledger) => ledger,
         Err(e) => {
-            crate::http::serve::log_failure("dashboard books failed", &e);
+            crate::http::answer::log_failure("dashboard books failed", &e);
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the books need MySQL, which is not connected yet",
