@@ -31,7 +31,8 @@
 //! - `http/`: `stockq serve` (`serve`), `/healthz` and `/metrics` (`health`), the operators'
 //!   dashboard (`admin`).
 //! - `cli/`: the command line, one function per command.
-//! - `tools/`: the demo, the benchmark and the load generator.
+//! - `tools/`: the demo, the benchmark and the load generator; the queue and database of
+//!   their own that the demo and the benchmark run on (`own`).
 //! - `config`, `error`, `backoff`, `shutdown`, `telemetry`: what every part shares.
 //!
 //! README "Code map" says the same, with `lua/`, `migrations/`, `tests/` and `scripts/`.
