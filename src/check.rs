@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::event::Event;
-use crate::ledger::{Books, Ledger, Status};
+use crate::ledger::{Books, Ledger, LogStatus};
 use crate::queue::shards::shard_of;
 use crate::queue::{Entry, SNAPSHOT_CHUNK, Shards, Snapshot};
 
@@ -217,7 +217,7 @@ fn chunk_books(chunk: &Chunk, held: &Held, books: &Books, since: &Since) -> Vec<
     }
     for release in &held.releases {
         let released = books.held.get(&release.event_id).is_some_and(|row| {
-            row.status == Status::Released
+            row.status == LogStatus::Released
                 && row.seq == release.seq
                 && row.release_seq.is_some_and(|number| number <= snap.seq)
         });

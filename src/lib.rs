@@ -22,15 +22,17 @@
 //! - `worker/`: the claim/apply/settle loop; its heartbeat.
 //! - `janitor`: recovery of abandoned claims, dead-lettering, the periodic check.
 //! - `check`: the exact consistency check and its repair.
-//! - `reserve`: the seckill front door. `event`: the event format and the dead-letter envelope.
-//! - `reservations`: a reservation's status, from its Redis record or its `stock_log` row.
+//! - `reservations/`: a reservation: the seckill front door (`reserve`); its status, from its
+//!   Redis record or its `stock_log` row, its confirm and its cancel (`lifecycle`).
+//! - `event`: the event format and the dead-letter envelope.
 //!
 //! Around it:
 //! - `admin/`: operators' actions (`stock`, `dead`, `stats`).
 //! - `http/`: `stockq serve` (`serve`), `/healthz` and `/metrics` (`health`), the operators'
 //!   dashboard (`admin`).
 //! - `cli/`: the command line, one function per command.
-//! - `tools/`: the demo, the benchmark and the load generator.
+//! - `tools/`: the demo, the benchmark and the load generator; the queue and database of
+//!   their own that the demo and the benchmark run on (`own`).
 //! - `config`, `error`, `backoff`, `shutdown`, `telemetry`: what every part shares.
 //!
 //! README "Code map" says the same, with `lua/`, `migrations/`, `tests/` and `scripts/`.
@@ -53,7 +55,6 @@ mod janitor;
 mod ledger;
 mod queue;
 mod reservations;
-mod reserve;
 mod shutdown;
 pub mod telemetry;
 mod tools;
@@ -68,11 +69,13 @@ pub use config::{
 pub use error::{Error, Result, Store};
 pub use event::Event;
 pub use janitor::{Janitor, RecoveryReport};
-pub use ledger::{Ledger, Outcome, migrate};
+pub use ledger::{Decision, Ledger, migrate};
 pub use queue::{ACL_COMMANDS, Claim, Depths, Heartbeat, Keys, Queue, Shards, Waiter};
 pub use queue::{Cancel, Confirm};
-pub use queue::{OutcomeEntry, Record};
-pub use reservations::{Status, cancel, confirm, status};
-pub use reserve::{Request, Reservation, check_hold, new_event_id, reserve, reserve_for, reserve_held};
+pub use queue::{Record, StreamEntry};
+pub use reservations::{
+    Request, Reservation, ReservationState, Status, cancel, check_hold, confirm, new_event_id, reserve,
+    reserve_for, reserve_held, status,
+};
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};
 pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

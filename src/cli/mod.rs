@@ -260,13 +260,11 @@ impl Cli {
     }
 
     /// The queue the command works on, which every log line names: the demo and the
-    /// benchmark have their own (see `crate::tools::demo::own_settings`).
+    /// benchmark have their own (see `crate::tools::own::own_settings`).
     pub fn log_queue(&self) -> String {
         match self.command {
-            Command::Demo(_) => crate::tools::demo::own_queue(&self.global.queue, crate::tools::demo::DEMO),
-            Command::Bench(_) => {
-                crate::tools::demo::own_queue(&self.global.queue, crate::tools::bench::BENCH)
-            }
+            Command::Demo(_) => crate::tools::own::own_queue(&self.global.queue, crate::tools::demo::DEMO),
+            Command::Bench(_) => crate::tools::own::own_queue(&self.global.queue, crate::tools::bench::BENCH),
             _ => self.global.queue.clone(),
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::connect;
 use crate::config::Settings;
 use crate::error::Result;
-use crate::queue::{Cancel, Confirm, OutcomeEntry, Queue, Shards};
+use crate::queue::{Cancel, Confirm, Queue, Shards, StreamEntry};
 use crate::reservations::{self, Status};
 
 /// Exit status of `status`, `confirm` and `cancel` for an event id neither store knows.
@@ -118,7 +118,7 @@ async fn follow_outcomes(queues: &[Queue], after: &mut [String], json: bool) -> 
     }
 }
 
-fn print_outcome(entry: &OutcomeEntry, json: bool) {
+fn print_outcome(entry: &StreamEntry, json: bool) {
     if json {
         let mut object = serde_json::Map::new();
         object.insert("id".into(), entry.id.clone().into());

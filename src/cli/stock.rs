@@ -8,8 +8,7 @@ use crate::admin::stock::{self as admin_stock, Change};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::queue::Shards;
-use crate::reservations::Asked;
-use crate::reserve::{self as reservations, Reservation};
+use crate::reservations::{self, Asked, Reservation};
 use crate::tools::produce::{self as load, ProduceOptions};
 
 /// Exit status of `reserve` when there is not enough stock (nothing was taken).
@@ -81,7 +80,7 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
     let request = reservations::Request { product_id: product, qty, event_id: &event_id, buyer, hold };
     let answer = reservations::reserve_held(shards.for_product(product), request).await?;
-    if let Some(object) = crate::reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
+    if let Some(object) = reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
         match (json, &answer) {
             (true, _) => outln!("{object}"),
             (false, Reservation::Reserved { event_id, .. } | Reservation::Replayed { event_id, .. }) => {

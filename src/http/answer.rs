@@ -1,5 +1,8 @@
 //! Error answers: `{"error": "..."}` for every one of them, short whatever the request held.
 //!
+//! Every route answers a store's failure the same way too: it is counted and logged
+//! ([`log_failure`]), then answered 503 in the route's own words.
+//!
 //! Handlers answer with [`error`]; [`json_errors`] turns whatever else answers an error (axum's
 //! 405, a body-limit 413) into the same shape; [`automatic`] is the JSON twin of the answers
 //! hyper writes by itself for requests it cannot parse (see [`crate::http::conn`]).
@@ -10,12 +13,25 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::error::Error;
+use crate::telemetry::metrics as m;
+
 /// The longest request target served; longer ones are answered 414.
 pub(crate) const MAX_URI: usize = 8 * 1024;
 /// The longest value an error message repeats from the request.
 const MAX_ECHO: usize = 64;
 /// The longest error message, in characters: escaped as JSON it stays under 1 KiB.
 const MAX_MESSAGE: usize = 160;
+
+/// Logs a failed request, one line per kind every few seconds however many fail.
+pub(crate) fn log_failure(what: &'static str, e: &Error) {
+    if let Some(store) = e.store() {
+        metrics::counter!(m::STORE_ERRORS, "store" => store.as_str()).increment(1);
+    }
+    if crate::backoff::may_log(what) {
+        tracing::warn!(error = %e, "{what} (logged once every few seconds)");
+    }
+}
 
 /// An error answer.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -19,8 +19,7 @@ use crate::http::client::Client;
 use crate::http::health::LedgerSlot;
 use crate::http::throttle::{Throttle, Throttled};
 use crate::queue::{Cancel, Confirm, Shards};
-use crate::reservations::{self, Asked};
-use crate::reserve::Reservation;
+use crate::reservations::{self, Asked, Reservation};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
@@ -40,7 +39,7 @@ pub(crate) fn reserve_answer(
         Ok(reservation) => reservation,
         Err(Error::Usage(message)) => return error(StatusCode::BAD_REQUEST, message),
         Err(e) => {
-            crate::http::serve::log_failure("reservation failed", &e);
+            crate::http::answer::log_failure("reservation failed", &e);
             let body = json!({
                 "error": "reservations are unavailable; retry with the same event_id",
                 "event_id": event_id,
@@ -190,7 +189,7 @@ async fn get_reservation(
     let ledger = match api.ledger.get() {
         Ok(ledger) => ledger,
         Err(e) => {
-            crate::http::serve::log_failure("status lookup failed", &e);
+            crate::http::answer::log_failure("status lookup failed", &e);
             return error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again");
         }
     };
@@ -198,7 +197,7 @@ async fn get_reservation(
         Ok(Some(status)) => axum::Json(status).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown reservation {event_id}")),
         Err(e) => {
-            crate::http::serve::log_failure("status lookup failed", &e);
+            crate::http::answer::log_failure("status lookup failed", &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "status is unavailable; try again")
         }
     }
@@ -218,7 +217,7 @@ fn admit<'a>(
         return Err(Box::new(error(StatusCode::BAD_REQUEST, e)));
     }
     api.ledger.get().map_err(|e| {
-        crate::http::serve::log_failure("reservation lookup failed", &e);
+        crate::http::answer::log_failure("reservation lookup failed", &e);
         Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again"))
     })
 }
@@ -233,7 +232,7 @@ async fn status_answer(api: &Api, ledger: &crate::ledger::Ledger, event_id: &str
 }
 
 fn unavailable(e: Error) -> Response {
-    crate::http::serve::log_failure("reservation change failed", &e);
+    crate::http::answer::log_failure("reservation change failed", &e);
     error(StatusCode::SERVICE_UNAVAILABLE, "reservations are unavailable; try again (it is safe to repeat)")
 }
 

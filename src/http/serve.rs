@@ -29,7 +29,7 @@ use crate::backoff::Backoff;
 use crate::config::{ApiToken, HttpSettings, Settings};
 use crate::error::{Error, Result};
 use crate::http::admin::{self, Admin, Latencies, time_reservations};
-use crate::http::answer::{clip, error};
+use crate::http::answer::{clip, error, log_failure};
 use crate::http::client::Client;
 use crate::http::health::{self, Health, LedgerSlot};
 use crate::http::listen::Limits;
@@ -37,8 +37,7 @@ use crate::http::reservations::{self, Api, reserve_answer};
 use crate::http::throttle::Throttle;
 use crate::ledger::Ledger;
 use crate::queue::Shards;
-use crate::reservations::Asked;
-use crate::reserve::{Request, check_hold, new_event_id, reserve_held};
+use crate::reservations::{Asked, Request, check_hold, new_event_id, reserve_held};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_PORT: u16 = 8080;
@@ -67,16 +66,6 @@ struct Front {
 
 /// MySQL serves `/healthz` only.
 const MYSQL_CONNECTIONS: u32 = 2;
-
-/// Logs a failed request, one line per kind every few seconds however many fail.
-pub(crate) fn log_failure(what: &'static str, e: &Error) {
-    if let Some(store) = e.store() {
-        metrics::counter!(m::STORE_ERRORS, "store" => store.as_str()).increment(1);
-    }
-    if crate::backoff::may_log(what) {
-        tracing::warn!(error = %e, "{what} (logged once every few seconds)");
-    }
-}
 
 async fn post_reserve(
     State(Front { shards, max_hold, token, tries }): State<Front>,

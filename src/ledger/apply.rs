@@ -14,7 +14,7 @@
 //! 1′. When an event id is already in `stock_log` (a redelivery after a crash between commit
 //! and acknowledgement, or a second reservation under the same id), `apply_checked` locks
 //! the products first, reads the batch's rows, and settles each event from what it finds:
-//! same reservation (same seq) → its recorded outcome, another reservation → a duplicate.
+//! same reservation (same seq) → its recorded decision, another reservation → a duplicate.
 //!
 //! Sessions run at READ COMMITTED: once the product locks are held, the reads see every row
 //! committed by a batch that held them before; and no gap locks are taken, so batches
@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{MySql, QueryBuilder, Row};
 
-use super::{CALL_TIMEOUT, Ledger, Outcome, Settled, Status, insert_log_rows, push_list, read_settled};
+use super::{CALL_TIMEOUT, Decision, Ledger, LogStatus, Logged, insert_log_rows, push_list, read_logged};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -34,7 +34,7 @@ impl Ledger {
     /// Applies a batch of valid events in one transaction (see the module docs). `claim_seq`
     /// is the number of the claim that delivered them (see `lua/claim.lua`); every row the
     /// batch writes records it.
-    pub async fn apply_batch(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Outcome>> {
+    pub async fn apply_batch(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Decision>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -45,12 +45,12 @@ impl Ledger {
         &self,
         events: &[Event],
         claim_seq: i64,
-    ) -> Result<Vec<Outcome>, sqlx::Error> {
+    ) -> Result<Vec<Decision>, sqlx::Error> {
         let distinct_ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         if distinct_ids.len() == events.len()
-            && let Some(outcomes) = self.apply_fresh(events, claim_seq).await?
+            && let Some(decisions) = self.apply_fresh(events, claim_seq).await?
         {
-            return Ok(outcomes);
+            return Ok(decisions);
         }
         self.apply_checked(events, claim_seq).await
     }
@@ -70,7 +70,7 @@ impl Ledger {
         &self,
         events: &[Event],
         claim_seq: i64,
-    ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    ) -> Result<Option<Vec<Decision>>, sqlx::Error> {
         let Some(insert) = literal::insert_applied(events, claim_seq) else { return Ok(None) };
         let mut tx = self.pool.begin().await?;
         match sqlx::raw_sql(sqlx::AssertSqlSafe(insert)).execute(&mut *tx).await {
@@ -89,24 +89,24 @@ impl Ledger {
         }
         let before = stock.clone();
         // every id is new here (the insert proved it), so nothing is settled yet
-        let outcomes = allocate(events, &mut stock, &mut HashMap::new());
-        let ids_with = |wanted: Outcome| -> Vec<&str> {
+        let decisions = allocate(events, &mut stock, &mut HashMap::new());
+        let ids_with = |wanted: Decision| -> Vec<&str> {
             events
                 .iter()
-                .zip(&outcomes)
+                .zip(&decisions)
                 .filter(|(_, o)| **o == wanted)
                 .map(|(e, _)| e.event_id.as_str())
                 .collect()
         };
         let mut changes = String::new();
-        let rejected = ids_with(Outcome::Rejected);
+        let rejected = ids_with(Decision::Rejected);
         if !rejected.is_empty() {
             changes += &format!(
                 "UPDATE stock_log SET status = 'rejected' WHERE event_id IN ({});",
                 literal::ids(&rejected)
             );
         }
-        let unknown = ids_with(Outcome::UnknownProduct);
+        let unknown = ids_with(Decision::UnknownProduct);
         if !unknown.is_empty() {
             // an unknown product's event is dead-lettered, not settled
             changes += &format!("DELETE FROM stock_log WHERE event_id IN ({});", literal::ids(&unknown));
@@ -117,24 +117,24 @@ impl Ledger {
             sqlx::raw_sql(sqlx::AssertSqlSafe(changes)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(Some(outcomes))
+        Ok(Some(decisions))
     }
 
     /// The general case: redeliveries and duplicate event ids, read from `stock_log` under
     /// the product locks (see the module docs).
-    async fn apply_checked(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Outcome>, sqlx::Error> {
+    async fn apply_checked(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Decision>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut stock = lock_products(&mut tx, events).await?;
         let before = stock.clone();
 
-        let mut settled = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
-        let outcomes = allocate(events, &mut stock, &mut settled);
-        let new_rows: Vec<(&Event, Status)> = events
+        let mut settled = read_logged(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
+        let decisions = allocate(events, &mut stock, &mut settled);
+        let new_rows: Vec<(&Event, LogStatus)> = events
             .iter()
-            .zip(&outcomes)
+            .zip(&decisions)
             .filter_map(|(e, o)| match o {
-                Outcome::Applied => Some((e, Status::Applied)),
-                Outcome::Rejected => Some((e, Status::Rejected)),
+                Decision::Applied => Some((e, LogStatus::Applied)),
+                Decision::Rejected => Some((e, LogStatus::Rejected)),
                 _ => None,
             })
             .collect();
@@ -147,7 +147,7 @@ impl Ledger {
         }
         update_products(&mut tx, &before, &stock).await?;
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(decisions)
     }
 }
 
@@ -155,7 +155,7 @@ impl Ledger {
 /// already settled: the heart of the ledger, kept free of I/O so that it can be tested alone.
 ///
 /// * an event id already settled (or settled earlier in this batch) by the same reservation
-///   (same seq) keeps its outcome; by another reservation, it is a duplicate;
+///   (same seq) keeps its decision; by another reservation, it is a duplicate;
 /// * otherwise the event takes its quantity if the product has it, and is rejected if not,
 ///   so a short stock rejects exactly the events that do not fit, and stock never goes
 ///   negative;
@@ -165,32 +165,32 @@ impl Ledger {
 fn allocate(
     events: &[Event],
     stock: &mut HashMap<i64, i64>,
-    settled: &mut HashMap<String, Settled>,
-) -> Vec<Outcome> {
-    let mut outcomes = Vec::with_capacity(events.len());
+    settled: &mut HashMap<String, Logged>,
+) -> Vec<Decision> {
+    let mut decisions = Vec::with_capacity(events.len());
     for event in events {
-        let outcome = if let Some(row) = settled.get(&event.event_id) {
+        let decision = if let Some(row) = settled.get(&event.event_id) {
             match (row.seq == event.seq, row.status) {
-                (true, Status::Applied | Status::Released) => Outcome::AlreadyApplied,
-                (true, Status::Rejected) => Outcome::AlreadyRejected,
-                (true, Status::Cancelled) => Outcome::AlreadyCancelled,
-                (false, _) => Outcome::Duplicate,
+                (true, LogStatus::Applied | LogStatus::Released) => Decision::AlreadyApplied,
+                (true, LogStatus::Rejected) => Decision::AlreadyRejected,
+                (true, LogStatus::Cancelled) => Decision::AlreadyCancelled,
+                (false, _) => Decision::Duplicate,
             }
         } else if let Some(available) = stock.get_mut(&event.product_id) {
             let status = if *available >= event.qty {
                 *available -= event.qty;
-                Status::Applied
+                LogStatus::Applied
             } else {
-                Status::Rejected
+                LogStatus::Rejected
             };
-            settled.insert(event.event_id.clone(), Settled { status, seq: event.seq });
-            if status == Status::Applied { Outcome::Applied } else { Outcome::Rejected }
+            settled.insert(event.event_id.clone(), Logged { status, seq: event.seq });
+            if status == LogStatus::Applied { Decision::Applied } else { Decision::Rejected }
         } else {
-            Outcome::UnknownProduct
+            Decision::UnknownProduct
         };
-        outcomes.push(outcome);
+        decisions.push(decision);
     }
-    outcomes
+    decisions
 }
 
 /// The text of the fresh path's statements, values written in (see `Ledger::apply_fresh`).
@@ -323,10 +323,10 @@ mod tests {
         let mut stock = HashMap::from([(1, 5)]);
         let events =
             [event(1, 1, 3, Some(1)), event(2, 1, 3, Some(2)), event(3, 1, 2, Some(3)), event(4, 9, 1, None)];
-        let outcomes = allocate(&events, &mut stock, &mut HashMap::new());
+        let decisions = allocate(&events, &mut stock, &mut HashMap::new());
         assert_eq!(
-            outcomes,
-            [Outcome::Applied, Outcome::Rejected, Outcome::Applied, Outcome::UnknownProduct]
+            decisions,
+            [Decision::Applied, Decision::Rejected, Decision::Applied, Decision::UnknownProduct]
         );
         assert_eq!(stock[&1], 0);
     }
@@ -334,8 +334,8 @@ mod tests {
     #[test]
     fn redeliveries_and_duplicates_are_told_apart_by_seq() {
         let mut settled = HashMap::from([
-            ("e1".to_string(), Settled { status: Status::Applied, seq: Some(1) }),
-            ("e2".to_string(), Settled { status: Status::Rejected, seq: Some(2) }),
+            ("e1".to_string(), Logged { status: LogStatus::Applied, seq: Some(1) }),
+            ("e2".to_string(), Logged { status: LogStatus::Rejected, seq: Some(2) }),
         ]);
         let mut stock = HashMap::from([(1, 10)]);
         let events = [
@@ -345,15 +345,15 @@ mod tests {
             event(3, 1, 1, Some(3)),
             event(3, 1, 1, Some(8)),
         ];
-        let outcomes = allocate(&events, &mut stock, &mut settled);
+        let decisions = allocate(&events, &mut stock, &mut settled);
         assert_eq!(
-            outcomes,
+            decisions,
             [
-                Outcome::AlreadyApplied,
-                Outcome::AlreadyRejected,
-                Outcome::Duplicate,
-                Outcome::Applied,
-                Outcome::Duplicate
+                Decision::AlreadyApplied,
+                Decision::AlreadyRejected,
+                Decision::Duplicate,
+                Decision::Applied,
+                Decision::Duplicate
             ]
         );
         assert_eq!(stock[&1], 9);
@@ -372,28 +372,28 @@ mod tests {
                 initial.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect();
             let before = stock.clone();
             let events: Vec<Event> = raw.iter().map(|(id, p, q, seq)| event(*id, *p, *q, *seq)).collect();
-            let outcomes = allocate(&events, &mut stock, &mut HashMap::new());
+            let decisions = allocate(&events, &mut stock, &mut HashMap::new());
 
             let mut replay = before.clone();
             let mut deducted_ids = std::collections::HashSet::new();
-            for (e, o) in events.iter().zip(&outcomes) {
+            for (e, o) in events.iter().zip(&decisions) {
                 match o {
-                    Outcome::Applied => {
+                    Decision::Applied => {
                         let s = replay.get_mut(&e.product_id).unwrap();
                         prop_assert!(*s >= e.qty);
                         *s -= e.qty;
                         prop_assert!(deducted_ids.insert(e.event_id.clone()), "{} deducted twice", e.event_id);
                     }
-                    Outcome::Rejected => {
+                    Decision::Rejected => {
                         prop_assert!(replay[&e.product_id] < e.qty);
                         prop_assert!(deducted_ids.insert(e.event_id.clone()));
                     }
-                    Outcome::UnknownProduct => prop_assert!(!before.contains_key(&e.product_id)),
-                    Outcome::AlreadyApplied | Outcome::AlreadyRejected | Outcome::Duplicate => {
+                    Decision::UnknownProduct => prop_assert!(!before.contains_key(&e.product_id)),
+                    Decision::AlreadyApplied | Decision::AlreadyRejected | Decision::Duplicate => {
                         prop_assert!(deducted_ids.contains(&e.event_id));
                     }
                     // only rows written by a cancel say so, and this batch starts with none
-                    Outcome::AlreadyCancelled => prop_assert!(false, "no cancelled row was settled"),
+                    Decision::AlreadyCancelled => prop_assert!(false, "no cancelled row was settled"),
                 }
             }
             prop_assert_eq!(&replay, &stock);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
 use sqlx::{Connection, Executor, MySql, QueryBuilder, Row, Transaction};
 
-use super::{CALL_TIMEOUT, IN_CHUNK, Ledger, Settled, Status, push_list, read_settled};
+use super::{CALL_TIMEOUT, IN_CHUNK, Ledger, LogStatus, Logged, push_list, read_logged};
 use crate::backoff::Backoff;
 use crate::error::{Result, bounded};
 use crate::event::Event;
@@ -30,7 +30,7 @@ pub(crate) struct Books {
 /// The `stock_log` row of an event the check found held in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeldRow {
-    pub(crate) status: Status,
+    pub(crate) status: LogStatus,
     pub(crate) seq: Option<i64>,
     /// `None` for rows written before claims were numbered: older than any snapshot.
     pub(crate) claim_seq: Option<i64>,
@@ -57,12 +57,12 @@ impl Ledger {
             .bind(event.seq)
             .execute(&mut *tx)
             .await?;
-            let row = read_settled(&mut tx, std::iter::once(event.event_id.as_str())).await?;
+            let row = read_logged(&mut tx, std::iter::once(event.event_id.as_str())).await?;
             tx.commit().await?;
             let row = row.get(&event.event_id).copied();
             // applied by an earlier delivery of this very reservation: nothing to give back
             let applied =
-                matches!(row, Some(Settled { status, seq }) if status.deducted() && seq == event.seq);
+                matches!(row, Some(Logged { status, seq }) if status.deducted() && seq == event.seq);
             Ok::<_, sqlx::Error>(!applied)
         })
         .await
@@ -170,7 +170,7 @@ async fn read_books_in(
         for row in q.build().fetch_all(&mut *conn).await? {
             let status: String = row.try_get(1)?;
             let row_of = HeldRow {
-                status: Status::parse(&status),
+                status: LogStatus::parse(&status),
                 seq: row.try_get(2)?,
                 claim_seq: row.try_get(3)?,
                 release_seq: row.try_get(4)?,

@@ -3,15 +3,15 @@
 
 use super::{CALL_TIMEOUT, Ledger};
 use crate::error::{Result, bounded};
-use crate::queue::HealCandidate;
+use crate::queue::{ReservationState, SettledRow};
 
 /// A settled event as MySQL recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogRow {
     pub(crate) product_id: i64,
     pub(crate) qty: i64,
-    /// `applied` or `rejected`.
-    pub(crate) status: String,
+    /// The row's status: `applied`, `rejected`, `cancelled` or `released`.
+    pub(crate) status: ReservationState,
     pub(crate) seq: Option<i64>,
     /// When the row was written, unix ms.
     pub(crate) settled_at: i64,
@@ -34,7 +34,7 @@ impl Ledger {
         Ok(row.map(|(product_id, qty, status, seq, settled_at, buyer, limit_epoch)| LogRow {
             product_id,
             qty: i64::from(qty),
-            status,
+            status: ReservationState::from(status.as_str()),
             seq,
             settled_at,
             buyer,
@@ -48,7 +48,7 @@ impl Ledger {
     /// a number after it: what a heal after lost Redis writes compares with what Redis
     /// remembers (`crate::heal`). Read by the claim and release indexes; only stamped events
     /// (a `seq`) have records to compare.
-    pub(crate) async fn settled_since(&self, since: i64) -> Result<Vec<HealCandidate>> {
+    pub(crate) async fn settled_since(&self, since: i64) -> Result<Vec<SettledRow>> {
         let query = sqlx::query_as::<_, (String, i64, i64, i32, String)>(
             "SELECT event_id, seq, product_id, qty, 'applied' FROM stock_log \
              WHERE claim_seq > ? AND status = 'applied' AND seq IS NOT NULL \
@@ -62,7 +62,7 @@ impl Ledger {
         let rows = bounded("mysql (heal)", CALL_TIMEOUT * 2, query).await?;
         Ok(rows
             .into_iter()
-            .map(|(event_id, seq, product_id, qty, status)| HealCandidate {
+            .map(|(event_id, seq, product_id, qty, status)| SettledRow {
                 event_id,
                 seq,
                 status: if status == "released" { "released" } else { "applied" },

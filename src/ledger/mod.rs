@@ -33,9 +33,10 @@ const LOCK_WAIT_TIMEOUT_SECS: u32 = 5;
 /// Largest IN list sent in one statement when reading many event ids.
 const IN_CHUNK: usize = 1000;
 
-/// The MySQL outcome of one event of a batch.
+/// What MySQL decided for one event of a batch. (An outcome is something else: how a
+/// reservation ended, as `{q}:outcomes` announces it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Decision {
     /// Deducted now.
     Applied,
     /// Not enough MySQL stock: recorded as rejected; its Redis stock goes back.
@@ -55,15 +56,16 @@ pub enum Outcome {
     AlreadyCancelled,
 }
 
-impl Outcome {
+impl Decision {
     /// Whether the reservation's Redis stock must be given back on acknowledgement.
     pub(crate) fn gives_back(self) -> bool {
-        matches!(self, Outcome::Rejected | Outcome::AlreadyRejected | Outcome::Duplicate)
+        matches!(self, Decision::Rejected | Decision::AlreadyRejected | Decision::Duplicate)
     }
 }
 
+/// A `stock_log` row's status, the column's ENUM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Status {
+pub(crate) enum LogStatus {
     Applied,
     Rejected,
     /// Cancelled before any delivery deducted it: no delivery ever will.
@@ -72,35 +74,36 @@ pub(crate) enum Status {
     Released,
 }
 
-impl Status {
+impl LogStatus {
     fn as_str(self) -> &'static str {
         match self {
-            Status::Applied => "applied",
-            Status::Rejected => "rejected",
-            Status::Cancelled => "cancelled",
-            Status::Released => "released",
+            LogStatus::Applied => "applied",
+            LogStatus::Rejected => "rejected",
+            LogStatus::Cancelled => "cancelled",
+            LogStatus::Released => "released",
         }
     }
 
-    fn parse(s: &str) -> Status {
+    fn parse(s: &str) -> LogStatus {
         match s {
-            "applied" => Status::Applied,
-            "cancelled" => Status::Cancelled,
-            "released" => Status::Released,
-            _ => Status::Rejected,
+            "applied" => LogStatus::Applied,
+            "cancelled" => LogStatus::Cancelled,
+            "released" => LogStatus::Released,
+            _ => LogStatus::Rejected,
         }
     }
 
     /// Whether MySQL deducted the event (and may have given it back since).
     pub(crate) fn deducted(self) -> bool {
-        matches!(self, Status::Applied | Status::Released)
+        matches!(self, LogStatus::Applied | LogStatus::Released)
     }
 }
 
-/// A `stock_log` row as the queue needs it.
+/// What `stock_log` holds for one event id, as a batch or a cancel needs it: the row's status
+/// and the seq of the reservation it recorded (another seq: another reservation, same id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Settled {
-    pub(crate) status: Status,
+pub(crate) struct Logged {
+    pub(crate) status: LogStatus,
     pub(crate) seq: Option<i64>,
 }
 
@@ -205,11 +208,11 @@ fn has_idle_transaction_timeout(server_version: &str) -> bool {
     }
 }
 
-/// Reads the `stock_log` rows of some event ids, in chunks.
-async fn read_settled<'a, C>(
+/// Reads what `stock_log` holds for some event ids, in chunks.
+async fn read_logged<'a, C>(
     conn: &mut C,
     event_ids: impl Iterator<Item = &'a str>,
-) -> Result<HashMap<String, Settled>, sqlx::Error>
+) -> Result<HashMap<String, Logged>, sqlx::Error>
 where
     for<'c> &'c mut C: Executor<'c, Database = MySql>,
 {
@@ -225,7 +228,7 @@ where
             let id: String = row.try_get(0)?;
             let status: String = row.try_get(1)?;
             let seq: Option<i64> = row.try_get(2)?;
-            settled.insert(id, Settled { status: Status::parse(&status), seq });
+            settled.insert(id, Logged { status: LogStatus::parse(&status), seq });
         }
     }
     Ok(settled)
@@ -235,7 +238,7 @@ where
 /// the prepared form shared by a batch and by the settling of cancelled events.
 fn insert_log_rows<'e>(
     insert: &str,
-    rows: impl IntoIterator<Item = (&'e crate::event::Event, Status)>,
+    rows: impl IntoIterator<Item = (&'e crate::event::Event, LogStatus)>,
     claim_seq: i64,
 ) -> QueryBuilder<MySql> {
     let mut q = QueryBuilder::new(format!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{MySql, QueryBuilder};
 
-use super::{CALL_TIMEOUT, Ledger, Settled, Status, insert_log_rows, push_list, read_settled};
+use super::{CALL_TIMEOUT, Ledger, LogStatus, Logged, insert_log_rows, push_list, read_logged};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -29,15 +29,15 @@ impl Ledger {
         }
         bounded("mysql (cancelled)", CALL_TIMEOUT, async {
             let mut tx = self.pool.begin().await?;
-            let rows = events.iter().map(|e| (e, Status::Cancelled));
+            let rows = events.iter().map(|e| (e, LogStatus::Cancelled));
             insert_log_rows("INSERT IGNORE INTO", rows, claim_seq).build().execute(&mut *tx).await?;
-            let rows = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
+            let rows = read_logged(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(
                 events
                     .iter()
                     .map(|e| {
-                        matches!(rows.get(&e.event_id), Some(Settled { status, seq }) if status.deducted() && *seq == e.seq)
+                        matches!(rows.get(&e.event_id), Some(Logged { status, seq }) if status.deducted() && *seq == e.seq)
                     })
                     .collect(),
             )
@@ -62,12 +62,12 @@ impl Ledger {
             push_list(&mut q, products.into_iter());
             q.push(") ORDER BY id FOR UPDATE");
             q.build().execute(&mut *tx).await?;
-            let before = read_settled(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
+            let before = read_logged(&mut tx, events.iter().map(|e| e.event_id.as_str())).await?;
             let mut back: BTreeMap<i64, i64> = BTreeMap::new();
             let mut answers = Vec::with_capacity(events.len());
             for event in events {
                 let answer = match before.get(&event.event_id) {
-                    Some(Settled { status, seq }) if *seq == event.seq && status.deducted() => {
+                    Some(Logged { status, seq }) if *seq == event.seq && status.deducted() => {
                         let changed = sqlx::query(
                             "UPDATE stock_log SET status = 'released', release_seq = ? \
                              WHERE event_id = ? AND status = 'applied'",

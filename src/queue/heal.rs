@@ -12,10 +12,10 @@ use crate::error::{Result, bounded};
 /// stop the sale for long (the next janitor pass heals again).
 pub(crate) const HEAL_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A reservation MySQL settled during writes Redis lost, as the heal reads it from
-/// `stock_log`.
+/// A `stock_log` row of a reservation MySQL settled during writes Redis lost, as the heal
+/// reads it to compare with the reservation's record.
 #[derive(Debug, Clone)]
-pub(crate) struct Settled {
+pub(crate) struct SettledRow {
     pub(crate) event_id: String,
     pub(crate) seq: i64,
     /// `applied` or `released`.
@@ -150,7 +150,7 @@ impl Queue {
 
     /// Brings the records of reservations MySQL settled during the lost writes in line with
     /// MySQL (`lua/heal.lua` 'mark').
-    pub(crate) async fn heal_mark(&self, settled: &[Settled]) -> Result<Marked> {
+    pub(crate) async fn heal_mark(&self, settled: &[SettledRow]) -> Result<Marked> {
         if settled.is_empty() {
             return Ok(Marked::default());
         }

@@ -5,7 +5,7 @@
 
 use redis::AsyncCommands;
 
-use super::{CALL_TIMEOUT, Entry, Queue, millis, next_value, scripts};
+use super::{CALL_TIMEOUT, Entry, Queue, ReservationState, millis, next_value, scripts};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -15,10 +15,10 @@ pub enum Confirm {
     /// `held` → `queued` now.
     Queued,
     /// Already `queued`, `dead` or `applied`: nothing changed.
-    Unchanged { state: String },
+    Unchanged { state: ReservationState },
     /// The reservation has ended (or is being cancelled); a hold past its deadline is expired
     /// by the confirm itself and answers `expired`.
-    Ended { state: String },
+    Ended { state: ReservationState },
     /// No record of it in this shard.
     Unknown,
 }
@@ -28,7 +28,7 @@ pub enum Confirm {
 pub enum Cancel {
     /// The state the reservation is left in (`cancelled`, `cancelling`, `releasing`, or the
     /// state it already had); `changed` when this call moved it.
-    Done { state: String, changed: bool },
+    Done { state: ReservationState, changed: bool },
     /// No record of it in this shard.
     Unknown,
 }
@@ -71,7 +71,7 @@ impl Queue {
             .arg(event_id)
             .arg(millis(self.retention.record_ttl))
             .arg(self.retention.outcomes_maxlen);
-        let (code, state): (i64, String) = self.invoke("redis (confirm)", &invocation).await?;
+        let (code, state): (i64, ReservationState) = self.invoke("redis (confirm)", &invocation).await?;
         Ok(match code {
             1 => Confirm::Queued,
             0 => Confirm::Unchanged { state },
@@ -100,7 +100,11 @@ impl Queue {
                 .arg(text(f.limit_epoch));
         }
         let (state, changed): (String, i64) = self.invoke("redis (cancel)", &invocation).await?;
-        Ok(if state.is_empty() { Cancel::Unknown } else { Cancel::Done { state, changed: changed == 1 } })
+        Ok(if state.is_empty() {
+            Cancel::Unknown
+        } else {
+            Cancel::Done { state: ReservationState::from(state.as_str()), changed: changed == 1 }
+        })
     }
 
     fn lifecycle_invocation(&self, mode: &str) -> redis::ScriptInvocation<'static> {

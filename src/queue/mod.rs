@@ -1,7 +1,7 @@
 //! The reliable queue in Redis, and the only code that talks to Redis: every command is sent
 //! from here, and every script of `lua/` through one typed method that states its contract.
 //!
-//! - this file: an entry's life (wait, claim, settle, renew, release, recover);
+//! - this file: an entry's life (wait, claim, settle, renew, hand back, recover);
 //! - `stock`: reservations, operators' adjustments, reading and correcting a product's stock;
 //! - `books`: the consistency check's snapshot and its repair;
 //! - `dead`: listing, requeuing and dropping dead letters;
@@ -48,14 +48,14 @@ pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
 pub(crate) use dead::Dropped;
 pub use heal::Marked;
-pub(crate) use heal::{HEAL_LEASE, Settled as HealCandidate};
+pub(crate) use heal::{HEAL_LEASE, SettledRow};
 pub use keys::Keys;
 pub use lifecycle::{Cancel, Confirm};
 pub(crate) use lifecycle::{EXPIRE_CHUNK, Forgotten};
 pub(crate) use ops::Alert;
 pub use ops::Depths;
 pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
-pub use records::{OutcomeEntry, Record};
+pub use records::{Record, ReservationState, StreamEntry};
 pub use shards::Shards;
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
@@ -179,9 +179,9 @@ impl Settlement {
     }
 }
 
-/// What settle.lua did.
+/// What settle.lua did: how many entries it found and moved, and the units it gave back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Settled {
+pub(crate) struct SettleCounts {
     /// Entries removed from processing (acknowledged or given back).
     pub(crate) acknowledged: u64,
     /// Units of stock returned to Redis.
@@ -318,9 +318,9 @@ impl Queue {
     }
 
     /// Acknowledges a decided batch in one atomic step (`lua/settle.lua`).
-    pub(crate) async fn settle(&self, s: &Settlement) -> Result<Settled> {
+    pub(crate) async fn settle(&self, s: &Settlement) -> Result<SettleCounts> {
         if s.is_empty() {
-            return Ok(Settled::default());
+            return Ok(SettleCounts::default());
         }
         let mut invocation = scripts::SETTLE.prepare_invoke();
         invocation
@@ -375,7 +375,7 @@ impl Queue {
         }
         let (acknowledged, units_given_back, dead_lettered, cancelled): (u64, i64, u64, u64) =
             self.invoke("redis (settle)", &invocation).await?;
-        Ok(Settled { acknowledged, units_given_back, dead_lettered, cancelled })
+        Ok(SettleCounts { acknowledged, units_given_back, dead_lettered, cancelled })
     }
 
     /// Extends the claims of entries a live worker still holds (`lua/renew.lua`). Returns how
@@ -392,13 +392,16 @@ impl Queue {
         self.invoke("redis (renew)", &invocation).await
     }
 
-    /// Hands entries back to pending without counting a failed delivery (`lua/release.lua`).
+    /// Hands entries back to pending without counting a failed delivery (`lua/hand_back.lua`).
     /// Returns how many went back: an entry no longer in processing is left alone.
-    pub async fn release(&self, entries: &[Entry]) -> Result<u64> {
+    ///
+    /// Not to be confused with a release, which gives a cancelled applied reservation's
+    /// quantity back to MySQL (`{q}:releases`, `lua/released.lua`).
+    pub async fn hand_back(&self, entries: &[Entry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut invocation = scripts::RELEASE.prepare_invoke();
+        let mut invocation = scripts::HAND_BACK.prepare_invoke();
         invocation
             .key(self.keys.processing())
             .key(self.keys.claims())
@@ -407,7 +410,7 @@ impl Queue {
         for entry in entries {
             invocation.arg(entry.as_slice());
         }
-        self.invoke("redis (release)", &invocation).await
+        self.invoke("redis (hand back)", &invocation).await
     }
 
     /// One recovery pass over claims whose deadline passed, at most `limit` of them

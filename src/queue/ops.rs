@@ -201,7 +201,7 @@ impl Queue {
     }
 
     /// The latest `count` drifts in `{q}:alerts`, newest first.
-    pub(crate) async fn latest_alerts(&self, count: usize) -> Result<Vec<super::OutcomeEntry>> {
+    pub(crate) async fn latest_alerts(&self, count: usize) -> Result<Vec<super::StreamEntry>> {
         self.latest_entries("redis (alerts)", self.keys.alerts(), count).await
     }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
 
 use super::{CALL_TIMEOUT, Queue, Waiter, millis};
 use crate::error::{Result, bounded};
@@ -26,7 +27,115 @@ pub(crate) struct Retention {
     pub(crate) outcomes_maxlen: u64,
 }
 
-/// A state of a reservation that a script moves it into when it settles an entry.
+/// A reservation's state (docs/outcomes.md), as its record holds it and every answer tells it.
+/// On the wire it is the same lowercase word as ever ([`ReservationState::as_str`]): in JSON
+/// (serde), on the command line (`Display`), in the outcome stream and in `stock_log`.
+///
+/// A word this build does not know is kept as [`ReservationState::Other`], word for word,
+/// never refused: the Lua scripts write the states, and during a rolling deploy a newer script
+/// may write one that an older process has never heard of. Its status must still be answered
+/// (and printed back unchanged), and nothing is decided on a state not understood, so reading
+/// one is no error; code that acts on a state matches the known ones and leaves `Other` alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReservationState {
+    /// Taken in Redis, waiting for payment until its deadline.
+    Held,
+    /// Taken in Redis, its deduction on its way.
+    Queued,
+    /// In `{q}:dead`, still holding its stock.
+    Dead,
+    /// Cancelled before its deduction: the worker drops the entry.
+    Cancelling,
+    /// Cancelled after its deduction: a release gives MySQL the quantity back.
+    Releasing,
+    Applied,
+    Rejected,
+    Cancelled,
+    Expired,
+    Released,
+    /// A second reservation under a used event id that reached MySQL.
+    Duplicate,
+    /// A state this build does not know, as read.
+    Other(String),
+}
+
+impl ReservationState {
+    const KNOWN: [ReservationState; 11] = [
+        ReservationState::Held,
+        ReservationState::Queued,
+        ReservationState::Dead,
+        ReservationState::Cancelling,
+        ReservationState::Releasing,
+        ReservationState::Applied,
+        ReservationState::Rejected,
+        ReservationState::Cancelled,
+        ReservationState::Expired,
+        ReservationState::Released,
+        ReservationState::Duplicate,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReservationState::Held => "held",
+            ReservationState::Queued => "queued",
+            ReservationState::Dead => "dead",
+            ReservationState::Cancelling => "cancelling",
+            ReservationState::Releasing => "releasing",
+            ReservationState::Applied => "applied",
+            ReservationState::Rejected => "rejected",
+            ReservationState::Cancelled => "cancelled",
+            ReservationState::Expired => "expired",
+            ReservationState::Released => "released",
+            ReservationState::Duplicate => "duplicate",
+            ReservationState::Other(word) => word,
+        }
+    }
+}
+
+impl From<&str> for ReservationState {
+    fn from(word: &str) -> ReservationState {
+        let known = ReservationState::KNOWN.into_iter().find(|s| s.as_str() == word);
+        known.unwrap_or_else(|| ReservationState::Other(word.to_string()))
+    }
+}
+
+/// Never fails: an unknown word is [`ReservationState::Other`].
+impl std::str::FromStr for ReservationState {
+    type Err = std::convert::Infallible;
+
+    fn from_str(word: &str) -> std::result::Result<ReservationState, Self::Err> {
+        Ok(ReservationState::from(word))
+    }
+}
+
+impl std::fmt::Display for ReservationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // pad, not write: a table's `{state:<10}` lines up
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for ReservationState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReservationState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let word = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(ReservationState::from(word.as_ref()))
+    }
+}
+
+impl redis::FromRedisValue for ReservationState {
+    fn from_redis_value(v: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
+        Ok(ReservationState::from(String::from_redis_value(v)?.as_str()))
+    }
+}
+
+/// A state of a reservation that a script moves it into when it settles an entry: the
+/// [`ReservationState`]s a settlement can end in, and only those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
     Applied,
@@ -87,7 +196,7 @@ impl Ending {
 /// A reservation's record as stored, every field as written (absent ones are `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub state: String,
+    pub state: ReservationState,
     pub product_id: i64,
     pub qty: i64,
     pub buyer: Option<String>,
@@ -120,7 +229,7 @@ impl Record {
     fn from_fields(fields: HashMap<String, String>) -> Option<Record> {
         let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
         Some(Record {
-            state: fields.get("state")?.clone(),
+            state: ReservationState::from(fields.get("state")?.as_str()),
             product_id: int("product_id")?,
             qty: int("qty")?,
             buyer: fields.get("buyer").cloned(),
@@ -135,12 +244,12 @@ impl Record {
 /// One entry of `{q}:outcomes` (or of another of the queue's streams, `{q}:alerts`): its
 /// stream id and fields, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutcomeEntry {
+pub struct StreamEntry {
     pub id: String,
     pub fields: Vec<(String, String)>,
 }
 
-impl OutcomeEntry {
+impl StreamEntry {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
@@ -148,8 +257,8 @@ impl OutcomeEntry {
 
 type RawEntries = Vec<(String, Vec<(String, String)>)>;
 
-fn entries(raw: RawEntries) -> Vec<OutcomeEntry> {
-    raw.into_iter().map(|(id, fields)| OutcomeEntry { id, fields }).collect()
+fn entries(raw: RawEntries) -> Vec<StreamEntry> {
+    raw.into_iter().map(|(id, fields)| StreamEntry { id, fields }).collect()
 }
 
 impl Queue {
@@ -189,7 +298,7 @@ impl Queue {
     }
 
     /// The latest `count` outcomes, newest first (XREVRANGE).
-    pub async fn latest_outcomes(&self, count: usize) -> Result<Vec<OutcomeEntry>> {
+    pub async fn latest_outcomes(&self, count: usize) -> Result<Vec<StreamEntry>> {
         self.latest_entries("redis (outcomes)", self.keys.outcomes(), count).await
     }
 
@@ -199,7 +308,7 @@ impl Queue {
         what: &'static str,
         key: String,
         count: usize,
-    ) -> Result<Vec<OutcomeEntry>> {
+    ) -> Result<Vec<StreamEntry>> {
         let mut conn = self.conn();
         let raw: RawEntries = bounded(
             what,
@@ -213,11 +322,7 @@ impl Queue {
     /// Up to `count` outcomes after stream id `after` (`None`: from the first), oldest first
     /// (XRANGE with an exclusive start): a reader pages through the stream with the last id
     /// of each page.
-    pub(crate) async fn outcomes_after(
-        &self,
-        after: Option<&str>,
-        count: usize,
-    ) -> Result<Vec<OutcomeEntry>> {
+    pub(crate) async fn outcomes_after(&self, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>> {
         let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
         let mut conn = self.conn();
         let raw: RawEntries = bounded(
@@ -242,7 +347,7 @@ impl Queue {
         waiter: &mut Waiter,
         after: &str,
         wait: Duration,
-    ) -> Result<Vec<OutcomeEntry>> {
+    ) -> Result<Vec<StreamEntry>> {
         let reply: Option<Vec<(String, RawEntries)>> = bounded(
             "redis (XREAD)",
             wait + CALL_TIMEOUT,
@@ -274,5 +379,35 @@ impl Queue {
             .collect();
         told.reverse();
         Ok(told)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReservationState;
+
+    #[test]
+    fn a_state_is_the_same_word_on_every_wire() {
+        for state in ReservationState::KNOWN {
+            let word = state.as_str().to_string();
+            assert_eq!(word, word.to_lowercase());
+            assert_eq!(ReservationState::from(word.as_str()), state);
+            assert_eq!(word.parse::<ReservationState>(), Ok(state.clone()));
+            assert_eq!(state.to_string(), word);
+            assert_eq!(serde_json::to_value(&state).unwrap(), serde_json::json!(word));
+            let value = redis::Value::BulkString(word.clone().into_bytes());
+            assert_eq!(redis::from_redis_value::<ReservationState>(value).unwrap(), state);
+        }
+        assert_eq!(format!("[{:<8}]", ReservationState::Held), "[held    ]");
+    }
+
+    #[test]
+    fn an_unknown_state_is_kept_word_for_word() {
+        let state = ReservationState::from("paused");
+        assert_eq!(state, ReservationState::Other("paused".into()));
+        assert_eq!(state.as_str(), "paused");
+        assert_eq!(serde_json::to_string(&state).unwrap(), r#""paused""#);
+        assert_eq!(serde_json::from_str::<ReservationState>(r#""paused""#).unwrap(), state);
+        assert_eq!(ReservationState::from("Applied"), ReservationState::Other("Applied".into()));
     }
 }

@@ -30,7 +30,7 @@ scripts! {
     CLAIM = "claim",
     SETTLE = "settle",
     RENEW = "renew",
-    RELEASE = "release",
+    HAND_BACK = "hand_back",
     REQUEUE = "requeue",
     SNAPSHOT = "snapshot",
     ADJUST = "adjust",

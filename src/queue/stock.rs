@@ -7,7 +7,7 @@
 
 use redis::AsyncCommands;
 
-use super::{CALL_TIMEOUT, Queue, next_value, scripts};
+use super::{CALL_TIMEOUT, Queue, ReservationState, next_value, scripts};
 
 /// A script's 0 for "no deadline".
 fn deadline(ms: i64) -> Option<i64> {
@@ -26,14 +26,14 @@ pub enum Reservation {
     Replayed {
         event_id: String,
         seq: i64,
-        state: String,
+        state: ReservationState,
         reserved_at: i64,
         updated_at: i64,
         deadline: Option<i64>,
     },
     /// The event id belongs to another reservation (other product, qty or buyer), or to one
     /// that ended: nothing taken.
-    IdUsed { state: String },
+    IdUsed { state: ReservationState },
     /// Not enough stock: nothing taken.
     SoldOut { available: i64 },
     /// The product has no Redis stock key (never stocked with `stockq stock set`).

@@ -32,14 +32,14 @@ use clap::Args;
 use serde::Serialize;
 use tokio::process::Child;
 
-use crate::admin::stock::{self, Change};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
+use crate::tools::own::prepare;
 use crate::tools::produce::{self, Latency, ProduceOptions, ProduceReport, ShopperOptions};
 
-/// The suffix of the benchmark's queue and database names (see `demo::own_settings`).
+/// The suffix of the benchmark's queue and database names (see `own::own_settings`).
 pub(crate) const BENCH: &str = "bench";
 /// Far longer than the largest benchmark takes to drain: past it, the workers are stuck.
 const DRAIN_WITHIN: Duration = Duration::from_secs(600);
@@ -160,7 +160,7 @@ pub(crate) async fn run(settings: &Settings, args: &BenchArgs) -> Result<u8> {
             "the check run fills one queue: run the benchmark with STOCKQ_SHARDS=1, or pass --check-products 0",
         ));
     }
-    let settings = crate::tools::demo::own_settings(settings, BENCH)?;
+    let settings = crate::tools::own::own_settings(settings, BENCH)?;
     ledger::migrate(&settings).await?;
     let shards = Shards::connect(&settings).await?;
     let ledger = Ledger::connect(&settings, 2).await?;
@@ -291,14 +291,6 @@ fn print_run(run: &Run, args: &BenchArgs, batched_rate: Option<f64>) {
             _ => String::new(),
         }
     );
-}
-
-pub(crate) async fn prepare(shards: &Shards, ledger: &Ledger, products: i64, per_product: i64) -> Result<()> {
-    crate::tools::demo::reset(shards, ledger).await?;
-    for product in 1..=products {
-        stock::adjust(shards.for_product(product), ledger, product, Change::Set(per_product)).await?;
-    }
-    Ok(())
 }
 
 /// Latency of reservations sent one at a time on an otherwise idle queue.
@@ -432,7 +424,7 @@ async fn capacity_run(
     let applied_before = applied(shards).await?;
     let produced = reserve_as_shoppers(shards, hot, events, None).await?;
     let applied_during = applied(shards).await?.saturating_sub(applied_before);
-    let (pending, processing) = crate::tools::demo::depths(shards).await?;
+    let (pending, processing) = crate::tools::own::depths(shards).await?;
     wait_for_drain(shards, None, events, Instant::now()).await?;
     stop_workers(workers).await;
     let consistent = crate::check::check(shards, ledger).await?.is_consistent();
@@ -503,7 +495,7 @@ struct CheckRun {
 /// bulk, exact for the books: `lua/bench_fill.lua`), then times three checks.
 async fn check_run(shards: &Shards, ledger: &Ledger, products: u64, backlog: u64) -> Result<CheckRun> {
     const STOCK: i64 = 1_000_000_000;
-    crate::tools::demo::reset(shards, ledger).await?;
+    crate::tools::own::reset(shards, ledger).await?;
     ledger.insert_products(products as i64, STOCK).await?;
     let queue = shards.first();
     queue.fill_stock(products, STOCK).await?;
@@ -516,7 +508,7 @@ async fn check_run(shards: &Shards, ledger: &Ledger, products: u64, backlog: u64
         check_ms.push(started.elapsed().as_millis() as u64);
     }
     // leave no million-entry queue behind
-    crate::tools::demo::reset(shards, ledger).await?;
+    crate::tools::own::reset(shards, ledger).await?;
     Ok(CheckRun { run: "check", products, backlog, check_ms, consistent })
 }
 
@@ -701,7 +693,7 @@ async fn wait_for_drain(
     let mut rss_early = None;
     let mut last_rss_sample = Instant::now();
     loop {
-        let (pending, processing) = crate::tools::demo::depths(shards).await?;
+        let (pending, processing) = crate::tools::own::depths(shards).await?;
         if pending == 0 && processing == 0 {
             return Ok(rss_early);
         }

@@ -49,7 +49,7 @@ pub(crate) async fn http_run(
     duration: Duration,
     connections: u64,
 ) -> Result<HttpRun> {
-    crate::tools::bench::prepare(shards, ledger, PRODUCTS, STOCK).await?;
+    crate::tools::own::prepare(shards, ledger, PRODUCTS, STOCK).await?;
     let port = free_port()?;
     let mut serve = start_serve(settings, port)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -71,7 +71,7 @@ pub(crate) async fn http_run(
     let _ = tokio::time::timeout(Duration::from_secs(30), serve.wait()).await;
     // the reservations sit on pending, counted in flight: the books balance without workers
     let consistent = crate::check::check(shards, ledger).await?.is_consistent();
-    crate::tools::demo::reset(shards, ledger).await?;
+    crate::tools::own::reset(shards, ledger).await?;
     let requests = samples.len() as u64;
     Ok(HttpRun {
         run: "http",

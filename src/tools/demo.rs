@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
-use crate::reserve::{Reservation, new_event_id, reserve};
+use crate::reservations::{Reservation, new_event_id, reserve};
+use crate::tools::own::{depths, own_settings, reset};
 use crate::worker::{Worker, WorkerOptions};
 
 /// The suffix of the demo's queue and database names.
@@ -254,8 +255,7 @@ struct Orders {
 
 /// Step 5: a few orders followed through their life, on `product`, stocked apart from the sale.
 async fn follow_orders(shards: &Shards, ledger: &Ledger, product: i64) -> Result<Orders> {
-    use crate::reservations::{cancel, confirm};
-    use crate::reserve::{Request, reserve_held};
+    use crate::reservations::{Request, cancel, confirm, reserve_held};
     let queue = shards.for_product(product);
     stock::adjust(queue, ledger, product, Change::Set(ORDERS_STOCK)).await?;
     queue.set_limit(product, ORDERS_LIMIT).await?;
@@ -302,7 +302,7 @@ async fn settle_order(shards: &Shards, ledger: &Ledger, event_id: &str, end: &st
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = crate::reservations::status(shards, ledger, event_id).await?;
-        let state = status.map(|s| s.state).unwrap_or_default();
+        let state = status.map(|s| s.state.to_string()).unwrap_or_default();
         if state == end || Instant::now() > deadline {
             return Ok(state);
         }
@@ -376,71 +376,4 @@ fn show_applied(worker: &Worker, bar: &ProgressBar) {
         + t.rejected.load(std::sync::atomic::Ordering::Relaxed);
     bar.set_position(settled.min(bar.length().unwrap_or(0)));
     bar.set_message(format!("in flight {}", bar.length().unwrap_or(0).saturating_sub(settled)));
-}
-
-/// A queue and a database of their own on the configured servers (demo, bench), named after
-/// the configured ones with `suffix`: queue `<queue>-<suffix>`, database `<database>_<suffix>`
-/// (`stockq_<suffix>` when the URL names no database).
-pub(crate) fn own_settings(settings: &Settings, suffix: &str) -> Result<Settings> {
-    let mut url = url::Url::parse(settings.mysql.url.expose())
-        .map_err(|e| Error::usage(format!("DATABASE_URL is not a valid URL: {e}")))?;
-    let database = match url.path().trim_start_matches('/') {
-        "" => crate::config::DEFAULT_QUEUE.to_string(),
-        named => named.to_string(),
-    };
-    url.set_path(&format!("/{database}_{suffix}"));
-    let queue = own_queue(&settings.redis.queue, suffix);
-    let mut own = Settings::new(settings.redis.url.expose(), url.as_str(), &queue)?;
-    own.delivery.visibility_timeout = settings.delivery.visibility_timeout;
-    own.redis.shards = settings.redis.shards;
-    Ok(own)
-}
-
-/// The name of the queue of its own that the demo or the benchmark (`suffix`) works on.
-pub(crate) fn own_queue(queue: &str, suffix: &str) -> String {
-    format!("{queue}-{suffix}")
-}
-
-/// Empties a queue's keys (every shard: its records and outcomes too) and the database's
-/// tables, so that a new run starts from nothing and may reuse its event ids.
-pub(crate) async fn reset(shards: &Shards, ledger: &Ledger) -> Result<()> {
-    let products = ledger.product_ids().await?;
-    for queue in shards.all() {
-        queue.reset(&products).await?;
-    }
-    ledger.reset().await
-}
-
-/// Pending and processing, over every shard.
-pub async fn depths(shards: &Shards) -> Result<(u64, u64)> {
-    let mut total = (0, 0);
-    for queue in shards.all() {
-        let d = queue.depths().await?;
-        total.0 += d.pending;
-        total.1 += d.processing;
-    }
-    Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_demo_s_queue_and_database_are_named_after_the_configured_ones() {
-        let configured =
-            Settings::new("redis://127.0.0.1:6379", "mysql://u:p@db:3306/shop?ssl-mode=REQUIRED", "alice")
-                .unwrap();
-        let own = own_settings(&configured, DEMO).unwrap();
-        assert_eq!(own.redis.queue, "alice-demo");
-        assert_eq!(own.mysql.url.expose(), "mysql://u:p@db:3306/shop_demo?ssl-mode=REQUIRED");
-        let bare = Settings::new("redis://127.0.0.1:6379", "mysql://u:p@db:3306", "stockq").unwrap();
-        let own = own_settings(&bare, "bench").unwrap();
-        assert_eq!(
-            (own.redis.queue.as_str(), own.mysql.url.expose()),
-            ("stockq-bench", "mysql://u:p@db:3306/stockq_bench")
-        );
-        let long = Settings::new("redis://127.0.0.1:6379", "mysql://u:p@db/x", &"q".repeat(64)).unwrap();
-        assert_eq!(own_settings(&long, DEMO).unwrap_err().exit_code(), 2);
-    }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::queue::Shards;
-use crate::reserve::{Request, Reservation, new_event_id, reserve_held};
+use crate::reservations::{Request, Reservation, new_event_id, reserve_held};
 
 pub(crate) const DEFAULT_IN_FLIGHT: usize = 32;
 

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::backoff::{Backoff, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
-use crate::ledger::{Ledger, Outcome, Release};
+use crate::ledger::{Decision, Ledger, Release};
 use crate::queue::{
     Ack, Cancelled, Claim, Ended, Ending, Entry, GiveBack, Queue, REJECTED_REASON, Settlement, Shards, Waiter,
 };
@@ -116,8 +116,9 @@ pub struct BatchReport {
     /// Entries this batch actually removed from processing (a late acknowledgement of an
     /// entry the janitor already re-queued removes nothing).
     pub acknowledged: u64,
-    /// Entries handed back to pending because MySQL could not be reached before shutdown.
-    pub released: u64,
+    /// Entries handed back to pending because MySQL could not be reached before shutdown
+    /// ([`Queue::hand_back`]).
+    pub handed_back: u64,
     /// Entries of cancelled reservations dropped without a deduction.
     pub cancelled: u64,
 }
@@ -310,9 +311,9 @@ impl Worker {
         self.record_apply(started, entries.len());
         let Some(verdicts) = applied else {
             // stopping, and MySQL out of reach: hand everything back, invalid ones too
-            let released = queue.release(&entries).await?;
-            tracing::warn!(released, "MySQL unreachable at shutdown; entries handed back to pending");
-            return Ok(BatchReport { claimed: entries.len(), released, ..Default::default() });
+            let handed_back = queue.hand_back(&entries).await?;
+            tracing::warn!(handed_back, "MySQL unreachable at shutdown; entries handed back to pending");
+            return Ok(BatchReport { claimed: entries.len(), handed_back, ..Default::default() });
         };
         let (settlement, mut report) = decide(&parsed, &verdicts, &cancels_deducted, now_ms());
         let started = Instant::now();
@@ -413,9 +414,9 @@ impl Worker {
         let mut parts = vec![(0..events.len(), REFUSED_ATTEMPTS)];
         while let Some((part, attempts)) = parts.pop() {
             match self.apply_part(&events[part.clone()], claim_seq, attempts, shutdown).await? {
-                Ok(outcomes) => {
-                    for (i, outcome) in part.zip(outcomes) {
-                        verdicts[i] = Some(Verdict::Decided(outcome));
+                Ok(decisions) => {
+                    for (i, decision) in part.zip(decisions) {
+                        verdicts[i] = Some(Verdict::Decided(decision));
                     }
                 }
                 Err(refusal) if part.len() == 1 => verdicts[part.start] = Some(Verdict::Refused(refusal)),
@@ -439,13 +440,13 @@ impl Worker {
         claim_seq: i64,
         attempts: u32,
         shutdown: &CancellationToken,
-    ) -> Option<std::result::Result<Vec<Outcome>, String>> {
+    ) -> Option<std::result::Result<Vec<Decision>, String>> {
         let mut backoff = Backoff::new();
         let mut refusals = 0;
         let mut stopping_since: Option<Instant> = None;
         loop {
             let e = match self.ledger.apply_batch(events, claim_seq).await {
-                Ok(outcomes) => return Some(Ok(outcomes)),
+                Ok(decisions) => return Some(Ok(decisions)),
                 Err(e) => e,
             };
             if e.blames_the_data() {
@@ -477,7 +478,7 @@ impl Worker {
         queue: &Queue,
         entries: &[Entry],
         settlement: &Settlement,
-    ) -> Result<crate::queue::Settled> {
+    ) -> Result<crate::queue::SettleCounts> {
         let give_up = Instant::now() + queue.visibility_timeout();
         let mut backoff = Backoff::new();
         let attempt = async {
@@ -583,7 +584,7 @@ impl<'a> Parsed<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     /// Decided by a transaction that committed.
-    Decided(Outcome),
+    Decided(Decision),
     /// Refused for good, alone in its transaction, for this reason: dead-lettered.
     Refused(String),
 }
@@ -639,23 +640,23 @@ fn decide(
             tracing::warn!(event_id = %event.event_id, %reason, "dead-lettering");
             settlement.dead.push((entry.clone(), dead_envelope(&entry, reason, 1, now_ms)));
         };
-        let outcome = match verdict {
-            Verdict::Decided(outcome) => *outcome,
+        let decision = match verdict {
+            Verdict::Decided(decision) => *decision,
             Verdict::Refused(reason) => {
                 dead_letter(reason);
                 continue;
             }
         };
-        match outcome {
-            Outcome::Applied => report.applied += 1,
-            Outcome::Rejected => report.rejected += 1,
-            Outcome::Duplicate => report.duplicates += 1,
-            Outcome::AlreadyApplied | Outcome::AlreadyRejected => report.redelivered += 1,
-            Outcome::UnknownProduct => {
+        match decision {
+            Decision::Applied => report.applied += 1,
+            Decision::Rejected => report.rejected += 1,
+            Decision::Duplicate => report.duplicates += 1,
+            Decision::AlreadyApplied | Decision::AlreadyRejected => report.redelivered += 1,
+            Decision::UnknownProduct => {
                 dead_letter(&format!("unknown product {}", event.product_id));
                 continue;
             }
-            Outcome::AlreadyCancelled => {
+            Decision::AlreadyCancelled => {
                 settlement.drops.push((entry, Ending::new(event, Ended::Cancelled, Some(CANCELLED_REASON))));
                 report.cancelled += 1;
                 continue;
@@ -664,23 +665,23 @@ fn decide(
         // reserve.lua counted the stamped events in the product's in-flight units
         let counted = if event.seq.is_some() { event.qty } else { 0 };
         let product_id = event.product_id;
-        let ending = match outcome {
-            Outcome::Rejected | Outcome::AlreadyRejected => {
+        let ending = match decision {
+            Decision::Rejected | Decision::AlreadyRejected => {
                 Ending::new(event, Ended::Rejected, Some(REJECTED_REASON))
             }
-            Outcome::Duplicate => Ending::new(event, Ended::Duplicate, None),
+            Decision::Duplicate => Ending::new(event, Ended::Duplicate, None),
             _ => Ending::new(event, Ended::Applied, None),
         };
-        if outcome.gives_back() {
+        if decision.gives_back() {
             let give_back = GiveBack { entry, product_id, qty: event.qty, counted, ending };
-            match outcome {
-                Outcome::Rejected => rejected.push(give_back),
-                Outcome::Duplicate => duplicates.push(give_back),
+            match decision {
+                Decision::Rejected => rejected.push(give_back),
+                Decision::Duplicate => duplicates.push(give_back),
                 _ => given_again.push(give_back),
             }
         } else {
             let ack = Ack { entry, product_id, counted, ending };
-            if outcome == Outcome::Applied { applied.push(ack) } else { acked_again.push(ack) }
+            if decision == Decision::Applied { applied.push(ack) } else { acked_again.push(ack) }
         }
     }
     report.dead = settlement.dead.len() as u64;
@@ -734,7 +735,7 @@ mod tests {
     }
 
     #[test]
-    fn each_outcome_settles_its_own_way() {
+    fn each_decision_settles_its_own_way() {
         let entries = vec![
             entry("a", 1, 1),
             entry("b", 1, 2),
@@ -747,12 +748,12 @@ mod tests {
         ];
         let parsed = Parsed::from_entries(&entries, &[]);
         let verdicts = [
-            Verdict::Decided(Outcome::Applied),
-            Verdict::Decided(Outcome::Rejected),
-            Verdict::Decided(Outcome::AlreadyApplied),
-            Verdict::Decided(Outcome::UnknownProduct),
-            Verdict::Decided(Outcome::Duplicate),
-            Verdict::Decided(Outcome::AlreadyRejected),
+            Verdict::Decided(Decision::Applied),
+            Verdict::Decided(Decision::Rejected),
+            Verdict::Decided(Decision::AlreadyApplied),
+            Verdict::Decided(Decision::UnknownProduct),
+            Verdict::Decided(Decision::Duplicate),
+            Verdict::Decided(Decision::AlreadyRejected),
             Verdict::Refused("mysql: 1644 product 13 frozen".into()),
         ];
         let (s, report) = decide(&parsed, &verdicts, &[], 7);

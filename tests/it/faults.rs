@@ -817,7 +817,7 @@ async fn a_full_redis_refuses_new_work_and_still_settles() {
     let confirmed = stockq::confirm(&env.shards(), "oom-paid").await.expect("a confirm when full");
     assert_eq!(confirmed, stockq::Confirm::Queued);
     let cancelled = stockq::cancel(&env.shards(), &env.ledger, "oom-held").await.expect("cancel when full");
-    assert_eq!(cancelled, stockq::Cancel::Done { state: "cancelled".into(), changed: true });
+    assert_eq!(cancelled, stockq::Cancel::Done { state: stockq::ReservationState::Cancelled, changed: true });
     env.wait_past(due).await;
 
     let report = worker.process(&env.queue, applied, &token).await.expect("acknowledged when full");
@@ -993,8 +993,10 @@ async fn a_redis_that_lost_its_last_second_is_healed_with_no_operator() {
     let mut lost_reservations = 0;
     for id in &reserved {
         match stockq::status(&shards, &env.ledger, id).await.unwrap() {
-            Some(status) if refused.contains(id) => assert_eq!(status.state, "rejected", "{id}"),
-            Some(status) => assert_eq!(status.state, "applied", "{id}"),
+            Some(status) if refused.contains(id) => {
+                assert_eq!(status.state, stockq::ReservationState::Rejected, "{id}")
+            }
+            Some(status) => assert_eq!(status.state, stockq::ReservationState::Applied, "{id}"),
             None => lost_reservations += 1,
         }
     }

@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use stockq::Decision;
 use stockq::Event;
-use stockq::Outcome;
 use stockq::{ProduceOptions, produce};
 use stockq::{Reservation, new_event_id, reserve};
 use tokio::io::AsyncReadExt;
@@ -222,13 +222,13 @@ async fn sold_out_is_exact_under_concurrent_shoppers() {
 
 /// Claims everything pending, applies it in MySQL and does not acknowledge: a worker that
 /// crashed between the commit and settle.lua.
-async fn apply_without_settle(env: &TestEnv, expected: usize) -> (Vec<Vec<u8>>, Vec<Outcome>) {
+async fn apply_without_settle(env: &TestEnv, expected: usize) -> (Vec<Vec<u8>>, Vec<Decision>) {
     let claim = env.queue.claim(10, None).await.expect("claim");
     assert_eq!(claim.entries.len(), expected);
     let events: Vec<Event> = claim.entries.iter().map(|e| Event::parse(e).expect("valid event")).collect();
-    let outcomes = env.ledger.apply_batch(&events, claim.seq).await.expect("apply batch");
+    let decisions = env.ledger.apply_batch(&events, claim.seq).await.expect("apply batch");
     assert_eq!(env.len("processing").await, expected, "not acknowledged: still in processing");
-    (claim.entries, outcomes)
+    (claim.entries, decisions)
 }
 
 /// Test 3a: an applied batch delivered again is acknowledged, not applied again.
@@ -240,13 +240,13 @@ async fn redelivered_applied_events_change_mysql_once() {
         let r = reserve(&env.queue, 1, 1, &new_event_id()).await.unwrap();
         assert!(matches!(r, Reservation::Reserved { .. }), "{r:?}");
     }
-    let (entries, outcomes) = apply_without_settle(&env, 5).await;
-    assert_eq!(outcomes, vec![Outcome::Applied; 5]);
+    let (entries, decisions) = apply_without_settle(&env, 5).await;
+    assert_eq!(decisions, vec![Decision::Applied; 5]);
     assert_eq!(env.mysql_stock(1).await, 5);
     // Committed but not acknowledged: the check must not count them as in flight.
     env.assert_books_balance().await;
 
-    assert_eq!(env.queue.release(&entries).await.unwrap(), 5);
+    assert_eq!(env.queue.hand_back(&entries).await.unwrap(), 5);
     assert_eq!((env.len("pending").await, env.len("processing").await), (5, 0));
 
     let reports = drain(&env, 10).await;
@@ -275,10 +275,10 @@ async fn redelivered_rejected_events_give_stock_back_once() {
     }
     assert_eq!(env.redis_stock(1).await, Some(1));
 
-    let (entries, outcomes) = apply_without_settle(&env, 2).await;
-    assert_eq!(outcomes, vec![Outcome::Rejected; 2]);
+    let (entries, decisions) = apply_without_settle(&env, 2).await;
+    assert_eq!(decisions, vec![Decision::Rejected; 2]);
     assert_eq!(env.redis_stock(1).await, Some(1), "nothing given back before the acknowledgement");
-    assert_eq!(env.queue.release(&entries).await.unwrap(), 2);
+    assert_eq!(env.queue.hand_back(&entries).await.unwrap(), 2);
 
     let reports = drain(&env, 10).await;
     assert_eq!(reports.iter().map(|r| r.redelivered).sum::<u64>(), 2);

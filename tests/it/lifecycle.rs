@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use stockq::{Cancel, Confirm, Request, Reservation};
+use stockq::{Cancel, Confirm, Request, Reservation, ReservationState};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestEnv, send_signal, terminate};
@@ -95,7 +95,7 @@ async fn confirm_and_expiry_race_at_the_deadline_and_each_hold_ends_once() {
     for (id, answer) in ids.iter().zip(answers) {
         match answer.expect("confirm") {
             Confirm::Queued => confirmed.insert(id.clone()),
-            Confirm::Ended { state } if state == "expired" => expired.insert(id.clone()),
+            Confirm::Ended { state: ReservationState::Expired } => expired.insert(id.clone()),
             other => panic!("{id}: {other:?}"),
         };
     }
@@ -160,14 +160,18 @@ async fn cancel_in_each_state_gives_back_exactly_once() {
         let ledger = env.ledger.clone();
         async move { stockq::cancel(&shards, &ledger, id).await.unwrap() }
     };
-    let done = |state: &str, changed: bool| Cancel::Done { state: state.to_string(), changed };
-    assert_eq!(cancel("held").await, done("cancelled", true));
-    assert_eq!(cancel("held").await, done("cancelled", false), "a repeated cancel changes nothing");
-    assert_eq!(cancel("queued").await, done("cancelling", true));
-    assert_eq!(cancel("dead").await, done("cancelling", true));
+    let done = |state: ReservationState, changed: bool| Cancel::Done { state, changed };
+    assert_eq!(cancel("held").await, done(ReservationState::Cancelled, true));
+    assert_eq!(
+        cancel("held").await,
+        done(ReservationState::Cancelled, false),
+        "a repeated cancel changes nothing"
+    );
+    assert_eq!(cancel("queued").await, done(ReservationState::Cancelling, true));
+    assert_eq!(cancel("dead").await, done(ReservationState::Cancelling, true));
     assert_eq!(env.len("dead").await, 0, "a cancelled dead letter goes back to the queue");
-    assert_eq!(cancel("applied").await, done("releasing", true));
-    assert_eq!(cancel("applied").await, done("releasing", false));
+    assert_eq!(cancel("applied").await, done(ReservationState::Releasing, true));
+    assert_eq!(cancel("applied").await, done(ReservationState::Releasing, false));
     assert_eq!(cancel("nobody").await, Cancel::Unknown);
     // every unit is back in Redis at once; MySQL still has `applied` deducted
     assert_eq!(env.redis_stock(1).await, Some(INITIAL - 1), "only `twice` still holds a unit");
@@ -183,8 +187,8 @@ async fn cancel_in_each_state_gives_back_exactly_once() {
     ] {
         assert_eq!(state(&env, id).await, want, "{id}");
     }
-    assert_eq!(cancel("twice").await, done("releasing", true));
-    assert_eq!(cancel("twice").await, done("releasing", false));
+    assert_eq!(cancel("twice").await, done(ReservationState::Releasing, true));
+    assert_eq!(cancel("twice").await, done(ReservationState::Releasing, false));
     env.drain(10).await;
     assert_eq!(state(&env, "twice").await, "released");
     assert_eq!(env.mysql_stock(1).await, INITIAL, "MySQL got back each release once");
@@ -624,10 +628,10 @@ async fn a_limit_set_again_holds_whatever_ends_the_reservations_of_the_one_befor
     // every old reservation ends now, each its own way
     let shards = env.shards();
     let cancel = |id: &'static str| stockq::cancel(&shards, &env.ledger, id);
-    let done = |state: &str| Cancel::Done { state: state.into(), changed: true };
-    assert_eq!(cancel("held-cancelled-old").await.unwrap(), done("cancelled"));
-    assert_eq!(cancel("applied-released-old").await.unwrap(), done("releasing"));
-    assert_eq!(cancel("queued-cancelled-old").await.unwrap(), done("cancelling"));
+    let done = |state: ReservationState| Cancel::Done { state, changed: true };
+    assert_eq!(cancel("held-cancelled-old").await.unwrap(), done(ReservationState::Cancelled));
+    assert_eq!(cancel("applied-released-old").await.unwrap(), done(ReservationState::Releasing));
+    assert_eq!(cancel("queued-cancelled-old").await.unwrap(), done(ReservationState::Cancelling));
     env.wait_past(expires_at).await;
     assert_eq!(env.janitor().recover().await.unwrap().expired, 1);
     let (code, out, err) = env.run(&["dead", "drop", "--all"]).await;
@@ -646,7 +650,7 @@ async fn a_limit_set_again_holds_whatever_ends_the_reservations_of_the_one_befor
         );
     }
     // a reservation of the new limit gives its units back to it, even once applied
-    assert_eq!(cancel("held-expired-new").await.unwrap(), done("releasing"));
+    assert_eq!(cancel("held-expired-new").await.unwrap(), done(ReservationState::Releasing));
     assert!(reserved(reserve_two(env, "held-expired-again", "held-expired", None).await));
     env.drain(10).await;
     env.assert_books_balance().await;
@@ -696,20 +700,20 @@ async fn a_refund_after_the_record_expired_gives_the_buyer_units_back() {
     let shards = env.shards();
     for id in ["bob-1", "carol-1"] {
         let answer = stockq::cancel(&shards, &env.ledger, id).await.unwrap();
-        assert_eq!(answer, Cancel::Done { state: "releasing".into(), changed: true }, "{id}");
+        assert_eq!(answer, Cancel::Done { state: ReservationState::Releasing, changed: true }, "{id}");
         let again = stockq::cancel(&shards, &env.ledger, id).await.unwrap();
-        assert_eq!(again, Cancel::Done { state: "releasing".into(), changed: false }, "{id}: once");
+        assert_eq!(again, Cancel::Done { state: ReservationState::Releasing, changed: false }, "{id}: once");
     }
     env.drain(10).await;
     assert!(reserved(two(1, "bob-3", "bob").await), "the refund gave bob's units back");
     assert!(refused(two(1, "bob-4", "bob").await), "once");
     assert!(refused(two(2, "carol-3", "carol").await), "carol's refund frees nothing of the new limit");
     let status = stockq::status(&shards, &env.ledger, "bob-1").await.unwrap().expect("known");
-    assert_eq!((status.state.as_str(), status.buyer.as_deref()), ("released", Some("bob")));
+    assert_eq!((&status.state, status.buyer.as_deref()), (&ReservationState::Released, Some("bob")));
     let mut c = env.redis.clone();
     let _: () = c.del(env.key("r:bob-1")).await.unwrap();
     let status = stockq::status(&shards, &env.ledger, "bob-1").await.unwrap().expect("from stock_log");
-    assert_eq!((status.state.as_str(), status.buyer.as_deref()), ("released", Some("bob")));
+    assert_eq!((&status.state, status.buyer.as_deref()), (&ReservationState::Released, Some("bob")));
     env.drain(10).await;
     env.assert_books_balance().await;
     assert_eq!((env.redis_stock(1).await, env.mysql_stock(1).await), (Some(98), 98));

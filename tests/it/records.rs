@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde_json::Value;
-use stockq::Reservation;
+use stockq::{Reservation, ReservationState};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::RedisServer;
@@ -46,7 +46,7 @@ async fn the_last_unit_retried_100_times_is_reserved_once() {
         .map(|a| match a {
             Reservation::Reserved { seq, reserved_at, .. } => (*seq, *reserved_at),
             Reservation::Replayed { seq, reserved_at, state, .. } => {
-                assert_eq!(state, "queued");
+                assert_eq!(state, &ReservationState::Queued);
                 (*seq, *reserved_at)
             }
             other => panic!("not the first answer: {other:?}"),

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::event::DeadLetter;
 use crate::http::answer::{clip_to, error};
 use crate::ledger::Ledger;
-use crate::queue::{OutcomeEntry, Shards};
+use crate::queue::{ReservationState, Shards, StreamEntry};
 
 /// Outcomes shown in the table.
 const OUTCOMES_SHOWN: usize = 20;
@@ -78,11 +78,11 @@ fn unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// One outcome as the page shows it.
+/// One outcome (an entry of `{q}:outcomes`: how a reservation ended) as the page shows it.
 #[derive(Debug, Serialize)]
 struct Outcome {
     event_id: Option<String>,
-    state: Option<String>,
+    state: Option<ReservationState>,
     product_id: Option<i64>,
     qty: Option<i64>,
     buyer: Option<String>,
@@ -92,12 +92,12 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn from_entry(e: &OutcomeEntry) -> Outcome {
+    fn from_entry(e: &StreamEntry) -> Outcome {
         let text = |name| e.get(name).map(str::to_string);
         let int = |name| e.get(name).and_then(|v| v.parse().ok());
         Outcome {
             event_id: text("event_id"),
-            state: text("state"),
+            state: e.get("state").map(ReservationState::from),
             product_id: int("product_id"),
             qty: int("qty"),
             buyer: text("buyer"),
@@ -125,7 +125,10 @@ impl EndToEnd {
     fn of(outcomes: &[Outcome], now: i64) -> EndToEnd {
         let mut took: Vec<i64> = outcomes
             .iter()
-            .filter(|o| matches!(o.state.as_deref(), Some("applied" | "rejected" | "duplicate")))
+            .filter(|o| {
+                use ReservationState::{Applied, Duplicate, Rejected};
+                matches!(o.state, Some(Applied | Rejected | Duplicate))
+            })
             .filter_map(|o| Some((o.reserved_at?, o.at?)))
             .filter(|(_, at)| now - at <= LATENCY_WINDOW_MS)
             .map(|(reserved, at)| (at - reserved).max(0))
@@ -143,7 +146,7 @@ impl EndToEnd {
     }
 }
 
-fn alert_json(e: &OutcomeEntry) -> Value {
+fn alert_json(e: &StreamEntry) -> Value {
     let int = |name| e.get(name).and_then(|v| v.parse::<i64>().ok());
     // a stream id starts with the unix ms it was added at
     let at = e.id.split('-').next().and_then(|ms| ms.parse::<i64>().ok());
@@ -242,7 +245,7 @@ pub(super) async fn books(State(admin): State<Admin>, _: Operator, Query(q): Que
     let ledger = match admin.ledger.get() {
         Ok(ledger) => ledger,
         Err(e) => {
-            crate::http::serve::log_failure("dashboard books failed", &e);
+            crate::http::answer::log_failure("dashboard books failed", &e);
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the books need MySQL, which is not connected yet",

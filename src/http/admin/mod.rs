@@ -184,7 +184,7 @@ fn logged_in(admin: &Admin, headers: &HeaderMap) -> Result<Session, Refused> {
 
 /// A failure of a store behind the dashboard: logged, and answered 503.
 fn unavailable(what: &'static str, e: Error) -> Response {
-    crate::http::serve::log_failure(what, &e);
+    crate::http::answer::log_failure(what, &e);
     error(StatusCode::SERVICE_UNAVAILABLE, format!("{}; try again", crate::error::one_line(&e.to_string())))
 }
 

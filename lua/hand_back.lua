@@ -1,5 +1,5 @@
 #!lua flags=allow-oom
--- release.lua: a worker that cannot finish (shutting down while MySQL is unreachable) hands
+-- hand_back.lua: a worker that cannot finish (shutting down while MySQL is unreachable) hands
 -- its entries back to pending at once, without counting a failed delivery.
 --
 -- KEYS[1]  {q}:processing

@@ -1,5 +1,6 @@
-//! A reservation's status (docs/outcomes.md): what `stockq status`, `reserve
-//! --json` and the order-service API answer.
+//! After `reserve`: a reservation's status (docs/outcomes.md), what `stockq status`, `reserve
+//! --json` and the order-service API answer; and its confirm and its cancel
+//! (docs/lifecycle.md).
 //!
 //! Redis keeps a record per reservation while it lives and `STOCKQ_RECORD_TTL` after it ended;
 //! a reservation whose record is gone (expired, or made before records existed) is answered
@@ -11,15 +12,14 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::event::validate_event_id;
 use crate::ledger::Ledger;
-use crate::queue::{Cancel, Confirm, Forgotten, Record, Shards};
-use crate::reserve::Reservation;
+use crate::queue::{Cancel, Confirm, Forgotten, Record, Reservation, ReservationState, Shards};
 use crate::telemetry::metrics as m;
 
 /// The status object (docs/outcomes.md); times are unix ms on the Redis clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
     pub event_id: String,
-    pub state: String,
+    pub state: ReservationState,
     pub product_id: i64,
     pub qty: i64,
     pub seq: Option<i64>,
@@ -79,17 +79,17 @@ pub(crate) struct Asked<'a> {
 pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Value> {
     let (event_id, seq, state, reserved_at, updated_at, deadline) = match reservation {
         Reservation::Reserved { event_id, seq, reserved_at, deadline, .. } => {
-            let state = if deadline.is_some() { "held" } else { "queued" };
+            let state = if deadline.is_some() { ReservationState::Held } else { ReservationState::Queued };
             (event_id, seq, state, reserved_at, reserved_at, deadline)
         }
         Reservation::Replayed { event_id, seq, state, reserved_at, updated_at, deadline } => {
-            (event_id, seq, state.as_str(), reserved_at, updated_at, deadline)
+            (event_id, seq, state.clone(), reserved_at, updated_at, deadline)
         }
         _ => return None,
     };
     let status = Status {
         event_id: event_id.clone(),
-        state: state.to_string(),
+        state,
         product_id: asked.product_id,
         qty: asked.qty,
         seq: Some(*seq),
@@ -130,7 +130,7 @@ pub async fn cancel(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<
         }
     }
     let Some(row) = ledger.log_row(event_id).await? else { return Ok(Cancel::Unknown) };
-    if row.status != "applied" {
+    if row.status != ReservationState::Applied {
         // ended long ago: nothing to give back
         return Ok(Cancel::Done { state: row.status, changed: false });
     }
@@ -148,6 +148,6 @@ pub async fn cancel(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<
 
 fn count_cancel(answer: &Cancel) {
     if let Cancel::Done { state, changed: true } = answer {
-        metrics::counter!(m::CANCELS, "state" => state.clone()).increment(1);
+        metrics::counter!(m::CANCELS, "state" => state.to_string()).increment(1);
     }
 }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::event::{validate_buyer, validate_event_id, validate_product_id, validate_qty};
-use crate::queue::Queue;
-pub use crate::queue::Reservation;
+use crate::queue::{Queue, Reservation};
 use crate::telemetry::metrics as m;
 
 /// A fresh, time-ordered event id.
