@@ -213,7 +213,7 @@ impl Record {
     fn parse(text: &str) -> Option<Record> {
         let mut f = text.splitn(11, '|');
         let mut next = || f.next().filter(|v| !v.is_empty());
-        let state = next()?.to_string();
+        let state = ReservationState::from(next()?);
         let int = |v: Option<&str>| v.and_then(|v| v.parse::<i64>().ok());
         let product_id = int(next())?;
         let qty = int(next())?;
