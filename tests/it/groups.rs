@@ -231,3 +231,139 @@ async fn shoppers_at_once_are_grouped_and_each_gets_its_own_answer() {
     assert_eq!(env.applied_units(1).await, 250);
     env.assert_books_balance().await;
 }
+
+/// What the previous layout's reserve.lua wrote for a reservation it made: a record as a
+/// hash (its tally without an epoch), an entry without `limit_epoch`, and the stock, sequence,
+/// in-flight units and buyer's units it moved. Used to stand for reservations made before an
+/// upgrade.
+const PREVIOUS_RESERVE: &str = r#"
+local product_id, qty, buyer, hold, event_id, limited = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local t = redis.call('TIME')
+local now_s = t[1] .. string.sub(string.sub('000000', #t[2] + 1) .. t[2], 1, 3)
+redis.call('DECRBY', KEYS[1], qty)
+local seq_s = string.format('%d', redis.call('INCR', KEYS[3]))
+redis.call('HINCRBY', KEYS[4], product_id, qty)
+local state = hold > 0 and 'held' or 'queued'
+redis.call('HSET', KEYS[5], 'state', state, 'product_id', product_id, 'qty', qty, 'seq', seq_s,
+  'reserved_at', now_s, 'updated_at', now_s)
+if buyer ~= '' then redis.call('HSET', KEYS[5], 'buyer', buyer) end
+if limited == '1' then
+  redis.call('HINCRBY', KEYS[8], product_id .. ':' .. buyer, qty)
+  redis.call('HSET', KEYS[5], 'tally', qty)
+end
+if hold > 0 then
+  local deadline = string.format('%d', tonumber(now_s) + hold)
+  redis.call('HSET', KEYS[5], 'deadline', deadline)
+  redis.call('ZADD', KEYS[6], deadline, event_id)
+else
+  local buyer_field = ''
+  if buyer ~= '' then buyer_field = ',"buyer":"' .. buyer .. '"' end
+  redis.call('LPUSH', KEYS[2], '{"event_id":"' .. event_id .. '","product_id":' .. product_id ..
+    ',"qty":' .. qty .. ',"seq":' .. seq_s .. buyer_field .. ',"at":' .. now_s .. '}')
+end
+return seq_s
+"#;
+
+/// An upgrade in the middle of a sale: reservations made by the previous layout (hash
+/// records, entries without `limit_epoch`, tallies of epoch 0) are replayed, confirmed,
+/// cancelled, expired, applied and refunded by this one exactly as before, beside new ones;
+/// every record ends as it should and the books are exact.
+#[tokio::test]
+async fn reservations_of_the_previous_layout_keep_working_through_an_upgrade() {
+    let env = TestEnv::new().await;
+    env.stock(1, 100).await;
+    env.stock(2, 100).await;
+    assert_eq!(env.run(&["stock", "limit", "2", "2"]).await.0, 0);
+    let previous = redis::Script::new(PREVIOUS_RESERVE);
+    let mut c = env.redis.clone();
+    let old = |id: &'static str, product: i64, qty: i64, buyer: &'static str, hold_ms: u64| {
+        let k = |s: String| env.key(&s);
+        let mut invocation = previous.prepare_invoke();
+        invocation
+            .key(k(format!("stock:{product}")))
+            .key(k("pending".into()))
+            .key(k("seq".into()))
+            .key(k("inflight".into()))
+            .key(k(format!("r:{id}")))
+            .key(k("holds".into()))
+            .key(k("limits".into()))
+            .key(k("bought".into()))
+            .arg(product)
+            .arg(qty)
+            .arg(buyer)
+            .arg(hold_ms)
+            .arg(id)
+            .arg(if product == 2 { "1" } else { "0" });
+        let mut c = c.clone();
+        async move { invocation.invoke_async::<String>(&mut c).await.unwrap() }
+    };
+    for i in 0..10 {
+        old(["o0", "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9"][i], 1, 1, "", 0).await;
+    }
+    old("held-confirmed", 1, 2, "ann", 900_000).await;
+    old("held-cancelled", 1, 2, "ann", 900_000).await;
+    old("held-expired", 1, 3, "", 1_000).await;
+    old("limited-refunded", 2, 2, "al", 0).await;
+    old("limited-kept", 2, 2, "bo", 0).await;
+    let mut kind: String = redis::cmd("TYPE").arg(env.key("r:o0")).query_async(&mut c).await.unwrap();
+    assert_eq!(kind, "hash", "the previous layout");
+
+    // the upgrade: this version meets them
+    let replay = stockq::reserve_for(&env.queue, 1, 1, "o3", None).await.unwrap();
+    assert!(matches!(replay, Reservation::Replayed { .. }), "{replay:?}");
+    let used = stockq::reserve_for(&env.queue, 1, 2, "o3", None).await.unwrap();
+    assert!(matches!(used, Reservation::IdUsed { .. }), "{used:?}");
+    let limited = stockq::reserve_for(&env.queue, 2, 1, "al-more", Some("al")).await.unwrap();
+    assert!(
+        matches!(limited, Reservation::LimitReached { limit: 2, held: 2 }),
+        "the old tally counts: {limited:?}"
+    );
+    let shards = env.shards();
+    assert_eq!(stockq::confirm(&shards, "held-confirmed").await.unwrap(), stockq::Confirm::Queued);
+    let cancelled = stockq::cancel(&shards, &env.ledger, "held-cancelled").await.unwrap();
+    assert_eq!(cancelled, stockq::Cancel::Done { state: "cancelled".into(), changed: true });
+    for i in 0..5 {
+        let id = format!("new-{i}");
+        assert!(matches!(
+            stockq::reserve_for(&env.queue, 1, 1, &id, None).await.unwrap(),
+            Reservation::Reserved { .. }
+        ));
+    }
+    let status = stockq::status(&shards, &env.ledger, "o5").await.unwrap().expect("an old record is read");
+    assert_eq!(status.state.as_str(), "queued");
+    env.drain(100).await;
+    let status = stockq::status(&shards, &env.ledger, "held-expired").await.unwrap().unwrap();
+    env.wait_past(status.deadline.expect("a hold")).await;
+    assert_eq!(env.janitor().recover().await.unwrap().expired, 1);
+    // a refund of an old reservation gives its buyer's units back (its tally of epoch 0)
+    let refunded = stockq::cancel(&shards, &env.ledger, "limited-refunded").await.unwrap();
+    assert_eq!(refunded, stockq::Cancel::Done { state: "releasing".into(), changed: true });
+    env.drain(100).await;
+    let again = stockq::reserve_for(&env.queue, 2, 2, "al-again", Some("al")).await.unwrap();
+    assert!(matches!(again, Reservation::Reserved { .. }), "{again:?}");
+    let bo = stockq::reserve_for(&env.queue, 2, 1, "bo-more", Some("bo")).await.unwrap();
+    assert!(matches!(bo, Reservation::LimitReached { .. }), "{bo:?}");
+    env.drain(100).await;
+
+    let expect = [
+        ("o0", "applied"),
+        ("o9", "applied"),
+        ("held-confirmed", "applied"),
+        ("held-cancelled", "cancelled"),
+        ("held-expired", "expired"),
+        ("limited-refunded", "released"),
+        ("limited-kept", "applied"),
+        ("new-4", "applied"),
+        ("al-again", "applied"),
+    ];
+    for (id, state) in expect {
+        let status = stockq::status(&shards, &env.ledger, id).await.unwrap().expect(id);
+        assert_eq!(status.state.as_str(), state, "{id}");
+    }
+    kind = redis::cmd("TYPE").arg(env.key("r:o0")).query_async(&mut c).await.unwrap();
+    assert_eq!(kind, "string", "a record is written back in this layout at its next change");
+    env.assert_books_balance().await;
+    // product 1: 10 + 2 confirmed + 5 new applied; product 2: bo's 2 and al's second 2
+    assert_eq!((env.mysql_stock(1).await, env.redis_stock(1).await), (83, Some(83)));
+    assert_eq!((env.mysql_stock(2).await, env.redis_stock(2).await), (96, Some(96)));
+}
