@@ -24,12 +24,15 @@
 -- ARGV[5]  record TTL in ms, set when a reservation reaches a final state
 -- ARGV[6]  the outcome stream's approximate MAXLEN
 -- ARGV[7]  C: entries of cancelled reservations to drop without a MySQL deduction
--- then D triples (entry, product_id, counted), then G quadruples (entry, product_id, qty,
--- counted), then X pairs (entry, dead envelope), then C single entries, each followed by the
--- entry's 8 ending
--- arguments: event_id, product_id, qty, seq, buyer, reserved_at, state, reason ('' for none;
--- an empty event_id for an entry that is not an event). `counted` is the qty reserve.lua
--- added to the product's in-flight units (0 for an event pushed by hand without a seq).
+-- then D acknowledgements of 7 (entry, event_id, product_id, qty, seq, buyer, reserved_at:
+-- an applied event, its in-flight units its qty when it has a seq), then G quadruples
+-- (entry, product_id, qty, counted), then X pairs (entry, dead envelope), then C single
+-- entries, each of these followed by the entry's 8 ending arguments: event_id, product_id,
+-- qty, seq, buyer, reserved_at, state, reason ('' for none; an empty event_id for an entry
+-- that is not an event). `counted` is the qty reserve.lua added to the product's in-flight
+-- units (0 for an event pushed by hand without a seq). An acknowledgement's arguments are
+-- its ending's first six: it ends `applied`, with no reason (each argument costs about a
+-- thousand instructions, and acknowledgements are most of what a worker settles).
 --
 -- Returns {acknowledged, units_given_back, dead_lettered, cancelled}.
 --
@@ -95,7 +98,7 @@ local function want(a, k, e)
   end
 end
 local a = 8
-for i = 1, d do want(a, 'ack', a + 3); a = a + 11 end
+for i = 1, d do want(a, 'ack', a + 1); a = a + 7 end
 for i = 1, g do want(a, 'give', a + 4); a = a + 12 end
 for i = 1, x do want(a, 'dead', a + 2); a = a + 10 end
 for i = 1, c do want(a, 'drop', a + 1); a = a + 9 end
@@ -188,9 +191,10 @@ end
 -- are back already, so the caller gives nothing back.
 local function end_reservation(i)
   local e = ending[i]
-  local event_id, seq, state, reason = ARGV[e], ARGV[e + 3], ARGV[e + 6], ARGV[e + 7]
-  if event_id == '' then return false end
   local k = kind[i]
+  local event_id, seq, state, reason = ARGV[e], ARGV[e + 3], 'applied', ''
+  if k ~= 'ack' then state, reason = ARGV[e + 6], ARGV[e + 7] end
+  if event_id == '' then return false end
   local record = KEYS[record_base + i]
   if k == 'ack' then
     -- the usual acknowledgement: a record still queued, by this entry's reservation. Its
@@ -264,7 +268,7 @@ for i = 1, n do
     claimed[nc] = v
     local cancelled = end_reservation(i)
     if k == 'ack' then
-      settle(ARGV[a + 1], ARGV[a + 2])
+      settle(ARGV[a + 2], ARGV[a + 4] ~= '' and ARGV[a + 3] or '0')
       ns = ns + 1
       settled[ns] = v
       acked = acked + 1

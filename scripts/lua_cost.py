@@ -49,6 +49,8 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--order", choices=["oldest", "newest", "alternate"], default="oldest")
     p.add_argument("--old-layout", action="store_true")
+    p.add_argument("--previous", action="store_true",
+                   help="the scripts of commit c87a803: settle.lua takes 11 arguments per acknowledgement")
     p.add_argument("--products", type=int, default=100, help="products reserved, in turn (1: one hot product)")
     p.add_argument("--reserve-only", action="store_true", help="count the reservations only")
     p.add_argument("--group", type=int, default=0,
@@ -140,11 +142,16 @@ def main():
             args += ["86400000", "1000000", "0"]
         for entry in entries:
             ev = json.loads(entry)
-            args += [entry, str(ev["product_id"]), str(ev["qty"])]
-            if not a.old_layout:
+            if a.old_layout:
+                args += [entry, str(ev["product_id"]), str(ev["qty"])]
+            elif a.previous:
                 keys.append(k(f"r:{ev['event_id']}"))
-                args += [ev["event_id"], str(ev["product_id"]), str(ev["qty"]), str(ev["seq"]), ev["buyer"],
-                         str(ev["at"]), "applied", ""]
+                args += [entry, str(ev["product_id"]), str(ev["qty"]), ev["event_id"], str(ev["product_id"]),
+                         str(ev["qty"]), str(ev["seq"]), ev["buyer"], str(ev["at"]), "applied", ""]
+            else:
+                keys.append(k(f"r:{ev['event_id']}"))
+                args += [entry, ev["event_id"], str(ev["product_id"]), str(ev["qty"]), str(ev["seq"]), ev["buyer"],
+                         str(ev["at"])]
         reply = r.evalsha(sha["settle"], len(keys), *keys, *args)
         assert reply[0] == len(entries), reply
     settle = count() / a.events

@@ -358,8 +358,9 @@ impl Queue {
             .arg(self.retention.outcomes_maxlen)
             .arg(s.drops.len());
         for ack in &s.acks {
-            invocation.arg(ack.entry.as_slice()).arg(ack.product_id).arg(ack.counted);
-            Ending::push_args(Some(&ack.ending), &mut invocation);
+            // its ending's first six: an acknowledgement ends `applied` (settle.lua)
+            invocation.arg(ack.entry.as_slice());
+            Ending::push_args_applied(&ack.ending, &mut invocation);
         }
         for g in &s.give_backs {
             invocation.arg(g.entry.as_slice()).arg(g.product_id).arg(g.qty).arg(g.counted);

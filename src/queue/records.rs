@@ -171,6 +171,20 @@ impl Ending {
         Ending { event: event.clone(), state, reason: reason.map(str::to_string) }
     }
 
+    /// An acknowledgement's 6 arguments: event_id, product_id, qty, seq, buyer, reserved_at
+    /// ('' for an absent value); settle.lua knows it ends `applied`, with no reason, and
+    /// counts its qty in flight when it has a seq.
+    pub(super) fn push_args_applied(e: &Ending, invocation: &mut redis::ScriptInvocation<'_>) {
+        let ev = &e.event;
+        invocation
+            .arg(ev.event_id.as_str())
+            .arg(ev.product_id)
+            .arg(ev.qty)
+            .arg(ev.seq.map(|s| s.to_string()).unwrap_or_default())
+            .arg(ev.buyer.as_deref().unwrap_or(""))
+            .arg(ev.reserved_at.map(|t| t.to_string()).unwrap_or_default());
+    }
+
     /// The 8 arguments the scripts read per entry: event_id, product_id, qty, seq, buyer,
     /// reserved_at, state, reason ('' for an absent value).
     pub(super) fn push_args(ending: Option<&Ending>, invocation: &mut redis::ScriptInvocation<'_>) {
