@@ -287,6 +287,7 @@ pub(crate) mod metrics {
     pub(crate) const CANCELS: &str = "stockq_cancels_total";
     pub(crate) const BUILD_INFO: &str = "stockq_build_info";
     pub(crate) const HEALS: &str = "stockq_heals_total";
+    pub(crate) const SOLD_OUT_FROM_MEMORY: &str = "stockq_sold_out_from_memory_total";
 
     /// Every value of the `result` label of [`RESERVATIONS`]; `error`: no answer from Redis.
     pub(crate) const RESERVATION_RESULTS: &[&str] = &[
@@ -318,6 +319,7 @@ pub(crate) mod metrics {
         RELEASED,
         EXPIRED,
         HEALS,
+        SOLD_OUT_FROM_MEMORY,
     ];
     /// The gauges the queue sampler sets; NaN while Redis does not answer it.
     pub(crate) const QUEUE_GAUGES: &[&str] =
@@ -455,6 +457,10 @@ pub(crate) mod metrics {
     fn describe() {
         use ::metrics::{describe_counter, describe_gauge, describe_histogram};
         describe_counter!(APPLIED, "Events deducted in MySQL");
+        describe_counter!(
+            SOLD_OUT_FROM_MEMORY,
+            "Reservations refused as sold out from what this process learned of the product in the last 50 ms, without Redis"
+        );
         describe_counter!(HEALS, "Heals of a shard whose Redis lost writes: stock set from MySQL");
         describe_counter!(REJECTED, "Events MySQL could not honour; their Redis stock was given back");
         describe_counter!(DUPLICATES, "Second reservations of an event id; their Redis stock was given back");

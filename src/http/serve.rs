@@ -83,6 +83,9 @@ async fn post_reserve(
             return error(status, rejection.body_text());
         }
     };
+    // an id made here cannot be a retry: such a request may be refused from what this
+    // process learned of the product lately, without asking Redis (queue::sold_out)
+    let fresh = req.event_id.is_none();
     let event_id = req.event_id.unwrap_or_else(new_event_id);
     if crate::event::validate_event_id(&event_id).is_err() {
         let id = clip(&event_id);
@@ -103,8 +106,15 @@ async fn post_reserve(
     };
     // the id exists before Redis is called, so that a 503 can tell which id to retry with
     let buyer = req.buyer.as_deref();
+    let queue = shards.for_product(req.product_id);
+    if fresh && let Some(available) = queue.known_sold_out(req.product_id, req.qty) {
+        metrics::counter!(m::RESERVATIONS, "result" => "sold_out").increment(1);
+        metrics::counter!(m::SOLD_OUT_FROM_MEMORY).increment(1);
+        return (StatusCode::CONFLICT, axum::Json(json!({ "error": "sold out", "available": available })))
+            .into_response();
+    }
     let request = Request { product_id: req.product_id, qty: req.qty, event_id: &event_id, buyer, hold };
-    let result = reserve_held(shards.for_product(req.product_id), request).await;
+    let result = reserve_held(queue, request).await;
     let order_service = reservations::is_order_service(token.as_ref(), &tries, client, &headers);
     let asked = Asked { product_id: req.product_id, qty: req.qty, buyer };
     reserve_answer(asked, &event_id, order_service, result)

@@ -100,6 +100,10 @@ impl Queue {
                 .arg(text(f.limit_epoch));
         }
         let (state, changed): (String, i64) = self.invoke("redis (cancel)", &invocation).await?;
+        if changed == 1 {
+            // its units are back: this process sells them again at once
+            self.sold_out.forget(product_id);
+        }
         Ok(if state.is_empty() {
             Cancel::Unknown
         } else {

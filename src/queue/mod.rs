@@ -39,6 +39,7 @@ mod ops;
 mod records;
 pub(crate) mod scripts;
 pub(crate) mod shards;
+mod sold_out;
 mod stock;
 mod workers;
 
@@ -96,6 +97,8 @@ pub struct Queue {
     highest_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// The shard's group commit of reservations, started by the first one.
     grouper: std::sync::Arc<std::sync::OnceLock<group::Grouper>>,
+    /// Products this process saw sold out on the shard, lately (`sold_out`).
+    sold_out: std::sync::Arc<sold_out::SoldOut>,
 }
 
 /// A dedicated connection for one consumer's blocking wait.
@@ -221,12 +224,19 @@ impl Queue {
             },
             highest_seq: Default::default(),
             grouper: Default::default(),
+            sold_out: Default::default(),
         })
     }
 
     /// The same connection, for another queue's keys (a shard).
     pub(crate) fn with_keys(&self, keys: Keys) -> Queue {
-        Queue { keys, highest_seq: Default::default(), grouper: Default::default(), ..self.clone() }
+        Queue {
+            keys,
+            highest_seq: Default::default(),
+            grouper: Default::default(),
+            sold_out: Default::default(),
+            ..self.clone()
+        }
     }
 
     /// The shard's group commit of reservations (see `group`).

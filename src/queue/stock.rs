@@ -90,10 +90,14 @@ impl Queue {
                 if self.observe_reservation(seq, floor, &event_id, product_id).await? {
                     return Ok(Reservation::Healing { until: 0 });
                 }
+                let remaining = next_value(&mut values)?;
+                if remaining == 0 {
+                    self.sold_out.note(product_id, 0);
+                }
                 Reservation::Reserved {
                     event_id,
                     seq,
-                    remaining: next_value(&mut values)?,
+                    remaining,
                     reserved_at: next_value(&mut values)?,
                     deadline: deadline(next_value(&mut values)?),
                 }
@@ -107,7 +111,11 @@ impl Queue {
                 deadline: deadline(next_value(&mut values)?),
             },
             -2 => Reservation::IdUsed { state: next_value(&mut values)? },
-            0 => Reservation::SoldOut { available: next_value(&mut values)? },
+            0 => {
+                let available = next_value(&mut values)?;
+                self.sold_out.note(product_id, available);
+                Reservation::SoldOut { available }
+            }
             -3 => Reservation::BuyerRequired { limit: next_value(&mut values)? },
             -4 => {
                 Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? }
@@ -123,6 +131,14 @@ impl Queue {
                 ))));
             }
         })
+    }
+
+    /// `Some(units left)` when this process learned from Redis, within
+    /// [`sold_out::SOLD_OUT_MEMORY`](super::sold_out::SOLD_OUT_MEMORY), that `product_id` has
+    /// fewer than `qty` units: a reservation that cannot be a retry may be refused without
+    /// asking Redis (`serve` does so for event ids it makes itself).
+    pub(crate) fn known_sold_out(&self, product_id: i64, qty: i64) -> Option<i64> {
+        self.sold_out.refuses(product_id, qty)
     }
 
     /// Sets how many units of `product_id` one buyer may hold (0: no limit; `lua/limit.lua`).
@@ -190,6 +206,9 @@ impl Queue {
         match ok {
             1 => {
                 self.observe_seq(seq, floor).await?;
+                if delta > 0 {
+                    self.sold_out.forget(product_id);
+                }
                 Ok(Adjustment::Applied { seq, stock })
             }
             0 => Ok(Adjustment::Refused { stock }),

@@ -367,3 +367,52 @@ async fn reservations_of_the_previous_layout_keep_working_through_an_upgrade() {
     assert_eq!((env.mysql_stock(1).await, env.redis_stock(1).await), (83, Some(83)));
     assert_eq!((env.mysql_stock(2).await, env.redis_stock(2).await), (96, Some(96)));
 }
+
+/// A sold-out product costs Redis nothing more: `serve` refuses further shoppers from what it
+/// learned in the last 50 ms (for the ids it makes itself: a shopper's own id may be a retry,
+/// which Redis must answer), and a unit that comes back is on sale again within 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sold_out_product_is_refused_without_redis_and_sold_again_when_a_unit_comes_back() {
+    let redis = crate::faults::RedisServer::start().await;
+    let env = TestEnv::with_redis(&redis.url(), |_| {}).await;
+    env.stock(1, 5).await;
+    let (mut serve, port) = env.serve(&[]).await;
+    let reserve = || crate::helpers::http(port, "POST", "/reserve").json(r#"{"product_id": 1, "qty": 1}"#);
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let answer = reserve().send().await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+        made.push(answer.json()["event_id"].as_str().unwrap().to_string());
+    }
+    let mut c = env.redis.clone();
+    let calls = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+            info.lines()
+                .filter(|l| l.starts_with("cmdstat_eval"))
+                .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        }
+    };
+    let before = calls(&mut c).await;
+    const REFUSED: usize = 1_000;
+    use futures::StreamExt;
+    let answers: Vec<_> =
+        futures::stream::iter(0..REFUSED).map(|_| reserve().send()).buffer_unordered(32).collect().await;
+    let statuses: std::collections::BTreeSet<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [409].into(), "every one sold out");
+    let scripts = calls(&mut c).await - before;
+    assert!(scripts as f64 <= 0.05 * REFUSED as f64, "{scripts} script calls for {REFUSED} refused shoppers");
+
+    // a unit comes back (a cancel in another process): on sale here within 100 ms
+    let cancelled = stockq::cancel(&env.shards(), &env.ledger, &made[0]).await.unwrap();
+    assert!(matches!(cancelled, stockq::Cancel::Done { changed: true, .. }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = reserve().send().await;
+    assert_eq!(again.status, 201, "the unit that came back is sold: {again:?}");
+    assert_eq!(reserve().send().await.status, 409);
+    crate::helpers::terminate(&mut serve).await;
+    env.drain(10).await;
+    env.assert_books_balance().await;
+}
