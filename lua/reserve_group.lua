@@ -12,11 +12,12 @@
 -- ARGV[5i - 4 .. 5i]  reservation i: event_id, product_id, qty, buyer ('' for none), hold
 --                     ('' or '0' for none, else ms)
 --
--- Returns one answer per reservation, in order, each exactly what reserve.lua answers for it
--- alone (see its contract): {1, seq, remaining, reserved_at, deadline}, {2, ...} a replay,
--- {-2, 0, state}, {0, 0, stock}, {-1, 0, 0}, {-3, 0, limit}, {-4, 0, limit, held},
--- {-5, 0, until}; and {-9, 0, message} for a reservation whose arguments or keys are wrong,
--- which fails alone: the others are made.
+-- Returns one answer per reservation, in order, six values each (one flat array: a table per
+-- answer would cost more than the answer's work), each exactly what reserve.lua answers for
+-- it alone (see its contract), padded with 0: {1, seq, remaining, reserved_at, deadline},
+-- {2, ...} a replay, {-2, 0, state}, {0, 0, stock}, {-1, 0, 0}, {-3, 0, limit},
+-- {-4, 0, limit, held}, {-5, 0, until}; and {-9, 0, message} for a reservation whose
+-- arguments are wrong, which fails alone: the others are made.
 --
 -- The reservations are decided one after the other, in the order given, as if each were its
 -- own call: a later one sees the stock, the buyer's units and the records of the earlier
@@ -107,6 +108,8 @@ if #products > 0 then
   end
 end
 
+-- the answers, flat: six values per reservation (reserve.lua's answer, padded with 0), so
+-- that the group's reply is one array instead of a table per reservation
 local answers = {}
 -- per tally field: the buyer's units as the group leaves them, and what the group added
 local held, tally_add = {}, {}
@@ -117,26 +120,35 @@ for i = 1, n do
   local a = 5 * i - 4
   local event_id, product_id, qty_arg, buyer, hold = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local record = KEYS[6 + 2 * i]
-  local answer = bad[i] and {-9, 0, bad[i]} or replayed(record, product_id, qty_arg, buyer)
-  if not answer and healing_until then
+  -- the answer: its code (nil until decided) and up to five values
+  local c, v2, v3, v4, v5, v6 = nil, 0, 0, 0, 0, 0
+  if bad[i] then
+    c, v3 = -9, bad[i]
+  else
+    local replay = replayed(record, product_id, qty_arg, buyer)
+    if replay then
+      c, v2, v3, v4, v5, v6 = replay[1], replay[2], replay[3], replay[4] or 0, replay[5] or 0, replay[6] or 0
+    end
+  end
+  if not c and healing_until then
     if not now then
       now_s = clock_text()
       now = tonumber(now_s)
     end
-    if healing_until > now then answer = {-5, 0, healing_until} end
+    if healing_until > now then c, v3 = -5, healing_until end
   end
-  if not answer then
+  if not c then
     local left, lim = stock[product_id], limit_of[product_id]
     local qty = tonumber(qty_arg)
     local field
     if not left then
-      answer = {-1, 0, 0}
+      c = -1
     elseif lim[1] < 0 then
-      answer = {-9, 0, 'stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number'}
+      c, v3 = -9, 'stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number'
     elseif lim[1] > 0 and buyer == '' then
-      answer = {-3, 0, lim[1]}
+      c, v3 = -3, lim[1]
     elseif left < qty then
-      answer = {0, 0, left}
+      c, v3 = 0, left
     elseif lim[1] > 0 then
       field = tally_field(product_id, buyer, lim[2])
       local units = held[field]
@@ -144,9 +156,9 @@ for i = 1, n do
         units = tonumber(redis.call('HGET', bought, field) or '0')
         held[field] = units
       end
-      if units + qty > lim[1] then answer = {-4, 0, lim[1], units} end
+      if units + qty > lim[1] then c, v3, v4 = -4, lim[1], units end
     end
-    if not answer then
+    if not c then
       -- reserved: numbered, counted, recorded, queued or held
       if not now then
         now_s = clock_text()
@@ -160,7 +172,7 @@ for i = 1, n do
       stock[product_id], taken[product_id] = left, taken[product_id] + qty
       local deadline = 0
       if hold ~= '' and hold ~= '0' and tonumber(hold) > 0 then deadline = now + tonumber(hold) end
-      local epoch, tally, deadline_s = '', '', ''
+      local epoch, tally = '', ''
       if field then
         held[field] = held[field] + qty
         tally_add[field] = (tally_add[field] or 0) + qty
@@ -168,7 +180,7 @@ for i = 1, n do
       end
       -- the record (record.lua's layout), as one string
       if deadline > 0 then
-        deadline_s = format('%d', deadline)
+        local deadline_s = format('%d', deadline)
         redis.call('SET', record, 'held|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|'
           .. now_s .. '|' .. buyer .. '|' .. deadline_s .. '|' .. tally .. '|' .. epoch .. '|')
         redis.call('ZADD', holds, deadline_s, event_id)
@@ -177,10 +189,12 @@ for i = 1, n do
           .. now_s .. '|' .. buyer .. '||' .. tally .. '|' .. epoch .. '|')
         entries[#entries + 1] = entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s, field and epoch)
       end
-      answer = {1, seq, left, now, deadline}
+      c, v2, v3, v4, v5 = 1, seq, left, now, deadline
     end
   end
-  answers[i] = answer
+  local o = 6 * i - 6
+  answers[o + 1], answers[o + 2], answers[o + 3], answers[o + 4], answers[o + 5], answers[o + 6] =
+    c, v2, v3, v4, v5, v6
 end
 
 -- what the group shares, written once: the stock it took, its units in flight (as values:

@@ -3,7 +3,8 @@
 //! # The flow of one event
 //!
 //! ```text
-//! reserve ─▶ lua/reserve.lua: DECRBY {q}:stock:<p> and LPUSH {q}:pending, atomically
+//! reserve ─▶ lua/reserve_group.lua: with the shoppers who arrived meanwhile (queue::group),
+//!            take the stock, record, LPUSH {q}:pending, atomically
 //! worker  ─▶ Queue::claim          pending → processing, with a claim deadline
 //!         ─▶ Ledger::apply_batch   one MySQL transaction per batch, stock_log dedup
 //!         ─▶ Queue::settle         LREM from processing (+ give-back or dead letter)
@@ -15,13 +16,16 @@
 //!
 //! The core, each the only door to what it names:
 //! - `queue/`: everything that talks to Redis. Key names (`keys`), the Lua scripts of `lua/`
-//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`); the
-//!   methods grouped by what they serve (`stock`, `books`, `dead`, `workers`, `ops`).
+//!   with one typed method each, one server or a cluster (`conn`), shards (`shards`),
+//!   reservations in groups (`group`), products lately sold out (`sold_out`), the sequence
+//!   watch (`heal`); the methods grouped by what they serve (`stock`, `books`, `dead`,
+//!   `workers`, `ops`).
 //! - `ledger/`: everything that talks to MySQL. The batch transaction (`apply`), the check's
 //!   snapshot and operators' adjustments (`books`), migrations (`migrate`).
 //! - `worker/`: the claim/apply/settle loop; its heartbeat.
 //! - `janitor`: recovery of abandoned claims, dead-lettering, the periodic check.
 //! - `check`: the exact consistency check and its repair.
+//! - `heal`: a shard whose Redis lost writes, healed from MySQL.
 //! - `reservations/`: a reservation: the seckill front door (`reserve`); its status, from its
 //!   Redis record or its `stock_log` row, its confirm and its cancel (`lifecycle`).
 //! - `event`: the event format and the dead-letter envelope.

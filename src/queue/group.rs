@@ -27,6 +27,8 @@ use crate::error::{Error, Result, bounded};
 pub(crate) const MAX_GROUP: usize = 128;
 /// Calls in flight at once per shard: two keep Redis busy while an answer travels back.
 const IN_FLIGHT: usize = 2;
+/// Values per reservation in reserve_group.lua's flat answer.
+const ANSWER_WIDTH: usize = 6;
 /// Reservations waiting for a call, per shard, before callers wait to hand theirs over.
 const QUEUE_DEPTH: usize = 8192;
 
@@ -121,14 +123,17 @@ async fn call(mut conn: Conn, keys: &Keys, group: Vec<Waiting>) {
         bounded("redis (reserve)", CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await;
     match reply {
         Ok(answers) => {
+            // six values a reservation, in order (reserve_group.lua)
             let mut answers = answers.into_iter();
             for (_, reply) in group {
-                let answer = match answers.next() {
-                    Some(redis::Value::Array(values)) => Ok(values),
-                    _ => Err(Error::Redis(redis::RedisError::from((
+                let values: Vec<redis::Value> = answers.by_ref().take(ANSWER_WIDTH).collect();
+                let answer = if values.len() == ANSWER_WIDTH {
+                    Ok(values)
+                } else {
+                    Err(Error::Redis(redis::RedisError::from((
                         redis::ErrorKind::UnexpectedReturnType,
                         "reserve_group.lua answered fewer reservations than it was given",
-                    )))),
+                    ))))
                 };
                 let _ = reply.send(answer);
             }
