@@ -26,25 +26,28 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{MySql, QueryBuilder, Row};
 
-use super::{CALL_TIMEOUT, Decision, Ledger, LogStatus, Logged, insert_log_rows, push_list, read_logged};
+use super::{
+    CALL_TIMEOUT, ClaimStamp, Decision, Ledger, LogStatus, Logged, insert_log_rows, push_list, read_logged,
+};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
 impl Ledger {
-    /// Applies a batch of valid events in one transaction (see the module docs). `claim_seq`
-    /// is the number of the claim that delivered them (see `lua/claim.lua`); every row the
-    /// batch writes records it.
-    pub async fn apply_batch(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Decision>> {
+    /// Applies a batch of valid events in one transaction (see the module docs). `claim` is
+    /// the claim that delivered them (see `lua/claim.lua`); every row the batch writes
+    /// records it.
+    pub async fn apply_batch(&self, events: &[Event], claim: impl Into<ClaimStamp>) -> Result<Vec<Decision>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        bounded("mysql (apply batch)", CALL_TIMEOUT, self.apply_batch_unbounded(events, claim_seq)).await
+        let claim = claim.into();
+        bounded("mysql (apply batch)", CALL_TIMEOUT, self.apply_batch_unbounded(events, claim)).await
     }
 
     async fn apply_batch_unbounded(
         &self,
         events: &[Event],
-        claim_seq: i64,
+        claim_seq: ClaimStamp,
     ) -> Result<Vec<Decision>, sqlx::Error> {
         let distinct_ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         if distinct_ids.len() == events.len()
@@ -69,7 +72,7 @@ impl Ledger {
     async fn apply_fresh(
         &self,
         events: &[Event],
-        claim_seq: i64,
+        claim_seq: ClaimStamp,
     ) -> Result<Option<Vec<Decision>>, sqlx::Error> {
         let Some(insert) = literal::insert_applied(events, claim_seq) else { return Ok(None) };
         let mut tx = self.pool.begin().await?;
@@ -122,7 +125,11 @@ impl Ledger {
 
     /// The general case: redeliveries and duplicate event ids, read from `stock_log` under
     /// the product locks (see the module docs).
-    async fn apply_checked(&self, events: &[Event], claim_seq: i64) -> Result<Vec<Decision>, sqlx::Error> {
+    async fn apply_checked(
+        &self,
+        events: &[Event],
+        claim_seq: ClaimStamp,
+    ) -> Result<Vec<Decision>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut stock = lock_products(&mut tx, events).await?;
         let before = stock.clone();
@@ -202,11 +209,13 @@ mod literal {
 
     /// `INSERT` of every event's `stock_log` row as 'applied'; `None` when an event id or a
     /// buyer is not one that may be written in.
-    pub(super) fn insert_applied(events: &[Event], claim_seq: i64) -> Option<String> {
+    pub(super) fn insert_applied(events: &[Event], claim: super::ClaimStamp) -> Option<String> {
         let mut sql = String::with_capacity(64 + events.len() * 128);
         sql.push_str(
-            "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq, buyer, limit_epoch) VALUES ",
+            "INSERT INTO stock_log (event_id, product_id, qty, status, seq, claim_seq, buyer, limit_epoch, shard) VALUES ",
         );
+        let (claim_seq, shard) =
+            (claim.seq, claim.shard.map_or_else(|| "NULL".to_string(), |s| s.to_string()));
         for (i, e) in events.iter().enumerate() {
             validate_event_id(&e.event_id).ok()?;
             let seq = e.seq.map_or_else(|| "NULL".to_string(), |s| s.to_string());
@@ -219,7 +228,7 @@ mod literal {
             let sep = if i == 0 { "" } else { "," };
             let _ = write!(
                 sql,
-                "{sep}('{}',{},{},'applied',{seq},{claim_seq},{buyer},{epoch})",
+                "{sep}('{}',{},{},'applied',{seq},{claim_seq},{buyer},{epoch},{shard})",
                 e.event_id, e.product_id, e.qty
             );
         }

@@ -234,15 +234,31 @@ where
     Ok(settled)
 }
 
-/// `INSERT [IGNORE] INTO stock_log`, one row per (event, status), each stamped `claim_seq`:
-/// the prepared form shared by a batch and by the settling of cancelled events.
+/// What a batch's rows record of the claim that delivered it: its number in its shard's
+/// sequence (`lua/claim.lua`), and that shard (`None` for a queue that is not sharded). The
+/// consistency check orders each row against its own shard's snapshot (src/check.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimStamp {
+    pub seq: i64,
+    pub shard: Option<u16>,
+}
+
+impl From<i64> for ClaimStamp {
+    /// A claim of a queue that is not sharded.
+    fn from(seq: i64) -> Self {
+        ClaimStamp { seq, shard: None }
+    }
+}
+
+/// `INSERT [IGNORE] INTO stock_log`, one row per (event, status), each stamped with its
+/// claim: the prepared form shared by a batch and by the settling of cancelled events.
 fn insert_log_rows<'e>(
     insert: &str,
     rows: impl IntoIterator<Item = (&'e crate::event::Event, LogStatus)>,
-    claim_seq: i64,
+    claim: ClaimStamp,
 ) -> QueryBuilder<MySql> {
     let mut q = QueryBuilder::new(format!(
-        "{insert} stock_log (event_id, product_id, qty, status, seq, claim_seq, buyer, limit_epoch) "
+        "{insert} stock_log (event_id, product_id, qty, status, seq, claim_seq, buyer, limit_epoch, shard) "
     ));
     q.push_values(rows, |mut row, (event, status)| {
         row.push_bind(event.event_id.clone())
@@ -250,9 +266,10 @@ fn insert_log_rows<'e>(
             .push_bind(event.qty)
             .push_bind(status.as_str())
             .push_bind(event.seq)
-            .push_bind(claim_seq)
+            .push_bind(claim.seq)
             .push_bind(event.buyer.clone())
-            .push_bind(event.limit_epoch);
+            .push_bind(event.limit_epoch)
+            .push_bind(claim.shard);
     });
     q
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{MySql, QueryBuilder};
 
-use super::{CALL_TIMEOUT, Ledger, LogStatus, Logged, insert_log_rows, push_list, read_logged};
+use super::{CALL_TIMEOUT, ClaimStamp, Ledger, LogStatus, Logged, insert_log_rows, push_list, read_logged};
 use crate::error::{Result, bounded};
 use crate::event::Event;
 
@@ -23,7 +23,11 @@ impl Ledger {
     /// committed them: a `cancelled` row is written for each event that has none, so no
     /// delivery ever deducts it, and each event's answer says whether MySQL had deducted it
     /// (then it must be released). Rows written here carry `claim_seq` like any batch's.
-    pub(crate) async fn settle_cancelled(&self, events: &[Event], claim_seq: i64) -> Result<Vec<bool>> {
+    pub(crate) async fn settle_cancelled(
+        &self,
+        events: &[Event],
+        claim_seq: ClaimStamp,
+    ) -> Result<Vec<bool>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }

@@ -95,6 +95,8 @@ pub struct Queue {
     /// The highest sequence number this process has had from this shard: the sequence only
     /// grows, so a lower one means Redis lost writes ([`Queue::observe_seq`]).
     highest_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// This queue's index among the shards of a sharded queue; `None` when it is not sharded.
+    shard: Option<u16>,
     /// The shard's group commit of reservations, started by the first one.
     grouper: std::sync::Arc<std::sync::OnceLock<group::Grouper>>,
     /// Products this process saw sold out on the shard, lately (`sold_out`).
@@ -223,15 +225,22 @@ impl Queue {
                 outcomes_maxlen: settings.redis.outcomes_maxlen,
             },
             highest_seq: Default::default(),
+            shard: None,
             grouper: Default::default(),
             sold_out: Default::default(),
         })
     }
 
-    /// The same connection, for another queue's keys (a shard).
-    pub(crate) fn with_keys(&self, keys: Keys) -> Queue {
+    /// This queue's index among the shards of a sharded queue; `None` when it is not sharded.
+    pub(crate) fn shard(&self) -> Option<u16> {
+        self.shard
+    }
+
+    /// The same connection, for shard `index` of a sharded queue, with its own `keys`.
+    pub(crate) fn with_shard(&self, keys: Keys, index: u16) -> Queue {
         Queue {
             keys,
+            shard: Some(index),
             highest_seq: Default::default(),
             grouper: Default::default(),
             sold_out: Default::default(),

@@ -35,7 +35,7 @@ impl Shards {
             return Shards::from(queue);
         }
         let queues: Vec<Queue> =
-            (0..shards).map(|i| queue.with_keys(Keys::new(&format!("{name}:{i}")))).collect();
+            (0..shards).map(|i| queue.with_shard(Keys::new(&format!("{name}:{i}")), i as u16)).collect();
         Shards { queues: queues.into() }
     }
 

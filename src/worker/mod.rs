@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::backoff::{Backoff, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{Event, dead_envelope};
-use crate::ledger::{Decision, Ledger, Release};
+use crate::ledger::{ClaimStamp, Decision, Ledger, Release};
 use crate::queue::{
     Ack, Cancelled, Claim, Ended, Ending, Entry, GiveBack, Queue, REJECTED_REASON, Settlement, Shards, Waiter,
 };
@@ -305,9 +305,10 @@ impl Worker {
         let entries = claim.entries;
         let parsed = Parsed::from_entries(&entries, &claim.cancelled);
         // before anything is applied: a failure here leaves the whole batch to be redelivered
-        let cancels_deducted = self.ledger.settle_cancelled(&parsed.unsure_cancels(), claim.seq).await?;
+        let stamp = ClaimStamp { seq: claim.seq, shard: queue.shard() };
+        let cancels_deducted = self.ledger.settle_cancelled(&parsed.unsure_cancels(), stamp).await?;
         let started = Instant::now();
-        let applied = self.apply_holding(queue, &entries, &parsed.events, claim.seq, shutdown).await;
+        let applied = self.apply_holding(queue, &entries, &parsed.events, stamp, shutdown).await;
         self.record_apply(started, entries.len());
         let Some(verdicts) = applied else {
             // stopping, and MySQL out of reach: hand everything back, invalid ones too
@@ -388,7 +389,7 @@ impl Worker {
         queue: &Queue,
         entries: &[Entry],
         events: &[Event],
-        claim_seq: i64,
+        claim_seq: ClaimStamp,
         shutdown: &CancellationToken,
     ) -> Option<Vec<Verdict>> {
         let work = self.apply_isolating(events, claim_seq, shutdown);
@@ -407,7 +408,7 @@ impl Worker {
     async fn apply_isolating(
         &self,
         events: &[Event],
-        claim_seq: i64,
+        claim_seq: ClaimStamp,
         shutdown: &CancellationToken,
     ) -> Option<Vec<Verdict>> {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; events.len()];
@@ -437,7 +438,7 @@ impl Worker {
     async fn apply_part(
         &self,
         events: &[Event],
-        claim_seq: i64,
+        claim_seq: ClaimStamp,
         attempts: u32,
         shutdown: &CancellationToken,
     ) -> Option<std::result::Result<Vec<Decision>, String>> {
