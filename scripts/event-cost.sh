@@ -5,9 +5,11 @@
 # processes draining them. Prints reserve, drain (claim and settle) and total, in thousands of
 # instructions per event, everything Redis did (protocol included).
 #
-#   bash scripts/event-cost.sh [hot|uniform] [N] [STOCKQ_BINARY]
-#     hot: one product; uniform: 100. N: 20000 by default. The binary: target/release/stockq
-#     (built when missing), or another build to compare with.
+#   bash scripts/event-cost.sh [hot|uniform|spread] [N] [STOCKQ_BINARY]
+#     hot: one product; uniform: 100; spread: one product spread over the two buckets of a
+#     two-shard queue (both shards on this one server, so that their work is counted
+#     together: what two cores would share). N: 20000 by default. The binary:
+#     target/release/stockq (built when missing), or another build to compare with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +17,10 @@ mode="${1:-hot}"
 events="${2:-20000}"
 bin="${3:-${CARGO_TARGET_DIR:-target}/release/stockq}"
 port="${EVENT_COST_PORT:-6395}"
+shards=1
 case "$mode" in hot) products=1; hot=(--hot) ;; uniform) products=100; hot=() ;;
-  *) echo "event-cost: the mode is hot or uniform, not $mode" >&2; exit 2 ;; esac
+  spread) products=1; hot=(--hot); shards=2 ;;
+  *) echo "event-cost: the mode is hot, uniform or spread, not $mode" >&2; exit 2 ;; esac
 command -v valgrind >/dev/null || { echo "event-cost: valgrind is missing (apt-get install -y valgrind)" >&2; exit 1; }
 bash scripts/services.sh >/dev/null
 [ -x "$bin" ] || cargo build --release --locked --quiet
@@ -34,10 +38,11 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 150); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.2; done
 
-export REDIS_URL="redis://127.0.0.1:$port" STOCKQ_QUEUE=event-cost RUST_LOG=warn
+export REDIS_URL="redis://127.0.0.1:$port" STOCKQ_QUEUE=event-cost STOCKQ_SHARDS=$shards RUST_LOG=warn
 export DATABASE_URL="mysql://stockq:stockq@127.0.0.1:3306/$database"
 "$bin" migrate >/dev/null
 for p in $(seq 1 "$products"); do "$bin" stock set "$p" 100000000 >/dev/null; done
+[ "$mode" = spread ] && "$bin" stock spread 1 2 >/dev/null
 
 # instructions since the last zeroing, then zero again
 counted() {
@@ -52,7 +57,10 @@ reserve=$(counted)
 "$bin" worker >/dev/null 2>&1 & w1=$!
 "$bin" worker >/dev/null 2>&1 & w2=$!
 for _ in $(seq 1 2400); do
-  left=$(( $(redis-cli -p "$port" llen '{event-cost}:pending') + $(redis-cli -p "$port" llen '{event-cost}:processing') ))
+  left=0
+  for q in $( [ "$shards" = 1 ] && echo event-cost || seq -f 'event-cost:%g' 0 $((shards - 1)) ); do
+    left=$(( left + $(redis-cli -p "$port" llen "{$q}:pending") + $(redis-cli -p "$port" llen "{$q}:processing") ))
+  done
   [ "$left" = 0 ] && break
   sleep 0.5
 done

@@ -270,7 +270,7 @@ const TRANSIENT_MYSQL_ERRORS: &[u16] = &[
     2013, // lost connection during query
 ];
 
-fn is_transient_sql(e: &sqlx::Error) -> bool {
+pub(crate) fn is_transient_sql(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

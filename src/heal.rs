@@ -149,8 +149,10 @@ async fn repair_shard(
     // A Redis that lost everything keeps no record to compare: the check alone restores it.
     if redis_seq > 0 {
         let settled = ledger.settled_since((redis_seq - LOOKBACK).max(0)).await?;
-        let mine: Vec<_> =
-            settled.into_iter().filter(|s| shard_of(s.product_id, shards.len()) == index).collect();
+        let mine: Vec<_> = settled
+            .into_iter()
+            .filter(|s| delivered_by(s.shard, s.product_id, shards.len()) == index)
+            .collect();
         for chunk in mine.chunks(MARK_CHUNK) {
             let marked = queue.heal_mark(chunk).await?;
             report.marked.unsure += marked.unsure;
@@ -160,7 +162,11 @@ async fn repair_shard(
     }
     let books = check::check_twice(shards, ledger).await?;
     let mut alerts = Vec::new();
-    for p in books.drifts().filter(|p| shard_of(p.product_id, shards.len()) == index) {
+    // a spread product is repaired in the bucket on this shard: its total is what counts
+    let on_this_shard = |p: &check::ProductBooks| {
+        shard_of(p.product_id, shards.len()) == index || p.buckets.iter().any(|b| b.shard == index)
+    };
+    for p in books.drifts().filter(|p| on_this_shard(p)) {
         queue.repair_stock(p.product_id, -p.delta).await?;
         report.products += 1;
         if p.delta > 0 {
@@ -195,4 +201,12 @@ async fn while_renewing<T>(queue: &Queue, token: &str, work: impl Future<Output 
             }
         }
     }
+}
+
+/// The shard that delivered a settled row: the one it recorded, else its product's.
+fn delivered_by(shard: Option<i16>, product_id: i64, shards: usize) -> usize {
+    shard
+        .and_then(|s| usize::try_from(s).ok())
+        .filter(|s| *s < shards)
+        .unwrap_or_else(|| shard_of(product_id, shards))
 }

@@ -202,6 +202,8 @@ impl Janitor {
             check_interval = %humantime::format_duration(self.settings.check_interval),
             "janitor started"
         );
+        let tending = (self.shards.all().len() > 1)
+            .then(|| tokio::spawn(tend_spread(self.shards.clone(), shutdown.clone())));
         let mut backoff = Backoff::new();
         let mut next_check = Instant::now();
         while !shutdown.is_cancelled() {
@@ -245,7 +247,31 @@ impl Janitor {
                 _ = shutdown.cancelled() => {}
             }
         }
+        if let Some(tending) = tending {
+            let _ = tending.await;
+        }
         tracing::info!("janitor stopped");
         Ok(())
+    }
+}
+
+/// How often the janitor tends spread products: finishing cut transfers and moving units
+/// ahead of need. A flash sale moves thousands of units a second: a bucket that runs short
+/// between passes refills on demand, and the passes keep that rare.
+const SPREAD_TEND: Duration = Duration::from_millis(250);
+
+/// The janitor's care of spread products (`crate::spread::tend`), every [`SPREAD_TEND`].
+async fn tend_spread(shards: Shards, shutdown: CancellationToken) {
+    let mut last = std::collections::HashMap::new();
+    let mut backoff = Backoff::new();
+    while !shutdown.is_cancelled() {
+        match crate::spread::tend(&shards, &mut last).await {
+            Ok(_) => backoff.reset(),
+            Err(e) => backoff.log(&e, "could not tend spread products"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SPREAD_TEND) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! - `queue/`: everything that talks to Redis. Key names (`keys`), the Lua scripts of `lua/`
 //!   with one typed method each, one server or a cluster (`conn`), shards (`shards`),
 //!   reservations in groups (`group`), products lately sold out (`sold_out`), the sequence
-//!   watch (`heal`); the methods grouped by what they serve (`stock`, `books`, `dead`,
+//!   watch (`heal`), a spread product's registry and transfers (`spread`); the methods grouped by what they serve (`stock`, `books`, `dead`,
 //!   `workers`, `ops`).
 //! - `ledger/`: everything that talks to MySQL. The batch transaction (`apply`), the check's
 //!   snapshot and operators' adjustments (`books`), migrations (`migrate`).
@@ -26,6 +26,8 @@
 //! - `janitor`: recovery of abandoned claims, dead-lettering, the periodic check.
 //! - `check`: the exact consistency check and its repair.
 //! - `heal`: a shard whose Redis lost writes, healed from MySQL.
+//! - `spread`: one hot product's stock in buckets on several shards, and the transfers
+//!   between them (its Redis steps in `queue::spread`).
 //! - `reservations/`: a reservation: the seckill front door (`reserve`); its status, from its
 //!   Redis record or its `stock_log` row, its confirm and its cancel (`lifecycle`).
 //! - `event`: the event format and the dead-letter envelope.
@@ -60,6 +62,7 @@ mod ledger;
 mod queue;
 mod reservations;
 mod shutdown;
+mod spread;
 pub mod telemetry;
 mod tools;
 mod worker;
@@ -79,7 +82,8 @@ pub use queue::{Cancel, Confirm};
 pub use queue::{Record, StreamEntry};
 pub use reservations::{
     Request, Reservation, ReservationState, Status, cancel, check_hold, confirm, new_event_id, reserve,
-    reserve_for, reserve_held, status,
+    reserve_for, reserve_held, reserve_routed, status,
 };
+pub use spread::{SpreadReport, spread, total_stock};
 pub use tools::produce::{Latency, ProduceOptions, ProduceReport, produce};
 pub use worker::{BatchReport, StepOutcome, Worker, WorkerOptions};

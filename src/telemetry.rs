@@ -288,6 +288,7 @@ pub(crate) mod metrics {
     pub(crate) const BUILD_INFO: &str = "stockq_build_info";
     pub(crate) const HEALS: &str = "stockq_heals_total";
     pub(crate) const SOLD_OUT_FROM_MEMORY: &str = "stockq_sold_out_from_memory_total";
+    pub(crate) const TRANSFERS: &str = "stockq_spread_transfers_total";
 
     /// Every value of the `result` label of [`RESERVATIONS`]; `error`: no answer from Redis.
     pub(crate) const RESERVATION_RESULTS: &[&str] = &[
@@ -320,6 +321,7 @@ pub(crate) mod metrics {
         EXPIRED,
         HEALS,
         SOLD_OUT_FROM_MEMORY,
+        TRANSFERS,
     ];
     /// The gauges the queue sampler sets; NaN while Redis does not answer it.
     pub(crate) const QUEUE_GAUGES: &[&str] =
@@ -461,6 +463,7 @@ pub(crate) mod metrics {
             SOLD_OUT_FROM_MEMORY,
             "Reservations refused as sold out from what this process learned of the product in the last 50 ms, without Redis"
         );
+        describe_counter!(TRANSFERS, "Transfers of a spread product's units between its buckets (shards)");
         describe_counter!(HEALS, "Heals of a shard whose Redis lost writes: stock set from MySQL");
         describe_counter!(REJECTED, "Events MySQL could not honour; their Redis stock was given back");
         describe_counter!(DUPLICATES, "Second reservations of an event id; their Redis stock was given back");

@@ -138,7 +138,16 @@ mod tests {
     use super::*;
 
     fn books(product_id: i64, delta: i64) -> ProductBooks {
-        ProductBooks { product_id, redis: Some(0), mysql: 0, in_flight: 0, expected_redis: 0, delta }
+        ProductBooks {
+            product_id,
+            redis: Some(0),
+            mysql: 0,
+            in_flight: 0,
+            expected_redis: 0,
+            delta,
+            buckets: Vec::new(),
+            in_transit: 0,
+        }
     }
 
     #[test]

@@ -34,7 +34,28 @@ pub struct Adjusted {
     pub redis: i64,
 }
 
+/// Changes a product's stock in both stores. A deadlock with the workers' batches on the
+/// product's row (MySQL picks one transaction to roll back) is tried again, up to
+/// [`DEADLOCK_TRIES`] times: it fails either before Redis moved or at the COMMIT, which
+/// [`settle_unknown_commit`] found rolled back and undid in Redis, so nothing is doubled.
 pub async fn adjust(queue: &Queue, ledger: &Ledger, product_id: i64, change: Change) -> Result<Adjusted> {
+    let mut tries = 1;
+    loop {
+        match adjust_once(queue, ledger, product_id, change).await {
+            Err(Error::Database(e)) if tries < DEADLOCK_TRIES && crate::error::is_transient_sql(&e) => {
+                tracing::debug!(product_id, error = %e, "a stock change met a deadlock; trying again");
+                tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Tries of a stock change that MySQL rolled back as a deadlock victim.
+const DEADLOCK_TRIES: u32 = 5;
+
+async fn adjust_once(queue: &Queue, ledger: &Ledger, product_id: i64, change: Change) -> Result<Adjusted> {
     crate::event::validate_product_id(product_id).map_err(Error::usage)?;
     if let Change::Set(qty) = change
         && qty < 0

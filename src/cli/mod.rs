@@ -175,6 +175,19 @@ pub(crate) enum StockCommand {
         #[arg(allow_negative_numbers = true)]
         delta: i64,
     },
+    /// Spread a product's Redis stock over BUCKETS shards, so that one hot product is served by
+    /// several Redis cores (1 gathers it back into its own shard)
+    Spread {
+        /// Product id (a positive integer)
+        #[arg(value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
+        product: i64,
+        /// Buckets, 1 to STOCKQ_SHARDS
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=1024))]
+        buckets: u16,
+        /// The result as one JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Limit how many units of a product one buyer may hold (0 removes the limit)
     Limit {
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -336,6 +349,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Stock(StockCommand::Add { product, delta }) => stock::add(settings, product, delta).await,
         Command::Stock(StockCommand::Limit { product, limit }) => {
             stock::limit(settings, product, limit).await
+        }
+        Command::Stock(StockCommand::Spread { product, buckets, json }) => {
+            stock::spread(settings, product, buckets, json).await
         }
         Command::Reserve { product, qty, event_id, buyer, hold, json } => {
             let asked = stock::Reserve { product, qty, event_id, buyer, hold, json };

@@ -56,6 +56,13 @@ pub(super) fn check(report: &CheckReport, json: bool, last: bool) {
     }
 }
 
+/// A spread product's buckets under its row: `spread: shard 0 120, shard 2 95 (+5 on their way)`.
+pub(super) fn spread_line(p: &crate::check::ProductBooks) -> String {
+    let buckets: Vec<String> = p.buckets.iter().map(|b| format!("shard {} {}", b.shard, b.stock)).collect();
+    let transit = if p.in_transit > 0 { format!(" (+{} on their way)", p.in_transit) } else { String::new() };
+    format!("spread: {}{transit}", buckets.join(", "))
+}
+
 pub(super) fn stats(stats: &Stats) {
     let (s, b) = (&stats.overview, &stats.books);
     outln!("queue        {}", s.queue);
@@ -105,6 +112,9 @@ pub(super) fn stats(stats: &Stats) {
             p.in_flight,
             p.delta
         );
+        if !p.buckets.is_empty() {
+            outln!("{:>12} {}", "", spread_line(p));
+        }
     }
     let more = b.products_total.saturating_sub(b.offset + b.products.len());
     if more > 0 {

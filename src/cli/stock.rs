@@ -36,6 +36,9 @@ pub(super) async fn add(settings: &Settings, product: i64, delta: i64) -> Result
 
 async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8> {
     let (shards, ledger) = connect(settings, 1).await?;
+    // a spread product's units are gathered in its own shard, where a change is made; the
+    // janitor spreads them again
+    crate::spread::gather_for_change(&shards, product).await?;
     let done = admin_stock::adjust(shards.for_product(product), &ledger, product, change).await?;
     outln!(
         "product {}: mysql {} (change {:+}), redis {}",
@@ -47,10 +50,46 @@ async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8>
     Ok(0)
 }
 
+/// `stockq stock spread <product> <buckets> [--json]`
+pub(super) async fn spread(settings: &Settings, product: i64, buckets: u16, json: bool) -> Result<u8> {
+    let (shards, ledger) = super::connect(settings, 2).await?;
+    let report = crate::spread::spread(&shards, &ledger, product, buckets).await?;
+    let stocks: Vec<serde_json::Value> =
+        report.stocks.iter().map(|(shard, units)| json!({ "shard": shard, "stock": units })).collect();
+    if json {
+        outln!(
+            "{}",
+            json!({
+                "product_id": product,
+                "buckets_before": report.buckets_before,
+                "buckets": report.buckets,
+                "transfers": report.transfers,
+                "stocks": stocks,
+            })
+        );
+    } else {
+        let parts: Vec<String> =
+            report.stocks.iter().map(|(shard, units)| format!("shard {shard}: {units}")).collect();
+        outln!(
+            "product {product}: {} bucket(s) (was {}), {} transfer(s); {}",
+            report.buckets,
+            report.buckets_before,
+            report.transfers,
+            parts.join(", ")
+        );
+    }
+    Ok(0)
+}
+
 /// `stockq stock limit <product> <n>`
 pub(super) async fn limit(settings: &Settings, product: i64, limit: u64) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
-    shards.for_product(product).set_limit(product, limit).await?;
+    // every shard holds it, so that each bucket of a spread product counts its buyers (a
+    // buyer is routed to one bucket, where the whole tally is); the other shards never see
+    // the product's reservations, and the same limit there keeps a later spread consistent
+    for queue in shards.all() {
+        queue.set_limit(product, limit).await?;
+    }
     if limit == 0 {
         outln!("product {product}: no buyer limit");
     } else {
@@ -79,7 +118,7 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
     let hold = hold.map(|h| reservations::check_hold(h, settings.redis.max_hold)).transpose()?;
     let shards = Shards::connect(settings).await?;
     let request = reservations::Request { product_id: product, qty, event_id: &event_id, buyer, hold };
-    let answer = reservations::reserve_held(shards.for_product(product), request).await?;
+    let answer = reservations::reserve_routed(&shards, request).await?;
     if let Some(object) = reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
         match (json, &answer) {
             (true, _) => outln!("{object}"),

@@ -37,7 +37,7 @@ use crate::http::reservations::{self, Api, reserve_answer};
 use crate::http::throttle::Throttle;
 use crate::ledger::Ledger;
 use crate::queue::Shards;
-use crate::reservations::{Asked, Request, check_hold, new_event_id, reserve_held};
+use crate::reservations::{Asked, Request, check_hold, new_event_id, reserve_routed};
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_PORT: u16 = 8080;
@@ -106,15 +106,19 @@ async fn post_reserve(
     };
     // the id exists before Redis is called, so that a 503 can tell which id to retry with
     let buyer = req.buyer.as_deref();
-    let queue = shards.for_product(req.product_id);
-    if fresh && let Some(available) = queue.known_sold_out(req.product_id, req.qty) {
+    let queue = shards.route(req.product_id, buyer, &event_id).await;
+    // a spread product's bucket may be short while others hold units: Redis decides
+    if fresh
+        && !shards.is_spread(req.product_id).await
+        && let Some(available) = queue.known_sold_out(req.product_id, req.qty)
+    {
         metrics::counter!(m::RESERVATIONS, "result" => "sold_out").increment(1);
         metrics::counter!(m::SOLD_OUT_FROM_MEMORY).increment(1);
         return (StatusCode::CONFLICT, axum::Json(json!({ "error": "sold out", "available": available })))
             .into_response();
     }
     let request = Request { product_id: req.product_id, qty: req.qty, event_id: &event_id, buyer, hold };
-    let result = reserve_held(queue, request).await;
+    let result = reserve_routed(&shards, request).await;
     let order_service = reservations::is_order_service(token.as_ref(), &tries, client, &headers);
     let asked = Asked { product_id: req.product_id, qty: req.qty, buyer };
     reserve_answer(asked, &event_id, order_service, result)
@@ -127,7 +131,7 @@ async fn get_stock(State(Front { shards, .. }): State<Front>, Path(id): Path<Str
             format!("product id {:?} is not a positive integer", clip(&id)),
         );
     };
-    match shards.for_product(product_id).stock(product_id).await {
+    match crate::spread::total_stock(&shards, product_id).await {
         Ok(Some(stock)) => axum::Json(json!({ "product_id": product_id, "stock": stock })).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown product {product_id}")),
         Err(e) => {

@@ -17,12 +17,14 @@ use crate::queue::shards::shard_of;
 #[derive(Debug, Default)]
 pub(crate) struct Books {
     pub(crate) stock: HashMap<i64, i64>,
-    /// Applied rows whose claim is numbered after the asked sequence: (product, claim, qty).
-    pub(crate) applied_since: Vec<(i64, i64, i64)>,
-    /// Operator adjustments numbered after the asked sequence: (product, seq, delta).
+    /// Applied rows whose claim is numbered after the asked sequence: (product, the shard
+    /// whose sequence numbered it (`None`: the product's own), claim, qty).
+    pub(crate) applied_since: Vec<(i64, Option<i16>, i64, i64)>,
+    /// Operator adjustments numbered after the asked sequence, in the product's own shard:
+    /// (product, seq, delta).
     pub(crate) adjusted_since: Vec<(i64, i64, i64)>,
-    /// Releases numbered after the asked sequence: (product, release seq, qty).
-    pub(crate) released_since: Vec<(i64, i64, i64)>,
+    /// Releases numbered after the asked sequence: (product, shard as above, release seq, qty).
+    pub(crate) released_since: Vec<(i64, Option<i16>, i64, i64)>,
     /// `stock_log` rows of the event ids asked about.
     pub(crate) held: HashMap<String, HeldRow>,
 }
@@ -76,6 +78,17 @@ impl Ledger {
         .await
     }
 
+    /// A product's MySQL stock; `None` for a product MySQL does not know.
+    pub(crate) async fn product_stock(&self, product_id: i64) -> Result<Option<i64>> {
+        bounded("mysql (product)", CALL_TIMEOUT, async {
+            sqlx::query_scalar::<_, i64>("SELECT stock FROM products WHERE id = ?")
+                .bind(product_id)
+                .fetch_optional(&self.pool)
+                .await
+        })
+        .await
+    }
+
     /// The highest sequence number MySQL has recorded (reservations, claims, adjustments).
     pub(crate) async fn max_seq(&self) -> Result<i64> {
         bounded("mysql (max seq)", CALL_TIMEOUT, async {
@@ -92,7 +105,8 @@ impl Ledger {
     }
 
     /// The highest number MySQL has recorded from each of `shards` shards' sequences, as far
-    /// as the latest rows tell: each row's numbers come from its product's shard. With one
+    /// as the latest rows tell: each row's numbers come from the shard that delivered it (its
+    /// product's, or a spread product's bucket), each adjustment's from its product's. With one
     /// shard it is [`Ledger::max_seq`]; with more, the newest rows of each number (read down
     /// the indexes, a few hundred per shard) are grouped by shard, and a shard none of them
     /// belongs to is `None`.
@@ -103,14 +117,19 @@ impl Ledger {
         let newest = (200 * shards) as i64;
         let mut highest = vec![None; shards];
         for sql in [
-            "SELECT product_id, claim_seq FROM stock_log WHERE claim_seq IS NOT NULL ORDER BY claim_seq DESC LIMIT ?",
-            "SELECT product_id, seq FROM stock_log WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT ?",
-            "SELECT product_id, release_seq FROM stock_log WHERE release_seq IS NOT NULL ORDER BY release_seq DESC LIMIT ?",
-            "SELECT product_id, seq FROM stock_adjustments ORDER BY seq DESC LIMIT ?",
+            "SELECT product_id, shard, claim_seq FROM stock_log WHERE claim_seq IS NOT NULL ORDER BY claim_seq DESC LIMIT ?",
+            "SELECT product_id, shard, seq FROM stock_log WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT ?",
+            "SELECT product_id, shard, release_seq FROM stock_log WHERE release_seq IS NOT NULL \
+             ORDER BY release_seq DESC LIMIT ?",
+            "SELECT product_id, NULL, seq FROM stock_adjustments ORDER BY seq DESC LIMIT ?",
         ] {
-            let query = sqlx::query_as::<_, (i64, i64)>(sql).bind(newest).fetch_all(&self.pool);
-            for (product_id, seq) in bounded("mysql (max seq)", CALL_TIMEOUT, query).await? {
-                let shard = &mut highest[shard_of(product_id, shards)];
+            let query = sqlx::query_as::<_, (i64, Option<i16>, i64)>(sql).bind(newest).fetch_all(&self.pool);
+            for (product_id, shard, seq) in bounded("mysql (max seq)", CALL_TIMEOUT, query).await? {
+                let index = shard
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|s| *s < shards)
+                    .unwrap_or_else(|| shard_of(product_id, shards));
+                let shard = &mut highest[index];
                 *shard = Some(shard.map_or(seq, |s: i64| s.max(seq)));
             }
         }
@@ -142,8 +161,8 @@ async fn read_books_in(
 ) -> Result<Books, sqlx::Error> {
     let stock =
         sqlx::query_as::<_, (i64, i64)>("SELECT id, stock FROM products").fetch_all(&mut *conn).await?;
-    let applied_since = sqlx::query_as::<_, (i64, i64, i64)>(
-        "SELECT product_id, claim_seq, qty FROM stock_log WHERE claim_seq > ? AND status IN ('applied', 'released')",
+    let applied_since = sqlx::query_as::<_, (i64, Option<i16>, i64, i64)>(
+        "SELECT product_id, shard, claim_seq, qty FROM stock_log WHERE claim_seq > ? AND status IN ('applied', 'released')",
     )
     .bind(since)
     .fetch_all(&mut *conn)
@@ -154,8 +173,8 @@ async fn read_books_in(
     .bind(since)
     .fetch_all(&mut *conn)
     .await?;
-    let released_since = sqlx::query_as::<_, (i64, i64, i64)>(
-        "SELECT product_id, release_seq, qty FROM stock_log WHERE release_seq > ?",
+    let released_since = sqlx::query_as::<_, (i64, Option<i16>, i64, i64)>(
+        "SELECT product_id, shard, release_seq, qty FROM stock_log WHERE release_seq > ?",
     )
     .bind(since)
     .fetch_all(&mut *conn)

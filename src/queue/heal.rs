@@ -22,6 +22,8 @@ pub(crate) struct SettledRow {
     pub(crate) status: &'static str,
     pub(crate) product_id: i64,
     pub(crate) qty: i64,
+    /// The shard whose queue delivered it (`None` before shards were recorded: its product's).
+    pub(crate) shard: Option<i16>,
 }
 
 /// What a heal did to the records of reservations MySQL settled during the lost writes.

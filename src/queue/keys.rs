@@ -128,9 +128,34 @@ impl Keys {
         format!("{}:bought", self.prefix)
     }
 
+    /// Hash, in the first shard: product id -> the number of shards its stock is spread over
+    /// (`stockq stock spread`; 1: gathered back into its own shard after a spread; absent:
+    /// never spread).
+    pub fn spread(&self) -> String {
+        format!("{}:spread", self.prefix)
+    }
+
+    /// String with a TTL: `{q}:spreading:<product_id>`, held while a spread or a gather of
+    /// the product runs (only one at a time). This is its prefix.
+    pub fn spread_lock(&self) -> String {
+        format!("{}:spreading", self.prefix)
+    }
+
+    /// Hash: transfer id -> `product|units|to_shard|take_seq|at_ms`, the transfers of a spread
+    /// product's units out of this shard that its receiver may not have yet.
+    pub fn transfers(&self) -> String {
+        format!("{}:transfers", self.prefix)
+    }
+
+    /// Hash: transfer id -> `product|units|from_shard|take_seq|give_seq|at_ms`, the transfers
+    /// this shard received lately (each given once, by its id).
+    pub fn received(&self) -> String {
+        format!("{}:received", self.prefix)
+    }
+
     /// Every key of the queue with a fixed name (not the per-product stock keys nor the
     /// per-worker heartbeats, nor the per-reservation records).
-    pub fn fixed(&self) -> [String; 17] {
+    pub fn fixed(&self) -> [String; 20] {
         [
             self.pending(),
             self.processing(),
@@ -149,6 +174,9 @@ impl Keys {
             self.releases(),
             self.limits(),
             self.bought(),
+            self.spread(),
+            self.transfers(),
+            self.received(),
         ]
     }
 }

@@ -40,6 +40,7 @@ mod records;
 pub(crate) mod scripts;
 pub(crate) mod shards;
 mod sold_out;
+mod spread;
 mod stock;
 mod workers;
 
@@ -58,6 +59,7 @@ pub use ops::Depths;
 pub(crate) use records::{Ended, Ending, REJECTED_REASON, Retention};
 pub use records::{Record, ReservationState, StreamEntry};
 pub use shards::Shards;
+pub(crate) use spread::{Outgoing, Received};
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
 pub use workers::Heartbeat;
@@ -232,7 +234,7 @@ impl Queue {
     }
 
     /// This queue's index among the shards of a sharded queue; `None` when it is not sharded.
-    pub(crate) fn shard(&self) -> Option<u16> {
+    pub fn shard(&self) -> Option<u16> {
         self.shard
     }
 

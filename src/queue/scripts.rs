@@ -42,6 +42,7 @@ scripts! {
     RELEASED = "released",
     LIMIT = "limit",
     HEAL = "heal",
+    TRANSFER = "transfer",
     BENCH_FILL = "bench_fill";
     // stockq reserves in groups; reserve.lua, one reservation a call, is its contract with
     // producers in other languages (docs/redis-keys.md), listed by `stockq scripts`

@@ -227,6 +227,30 @@ impl Queue {
         bounded("redis (stock)", CALL_TIMEOUT, conn.get(self.keys.stock(product_id))).await
     }
 
+    /// Creates the product's stock key at 0 when it is missing (a new bucket of a spread
+    /// product: a reservation routed to it must find the product known).
+    pub(crate) async fn ensure_stock_key(&self, product_id: i64) -> Result<()> {
+        self.add_to_stock("redis (stock)", product_id, 0).await.map(|_| ())
+    }
+
+    /// Whether the product has a buyer limit in force.
+    pub(crate) async fn has_buyer_limit(&self, product_id: i64) -> Result<bool> {
+        let mut conn = self.conn();
+        let value: Option<String> =
+            bounded("redis (limit)", CALL_TIMEOUT, conn.hget(self.keys.limits(), product_id)).await?;
+        let limit =
+            value.as_deref().map(|v| v.split('@').next().unwrap_or(v)).and_then(|l| l.parse::<u64>().ok());
+        Ok(limit.is_some_and(|l| l > 0))
+    }
+
+    /// The Redis clock, unix ms.
+    pub(crate) async fn redis_time_ms(&self) -> Result<i64> {
+        let mut conn = self.conn();
+        let (secs, micros): (i64, i64) =
+            bounded("redis (time)", CALL_TIMEOUT, redis::cmd("TIME").query_async(&mut conn)).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
     /// INCRBY on a product's stock key; `what` names the call in a timeout error.
     pub(super) async fn add_to_stock(&self, what: &'static str, product_id: i64, by: i64) -> Result<i64> {
         let mut conn = self.conn();

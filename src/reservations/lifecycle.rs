@@ -141,7 +141,11 @@ pub async fn cancel(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<
         buyer: row.buyer,
         limit_epoch: row.limit_epoch,
     };
-    let answer = shards.for_product(row.product_id).cancel(event_id, Some(forgotten)).await?;
+    // the shard that delivered it holds its buyer's tally and orders its seq (a spread
+    // product's bucket); rows from before shards were recorded came from the product's own
+    let shard = row.shard.and_then(|s| shards.all().get(usize::try_from(s).ok()?));
+    let queue = shard.unwrap_or_else(|| shards.for_product(row.product_id));
+    let answer = queue.cancel(event_id, Some(forgotten)).await?;
     count_cancel(&answer);
     Ok(answer)
 }

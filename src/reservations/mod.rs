@@ -12,7 +12,7 @@ mod reserve;
 
 pub(crate) use lifecycle::{Asked, answer};
 pub use lifecycle::{Status, cancel, confirm, status};
-pub use reserve::{Request, check_hold, new_event_id, reserve, reserve_for, reserve_held};
+pub use reserve::{Request, check_hold, new_event_id, reserve, reserve_for, reserve_held, reserve_routed};
 
 // Defined beside the Redis record they are read from: defined here, they would make `queue`
 // import from this module, which imports `queue`.

@@ -85,3 +85,49 @@ pub async fn reserve_held(queue: &Queue, request: Request<'_>) -> Result<Reserva
     metrics::counter!(m::RESERVATIONS, "result" => result).increment(1);
     answer
 }
+
+/// Refills a spread product's bucket at most this often for one reservation.
+const MAX_REFILLS: usize = 8;
+/// How long a shopper whose refill found nothing, while units were on their way, waits
+/// before looking again.
+const REFILL_AGAIN: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Reserves what `request` asks for in the bucket its product's shards route it to
+/// (`Shards::route`): its product's own shard, or for a spread product the bucket of its
+/// buyer (or event id). A spread product's bucket that is short gets units moved to it from
+/// the others first, so that "sold out" means the product as a whole cannot serve the
+/// quantity (`crate::spread`).
+pub async fn reserve_routed(shards: &crate::queue::Shards, request: Request<'_>) -> Result<Reservation> {
+    let queue = shards.route(request.product_id, request.buyer, request.event_id).await;
+    let answer = reserve_held(queue, request).await?;
+    let Reservation::SoldOut { available } = answer else { return Ok(answer) };
+    if !shards.is_spread(request.product_id).await {
+        return Ok(answer);
+    }
+    let Some(shard) = queue.shard() else { return Ok(answer) };
+    // a bucket refilled may be emptied by other shoppers before this one's turn: again, until
+    // the other buckets are empty (each refill takes half the richest, so this ends quickly)
+    let mut available = available;
+    for _ in 0..MAX_REFILLS {
+        let need = (request.qty - available.max(0)).max(1);
+        if crate::spread::refill(shards, request.product_id, usize::from(shard), need).await? == 0 {
+            // the shards are read one after another: a transfer between two of them may have
+            // been in neither when read. Units still somewhere (or on their way) are worth
+            // another look; none anywhere is sold out.
+            if crate::spread::units_anywhere(shards, request.product_id)
+                .await?
+                .is_some_and(|u| u < request.qty)
+            {
+                break;
+            }
+            tokio::time::sleep(REFILL_AGAIN).await;
+            continue;
+        }
+        match reserve_held(queue, request).await? {
+            Reservation::SoldOut { available: left } => available = left,
+            again => return Ok(again),
+        }
+    }
+    let total = crate::spread::total_stock(shards, request.product_id).await?.unwrap_or(0);
+    Ok(Reservation::SoldOut { available: total })
+}

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::queue::Shards;
-use crate::reservations::{Request, Reservation, new_event_id, reserve_held};
+use crate::reservations::{Request, Reservation, new_event_id, reserve_routed};
 
 pub(crate) const DEFAULT_IN_FLIGHT: usize = 32;
 
@@ -165,7 +165,7 @@ pub async fn produce_shoppers(
             let buyer = buyers.map(|n| format!("buyer-{}", rand::random_range(1..=n.max(1))));
             let request = Request { product_id, qty, event_id: &event_id, buyer: buyer.as_deref(), hold };
             let sent = Instant::now();
-            let answer = reserve_held(shards.for_product(product_id), request).await;
+            let answer = reserve_routed(shards, request).await;
             (answer, sent.elapsed(), product_id, event_id)
         })
         .buffer_unordered(options.in_flight);
@@ -205,13 +205,30 @@ pub async fn produce_shoppers(
     Ok(report)
 }
 
+/// Cancels `event_id` in its product's own shard, or for a spread product in whichever
+/// bucket's shard holds its record.
+async fn cancel_anywhere(shards: &Shards, product_id: i64, event_id: &str) -> Result<crate::queue::Cancel> {
+    let home = shards.for_product(product_id);
+    let answer = home.cancel(event_id, None).await?;
+    if answer != crate::queue::Cancel::Unknown || !shards.is_spread(product_id).await {
+        return Ok(answer);
+    }
+    for queue in shards.all().iter().filter(|q| q.shard() != home.shard()) {
+        let answer = queue.cancel(event_id, None).await?;
+        if answer != crate::queue::Cancel::Unknown {
+            return Ok(answer);
+        }
+    }
+    Ok(crate::queue::Cancel::Unknown)
+}
+
 /// Cancels every reservation of `made`, `in_flight` at a time.
 async fn cancel_all(shards: &Shards, made: &[(i64, String)], in_flight: usize) -> Result<CancelReport> {
     let started = Instant::now();
     let mut answers = futures::stream::iter(made.iter().cloned())
         .map(|(product_id, event_id)| async move {
             let sent = Instant::now();
-            let answer = shards.for_product(product_id).cancel(&event_id, None).await;
+            let answer = cancel_anywhere(shards, product_id, &event_id).await;
             (answer, sent.elapsed())
         })
         .buffer_unordered(in_flight);

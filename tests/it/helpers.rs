@@ -134,7 +134,7 @@ impl TestEnv {
 
     /// Sets a product's stock through stockq (both stores).
     pub async fn stock(&self, product: i64, qty: i64) {
-        stockq::adjust(&self.queue, &self.ledger, product, stockq::Change::Set(qty))
+        stockq::adjust(self.shards().for_product(product), &self.ledger, product, stockq::Change::Set(qty))
             .await
             .expect("stock set");
     }
@@ -186,7 +186,7 @@ impl TestEnv {
 
     pub fn worker(&self, batch: usize) -> Worker {
         Worker::new(
-            self.queue.clone(),
+            self.shards(),
             self.ledger.clone(),
             WorkerOptions { concurrency: 1, batch, wait: Duration::from_millis(100) },
         )
@@ -242,7 +242,8 @@ pub async fn open_mysql(settings: &Settings) -> sqlx::MySqlPool {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let database = self.database.clone();
-        let pattern = format!("{{{}}}:*", self.name);
+        // `{name}:*`, and a sharded queue's `{name:0}:*` ..
+        let pattern = format!("{{{}[}}:]*", self.name);
         let redis_url = self.settings.redis.url.expose().to_string();
         let server = mysql_server_url();
         // Async cleanup from Drop (which also runs when a test panics): a thread of its own.

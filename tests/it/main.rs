@@ -23,4 +23,5 @@ mod procfile;
 pub(crate) mod records;
 mod recovery;
 mod security;
+mod spread;
 mod stats;

@@ -382,6 +382,16 @@
     $('dead-next').disabled = end >= dead.total;
   }
 
+  // a spread product's Redis stock is its buckets' sum: say how many, and each on hover
+  function redisCell(p) {
+    const stock = p.redis === null ? 'missing' : fmt(p.redis);
+    if (!p.buckets) return cell(stock, 'n');
+    const td = cell(`${stock} · ${p.buckets.length} buckets`, 'n');
+    const transit = p.in_transit ? ` (+${fmt(p.in_transit)} on their way)` : '';
+    td.title = p.buckets.map((k) => `shard ${k.shard}: ${fmt(k.stock)}`).join(', ') + transit;
+    return td;
+  }
+
   function renderBooks() {
     const b = books;
     const checked = `checked ${time(b.checked_at)} in ${fmt(b.took_ms)} ms`;
@@ -391,7 +401,7 @@
     $('books-state').textContent = b.consistent ? 'consistent' : `${fmt(b.drifting_total)} drifting`;
     $('books-state').parentElement.classList.toggle('alarm', !b.consistent);
     fill('books', b.products, (p) => [
-      cell(p.product_id), cell(p.redis === null ? 'missing' : fmt(p.redis), 'n'), cell(fmt(p.mysql), 'n'),
+      cell(p.product_id), redisCell(p), cell(fmt(p.mysql), 'n'),
       cell(fmt(p.in_flight), 'n'), cell(fmt(p.expected_redis), 'n'), cell(fmt(p.delta), p.delta ? 'n drift' : 'n'),
     ]);
     const end = b.offset + b.products.length;
