@@ -84,8 +84,9 @@ local r = read_record(record)
 if not r then
   if not ARGV[5] then return {'', 0} end
   -- applied, and its record expired: what the ledger says is enough to release it
-  r = {state = 'applied', product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7], buyer = ARGV[8],
-    updated_at = now}
+  -- its versions are not known any more: counted on from the clock, above any of them
+  r = {state = 'applied', was = 'applied', version = now, product_id = ARGV[5], qty = ARGV[6], seq = ARGV[7],
+    buyer = ARGV[8], updated_at = now}
   if ARGV[7] == '' then r.seq = nil end
   if not ARGV[8] or ARGV[8] == '' then r.buyer = nil end
   -- the buyer's units go back to the tally the reservation counted in (give_back, below)
@@ -99,7 +100,8 @@ if r.state == 'held' then
   redis.call('ZREM', holds, event_id)
   give_back(stock, inflight, bought, r)
   end_record(record, r, 'cancelled', now, ttl)
-  announce(outcomes, event_id, 'cancelled', r.product_id, r.qty, r.seq, r.buyer, 'cancelled', r.reserved_at, now)
+  announce(outcomes, event_id, 'cancelled', r.product_id, r.qty, r.seq, r.buyer, 'cancelled', r.reserved_at, now,
+    r.version)
   return {'cancelled', 1}
 elseif r.state == 'queued' or r.state == 'dead' then
   -- the bytes reserve.lua (or confirm.lua) pushed for this reservation

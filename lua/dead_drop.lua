@@ -90,5 +90,5 @@ else
     end_record(record, r, state, now, ttl)
   end
 end
-announce(outcomes, event_id, state, ARGV[9], qty, seq, buyer, reason, reserved_at, now)
+announce(outcomes, event_id, state, ARGV[9], qty, seq, buyer, reason, reserved_at, now, mine and r.version or nil)
 return 1

@@ -146,7 +146,8 @@ for i = 0, (#ARGV - 3) / 5 - 1 do
       redis.call('HINCRBY', inflight, r.product_id, -tonumber(r.qty))
       r.deadline = nil
       end_record(record, r, 'applied', now_s, ttl)
-      announce(outcomes, event_id, 'applied', r.product_id, r.qty, r.seq, r.buyer, nil, r.reserved_at, now_s)
+      announce(outcomes, event_id, 'applied', r.product_id, r.qty, r.seq, r.buyer, nil, r.reserved_at, now_s,
+        r.version)
       applied = applied + 1
     elseif status == 'released' and r.state == 'applied' then
       if r.tally then
@@ -154,7 +155,8 @@ for i = 0, (#ARGV - 3) / 5 - 1 do
         r.tally = nil
       end
       end_record(record, r, 'released', now_s, ttl)
-      announce(outcomes, event_id, 'released', r.product_id, r.qty, r.seq, r.buyer, nil, r.reserved_at, now_s)
+      announce(outcomes, event_id, 'released', r.product_id, r.qty, r.seq, r.buyer, nil, r.reserved_at, now_s,
+        r.version)
       released = released + 1
     end
   end

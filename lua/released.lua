@@ -37,10 +37,13 @@ for i = 0, (#ARGV - 2) / 5 - 1 do
     redis.call('HINCRBY', inflight, product_id, tonumber(qty))
     local record = KEYS[5 + i]
     local r = read_record(record)
+    local version
     if r and r.state == 'releasing' and (r.seq or '') == seq then
       end_record(record, r, 'released', now, ttl)
+      version = r.version
     end
-    announce(outcomes, event_id, 'released', product_id, qty, seq, r and r.buyer, nil, r and r.reserved_at, now)
+    announce(outcomes, event_id, 'released', product_id, qty, seq, r and r.buyer, nil, r and r.reserved_at, now,
+      version)
   end
 end
 if n > 0 then

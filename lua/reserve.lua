@@ -19,11 +19,12 @@
 --                      (the caller bounds it by STOCKQ_MAX_HOLD)
 --
 -- Returns
---   {1, seq, remaining, reserved_at, deadline}  reserved (deadline 0 unless held)
---   {2, seq, state, reserved_at, updated_at, deadline}
+--   {1, seq, remaining, reserved_at, deadline}  reserved (deadline 0 unless held), version 1
+--   {2, seq, state, reserved_at, updated_at, deadline, version}
 --                                             a replay: the event id was reserved before with
 --                                             the same product, qty and buyer and has not
---                                             ended (or is applied); nothing taken
+--                                             ended (or is applied); nothing taken (version 0:
+--                                             a record written before versions)
 --   {-2, 0, state}                            the event id is used otherwise; nothing taken
 --   {0, 0, stock}                             sold out, nothing taken
 --   {-1, 0, 0}                                unknown product (no stock key)
@@ -143,11 +144,11 @@ end
 -- the record (record.lua's layout), as one string
 if deadline > 0 then
   local deadline_s = format('%d', deadline)
-  redis.call('SET', record, 'held|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|' .. now_s
+  redis.call('SET', record, '1|held|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|' .. now_s
     .. '|' .. buyer .. '|' .. deadline_s .. '|' .. tally .. '|' .. epoch .. '|')
   redis.call('ZADD', holds, deadline_s, event_id)
 else
-  redis.call('SET', record, 'queued|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|' .. now_s
+  redis.call('SET', record, '1|queued|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|' .. now_s
     .. '|' .. buyer .. '||' .. tally .. '|' .. epoch .. '|')
   -- the entry carries the buyer and the time, so that the worker writes the outcome without
   -- reading the record

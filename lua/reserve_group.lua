@@ -12,7 +12,7 @@
 -- ARGV[5i - 4 .. 5i]  reservation i: event_id, product_id, qty, buyer ('' for none), hold
 --                     ('' or '0' for none, else ms)
 --
--- Returns one answer per reservation, in order, six values each (one flat array: a table per
+-- Returns one answer per reservation, in order, seven values each (one flat array: a table per
 -- answer would cost more than the answer's work), each exactly what reserve.lua answers for
 -- it alone (see its contract), padded with 0: {1, seq, remaining, reserved_at, deadline},
 -- {2, ...} a replay, {-2, 0, state}, {0, 0, stock}, {-1, 0, 0}, {-3, 0, limit},
@@ -120,14 +120,15 @@ for i = 1, n do
   local a = 5 * i - 4
   local event_id, product_id, qty_arg, buyer, hold = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local record = KEYS[6 + 2 * i]
-  -- the answer: its code (nil until decided) and up to five values
-  local c, v2, v3, v4, v5, v6 = nil, 0, 0, 0, 0, 0
+  -- the answer: its code (nil until decided) and up to six values
+  local c, v2, v3, v4, v5, v6, v7 = nil, 0, 0, 0, 0, 0, 0
   if bad[i] then
     c, v3 = -9, bad[i]
   else
     local replay = replayed(record, product_id, qty_arg, buyer)
     if replay then
-      c, v2, v3, v4, v5, v6 = replay[1], replay[2], replay[3], replay[4] or 0, replay[5] or 0, replay[6] or 0
+      c, v2, v3, v4, v5, v6, v7 = replay[1], replay[2], replay[3], replay[4] or 0, replay[5] or 0, replay[6] or 0,
+        replay[7] or 0
     end
   end
   if not c and healing_until then
@@ -181,20 +182,20 @@ for i = 1, n do
       -- the record (record.lua's layout), as one string
       if deadline > 0 then
         local deadline_s = format('%d', deadline)
-        redis.call('SET', record, 'held|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|'
+        redis.call('SET', record, '1|held|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|'
           .. now_s .. '|' .. buyer .. '|' .. deadline_s .. '|' .. tally .. '|' .. epoch .. '|')
         redis.call('ZADD', holds, deadline_s, event_id)
       else
-        redis.call('SET', record, 'queued|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|'
+        redis.call('SET', record, '1|queued|' .. product_id .. '|' .. qty_arg .. '|' .. seq_s .. '|' .. now_s .. '|'
           .. now_s .. '|' .. buyer .. '||' .. tally .. '|' .. epoch .. '|')
         entries[#entries + 1] = entry_json(event_id, product_id, qty_arg, seq_s, buyer, now_s, field and epoch)
       end
       c, v2, v3, v4, v5 = 1, seq, left, now, deadline
     end
   end
-  local o = 6 * i - 6
-  answers[o + 1], answers[o + 2], answers[o + 3], answers[o + 4], answers[o + 5], answers[o + 6] =
-    c, v2, v3, v4, v5, v6
+  local o = 7 * i - 7
+  answers[o + 1], answers[o + 2], answers[o + 3], answers[o + 4], answers[o + 5], answers[o + 6], answers[o + 7] =
+    c, v2, v3, v4, v5, v6, v7
 end
 
 -- what the group shares, written once: the stock it took, its units in flight (as values:

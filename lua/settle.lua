@@ -202,17 +202,22 @@ local function end_reservation(i)
     -- new state and time in front of the rest, without reading it field by field.
     local v = redis.pcall('GET', record)
     local head = '|' .. ARGV[e + 1] .. '|' .. ARGV[e + 2] .. '|' .. seq .. '|'
-    if type(v) == 'string' and string.sub(v, 1, 6 + #head) == 'queued' .. head then
-      local reserved_at, rest = string.match(v, '^(%d*)|%d*|(.*)$', 7 + #head)
+    local bar = type(v) == 'string' and string.find(v, '|', 1, true)
+    if bar and bar > 1 and string.sub(v, bar + 1, bar + 6 + #head) == 'queued' .. head then
+      local reserved_at, rest = string.match(v, '^(%d*)|%d*|(.*)$', bar + 7 + #head)
       if rest then
-        redis.call('SET', record, state .. head .. reserved_at .. '|' .. now .. '|' .. rest, 'PX', ttl)
-        announce(outcomes, event_id, state, ARGV[e + 1], ARGV[e + 2], seq, ARGV[e + 4], reason, ARGV[e + 5], now)
+        local version = next_version(string.sub(v, 1, bar - 1))
+        redis.call('SET', record, version .. '|' .. state .. head .. reserved_at .. '|' .. now .. '|' .. rest,
+          'PX', ttl)
+        announce(outcomes, event_id, state, ARGV[e + 1], ARGV[e + 2], seq, ARGV[e + 4], reason, ARGV[e + 5], now,
+          version)
         return false
       end
     end
   end
   local r = read_record(record)
   local cancelled = false
+  local version
   if r and r.seq == seq then
     if r.state == 'cancelling' then
       if k == 'dead' then
@@ -249,8 +254,10 @@ local function end_reservation(i)
       -- already told (a copy of the same entry pushed by hand): say it once
       return false
     end
+    version = r.version
   end
-  announce(outcomes, event_id, state, ARGV[e + 1], ARGV[e + 2], seq, ARGV[e + 4], reason, ARGV[e + 5], now)
+  announce(outcomes, event_id, state, ARGV[e + 1], ARGV[e + 2], seq, ARGV[e + 4], reason, ARGV[e + 5], now,
+    version)
   return cancelled
 end
 

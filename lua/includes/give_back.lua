@@ -28,5 +28,5 @@ local function expire_hold(keys, event_id, record, r, now, ttl)
   give_back(keys.stock, keys.inflight, keys.bought, r)
   end_record(record, r, 'expired', now, ttl)
   announce(keys.outcomes, event_id, 'expired', r.product_id, r.qty, r.seq, r.buyer, 'payment deadline passed',
-    r.reserved_at, now)
+    r.reserved_at, now, r.version)
 end

@@ -6,24 +6,28 @@
 --     Trims the stream to about maxlen entries. Once per call and before the script's first
 --     other write: a Redis user whose ACL lacks XTRIM then fails the call before it has
 --     changed anything (docs/security.md).
--- announce(stream, event_id, state, product_id, qty, seq, buyer, reason, reserved_at, at)
+-- announce(stream, event_id, state, product_id, qty, seq, buyer, reason, reserved_at, at, version)
 --     Appends one entry: event_id, state, product_id, qty, then seq, buyer, reason and
---     reserved_at when known (nil or '' when not), then at. Values are strings: a number
---     passed to Redis is formatted on every call.
+--     reserved_at when known (nil or '' when not), then at and version. Values are strings: a
+--     number passed to Redis is formatted on every call. `version` is the record's after the
+--     transition (record.lua); nil when the record is gone (it expired, or the id was used
+--     again), and the entry then carries `at`, the clock in ms: above any count of
+--     transitions, so that a consumer still takes it as the newest.
 
 local function trim_outcomes(stream, maxlen)
   redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
 end
 
-local function announce(stream, event_id, state, product_id, qty, seq, buyer, reason, reserved_at, at)
+local function announce(stream, event_id, state, product_id, qty, seq, buyer, reason, reserved_at, at, version)
+  version = version or at
   if seq and seq ~= '' and reserved_at and reserved_at ~= '' and (not reason or reason == '') then
     -- the usual entry, passed as it is: a table per entry costs more than the XADD's own work
     if buyer and buyer ~= '' then
       return redis.call('XADD', stream, '*', 'event_id', event_id, 'state', state, 'product_id', product_id,
-        'qty', qty, 'seq', seq, 'buyer', buyer, 'reserved_at', reserved_at, 'at', at)
+        'qty', qty, 'seq', seq, 'buyer', buyer, 'reserved_at', reserved_at, 'at', at, 'version', version)
     end
     return redis.call('XADD', stream, '*', 'event_id', event_id, 'state', state, 'product_id', product_id,
-      'qty', qty, 'seq', seq, 'reserved_at', reserved_at, 'at', at)
+      'qty', qty, 'seq', seq, 'reserved_at', reserved_at, 'at', at, 'version', version)
   end
   local fields = {'event_id', event_id, 'state', state, 'product_id', product_id, 'qty', qty}
   local f = 8
@@ -36,5 +40,7 @@ local function announce(stream, event_id, state, product_id, qty, seq, buyer, re
   end
   fields[f + 1] = 'at'
   fields[f + 2] = at
+  fields[f + 3] = 'version'
+  fields[f + 4] = version
   return redis.call('XADD', stream, '*', unpack(fields))
 end

@@ -12,9 +12,10 @@
 --     costs more than the rest of the checks.
 -- replayed(record, product_id, qty, buyer)
 --     The answer to a reservation whose event id has a record already: nil when it has none;
---     {2, seq, state, reserved_at, updated_at, deadline} when it is the same reservation
---     (same product, qty and buyer) and has not ended (or is applied): its first answer,
---     nothing taken; {-2, 0, state} when the id is used otherwise.
+--     {2, seq, state, reserved_at, updated_at, deadline, version} when it is the same
+--     reservation (same product, qty and buyer) and has not ended (or is applied): its first
+--     answer, nothing taken (version 0 for a record written before versions); {-2, 0, state}
+--     when the id is used otherwise.
 
 local function bad_request(event_id, product_id, qty, buyer, hold)
   if not event_id or not buyer or #event_id < 1 or #event_id > 64 or #buyer > 64
@@ -46,7 +47,8 @@ local function replayed(record, product_id, qty, buyer)
   local live = state == 'queued' or state == 'dead' or state == 'applied' or state == 'held'
     or state == 'releasing' or state == 'cancelling'
   if live and r.product_id == product_id and r.qty == qty and (r.buyer or '') == buyer then
-    return {2, tonumber(r.seq), state, tonumber(r.reserved_at), tonumber(r.updated_at), tonumber(r.deadline or '0')}
+    return {2, tonumber(r.seq), state, tonumber(r.reserved_at), tonumber(r.updated_at), tonumber(r.deadline or '0'),
+      tonumber(r.version)}
   end
   return {-2, 0, state}
 end

@@ -79,6 +79,9 @@ fn status_line(s: &Status) -> String {
             line.push_str(&format!(" {name} {at}"));
         }
     }
+    if let Some(version) = s.version {
+        line.push_str(&format!(" version {version}"));
+    }
     line
 }
 

@@ -28,7 +28,7 @@ pub(crate) const MAX_GROUP: usize = 128;
 /// Calls in flight at once per shard: two keep Redis busy while an answer travels back.
 const IN_FLIGHT: usize = 2;
 /// Values per reservation in reserve_group.lua's flat answer.
-const ANSWER_WIDTH: usize = 6;
+const ANSWER_WIDTH: usize = 7;
 /// Reservations waiting for a call, per shard, before callers wait to hand theirs over.
 const QUEUE_DEPTH: usize = 8192;
 

@@ -218,17 +218,22 @@ pub struct Record {
     pub deadline: Option<i64>,
     pub reserved_at: Option<i64>,
     pub updated_at: Option<i64>,
+    /// Raised by every transition, 1 when made (docs/outcomes.md); `None` for a record
+    /// written before versions.
+    pub version: Option<i64>,
 }
 
 impl Record {
     /// A record as the scripts write it: one string,
-    /// `state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope`
-    /// (`lua/includes/record.lua`).
+    /// `version|state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope`
+    /// (`lua/includes/record.lua`); one written before versions starts with its state.
     fn parse(text: &str) -> Option<Record> {
-        let mut f = text.splitn(11, '|');
+        let versioned = text.starts_with(|c: char| c.is_ascii_digit());
+        let mut f = text.splitn(if versioned { 12 } else { 11 }, '|');
         let mut next = || f.next().filter(|v| !v.is_empty());
-        let state = ReservationState::from(next()?);
         let int = |v: Option<&str>| v.and_then(|v| v.parse::<i64>().ok());
+        let version = if versioned { int(next()) } else { None };
+        let state = ReservationState::from(next()?);
         let product_id = int(next())?;
         let qty = int(next())?;
         let seq = int(next());
@@ -236,7 +241,7 @@ impl Record {
         let updated_at = int(next());
         let buyer = next().map(str::to_string);
         let deadline = int(next());
-        Some(Record { state, product_id, qty, buyer, seq, deadline, reserved_at, updated_at })
+        Some(Record { state, product_id, qty, buyer, seq, deadline, reserved_at, updated_at, version })
     }
 
     /// A record written as a hash, before records were strings.
@@ -251,6 +256,7 @@ impl Record {
             deadline: int("deadline"),
             reserved_at: int("reserved_at"),
             updated_at: int("updated_at"),
+            version: None,
         })
     }
 }

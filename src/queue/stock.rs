@@ -30,6 +30,8 @@ pub enum Reservation {
         reserved_at: i64,
         updated_at: i64,
         deadline: Option<i64>,
+        /// Its version now (docs/outcomes.md); `None` for a record written before versions.
+        version: Option<i64>,
     },
     /// The event id belongs to another reservation (other product, qty or buyer), or to one
     /// that ended: nothing taken.
@@ -109,6 +111,7 @@ impl Queue {
                 reserved_at: next_value(&mut values)?,
                 updated_at: next_value(&mut values)?,
                 deadline: deadline(next_value(&mut values)?),
+                version: Some(next_value::<i64>(&mut values).unwrap_or(0)).filter(|v| *v > 0),
             },
             -2 => Reservation::IdUsed { state: next_value(&mut values)? },
             0 => {

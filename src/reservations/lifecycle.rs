@@ -27,6 +27,10 @@ pub struct Status {
     pub deadline: Option<i64>,
     pub reserved_at: Option<i64>,
     pub updated_at: Option<i64>,
+    /// Raised by every transition, 1 when made: of two statuses or outcomes of one
+    /// reservation the higher version is the newer. `None` when the status comes from MySQL
+    /// (the record expired; the state is final) or from a record written before versions.
+    pub version: Option<i64>,
 }
 
 impl Status {
@@ -41,6 +45,7 @@ impl Status {
             deadline: r.deadline,
             reserved_at: r.reserved_at,
             updated_at: r.updated_at,
+            version: r.version,
         }
     }
 }
@@ -63,6 +68,7 @@ pub async fn status(shards: &Shards, ledger: &Ledger, event_id: &str) -> Result<
         deadline: None,
         reserved_at: None,
         updated_at: Some(row.settled_at),
+        version: None,
     }))
 }
 
@@ -77,13 +83,13 @@ pub(crate) struct Asked<'a> {
 /// The status object answering a reservation: with `remaining` when it was made now, with
 /// `"replayed": true` when it had been made before. `None` for a refusal.
 pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Value> {
-    let (event_id, seq, state, reserved_at, updated_at, deadline) = match reservation {
+    let (event_id, seq, state, reserved_at, updated_at, deadline, version) = match reservation {
         Reservation::Reserved { event_id, seq, reserved_at, deadline, .. } => {
             let state = if deadline.is_some() { ReservationState::Held } else { ReservationState::Queued };
-            (event_id, seq, state, reserved_at, reserved_at, deadline)
+            (event_id, seq, state, reserved_at, reserved_at, deadline, Some(1))
         }
-        Reservation::Replayed { event_id, seq, state, reserved_at, updated_at, deadline } => {
-            (event_id, seq, state.clone(), reserved_at, updated_at, deadline)
+        Reservation::Replayed { event_id, seq, state, reserved_at, updated_at, deadline, version } => {
+            (event_id, seq, state.clone(), reserved_at, updated_at, deadline, *version)
         }
         _ => return None,
     };
@@ -97,6 +103,7 @@ pub(crate) fn answer(asked: Asked<'_>, reservation: &Reservation) -> Option<Valu
         deadline: *deadline,
         reserved_at: Some(*reserved_at),
         updated_at: Some(*updated_at),
+        version,
     };
     let mut object = serde_json::to_value(status).ok()?;
     match reservation {

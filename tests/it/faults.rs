@@ -910,7 +910,10 @@ async fn a_redis_that_lost_its_last_second_is_healed_with_no_operator() {
     for w in &workers {
         send_signal(w.id().unwrap(), "STOP");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // however slowly a loaded machine lets the shoppers go
+    env.eventually(Duration::from_secs(20), "a backlog of 300", || async { env.len("pending").await > 300 })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let backup = server.dir.join("aof-a-second-ago");
     copy_dir(&server.dir.join("appendonlydir"), &backup);
     let backlog = env.len("pending").await;

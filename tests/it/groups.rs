@@ -116,7 +116,7 @@ async fn a_group_answers_each_reservation_as_it_would_be_answered_alone() {
             .await
             .unwrap();
         let Value::Array(mut values) = answer else { panic!("{answer:?}") };
-        values.resize(6, Value::Int(0));
+        values.resize(7, Value::Int(0));
         answers_alone.push(timeless(&Value::Array(values)));
     }
 
@@ -145,9 +145,9 @@ async fn a_group_answers_each_reservation_as_it_would_be_answered_alone() {
     let Value::Array(flat) = invocation.invoke_async::<Value>(&mut c).await.unwrap() else {
         panic!("one answer per reservation")
     };
-    // six values a reservation, reserve.lua's answer padded with 0
-    assert_eq!(flat.len(), 6 * (ASKS.len() + 1));
-    let mut answers: Vec<Value> = flat.chunks(6).map(|a| Value::Array(a.to_vec())).collect();
+    // seven values a reservation, reserve.lua's answer padded with 0
+    assert_eq!(flat.len(), 7 * (ASKS.len() + 1));
+    let mut answers: Vec<Value> = flat.chunks(7).map(|a| Value::Array(a.to_vec())).collect();
     let bad = answers.remove(bad_at);
     let Value::Array(bad) = bad else { panic!() };
     assert_eq!(bad[0], Value::Int(-9));

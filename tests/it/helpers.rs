@@ -355,9 +355,9 @@ impl TestEnv {
 
     /// A field of a Redis hash as an integer (0 when missing).
     /// A reservation's record as field → value: the string record.lua writes
-    /// (`state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope`,
-    /// empty fields left out), or a hash written before records were strings. Empty when
-    /// there is none.
+    /// (`version|state|product_id|qty|seq|reserved_at|updated_at|buyer|deadline|tally|epoch|envelope`,
+    /// empty fields left out; one written before versions starts with its state), or a hash
+    /// written before records were strings. Empty when there is none.
     pub async fn record_fields(&self, event_id: &str) -> std::collections::HashMap<String, String> {
         const FIELDS: [&str; 11] = [
             "state",
@@ -380,11 +380,16 @@ impl TestEnv {
         }
         let text: Option<String> = c.get(&key).await.unwrap();
         let Some(text) = text else { return Default::default() };
+        let (version, text) = match text.split_once('|') {
+            Some((v, rest)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => (Some(v), rest),
+            _ => (None, text.as_str()),
+        };
         FIELDS
             .iter()
             .zip(text.splitn(FIELDS.len(), '|'))
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(version.map(|v| ("version".to_string(), v.to_string())))
             .collect()
     }
 

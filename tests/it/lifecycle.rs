@@ -719,3 +719,109 @@ async fn a_refund_after_the_record_expired_gives_the_buyer_units_back() {
     assert_eq!((env.redis_stock(1).await, env.mysql_stock(1).await), (Some(98), 98));
     assert_eq!((env.redis_stock(2).await, env.mysql_stock(2).await), (Some(98), 98));
 }
+
+/// Every outcome of the test queue's stream as (event_id, state, version), oldest first.
+async fn versions(env: &TestEnv) -> Vec<(String, String, i64)> {
+    let mut c = env.redis.clone();
+    let raw: Vec<(String, HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg(env.key("outcomes")).arg("-").arg("+").query_async(&mut c).await.unwrap();
+    raw.into_iter()
+        .map(|(_, f)| {
+            let version = f.get("version").and_then(|v| v.parse().ok()).expect("every outcome has a version");
+            (f["event_id"].clone(), f["state"].clone(), version)
+        })
+        .collect()
+}
+
+/// Every transition raises a reservation's version, 1 when made; its status, replays and
+/// outcomes carry it, so that of two outcomes of one reservation the higher is the newer:
+/// through a hold, its confirm, the deduction and a refund; a dead letter requeued and
+/// applied; a cancel while queued; an expiry; and a refund after the record was forgotten,
+/// whose version comes from the clock (above every earlier one).
+#[tokio::test]
+async fn every_transition_raises_the_version_and_outcomes_carry_it() {
+    let env = TestEnv::with(|s| s.delivery.max_attempts = 1).await;
+    env.stock(1, 100).await;
+    let shards = env.shards();
+    let version = |id: &'static str| {
+        let (shards, ledger) = (shards.clone(), env.ledger.clone());
+        async move { stockq::status(&shards, &ledger, id).await.unwrap().expect("known").version }
+    };
+    let hold = Some(Duration::from_secs(600));
+
+    // dead: queued 1, dead 2 (its claim timed out, one attempt allowed), queued 3, applied 4
+    assert!(matches!(reserve(&env, 1, "dead", None, None).await, Reservation::Reserved { .. }));
+    let claim = env.queue.claim(1, None).await.unwrap();
+    assert!(String::from_utf8_lossy(&claim.entries[0]).contains("\"dead\""));
+    env.wait_past(claim.deadline_ms).await;
+    env.janitor().recover().await.unwrap();
+    assert_eq!(state(&env, "dead").await, "dead");
+    assert_eq!(version("dead").await, Some(2));
+    assert_eq!(env.run(&["dead", "requeue", "dead"]).await.0, 0);
+    assert_eq!(version("dead").await, Some(3));
+
+    // paid: held 1, queued 2, applied 3, releasing 4, released 5
+    assert!(matches!(reserve(&env, 1, "paid", None, hold).await, Reservation::Reserved { .. }));
+    assert_eq!(version("paid").await, Some(1));
+    assert_eq!(stockq::confirm(&shards, "paid").await.unwrap(), Confirm::Queued);
+    assert_eq!(version("paid").await, Some(2));
+    match reserve(&env, 1, "paid", None, hold).await {
+        Reservation::Replayed { version, .. } => assert_eq!(version, Some(2), "a replay says the version"),
+        other => panic!("{other:?}"),
+    }
+
+    // cancelled while queued: queued 1, cancelling 2, cancelled 3; expired: held 1, expired 2
+    assert!(matches!(reserve(&env, 1, "gone", None, None).await, Reservation::Reserved { .. }));
+    let cancel = |id: &'static str| {
+        let (shards, ledger) = (shards.clone(), env.ledger.clone());
+        async move { stockq::cancel(&shards, &ledger, id).await.unwrap() }
+    };
+    assert_eq!(cancel("gone").await, Cancel::Done { state: ReservationState::Cancelling, changed: true });
+    assert_eq!(version("gone").await, Some(2));
+    let short = Some(Duration::from_millis(100));
+    let Reservation::Reserved { deadline: Some(deadline), .. } = reserve(&env, 1, "late", None, short).await
+    else {
+        panic!("held")
+    };
+    env.wait_past(deadline).await;
+    assert_eq!(
+        stockq::confirm(&shards, "late").await.unwrap(),
+        Confirm::Ended { state: ReservationState::Expired }
+    );
+    assert_eq!(version("late").await, Some(2));
+
+    env.drain(10).await;
+    assert_eq!(version("paid").await, Some(3));
+    assert_eq!(version("dead").await, Some(4));
+    assert_eq!(version("gone").await, Some(3));
+    assert_eq!(cancel("paid").await, Cancel::Done { state: ReservationState::Releasing, changed: true });
+    assert_eq!(version("paid").await, Some(4));
+    env.drain(10).await;
+    assert_eq!(version("paid").await, Some(5));
+
+    // applied, then its record forgotten before the refund
+    assert!(matches!(reserve(&env, 1, "old", None, None).await, Reservation::Reserved { .. }));
+    env.drain(10).await;
+    let mut c = env.redis.clone();
+    let _: () = c.del(env.key("r:old")).await.unwrap();
+    assert_eq!(version("old").await, None, "a status from MySQL has no version");
+    assert_eq!(cancel("old").await, Cancel::Done { state: ReservationState::Releasing, changed: true });
+    env.drain(10).await;
+
+    let seen = versions(&env).await;
+    let of = |id: &str| -> Vec<(String, i64)> {
+        seen.iter().filter(|(e, _, _)| e == id).map(|(_, s, v)| (s.clone(), *v)).collect()
+    };
+    let pairs = |list: &[(&str, i64)]| -> Vec<(String, i64)> {
+        list.iter().map(|(s, v)| (s.to_string(), *v)).collect()
+    };
+    assert_eq!(of("paid"), pairs(&[("applied", 3), ("released", 5)]));
+    assert_eq!(of("dead"), pairs(&[("dead", 2), ("applied", 4)]));
+    assert_eq!(of("gone"), pairs(&[("cancelled", 3)]));
+    assert_eq!(of("late"), pairs(&[("expired", 2)]));
+    let old = of("old");
+    assert_eq!(old.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["applied", "released"]);
+    assert_eq!(old[0].1, 2);
+    assert!(old[1].1 > env.redis_now_ms().await - 60_000, "from the clock: {old:?}");
+    env.assert_books_balance().await;
+}
