@@ -6,6 +6,7 @@
 //! | `GET /reservations/<id>`, `POST /reservations/<id>/confirm`, `POST /reservations/<id>/cancel` | the order service's: see [`crate::http::reservations`] |
 //! | `GET /stock/<id>` | 200 `{"product_id", "stock"}` (the Redis stock, what shoppers can still buy); 404 unknown product |
 //! | `GET /healthz`, `GET /metrics` | as in [`crate::http::health`] |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of every route (`docs/openapi.json`, built in) |
 //! | `/admin`, `/admin/...` | the operators' dashboard, behind its own login: see [`crate::http::admin`] |
 //!
 //! Every error body is `{"error": "..."}` (see [`crate::http::answer`]). A reservation is one
@@ -41,6 +42,9 @@ use crate::reservations::{Asked, Request, check_hold, new_event_id, reserve_rout
 use crate::telemetry::metrics as m;
 
 pub(crate) const DEFAULT_PORT: u16 = 8080;
+
+/// The OpenAPI document of every route, kept in the repository and served as it is there.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +145,10 @@ async fn get_stock(State(Front { shards, .. }): State<Front>, Path(id): Path<Str
     }
 }
 
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 /// The whole front door.
 pub(crate) fn router(
     shards: Shards,
@@ -162,6 +170,7 @@ pub(crate) fn router(
     Router::new()
         .route("/reserve", post(post_reserve).layer(timed))
         .route("/stock/{id}", get(get_stock))
+        .route("/openapi.json", get(openapi))
         .with_state(Front { shards, max_hold, token: http.api_token.clone(), tries })
         .merge(reservations::routes(api))
         .merge(health::routes(health))
@@ -169,7 +178,7 @@ pub(crate) fn router(
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics, /admin",
+                "no such route: POST /reserve, GET /stock/<id>, /healthz, /metrics, /openapi.json, /admin",
             )
         })
 }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod listings;
 mod logs;
 mod metrics;
+mod openapi;
 mod procfile;
 pub(crate) mod records;
 mod recovery;

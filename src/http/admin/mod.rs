@@ -240,7 +240,14 @@ async fn login(
     }
     let axum::Json(Login { token }) = match body {
         Ok(body) => body,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(rejection) => {
+            // a body over the limit is 413 here too, as on every route (docs/http-api.md)
+            let status = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, rejection.body_text());
+        }
     };
     let attempt = match admin.logins.try_secret(client) {
         Ok(attempt) => attempt,
