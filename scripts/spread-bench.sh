@@ -38,8 +38,13 @@ for p in "$base" $((base + 1)); do
     --daemonize yes --logfile "$work/$p/redis.log"
   for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
-redis-cli --cluster create "127.0.0.1:$base" "127.0.0.1:$((base + 1))" --cluster-replicas 0 --cluster-yes \
-  >"$work/create.log" 2>&1
+# `redis-cli --cluster create` wants three masters: two are joined and given half the slots
+# each, split on the slot's bit 12. Names that differ in their last digit ({q:0}, {q:1}) have
+# slots that differ by CRC16's polynomial, 0x1021, so a queue's two shards always differ in
+# that bit: they land on different masters whatever the queue's name.
+redis-cli -p "$base" cluster addslotsrange 0 4095 8192 12287 >/dev/null
+redis-cli -p $((base + 1)) cluster addslotsrange 4096 8191 12288 16383 >/dev/null
+redis-cli -p "$base" cluster meet 127.0.0.1 $((base + 1)) >/dev/null
 for _ in $(seq 1 100); do
   redis-cli -p "$base" cluster info | grep -q cluster_state:ok \
     && redis-cli -p $((base + 1)) cluster info | grep -q cluster_state:ok && break
@@ -47,16 +52,13 @@ for _ in $(seq 1 100); do
 done
 export REDIS_URL="redis://127.0.0.1:$base,redis://127.0.0.1:$((base + 1))" STOCKQ_SHARDS=2 RUST_LOG=warn
 
-# a queue name whose two shards hash to slots on different masters (each holds half the slots)
+# a queue name whose two shards are on different masters (see above)
 queue_for() {
-  local i=0 name a b
-  while :; do
-    name="sb$1x$i"
-    a=$(redis-cli -p "$base" cluster keyslot "{$name:0}:x")
-    b=$(redis-cli -p "$base" cluster keyslot "{$name:1}:x")
-    if [ $((a < 8192)) != $((b < 8192)) ]; then echo "$name"; return; fi
-    i=$((i + 1))
-  done
+  local name="sb$1" a b
+  a=$(redis-cli -p "$base" cluster keyslot "{$name:0}:x")
+  b=$(redis-cli -p "$base" cluster keyslot "{$name:1}:x")
+  if [ $((a & 4096)) = $((b & 4096)) ]; then echo "spread-bench: $name's shards share a master" >&2; exit 1; fi
+  echo "$name"
 }
 
 # a fresh queue and database with product 1 stocked, spread over $2 buckets
