@@ -18,8 +18,9 @@
 //! - `queue/`: everything that talks to Redis. Key names (`keys`), the Lua scripts of `lua/`
 //!   with one typed method each, one server or a cluster (`conn`), shards (`shards`),
 //!   reservations in groups (`group`), products lately sold out (`sold_out`), the sequence
-//!   watch (`heal`), a spread product's registry and transfers (`spread`); the methods grouped by what they serve (`stock`, `books`, `dead`,
-//!   `workers`, `ops`).
+//!   watch (`heal`), a spread product's registry and transfers (`spread`), the relay's
+//!   deliveries (`webhooks`); the methods grouped by what they serve (`stock`, `books`,
+//!   `dead`, `workers`, `ops`).
 //! - `ledger/`: everything that talks to MySQL. The batch transaction (`apply`), the check's
 //!   snapshot and operators' adjustments (`books`), migrations (`migrate`).
 //! - `worker/`: the claim/apply/settle loop; its heartbeat.
@@ -31,6 +32,8 @@
 //! - `reservations/`: a reservation: the seckill front door (`reserve`); its status, from its
 //!   Redis record or its `stock_log` row, its confirm and its cancel (`lifecycle`).
 //! - `event`: the event format and the dead-letter envelope.
+//! - `relay`: every outcome delivered to the order service's webhook, signed, in version
+//!   order per reservation (its Redis steps in `queue::webhooks`).
 //!
 //! Around it:
 //! - `admin/`: operators' actions (`stock`, `dead`, `stats`).
@@ -60,6 +63,7 @@ mod http;
 mod janitor;
 mod ledger;
 mod queue;
+pub mod relay;
 mod reservations;
 mod shutdown;
 mod spread;

@@ -289,6 +289,12 @@ pub(crate) mod metrics {
     pub(crate) const HEALS: &str = "stockq_heals_total";
     pub(crate) const SOLD_OUT_FROM_MEMORY: &str = "stockq_sold_out_from_memory_total";
     pub(crate) const TRANSFERS: &str = "stockq_spread_transfers_total";
+    pub(crate) const WEBHOOKS_DELIVERED: &str = "stockq_webhooks_delivered_total";
+    pub(crate) const WEBHOOKS_RETRIED: &str = "stockq_webhooks_retried_total";
+    pub(crate) const WEBHOOKS_DEAD_LETTERED: &str = "stockq_webhooks_dead_lettered_total";
+    pub(crate) const WEBHOOKS_WAITING: &str = "stockq_webhooks_waiting";
+    pub(crate) const WEBHOOKS_OLDEST_SECONDS: &str = "stockq_webhooks_oldest_undelivered_seconds";
+    pub(crate) const WEBHOOKS_DEAD: &str = "stockq_webhooks_dead";
 
     /// Every value of the `result` label of [`RESERVATIONS`]; `error`: no answer from Redis.
     pub(crate) const RESERVATION_RESULTS: &[&str] = &[
@@ -322,6 +328,9 @@ pub(crate) mod metrics {
         HEALS,
         SOLD_OUT_FROM_MEMORY,
         TRANSFERS,
+        WEBHOOKS_DELIVERED,
+        WEBHOOKS_RETRIED,
+        WEBHOOKS_DEAD_LETTERED,
     ];
     /// The gauges the queue sampler sets; NaN while Redis does not answer it.
     pub(crate) const QUEUE_GAUGES: &[&str] =
@@ -464,6 +473,24 @@ pub(crate) mod metrics {
             "Reservations refused as sold out from what this process learned of the product in the last 50 ms, without Redis"
         );
         describe_counter!(TRANSFERS, "Transfers of a spread product's units between its buckets (shards)");
+        describe_counter!(WEBHOOKS_DELIVERED, "Outcomes delivered to the webhook (2xx), by this relay");
+        describe_counter!(
+            WEBHOOKS_RETRIED,
+            "Webhook deliveries that failed and wait to be tried again, by this relay"
+        );
+        describe_counter!(
+            WEBHOOKS_DEAD_LETTERED,
+            "Webhook deliveries given up on after STOCKQ_WEBHOOK_RETRY_FOR, by this relay"
+        );
+        describe_gauge!(
+            WEBHOOKS_WAITING,
+            "Reservations with outcomes waiting to be delivered to the webhook (queue-wide)"
+        );
+        describe_gauge!(
+            WEBHOOKS_OLDEST_SECONDS,
+            "Age of the oldest outcome not yet delivered to the webhook (queue-wide)"
+        );
+        describe_gauge!(WEBHOOKS_DEAD, "Dead letters of webhooks (queue-wide)");
         describe_counter!(HEALS, "Heals of a shard whose Redis lost writes: stock set from MySQL");
         describe_counter!(REJECTED, "Events MySQL could not honour; their Redis stock was given back");
         describe_counter!(DUPLICATES, "Second reservations of an event id; their Redis stock was given back");

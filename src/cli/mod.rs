@@ -10,6 +10,7 @@ mod print;
 mod processes;
 mod reservations;
 mod stock;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -142,6 +143,11 @@ pub(crate) enum Command {
     /// Inspect, retry or discard dead-lettered entries
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Deliver every outcome to the order service's webhook, signed, until SIGTERM/SIGINT
+    Relay(RelayArgs),
+    /// Webhook deliveries given up on: list them, or send them again
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// The HTTP front door for shoppers: POST /reserve, GET /stock/<id>, /healthz, /metrics (listens on PORT, default 8080)
     Serve,
     /// The one-command showcase: a flash sale against local Redis and MariaDB, reconciled
@@ -230,6 +236,49 @@ pub(crate) struct DeadSelection {
     #[arg(long)]
     all: bool,
     /// The event id of the dead letter(s)
+    id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Where outcomes are POSTed (http:// or https://)
+    #[arg(long, env = "STOCKQ_WEBHOOK_URL", value_name = "URL", hide_env_values = true)]
+    url: String,
+    /// The key of each delivery's HMAC-SHA256 signature (Stockq-Signature), 16 characters or more
+    #[arg(long, env = "STOCKQ_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    secret: String,
+    /// How long a failing delivery is tried, from its first try, before it is a dead letter
+    #[arg(long, env = "STOCKQ_WEBHOOK_RETRY_FOR", value_name = "DURATION", default_value = "72h",
+          value_parser = crate::config::parse_duration)]
+    retry_for: std::time::Duration,
+    /// Deliveries awaiting an answer at once, in this process
+    #[arg(long, env = "STOCKQ_WEBHOOK_CONCURRENCY", value_name = "N", default_value_t = 32)]
+    concurrency: usize,
+    /// How long a receiver has to answer a delivery (anything but a 2xx in time is retried)
+    #[arg(long, env = "STOCKQ_WEBHOOK_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = crate::config::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// List the deliveries given up on, newest first
+    List {
+        /// One JSON object on stdout: {"total", "dead": [...]}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead deliveries again, each in front of its reservation's outcomes
+    Replay(WebhookSelection),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct WebhookSelection {
+    /// Every dead delivery
+    #[arg(long)]
+    all: bool,
+    /// A delivery's id (<event_id>@<version>), or an event id (all of its dead deliveries)
     id: Option<String>,
 }
 
@@ -373,6 +422,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Dead(DeadCommand::Requeue(which)) => dead::requeue(settings, &which).await,
         Command::Dead(DeadCommand::Drop(which)) => dead::drop(settings, &which).await,
+        Command::Relay(args) => processes::relay(settings, &args).await,
+        Command::Webhooks(WebhooksCommand::List { json }) => webhooks::list(settings, json).await,
+        Command::Webhooks(WebhooksCommand::Replay(which)) => {
+            webhooks::replay(settings, which.id.as_deref().filter(|_| !which.all)).await
+        }
         Command::Serve => processes::serve(settings).await,
         Command::Demo(args) => crate::tools::demo::run(settings, &args).await,
         Command::Bench(args) => crate::tools::bench::run(settings, &args).await,

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::janitor::Janitor;
 use crate::ledger::{self, Ledger};
 use crate::queue::Shards;
+use crate::relay::{Relay, RelaySettings};
 use crate::worker::{Worker, WorkerOptions};
 
 /// `stockq migrate`
@@ -46,6 +47,21 @@ pub(super) async fn janitor(settings: &Settings, once: bool) -> Result<u8> {
     let shutdown = install_signals()?;
     let ops = start_ops(settings, &shards, &ledger, &shutdown);
     janitor.run(shutdown.clone()).await?;
+    stop_ops(ops, &shutdown).await;
+    Ok(0)
+}
+
+/// `stockq relay`: needs Redis only.
+pub(super) async fn relay(settings: &Settings, args: &super::RelayArgs) -> Result<u8> {
+    let relay_settings =
+        RelaySettings::new(&args.url, &args.secret, args.retry_for, args.concurrency, args.timeout)?;
+    let shutdown = install_signals()?;
+    let shards = Shards::connect(settings).await?;
+    let ops = settings
+        .http
+        .port
+        .map(|port| crate::http::health::spawn_relay_ops(port, shards.clone(), shutdown.clone()));
+    Relay::new(shards, relay_settings)?.run(shutdown.clone()).await?;
     stop_ops(ops, &shutdown).await;
     Ok(0)
 }

@@ -36,6 +36,8 @@ pub(crate) struct Health {
     /// Whether the process can do nothing without MySQL: then MySQL down is 503, else 200
     /// "degraded".
     pub(crate) needs_mysql: bool,
+    /// Whether it uses MySQL at all (the relay does not): else MySQL is "not used".
+    pub(crate) uses_mysql: bool,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -75,6 +77,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(health: Health) -> Router
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
     let redis = h.shards.first().ping(PROBE_TIMEOUT).await;
     let mysql = match h.ledger.get() {
+        _ if !h.uses_mysql => Ok(()),
         Ok(ledger) => ledger.ping(PROBE_TIMEOUT).await,
         Err(e) => Err(e),
     };
@@ -90,7 +93,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
     let body = json!({
         "status": status,
         "redis": describe(redis.map(|_| ())),
-        "mysql": describe(mysql),
+        "mysql": if h.uses_mysql { describe(mysql) } else { "not used".to_string() },
     });
     let code = if status == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, axum::Json(body))
@@ -108,8 +111,24 @@ pub(crate) fn spawn_ops(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let ledger = LedgerSlot::with(ledger);
-    let health = Health { shards: shards.clone(), ledger, needs_mysql: true, metrics: m::install() };
-    let sampler = tokio::spawn(sample_queue(shards, shutdown.clone()));
+    let health = Health { shards, ledger, needs_mysql: true, uses_mysql: true, metrics: m::install() };
+    spawn_endpoint(port, health, shutdown)
+}
+
+/// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `relay`, which
+/// needs Redis only.
+pub(crate) fn spawn_relay_ops(
+    port: u16,
+    shards: Shards,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let ledger = LedgerSlot::default();
+    let health = Health { shards, ledger, needs_mysql: false, uses_mysql: false, metrics: m::install() };
+    spawn_endpoint(port, health, shutdown)
+}
+
+fn spawn_endpoint(port: u16, health: Health, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let sampler = tokio::spawn(sample_queue(health.shards.clone(), shutdown.clone()));
     tokio::spawn(async move {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
         // the settings' limits are `serve`'s: this endpoint takes the defaults, and believes

@@ -165,7 +165,13 @@ pub(crate) fn router(
     };
     let latencies = Latencies::default();
     let admin = Admin::new(shards.clone(), ledger.clone(), http.admin_token.clone(), latencies.clone());
-    let health = Health { shards: shards.clone(), ledger, needs_mysql: false, metrics: m::install() };
+    let health = Health {
+        shards: shards.clone(),
+        ledger,
+        needs_mysql: false,
+        uses_mysql: true,
+        metrics: m::install(),
+    };
     let timed = middleware::from_fn_with_state(latencies, time_reservations);
     Router::new()
         .route("/reserve", post(post_reserve).layer(timed))

@@ -100,6 +100,32 @@ impl Keys {
         format!("{}:outcomes", self.prefix)
     }
 
+    /// String: the id of the last outcome the relays took from the stream.
+    pub fn webhooks_cursor(&self) -> String {
+        format!("{}:webhooks:cursor", self.prefix)
+    }
+
+    /// Sorted set: reservation with outcomes to deliver -> when its first may be tried next
+    /// (unix ms; a relay's lease pushes it on). `lua/webhook.lua`.
+    pub fn webhooks_due(&self) -> String {
+        format!("{}:webhooks:due", self.prefix)
+    }
+
+    /// Sorted set: reservation with outcomes to deliver -> the `at` of the first of them.
+    pub fn webhooks_since(&self) -> String {
+        format!("{}:webhooks:since", self.prefix)
+    }
+
+    /// List: a reservation's outcomes to deliver, in version order.
+    pub fn webhooks_of(&self, event_id: &str) -> String {
+        format!("{}:webhooks:q:{event_id}", self.prefix)
+    }
+
+    /// List: deliveries given up on (newest first), JSON.
+    pub fn webhooks_dead(&self) -> String {
+        format!("{}:webhooks:dead", self.prefix)
+    }
+
     /// Sorted set: event id of a held reservation -> its payment deadline (unix ms, Redis
     /// clock). The janitor expires what is due.
     pub fn holds(&self) -> String {

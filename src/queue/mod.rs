@@ -42,6 +42,7 @@ pub(crate) mod shards;
 mod sold_out;
 mod spread;
 mod stock;
+mod webhooks;
 mod workers;
 
 use std::time::Duration;
@@ -62,6 +63,7 @@ pub use shards::Shards;
 pub(crate) use spread::{Outgoing, Received};
 pub(crate) use stock::Adjustment;
 pub use stock::Reservation;
+pub(crate) use webhooks::Taken;
 pub use workers::Heartbeat;
 
 use crate::config::Settings;
@@ -80,7 +82,7 @@ pub const ACL_COMMANDS: &str = "+ping +time +evalsha +script|load +blmove \
     +get +set +mget +del +exists +incr +incrby +decrby +llen +lindex +lrange +lpush +rpush +rpop \
     +lrem +lset +lpos +zadd +zrem +zscore +zrange +zrangebyscore +hgetall +hincrby +hdel +sadd +srem \
     +smembers +xadd +hmget +hset +pexpire +xrevrange +xread +hget +hscan +sismember +smismember +scard \
-    +persist +zcard +scan +unlink +xrange +xtrim +ltrim";
+    +persist +zcard +scan +unlink +xrange +xtrim +ltrim +lpop";
 
 /// One entry of a list, kept as bytes: garbage pushed by hand need not be UTF-8.
 pub(crate) type Entry = Vec<u8>;

@@ -43,6 +43,7 @@ scripts! {
     LIMIT = "limit",
     HEAL = "heal",
     TRANSFER = "transfer",
+    WEBHOOK = "webhook",
     BENCH_FILL = "bench_fill";
     // stockq reserves in groups; reserve.lua, one reservation a call, is its contract with
     // producers in other languages (docs/redis-keys.md), listed by `stockq scripts`

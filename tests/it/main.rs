@@ -23,6 +23,7 @@ mod openapi;
 mod procfile;
 pub(crate) mod records;
 mod recovery;
+mod relay;
 mod security;
 mod spread;
 mod stats;
