@@ -32,6 +32,8 @@
 --   {-4, 0, limit, held}                      the buyer would hold more than the limit
 --   {-5, 0, until}                            the shard is being healed after Redis lost
 --                                             writes (heal.lua): try again; nothing taken
+--   {-6, 0, since}                            the product's sale is paused (`stockq stock
+--                                             pause`) since then; nothing taken
 -- Times are unix ms on the Redis clock. Bad arguments raise an error reply. Refusals create
 -- no record, so they do not use up the event id.
 --
@@ -87,14 +89,18 @@ if not stock then
   return {-1, 0, 0}
 end
 -- '<limit>', or '<limit>@<epoch>' once a limit of the product was removed (limit.lua); and
--- in the same read, whether the shard is being healed (heal.lua)
-local settings = redis.call('HMGET', limits, product_id, '!heal')
+-- in the same read, whether the shard is being healed (heal.lua) and whether the product's
+-- sale is paused (`stockq stock pause`: '!paused:<p>' -> since, unix ms)
+local settings = redis.call('HMGET', limits, product_id, '!heal', '!paused:' .. product_id)
 local limit_value = settings[1]
 if settings[2] then
   local until_ms = tonumber(string.match(settings[2], '^%d+'))
   if until_ms and until_ms > tonumber((clock_text())) then
     return {-5, 0, until_ms}
   end
+end
+if settings[3] then
+  return {-6, 0, tonumber(settings[3]) or 0}
 end
 local limit, epoch = 0, '0'
 if limit_value then

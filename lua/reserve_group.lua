@@ -5,7 +5,7 @@
 -- KEYS[2]  {q}:seq
 -- KEYS[3]  {q}:inflight
 -- KEYS[4]  {q}:holds
--- KEYS[5]  {q}:limits   product_id -> '<limit>' or '<limit>@<epoch>'; '!heal' while healed
+-- KEYS[5]  {q}:limits   product_id -> '<limit>' or '<limit>@<epoch>'; '!heal' while healed; '!paused:<p>' -> since
 -- KEYS[6]  {q}:bought
 -- KEYS[5 + 2i], KEYS[6 + 2i]  for reservation i (1-based): its product's stock key and its
 --                            record key {q}:r:<event_id>
@@ -16,7 +16,7 @@
 -- answer would cost more than the answer's work), each exactly what reserve.lua answers for
 -- it alone (see its contract), padded with 0: {1, seq, remaining, reserved_at, deadline},
 -- {2, ...} a replay, {-2, 0, state}, {0, 0, stock}, {-1, 0, 0}, {-3, 0, limit},
--- {-4, 0, limit, held}, {-5, 0, until}; and {-9, 0, message} for a reservation whose
+-- {-4, 0, limit, held}, {-5, 0, until}, {-6, 0, since}; and {-9, 0, message} for a reservation whose
 -- arguments are wrong, which fails alone: the others are made.
 --
 -- The reservations are decided one after the other, in the order given, as if each were its
@@ -79,16 +79,22 @@ for i = 1, n do
     end
   end
 end
-local stock, limit_of, taken = {}, {}, {}
+local stock, limit_of, taken, paused_since = {}, {}, {}, {}
 local healing_until
 if #products > 0 then
   local stock_keys = {}
   for j = 1, #products do stock_keys[j] = stock_key_of[products[j]] end
   local stocks = redis.call('MGET', unpack(stock_keys))
-  products[#products + 1] = '!heal'
-  local settings = redis.call('HMGET', limits, unpack(products))
-  products[#products] = nil
-  local heal = settings[#settings]
+  -- each product's limit, the heal flag and each product's pause, in one read
+  local n = #products
+  local fields = {}
+  for j = 1, n do
+    fields[j] = products[j]
+    fields[n + 1 + j] = '!paused:' .. products[j]
+  end
+  fields[n + 1] = '!heal'
+  local settings = redis.call('HMGET', limits, unpack(fields))
+  local heal = settings[n + 1]
   healing_until = heal and tonumber(string.match(heal, '^%d+'))
   for j = 1, #products do
     local product_id = products[j]
@@ -105,6 +111,7 @@ if #products > 0 then
       lim = {l or -1, e}
     end
     limit_of[product_id] = lim
+    paused_since[product_id] = settings[n + 1 + j] and (tonumber(settings[n + 1 + j]) or 0)
   end
 end
 
@@ -144,6 +151,8 @@ for i = 1, n do
     local field
     if not left then
       c = -1
+    elseif paused_since[product_id] then
+      c, v3 = -6, paused_since[product_id]
     elseif lim[1] < 0 then
       c, v3 = -9, 'stockq: the buyer limit of product ' .. product_id .. ' in ' .. limits .. ' is not a number'
     elseif lim[1] > 0 and buyer == '' then

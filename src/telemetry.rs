@@ -306,6 +306,7 @@ pub(crate) mod metrics {
         "limit",
         "buyer_required",
         "healing",
+        "paused",
         "error",
     ];
     /// Every value of the `result` label of [`CHECKS`]; `error`: the check could not run.

@@ -1,5 +1,7 @@
-//! Operators' actions: restocks applied to both stores together, dead letters, statistics.
+//! Operators' actions: restocks applied to both stores together, dead letters, statistics,
+//! pauses and the audit of every action.
 
+pub(crate) mod control;
 pub(crate) mod dead;
 pub(crate) mod stats;
 pub(crate) mod stock;

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::Page;
+use crate::admin::control;
 use crate::check::{self, ProductBooks};
 use crate::error::Result;
 use crate::ledger::Ledger;
-use crate::queue::{Heartbeat, Shards};
+use crate::queue::{Heartbeat, Paused, Shards};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Stats {
@@ -50,6 +51,16 @@ pub(crate) struct Overview {
     /// Running totals since the queue was created: applied, rejected, dead, requeued, ...,
     /// every one of them, 0 until it first moves.
     pub(crate) counters: BTreeMap<String, u64>,
+    /// While `stockq pause` holds every worker's claims: since when and by whom.
+    pub(crate) deductions_paused: Option<Paused>,
+    /// Products whose sale is paused, with since when (unix ms).
+    pub(crate) paused_products: Vec<PausedProduct>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PausedProduct {
+    pub(crate) product_id: i64,
+    pub(crate) since: i64,
 }
 
 /// A page of the books from one consistency check.
@@ -104,6 +115,8 @@ pub(crate) async fn overview(shards: &Shards) -> Result<Overview> {
         live_workers: Vec::new(),
         throughput: 0.0,
         counters: BTreeMap::new(),
+        deductions_paused: None,
+        paused_products: Vec::new(),
     };
     for queue in shards.all() {
         let depths = queue.depths().await?;
@@ -124,6 +137,12 @@ pub(crate) async fn overview(shards: &Shards) -> Result<Overview> {
     }
     o.live_workers = shards.first().live_workers().await?;
     o.throughput = o.live_workers.iter().fold(0.0, |sum, w| sum + w.rate);
+    o.deductions_paused = control::deductions_paused(shards).await?;
+    o.paused_products = control::paused_products(shards)
+        .await?
+        .into_iter()
+        .map(|(product_id, since)| PausedProduct { product_id, since })
+        .collect();
     Ok(o)
 }
 

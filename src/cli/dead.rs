@@ -2,6 +2,7 @@
 
 use super::{DeadSelection, connect, print};
 use crate::admin::Page;
+use crate::admin::control;
 use crate::admin::dead::{self as letters, Listing, Selection};
 use crate::config::Settings;
 use crate::error::Result;
@@ -28,6 +29,8 @@ pub(super) async fn list(settings: &Settings, json: bool, page: Page) -> Result<
 pub(super) async fn requeue(settings: &Settings, which: &DeadSelection) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
     let (moved, skipped) = letters::requeue(&shards, &selection(which)).await?;
+    let detail = format!("{}: {moved} requeued", described(which));
+    control::audit(&shards, &control::cli_who(), "dead requeue", &detail).await?;
     outln!("requeued {moved}");
     if skipped > 0 {
         outln!("left {skipped} entries that are not valid events (drop them with `stockq dead drop --all`)");
@@ -39,8 +42,17 @@ pub(super) async fn requeue(settings: &Settings, which: &DeadSelection) -> Resul
 pub(super) async fn drop(settings: &Settings, which: &DeadSelection) -> Result<u8> {
     let (shards, ledger) = connect(settings, 1).await?;
     let (dropped, given) = letters::drop(&shards, &ledger, &selection(which)).await?;
+    let detail = format!("{}: {dropped} dropped, {given} units given back", described(which));
+    control::audit(&shards, &control::cli_who(), "dead drop", &detail).await?;
     outln!("dropped {dropped}, gave back {given} units of stock");
     Ok(0)
+}
+
+fn described(which: &DeadSelection) -> String {
+    match &which.id {
+        Some(id) if !which.all => format!("event {id}"),
+        _ => "all".to_string(),
+    }
 }
 
 fn selection(which: &DeadSelection) -> Selection {

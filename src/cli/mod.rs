@@ -143,6 +143,19 @@ pub(crate) enum Command {
     /// Inspect, retry or discard dead-lettered entries
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Stop every worker from claiming, queue-wide (reservations go on) until `stockq resume`
+    Pause,
+    /// Let workers claim again after `stockq pause`
+    Resume,
+    /// Operator actions, newest first: who, what, when (from the CLI and the dashboard)
+    Audit {
+        /// Actions shown
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        count: u64,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Deliver every outcome to the order service's webhook, signed, until SIGTERM/SIGINT
     Relay(RelayArgs),
     /// Webhook deliveries given up on: list them, or send them again
@@ -193,6 +206,16 @@ pub(crate) enum StockCommand {
         /// The result as one JSON object
         #[arg(long)]
         json: bool,
+    },
+    /// Pause a product's sale: its reservations are refused (exit 7, HTTP 423), nothing else changes
+    Pause {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        product: i64,
+    },
+    /// Resume a paused product's sale
+    Resume {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        product: i64,
     },
     /// Limit how many units of a product one buyer may hold (0 removes the limit)
     Limit {
@@ -396,6 +419,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Migrate => processes::migrate(settings).await,
         Command::Stock(StockCommand::Set { product, qty }) => stock::set(settings, product, qty).await,
         Command::Stock(StockCommand::Add { product, delta }) => stock::add(settings, product, delta).await,
+        Command::Stock(StockCommand::Pause { product }) => stock::pause(settings, product).await,
+        Command::Stock(StockCommand::Resume { product }) => stock::resume(settings, product).await,
+        Command::Pause => books::pause(settings, true).await,
+        Command::Resume => books::pause(settings, false).await,
+        Command::Audit { count, json } => books::audit(settings, count as usize, json).await,
         Command::Stock(StockCommand::Limit { product, limit }) => {
             stock::limit(settings, product, limit).await
         }

@@ -66,6 +66,17 @@ pub(super) fn spread_line(p: &crate::check::ProductBooks) -> String {
 pub(super) fn stats(stats: &Stats) {
     let (s, b) = (&stats.overview, &stats.books);
     outln!("queue        {}", s.queue);
+    if let Some(p) = &s.deductions_paused {
+        outln!(
+            "PAUSED       deductions, since {} by {} (`stockq resume`)",
+            utc_millis(p.since.max(0) as u64),
+            p.by
+        );
+    }
+    if !s.paused_products.is_empty() {
+        let list: Vec<String> = s.paused_products.iter().map(|p| p.product_id.to_string()).collect();
+        outln!("paused       the sale of product(s) {} (`stockq stock resume <product>`)", list.join(", "));
+    }
     match s.oldest_pending_age_ms {
         Some(ms) if s.pending > 0 => {
             outln!("pending      {} (the oldest waiting {})", s.pending, seconds(ms as i64))
@@ -248,7 +259,7 @@ fn dead_line(raw: &[u8]) -> String {
 
 /// Unix milliseconds as an RFC 3339 UTC time: `2026-11-30T14:02:07.513Z`; past the year 9999
 /// (a hand-made envelope), the number as it is.
-fn utc_millis(ms: u64) -> String {
+pub(super) fn utc_millis(ms: u64) -> String {
     const LAST_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     if ms > LAST_MS {
         return format!("{ms} ms");

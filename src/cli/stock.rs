@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::{ProduceArgs, connect, print};
+use crate::admin::control;
 use crate::admin::stock::{self as admin_stock, Change};
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -19,6 +20,8 @@ const EXIT_UNKNOWN_PRODUCT: u8 = 4;
 const EXIT_LIMIT: u8 = 5;
 /// Exit status of `reserve` for an event id that belongs to another reservation.
 const EXIT_ID_USED: u8 = 6;
+/// `reserve`: the product's sale is paused.
+const EXIT_PAUSED: u8 = 7;
 /// Exit status for bad input.
 const EXIT_USAGE: u8 = 2;
 /// Exit status of a failure that may pass (docs/commands.md).
@@ -40,6 +43,12 @@ async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8>
     // janitor spreads them again
     crate::spread::gather_for_change(&shards, product).await?;
     let done = admin_stock::adjust(shards.for_product(product), &ledger, product, change).await?;
+    let what = match change {
+        Change::Set(qty) => format!("product {product} set to {qty}"),
+        Change::Add(delta) => format!("product {product} {delta:+}"),
+    };
+    let detail = format!("{what}: mysql {}, redis {}", done.mysql, done.redis);
+    control::audit(&shards, &control::cli_who(), "stock change", &detail).await?;
     outln!(
         "product {}: mysql {} (change {:+}), redis {}",
         done.product_id,
@@ -54,6 +63,9 @@ async fn adjust(settings: &Settings, product: i64, change: Change) -> Result<u8>
 pub(super) async fn spread(settings: &Settings, product: i64, buckets: u16, json: bool) -> Result<u8> {
     let (shards, ledger) = super::connect(settings, 2).await?;
     let report = crate::spread::spread(&shards, &ledger, product, buckets).await?;
+    let detail =
+        format!("product {product} over {} bucket(s), was {}", report.buckets, report.buckets_before);
+    control::audit(&shards, &control::cli_who(), "stock spread", &detail).await?;
     let stocks: Vec<serde_json::Value> =
         report.stocks.iter().map(|(shard, units)| json!({ "shard": shard, "stock": units })).collect();
     if json {
@@ -81,6 +93,30 @@ pub(super) async fn spread(settings: &Settings, product: i64, buckets: u16, json
     Ok(0)
 }
 
+/// `stockq stock pause <product>`
+pub(super) async fn pause(settings: &Settings, product: i64) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    if control::pause_product(&shards, product, &control::cli_who()).await? {
+        outln!(
+            "product {product}: paused; its reservations are refused until `stockq stock resume {product}`"
+        );
+    } else {
+        outln!("product {product}: paused already");
+    }
+    Ok(0)
+}
+
+/// `stockq stock resume <product>`
+pub(super) async fn resume(settings: &Settings, product: i64) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    if control::resume_product(&shards, product, &control::cli_who()).await? {
+        outln!("product {product}: selling again");
+    } else {
+        outln!("product {product}: was not paused");
+    }
+    Ok(0)
+}
+
 /// `stockq stock limit <product> <n>`
 pub(super) async fn limit(settings: &Settings, product: i64, limit: u64) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
@@ -90,6 +126,13 @@ pub(super) async fn limit(settings: &Settings, product: i64, limit: u64) -> Resu
     for queue in shards.all() {
         queue.set_limit(product, limit).await?;
     }
+    control::audit(
+        &shards,
+        &control::cli_who(),
+        "stock limit",
+        &format!("product {product} at {limit} per buyer"),
+    )
+    .await?;
     if limit == 0 {
         outln!("product {product}: no buyer limit");
     } else {
@@ -151,6 +194,13 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
             EXIT_USAGE,
             format!("product {product} allows {limit} per buyer: give --buyer; nothing taken"),
             json!({ "error": "buyer required", "limit": limit }),
+        ),
+        Reservation::Paused { since } => (
+            EXIT_PAUSED,
+            format!(
+                "product {product}'s sale is paused (`stockq stock resume {product}` resumes it); nothing taken"
+            ),
+            json!({ "error": "paused", "since": since }),
         ),
         Reservation::Healing { .. } => (
             EXIT_FAILURE,

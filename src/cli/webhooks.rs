@@ -36,6 +36,9 @@ pub(super) async fn replay(settings: &Settings, id: Option<&str>) -> Result<u8> 
     }
     let shards = Shards::connect(settings).await?;
     let replayed = relay::replay(&shards, id).await?;
+    let detail = format!("{}: {replayed} replayed", id.unwrap_or("all"));
+    crate::admin::control::audit(&shards, &crate::admin::control::cli_who(), "webhooks replay", &detail)
+        .await?;
     outln!("replayed {replayed}");
     Ok(if id.is_some() && replayed == 0 { 4 } else { 0 })
 }

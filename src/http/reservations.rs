@@ -80,6 +80,10 @@ pub(crate) fn reserve_answer(
             answer.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.into());
             answer
         }
+        // a status of its own: the order service tells a paused sale from a sold-out one
+        Reservation::Paused { since } => {
+            (StatusCode::LOCKED, axum::Json(json!({ "error": "paused", "since": since }))).into_response()
+        }
         Reservation::BuyerRequired { limit } => error(
             StatusCode::BAD_REQUEST,
             format!("product {} allows {limit} per buyer: a buyer is required", asked.product_id),

@@ -89,6 +89,17 @@ impl Keys {
         format!("{}:alerts", self.prefix)
     }
 
+    /// Stream: every operator action, who, what, when (`stockq audit`; the first shard's).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
+    /// String, while deductions are paused queue-wide (`stockq pause`; the first shard's):
+    /// `<since ms> <who>`.
+    pub fn deductions_paused(&self) -> String {
+        format!("{}:deductions-paused", self.prefix)
+    }
+
     /// Hash: one reservation's record (state, product, qty, buyer, seq, times), kept
     /// `STOCKQ_RECORD_TTL` after it ended; reserve.lua answers replays from it.
     pub fn record(&self, event_id: &str) -> String {

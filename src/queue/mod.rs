@@ -29,6 +29,7 @@
 
 mod books;
 mod conn;
+mod control;
 mod dead;
 mod fill;
 mod group;
@@ -49,6 +50,7 @@ use std::time::Duration;
 
 pub(crate) use books::{SNAPSHOT_CHUNK, Snapshot};
 use conn::{Conn, Endpoint};
+pub use control::{AuditEntry, Paused};
 pub(crate) use dead::Dropped;
 pub use heal::Marked;
 pub(crate) use heal::{HEAL_LEASE, SettledRow};

@@ -48,6 +48,9 @@ pub enum Reservation {
     /// The product's shard is being healed after Redis lost writes (docs/operations.md):
     /// nothing taken; try again, at the latest at `until` (unix ms, Redis clock).
     Healing { until: i64 },
+    /// The product's sale is paused (`stockq stock pause`) since `since` (unix ms): nothing
+    /// taken.
+    Paused { since: i64 },
 }
 
 /// What adjust.lua did.
@@ -124,6 +127,7 @@ impl Queue {
                 Reservation::LimitReached { limit: next_value(&mut values)?, held: next_value(&mut values)? }
             }
             -5 => Reservation::Healing { until: next_value(&mut values)? },
+            -6 => Reservation::Paused { since: next_value(&mut values)? },
             -1 => Reservation::UnknownProduct,
             _ => {
                 let message: String = next_value(&mut values)?;

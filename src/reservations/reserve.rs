@@ -79,6 +79,7 @@ pub async fn reserve_held(queue: &Queue, request: Request<'_>) -> Result<Reserva
         Ok(Reservation::BuyerRequired { .. }) => "buyer_required",
         Ok(Reservation::LimitReached { .. }) => "limit",
         Ok(Reservation::Healing { .. }) => "healing",
+        Ok(Reservation::Paused { .. }) => "paused",
         // counted as a store error where it is answered (`serve` logs and counts it once)
         Err(_) => "error",
     };

@@ -90,6 +90,8 @@ pub struct ProduceReport {
     pub limited: u64,
     /// Refused while a shard was healed after Redis lost writes.
     pub healing: u64,
+    /// Refused while the product's sale was paused.
+    pub paused: u64,
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub latency: Latency,
@@ -189,6 +191,7 @@ pub async fn produce_shoppers(
             // the load generator gives no buyer; a product with a limit refuses it
             Reservation::BuyerRequired { .. } | Reservation::LimitReached { .. } => report.limited += 1,
             Reservation::Healing { .. } => report.healing += 1,
+            Reservation::Paused { .. } => report.paused += 1,
         }
         samples.push(took.as_micros() as u64);
         bar.inc(1);

@@ -141,7 +141,13 @@ pub struct Worker {
     cursor: Arc<std::sync::atomic::AtomicUsize>,
     id: Arc<str>,
     totals: Arc<Totals>,
+    /// Whether deductions are paused (`stockq pause`), as last read, and when.
+    paused: Arc<std::sync::Mutex<Option<(Instant, bool)>>>,
 }
+
+/// How long a worker trusts what it read of `stockq pause`: the longest a pause takes to
+/// stop its claims, and a resume to start them.
+const PAUSE_LOOK_EVERY: Duration = Duration::from_millis(250);
 
 impl Worker {
     pub fn new(shards: impl Into<Shards>, ledger: Ledger, options: WorkerOptions) -> Result<Worker> {
@@ -153,7 +159,22 @@ impl Worker {
             cursor: Arc::default(),
             id: worker_id().into(),
             totals: Arc::default(),
+            paused: Arc::default(),
         })
+    }
+
+    /// Whether deductions are paused queue-wide, read at most every [`PAUSE_LOOK_EVERY`]
+    /// unless `fresh`.
+    async fn deductions_paused(&self, fresh: bool) -> Result<bool> {
+        if let Some((at, paused)) = *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < PAUSE_LOOK_EVERY
+            && !fresh
+        {
+            return Ok(paused);
+        }
+        let paused = self.shards.first().deductions_paused().await?.is_some();
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), paused));
+        Ok(paused)
     }
 
     pub(crate) fn totals(&self) -> &Totals {
@@ -249,6 +270,14 @@ impl Worker {
         waiter: Option<&mut Waiter>,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome> {
+        if self.deductions_paused(false).await? {
+            // nothing claimed, nothing held: a pause stops the worker between batches
+            tokio::select! {
+                _ = tokio::time::sleep(PAUSE_LOOK_EVERY) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            return Ok(StepOutcome::Idle);
+        }
         let shards = self.shards.all();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % shards.len();
         for k in 0..shards.len() {
@@ -276,6 +305,11 @@ impl Worker {
         // Not raced against shutdown: once BLMOVE has moved an entry we own it, and the wait
         // is short.
         let Some(entry) = queue.wait_for_entry(waiter, wait).await? else { return Ok(StepOutcome::Idle) };
+        if self.deductions_paused(true).await? {
+            // paused while this consumer waited: the entry goes back where it was, unclaimed
+            queue.hand_back(std::slice::from_ref(&entry)).await?;
+            return Ok(StepOutcome::Idle);
+        }
         let started = Instant::now();
         let claim = queue.claim(self.options.batch, Some(entry)).await?;
         add_elapsed(&self.totals.claim_us, started);

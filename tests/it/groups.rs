@@ -40,6 +40,7 @@ const ASKS: &[Ask] = &[
     ("d1", 4, 3, "erin", 0),
     ("d2", 4, 3, "erin", 0),
     ("d1", 4, 3, "erin", 0),
+    ("e1", 5, 1, "erin", 0), // a paused product
 ];
 
 /// An answer without its clock readings, which differ between two runs.
@@ -72,6 +73,8 @@ fn timeless(answer: &Value) -> Vec<Value> {
             values[3] = Value::Nil;
             values[4] = Value::Nil;
         }
+        // {-6, 0, since}: when it was paused
+        -6 => values[2] = Value::Nil,
         _ => {}
     }
     values
@@ -81,7 +84,9 @@ async fn stock_up(env: &TestEnv) {
     env.stock(1, 5).await;
     env.stock(2, 10).await;
     env.stock(4, 7).await;
+    env.stock(5, 3).await;
     assert_eq!(env.run(&["stock", "limit", "2", "2"]).await.0, 0);
+    assert_eq!(env.run(&["stock", "pause", "5"]).await.0, 0);
 }
 
 /// The same reservations, one call each through reserve.lua on one queue and in one call of
@@ -157,7 +162,7 @@ async fn a_group_answers_each_reservation_as_it_would_be_answered_alone() {
         assert_eq!(alone, grouped, "reservation {i} {:?}", ASKS[i]);
     }
     let codes: Vec<&Value> = answers_grouped.iter().map(|a| &a[0]).collect();
-    for code in [1, 2, -2, 0, -1, -3, -4] {
+    for code in [1, 2, -2, 0, -1, -3, -4, -6] {
         assert!(codes.contains(&&Value::Int(code)), "the cases cover answer {code}: {codes:?}");
     }
 

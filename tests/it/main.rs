@@ -8,6 +8,7 @@ mod books;
 mod browser;
 mod cli;
 mod cluster;
+mod control;
 mod dashboard;
 mod faults;
 mod foundation;
