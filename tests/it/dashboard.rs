@@ -1,10 +1,11 @@
 //! The operators' dashboard of `serve` (docs/dashboard.md): its login, sessions and CSRF
-//! over plain HTTP, and the page itself in a real headless Chromium while a sale runs.
+//! over plain HTTP, and the page itself in a real headless Chromium while a sale runs and
+//! while dead letters of webhooks are replayed.
 
 use std::time::Duration;
 
 use crate::browser::Browser;
-use crate::helpers::{TestEnv, http, terminate};
+use crate::helpers::{TestEnv, free_port, http, terminate};
 
 const ADMIN_TOKEN: &str = "operators-only";
 
@@ -44,7 +45,13 @@ fn csrf_of(page: &str) -> String {
 async fn dashboard_login_sessions_and_csrf() {
     let env = TestEnv::new().await;
     let (mut off, port) = start_serve(&env, None).await;
-    for (method, path) in [("GET", "/admin"), ("POST", "/admin/login"), ("GET", "/admin/api/state")] {
+    for (method, path) in [
+        ("GET", "/admin"),
+        ("POST", "/admin/login"),
+        ("GET", "/admin/api/state"),
+        ("GET", "/admin/api/webhooks"),
+        ("POST", "/admin/api/webhooks/replay-all"),
+    ] {
         let answer = http(port, method, path).send().await;
         assert_eq!(answer.status, 403, "{method} {path}: {}", answer.text());
         assert!(answer.text().contains("set STOCKQ_ADMIN_TOKEN"), "{}", answer.text());
@@ -132,6 +139,182 @@ async fn dashboard_login_sessions_and_csrf() {
         logout.head
     );
     assert_eq!(get("/admin/api/state", Some(&cookie)).await.status, 401, "the session ended with the logout");
+    terminate(&mut serve).await;
+}
+
+/// The dead letters of webhooks' routes: a read that needs a session, and replays that need a
+/// session, its CSRF token and the dashboard's own origin, as every action does.
+#[tokio::test]
+async fn dashboard_webhook_routes_need_a_session_its_csrf_token_and_the_own_origin() {
+    let env = TestEnv::new().await;
+    let (mut serve, port) = start_serve(&env, Some(ADMIN_TOKEN)).await;
+    let origin = format!("http://127.0.0.1:{port}");
+    let other_port = format!("http://127.0.0.1:{}", port + 1);
+    let (cookie, _) = log_in(port).await;
+    let page = http(port, "GET", "/admin").header("Cookie", &cookie).send().await;
+    let csrf = csrf_of(&page.text());
+
+    let list = "/admin/api/webhooks";
+    let anonymous = http(port, "GET", list).send().await;
+    assert_eq!((anonymous.status, anonymous.text().as_str()), (401, r#"{"error":"log in at /admin first"}"#));
+    let listed = http(port, "GET", list).header("Cookie", &cookie).send().await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json(), serde_json::json!({"total": 0, "dead": []}));
+    assert_eq!(listed.header("cache-control"), Some("no-store"), "{}", listed.head);
+    assert_eq!(http(port, "POST", list).header("Cookie", &cookie).send().await.status, 405);
+
+    for path in ["/admin/api/webhooks/order-1@2/replay", "/admin/api/webhooks/replay-all"] {
+        let cases: [(Headers, u16, &str); 6] = [
+            (&[("Origin", &origin), ("X-CSRF-Token", &csrf)], 401, "log in"),
+            (&[("Cookie", &cookie), ("Origin", &origin)], 403, "CSRF token"),
+            (&[("Cookie", &cookie), ("Origin", &origin), ("X-CSRF-Token", "0")], 403, "CSRF token"),
+            (&[("Cookie", &cookie), ("X-CSRF-Token", &csrf)], 403, "own origin"),
+            (
+                &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Origin", "http://evil.example")],
+                403,
+                "own origin",
+            ),
+            (&[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Origin", &other_port)], 403, "own origin"),
+        ];
+        for (headers, expected, says) in cases {
+            let answer = http(port, "POST", path).headers(headers).send().await;
+            let body = answer.text();
+            assert_eq!(answer.status, expected, "{path} {headers:?}: {body}");
+            assert!(body.starts_with(r#"{"error":"#) && body.contains(says), "{path} {headers:?}: {body}");
+        }
+        let get = http(port, "GET", path).header("Cookie", &cookie).send().await;
+        assert_eq!(get.status, 405, "{path}: replays are POSTs");
+    }
+
+    let act = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Origin", origin.as_str())];
+    let all = http(port, "POST", "/admin/api/webhooks/replay-all").headers(&act).send().await;
+    assert_eq!((all.status, all.json()), (200, serde_json::json!({"replayed": 0})), "{}", all.text());
+    for id in ["order-1@2", "order-1"] {
+        let none = http(port, "POST", &format!("/admin/api/webhooks/{id}/replay")).headers(&act).send().await;
+        none.assert_json_error(404);
+        assert!(none.text().contains("no dead letter of webhooks"), "{}", none.text());
+    }
+    for bad in ["order%201", "order-1@x", "order-1@"] {
+        let answer =
+            http(port, "POST", &format!("/admin/api/webhooks/{bad}/replay")).headers(&act).send().await;
+        answer.assert_json_error(400);
+        assert!(answer.text().contains("is not a delivery id"), "{bad}: {}", answer.text());
+    }
+    terminate(&mut serve).await;
+}
+
+/// `stockq webhooks list --json`
+async fn webhooks_listed(env: &TestEnv) -> serde_json::Value {
+    let (code, out, err) = env.run(&["webhooks", "list", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `stockq relay` given up on every delivery at once (`STOCKQ_WEBHOOK_RETRY_FOR=0s`), to a
+/// local port where nobody listens, started (its cursor set) before any outcome is written.
+fn failing_relay(env: &TestEnv) -> tokio::process::Child {
+    let mut cmd = env.command(&["relay"]);
+    cmd.env("STOCKQ_WEBHOOK_URL", format!("http://127.0.0.1:{}/x", free_port()))
+        .env("STOCKQ_WEBHOOK_SECRET", "a-secret-of-16-characters-or-more")
+        .env("STOCKQ_WEBHOOK_RETRY_FOR", "0s")
+        .env("STOCKQ_WEBHOOK_TIMEOUT", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.spawn().expect("spawn relay")
+}
+
+/// The dead letters of webhooks on the page: two reservations applied while a relay cannot
+/// reach its webhook leave their outcomes dead; the page lists them with their state,
+/// attempts, time and error; "Replay" sends one back to its reservation's deliveries, and
+/// "Replay all" asks first and, once told yes, sends back the rest.
+#[tokio::test]
+async fn dashboard_in_a_browser_replays_dead_letters_of_webhooks() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    let within = Duration::from_secs(20);
+    let mut relay = failing_relay(&env);
+    let mut redis = env.redis.clone();
+    let cursor = env.key("webhooks:cursor");
+    env.eventually(within, "the relays' cursor", || {
+        let (mut redis, cursor) = (redis.clone(), cursor.clone());
+        async move { redis::AsyncCommands::exists::<_, bool>(&mut redis, &cursor).await.unwrap() }
+    })
+    .await;
+    env.reserve_ok(1, 1, "hook-1").await;
+    env.reserve_ok(1, 2, "hook-2").await;
+    env.drain(10).await;
+    let outcomes: usize = redis::cmd("XLEN").arg(env.key("outcomes")).query_async(&mut redis).await.unwrap();
+    assert!(outcomes >= 2, "an outcome of each reservation: {outcomes}");
+    env.eventually(within, "every outcome a dead letter of webhooks", || async {
+        env.len("webhooks:dead").await == outcomes
+    })
+    .await;
+    terminate(&mut relay).await;
+    let dead = webhooks_listed(&env).await;
+    let id_of = |event_id: &str| {
+        let letter = dead["dead"].as_array().unwrap().iter().find(|l| l["event_id"] == event_id);
+        letter.unwrap_or_else(|| panic!("no dead letter of {event_id}: {dead}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (first, second) = (id_of("hook-1"), id_of("hook-2"));
+
+    let (mut serve, port) = start_serve(&env, Some(ADMIN_TOKEN)).await;
+    let browser = Browser::launch().await;
+    let page = browser.open(&format!("http://127.0.0.1:{port}/admin")).await;
+    page.wait_for("!!document.getElementById('login')", within, "the login form").await;
+    page.type_into("#token", ADMIN_TOKEN).await;
+    page.click("#login-button").await;
+    let row = |id: &str| format!("#webhooks tr[data-id='{id}']");
+    let replay = |id: &str| format!("{} button[data-action='replay']", row(id));
+    let shown = |id: &str| format!("!!document.querySelector(\"{}\")", replay(id));
+    page.wait_for(&shown(&first), within, "the dead delivery's row").await;
+    page.wait_for(&shown(&second), within, "the other dead delivery's row").await;
+    assert_eq!(page.text("#webhooks-summary").await, format!("{outcomes} given up on"));
+    let cells = page
+        .eval(&format!("[...document.querySelectorAll(\"{} td\")].map((td) => td.textContent)", row(&first)))
+        .await;
+    let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(cells.len(), 6, "{cells:?}");
+    assert_eq!((cells[0], cells[1], cells[2]), (first.as_str(), "applied", "1"), "{cells:?}");
+    assert!(cells[3].len() >= 8 && cells[3].contains(':'), "died at, as a time: {cells:?}");
+    assert!(!cells[4].is_empty() && cells[4] != "–", "the last error: {cells:?}");
+
+    // one delivery back to its reservation's deliveries, by a click
+    page.click(&replay(&first)).await;
+    env.eventually(within, "the dead list to shrink", || async {
+        env.len("webhooks:dead").await == outcomes - 1
+    })
+    .await;
+    assert_eq!(env.len("webhooks:q:hook-1").await, 1, "the replayed delivery waits to be sent");
+    page.wait_for(&format!("!{}", shown(&first)), within, "its row gone").await;
+
+    // "Replay all" asks first: told no, nothing moves; told yes, the rest goes back
+    page.eval("window.confirm = () => false").await;
+    page.click("#webhooks-replay-all").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.len("webhooks:dead").await, outcomes - 1, "replay all, cancelled");
+    page.eval("window.confirm = () => true").await;
+    page.click("#webhooks-replay-all").await;
+    env.eventually(within, "no dead letter of webhooks left", || async {
+        env.len("webhooks:dead").await == 0
+    })
+    .await;
+    assert_eq!(webhooks_listed(&env).await["total"], 0);
+    assert!(env.len("webhooks:q:hook-2").await >= 1, "hook-2's deliveries wait to be sent");
+    page.wait_for(
+        "document.querySelector('#webhooks td.empty')?.textContent === 'none' \
+         && document.getElementById('webhooks-replay-all').disabled",
+        within,
+        "no dead delivery shown",
+    )
+    .await;
+    assert_eq!(page.text("#webhooks-summary").await, "none given up on");
+
+    let errors = browser.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+    browser.close().await;
     terminate(&mut serve).await;
 }
 

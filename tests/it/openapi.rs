@@ -95,6 +95,9 @@ async fn openapi_document_is_valid() {
         "GET /admin/api/books",
         "POST /admin/api/dead/{event_id}/requeue",
         "POST /admin/api/dead/{event_id}/drop",
+        "GET /admin/api/webhooks",
+        "POST /admin/api/webhooks/{id}/replay",
+        "POST /admin/api/webhooks/replay-all",
     ];
     expected.sort();
     assert_eq!(routes, expected, "every route of serve, and nothing else");

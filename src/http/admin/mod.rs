@@ -1,5 +1,6 @@
 //! The operators' dashboard at `/admin` (docs/dashboard.md): the sale as charts and tables
-//! that update themselves, and the dead letters' requeue and drop.
+//! that update themselves, the dead letters' requeue and drop, and the replay of the dead
+//! letters of webhooks.
 //!
 //! | route | answers |
 //! |---|---|
@@ -8,6 +9,7 @@
 //! | `POST /admin/logout` | 204, the session ended |
 //! | `GET /admin/api/state`, `GET /admin/api/books` | what the page polls ([`feed`]) |
 //! | `POST /admin/api/dead/<event_id>/requeue`, `.../drop` | the dead letters' actions ([`actions`]) |
+//! | `GET /admin/api/webhooks`, `POST /admin/api/webhooks/<id>/replay`, `.../replay-all` | the dead letters of webhooks, listed and replayed ([`webhooks`]) |
 //! | `GET /admin/dashboard.js`, `/admin/dashboard.css` | the page's script and style |
 //!
 //! Everything the browser needs is in the binary (`assets/`): no build step, nothing fetched
@@ -18,6 +20,7 @@ mod actions;
 mod feed;
 mod latency;
 mod session;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -97,6 +100,9 @@ pub(crate) fn routes(admin: Admin) -> Router {
         .route("/admin/api/books", get(feed::books))
         .route("/admin/api/dead/{event_id}/requeue", post(actions::requeue))
         .route("/admin/api/dead/{event_id}/drop", post(actions::drop))
+        .route("/admin/api/webhooks", get(webhooks::list))
+        .route("/admin/api/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/admin/api/webhooks/replay-all", post(webhooks::replay_all))
         .layer(axum::middleware::map_response(harden))
         .with_state(admin)
 }

@@ -1,4 +1,5 @@
-// stockq's dashboard: polls /admin/api/state, keeps the last minutes in memory, draws them.
+// stockq's dashboard: polls /admin/api/state (and /admin/api/webhooks), keeps the last
+// minutes in memory, draws them.
 // Plain script, no library: every text from the server goes in through textContent.
 'use strict';
 
@@ -48,6 +49,7 @@
   let books = null;
   let booksOffset = 0;
   let deadOffset = 0;
+  let webhooksTotal = 0;
   let timer = null;
   let polling = false;
 
@@ -58,7 +60,10 @@
     if (polling) return;
     polling = true;
     try {
-      const response = await fetch(`/admin/api/state?dead_offset=${deadOffset}`);
+      const [response, webhooks] = await Promise.all([
+        fetch(`/admin/api/state?dead_offset=${deadOffset}`),
+        fetch('/admin/api/webhooks').catch(() => null),
+      ]);
       if (response.status === 401) {
         location.reload(); // the session ended: back to the login form
         return;
@@ -67,6 +72,8 @@
       const state = await response.json();
       remember(state);
       render(state);
+      if (webhooks && webhooks.ok) renderWebhooks(await webhooks.json());
+      else $('webhooks-summary').textContent = `unavailable: ${webhooks ? await errorOf(webhooks) : 'no answer'}`;
       status(`live · ${time(state.at)}`, 'ok');
     } catch (e) {
       status(`no data: ${e.message || e}`, 'bad');
@@ -275,6 +282,15 @@
   }
 
   const time = (ms) => (ms ? new Date(ms).toLocaleTimeString('en-GB') : '–');
+  // the time, and the date too when it is not today's; the whole date and time on hover
+  function stamp(ms) {
+    if (!ms) return cell('–');
+    const d = new Date(ms);
+    const today = d.toDateString() === new Date().toDateString();
+    const td = cell(today ? time(ms) : `${d.toLocaleDateString('en-GB')} ${time(ms)}`);
+    td.title = d.toISOString();
+    return td;
+  }
   function ago(ms, now) {
     const s = Math.max(0, Math.round((now - ms) / 1000));
     if (s < 90) return `${s} s`;
@@ -382,6 +398,28 @@
     $('dead-next').disabled = end >= dead.total;
   }
 
+  // the dead letters of webhooks: a delivery's id is <event_id>@<version>; an unreadable one
+  // has none, and is replayed by its event id
+  function renderWebhooks(w) {
+    webhooksTotal = w.total;
+    const shown = w.dead.length < w.total ? ` · the newest ${fmt(w.dead.length)} shown` : '';
+    $('webhooks-summary').textContent = `${w.total ? fmt(w.total) : 'none'} given up on${shown}`;
+    const idOf = (d) => d.id || d.event_id;
+    fill(
+      'webhooks',
+      w.dead,
+      (d) => {
+        const state = d.body && typeof d.body === 'object' ? d.body.state : null;
+        return [
+          cell(idOf(d), 'id'), cell(badge(state || '?', state || '')), cell(fmt(d.attempts), 'n'),
+          stamp(d.died_at), cell(d.error, 'reason'), cell(button('Replay', 'replay', idOf(d)), 'actions'),
+        ];
+      },
+      (d) => ({ id: idOf(d) }),
+    );
+    $('webhooks-replay-all').disabled = !w.total;
+  }
+
   // a spread product's Redis stock is its buckets' sum: say how many, and each on hover
   function redisCell(p) {
     const stock = p.redis === null ? 'missing' : fmt(p.redis);
@@ -440,6 +478,31 @@
     poll();
   }
 
+  // one dead delivery of webhooks (or an event's), or every one when `id` is null
+  async function replay(id, b) {
+    b.disabled = true;
+    const path =
+      id === null ? '/admin/api/webhooks/replay-all' : `/admin/api/webhooks/${encodeURIComponent(id)}/replay`;
+    const response = await post(path);
+    if (response && response.ok) {
+      const done = await response.json();
+      toast(id === null ? `replayed ${fmt(done.replayed)} webhooks` : `replayed ${id}`, 'ok');
+    } else {
+      toast(`replay ${id ?? 'all'}: ${response ? await errorOf(response) : 'the server did not answer'}`, 'bad');
+      b.disabled = false;
+    }
+    poll();
+  }
+
+  $('webhooks').addEventListener('click', (event) => {
+    const b = event.target.closest('button[data-action="replay"]');
+    if (b) replay(b.dataset.id, b);
+  });
+  $('webhooks-replay-all').addEventListener('click', (event) => {
+    const n = webhooksTotal === 1 ? 'the dead webhook' : `all ${fmt(webhooksTotal)} dead webhooks`;
+    if (!confirm(`Replay ${n}? Each is sent to the order service again at once.`)) return;
+    replay(null, event.currentTarget);
+  });
   $('dead').addEventListener('click', (event) => {
     const b = event.target.closest('button[data-action]');
     if (b) act(b.dataset.action, b.dataset.id, b);
