@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod control;
 mod dashboard;
+mod example;
 mod faults;
 mod foundation;
 mod groups;
