@@ -55,6 +55,9 @@ pub(crate) struct Overview {
     pub(crate) deductions_paused: Option<Paused>,
     /// Products whose sale is paused, with since when (unix ms).
     pub(crate) paused_products: Vec<PausedProduct>,
+    /// Reservations refused, per product and kind (sold_out, limit, paused,
+    /// unknown_product), by every process since the queue was created.
+    pub(crate) refusals: BTreeMap<i64, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +120,7 @@ pub(crate) async fn overview(shards: &Shards) -> Result<Overview> {
         counters: BTreeMap::new(),
         deductions_paused: None,
         paused_products: Vec::new(),
+        refusals: BTreeMap::new(),
     };
     for queue in shards.all() {
         let depths = queue.depths().await?;
@@ -143,6 +147,7 @@ pub(crate) async fn overview(shards: &Shards) -> Result<Overview> {
         .into_iter()
         .map(|(product_id, since)| PausedProduct { product_id, since })
         .collect();
+    o.refusals = crate::reservations::refusals::counted(shards).await?;
     Ok(o)
 }
 

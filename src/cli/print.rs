@@ -101,6 +101,18 @@ pub(super) fn stats(stats: &Stats) {
     }
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
     outln!("totals       {}", counters.join(", "));
+    if !s.refusals.is_empty() {
+        let products: Vec<String> = s
+            .refusals
+            .iter()
+            .map(|(p, kinds)| {
+                let kinds: Vec<String> =
+                    kinds.iter().map(|(k, n)| format!("{} {n}", k.replace('_', " "))).collect();
+                format!("product {p}: {}", kinds.join(", "))
+            })
+            .collect();
+        outln!("refused      {}", products.join("; "));
+    }
     if b.consistent {
         outln!("books        consistent, {} products", b.products_total);
     } else {

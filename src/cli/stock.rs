@@ -162,6 +162,8 @@ pub(super) async fn reserve(settings: &Settings, asked: Reserve) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
     let request = reservations::Request { product_id: product, qty, event_id: &event_id, buyer, hold };
     let answer = reservations::reserve_routed(&shards, request).await?;
+    // counted with every other process's refusals (a failure to count does not fail it)
+    let _ = reservations::refusals::flush(&shards).await;
     if let Some(object) = reservations::answer(Asked { product_id: product, qty, buyer }, &answer) {
         match (json, &answer) {
             (true, _) => outln!("{object}"),

@@ -118,6 +118,10 @@ async fn post_reserve(
     {
         metrics::counter!(m::RESERVATIONS, "result" => "sold_out").increment(1);
         metrics::counter!(m::SOLD_OUT_FROM_MEMORY).increment(1);
+        crate::reservations::refusals::note(
+            req.product_id,
+            &crate::queue::Reservation::SoldOut { available },
+        );
         return (StatusCode::CONFLICT, axum::Json(json!({ "error": "sold out", "available": available })))
             .into_response();
     }
@@ -196,6 +200,8 @@ pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Res
     let ledger = LedgerSlot::default();
     tokio::spawn(connect_ledger(settings.clone(), ledger.clone(), shutdown.clone()));
     let sampler = tokio::spawn(health::sample_queue(shards.clone(), shutdown.clone()));
+    let refusals =
+        tokio::spawn(crate::reservations::refusals::keep_flushing(shards.clone(), shutdown.clone()));
     let addr = SocketAddr::new(settings.http.bind, settings.http.port.unwrap_or(DEFAULT_PORT));
     let served = crate::http::listen::serve(
         addr,
@@ -207,6 +213,7 @@ pub(crate) async fn run(settings: &Settings, shutdown: CancellationToken) -> Res
     // the server also returns when it cannot listen: the background tasks must stop then too
     shutdown.cancel();
     let _ = sampler.await;
+    let _ = refusals.await;
     served
 }
 

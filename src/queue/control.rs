@@ -101,6 +101,22 @@ impl Queue {
         }))
     }
 
+    /// Adds refusals counted by a process to `{q}:refusals` (`field` → count).
+    pub(crate) async fn add_refusals(&self, counts: &[(String, u64)]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (field, n) in counts {
+            pipe.hincr(self.keys.refusals(), field, *n).ignore();
+        }
+        let mut conn = self.conn();
+        bounded("redis (refusals)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Every field of `{q}:refusals`.
+    pub(crate) async fn refusals(&self) -> Result<Vec<(String, u64)>> {
+        let mut conn = self.conn();
+        bounded("redis (refusals)", CALL_TIMEOUT, conn.hgetall(self.keys.refusals())).await
+    }
+
     /// Appends an operator action to the audit stream.
     pub(crate) async fn audit(&self, who: &str, action: &str, detail: &str) -> Result<()> {
         let mut conn = self.conn();

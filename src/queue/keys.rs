@@ -94,6 +94,12 @@ impl Keys {
         format!("{}:audit", self.prefix)
     }
 
+    /// Hash: `<product_id>:<kind>` -> reservations refused (sold_out, limit, paused,
+    /// unknown_product), added by every process that reserves (the first shard's).
+    pub fn refusals(&self) -> String {
+        format!("{}:refusals", self.prefix)
+    }
+
     /// String, while deductions are paused queue-wide (`stockq pause`; the first shard's):
     /// `<since ms> <who>`.
     pub fn deductions_paused(&self) -> String {

@@ -8,6 +8,7 @@
 //! - `lifecycle`: what follows: the status object, confirm (payment done) and cancel.
 
 mod lifecycle;
+pub(crate) mod refusals;
 mod reserve;
 
 pub(crate) use lifecycle::{Asked, answer};

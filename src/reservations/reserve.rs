@@ -99,6 +99,15 @@ const REFILL_AGAIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// the others first, so that "sold out" means the product as a whole cannot serve the
 /// quantity (`crate::spread`).
 pub async fn reserve_routed(shards: &crate::queue::Shards, request: Request<'_>) -> Result<Reservation> {
+    let answer = reserve_routed_uncounted(shards, request).await?;
+    super::refusals::note(request.product_id, &answer);
+    Ok(answer)
+}
+
+async fn reserve_routed_uncounted(
+    shards: &crate::queue::Shards,
+    request: Request<'_>,
+) -> Result<Reservation> {
     let queue = shards.route(request.product_id, request.buyer, request.event_id).await;
     let answer = reserve_held(queue, request).await?;
     let Reservation::SoldOut { available } = answer else { return Ok(answer) };

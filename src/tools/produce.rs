@@ -202,6 +202,7 @@ pub async fn produce_shoppers(
     bar.finish_and_clear();
     report.elapsed = started.elapsed();
     report.latency = Latency::from_samples(samples);
+    crate::reservations::refusals::flush(shards).await?;
     if shoppers.cancel > 0 {
         report.cancels = Some(cancel_all(shards, &to_cancel, options.in_flight).await?);
     }

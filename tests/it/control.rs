@@ -43,6 +43,16 @@ async fn a_paused_product_refuses_reservations_while_everything_else_goes_on() {
     let answer = http(port, "POST", "/reserve").json(r#"{"product_id": 2, "qty": 1}"#).send().await;
     assert_eq!(answer.status, 201, "another product sells on: {}", answer.text());
     assert_eq!(env.redis_stock(1).await, Some(89), "nothing taken by a refusal");
+    // refusals are counted in Redis by every process that reserves: the CLI's at once, serve's
+    // within a second
+    let refusals = || async {
+        let (_, stats, _) = env.run(&["stats", "--json"]).await;
+        serde_json::from_str::<serde_json::Value>(&stats).unwrap()["refusals"].clone()
+    };
+    env.eventually(Duration::from_secs(10), "the refusals counted", || async {
+        refusals().await["1"]["paused"] == 2
+    })
+    .await;
 
     // the product's life goes on: a hold confirmed, queued events deducted, a cancel
     assert_eq!(stockq::confirm(&env.shards(), "held").await.unwrap(), Confirm::Queued);
