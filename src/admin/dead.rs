@@ -23,6 +23,85 @@ pub(crate) enum Selection {
     All,
     /// Every dead letter whose event has this id.
     EventId(String),
+    /// Every dead letter whose reason holds this text (any case).
+    Reason(String),
+}
+
+impl Selection {
+    fn selects(&self, letter: &DeadLetter) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::EventId(id) => letter.event().is_some_and(|e| &e.event_id == id),
+            Selection::Reason(text) => letter.reason.to_lowercase().contains(&text.to_lowercase()),
+        }
+    }
+
+    /// In words, for the audit.
+    pub(crate) fn described(&self) -> String {
+        match self {
+            Selection::All => "all".into(),
+            Selection::EventId(id) => format!("event {id}"),
+            Selection::Reason(text) => format!("reason {text:?}"),
+        }
+    }
+}
+
+/// Dead letters read at most by a listing or a count by reason.
+pub(crate) const SCAN_BUDGET: usize = 100_000;
+
+/// The reasons of the dead letters (their first [`SCAN_BUDGET`] of each shard), each with
+/// how many hold it, the most first; and whether every letter was read.
+pub(crate) async fn reasons(shards: &Shards) -> Result<(Vec<(String, u64)>, bool)> {
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut complete = true;
+    for queue in shards.all() {
+        let mut pos = 0;
+        loop {
+            if pos >= SCAN_BUDGET {
+                complete = false;
+                break;
+            }
+            let chunk = queue.dead_range(pos as isize, (pos + CHUNK - 1) as isize).await?;
+            pos += chunk.len();
+            for raw in &chunk {
+                let reason = DeadLetter::parse(raw)
+                    .map_or_else(|| "not an envelope stockq wrote".into(), |l| l.reason);
+                *counts.entry(reason).or_default() += 1;
+            }
+            if chunk.len() < CHUNK {
+                break;
+            }
+        }
+    }
+    let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok((counts, complete))
+}
+
+/// The dead letters `which` selects, newest first, up to `limit`, among the first
+/// [`SCAN_BUDGET`] of each shard; and how many it selects there.
+pub(crate) async fn selected(shards: &Shards, which: &Selection, limit: usize) -> Result<(Vec<Entry>, u64)> {
+    let (mut found, mut total) = (Vec::new(), 0);
+    for queue in shards.all() {
+        let mut pos = 0;
+        while pos < SCAN_BUDGET {
+            let chunk = queue.dead_range(pos as isize, (pos + CHUNK - 1) as isize).await?;
+            pos += chunk.len();
+            let short = chunk.len() < CHUNK;
+            for raw in chunk {
+                if DeadLetter::parse(&raw).is_some_and(|l| which.selects(&l)) {
+                    total += 1;
+                    if found.len() < limit {
+                        found.push(raw);
+                    }
+                }
+            }
+            if short {
+                break;
+            }
+        }
+    }
+    Ok((found, total))
 }
 
 /// A page of the dead letters of every shard, shard after shard and newest first within
@@ -158,11 +237,7 @@ impl<'a> Sweep<'a> {
 }
 
 fn chosen(raw: &[u8], which: &Selection) -> Option<DeadLetter> {
-    let letter = DeadLetter::parse(raw)?;
-    match which {
-        Selection::All => Some(letter),
-        Selection::EventId(id) => letter.event().is_some_and(|e| &e.event_id == id).then_some(letter),
-    }
+    DeadLetter::parse(raw).filter(|letter| which.selects(letter))
 }
 
 /// Sends dead letters back to pending; returns (moved, left). Entries that are not valid

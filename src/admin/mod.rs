@@ -3,6 +3,7 @@
 
 pub(crate) mod control;
 pub(crate) mod dead;
+pub(crate) mod search;
 pub(crate) mod stats;
 pub(crate) mod stock;
 

@@ -49,15 +49,44 @@ pub(super) async fn drop(settings: &Settings, which: &DeadSelection) -> Result<u
 }
 
 fn described(which: &DeadSelection) -> String {
-    match &which.id {
-        Some(id) if !which.all => format!("event {id}"),
-        _ => "all".to_string(),
-    }
+    selection(which).described()
 }
 
 fn selection(which: &DeadSelection) -> Selection {
-    match &which.id {
-        Some(id) if !which.all => Selection::EventId(id.clone()),
-        _ => Selection::All,
+    match (&which.id, &which.reason) {
+        (_, _) if which.all => Selection::All,
+        (Some(id), _) => Selection::EventId(id.clone()),
+        (None, Some(reason)) => Selection::Reason(reason.clone()),
+        (None, None) => Selection::All,
     }
+}
+
+/// `stockq dead list --reason TEXT [--limit N] [--json]`
+pub(super) async fn list_reason(settings: &Settings, json: bool, reason: &str, limit: u64) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    let limit = if limit == 0 { usize::MAX } else { limit as usize };
+    let (found, total) = letters::selected(&shards, &Selection::Reason(reason.to_string()), limit).await?;
+    let mut out = print::DeadLetters::start(total, Page::new(0, found.len()), json);
+    out.add(&found);
+    out.finish();
+    Ok(0)
+}
+
+/// `stockq dead reasons [--json]`
+pub(super) async fn reasons(settings: &Settings, json: bool) -> Result<u8> {
+    let shards = Shards::connect(settings).await?;
+    let (reasons, complete) = letters::reasons(&shards).await?;
+    if json {
+        let list: Vec<serde_json::Value> =
+            reasons.iter().map(|(r, n)| serde_json::json!({"reason": r, "count": n})).collect();
+        outln!("{}", serde_json::json!({"reasons": list, "complete": complete}));
+        return Ok(0);
+    }
+    for (reason, n) in &reasons {
+        outln!("{n:>8}  {reason}");
+    }
+    if !complete {
+        outln!("(counted among the newest {} of each shard)", letters::SCAN_BUDGET);
+    }
+    Ok(0)
 }

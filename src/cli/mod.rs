@@ -9,6 +9,7 @@ mod dead;
 mod print;
 mod processes;
 mod reservations;
+mod search;
 mod stock;
 mod webhooks;
 
@@ -147,6 +148,30 @@ pub(crate) enum Command {
     Pause,
     /// Let workers claim again after `stockq pause`
     Resume,
+    /// Find a reservation by event id (its status, where it is, its outcomes), or a buyer's
+    Search {
+        /// The event id
+        #[arg(required_unless_present = "buyer", conflicts_with = "buyer")]
+        event_id: Option<String>,
+        /// A buyer's latest outcomes and holds instead (outcomes read newest first, at most 100,000 a shard)
+        #[arg(long, value_name = "BUYER")]
+        buyer: Option<String>,
+        /// A buyer's outcomes shown at most
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// The held reservations whose payment deadlines come first
+    Holds {
+        /// Holds shown
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator actions, newest first: who, what, when (from the CLI and the dashboard)
     Audit {
         /// Actions shown
@@ -239,6 +264,15 @@ pub(crate) enum DeadCommand {
         /// Dead letters skipped before the first shown, newest first (to page through them)
         #[arg(long, value_name = "N", default_value_t = 0, value_parser = page_size())]
         offset: u64,
+        /// Only those whose reason holds TEXT (any case), among the newest 100,000 of each shard
+        #[arg(long, value_name = "TEXT", conflicts_with = "offset")]
+        reason: Option<String>,
+    },
+    /// The reasons dead letters died of, each with how many, the most first
+    Reasons {
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
     },
     /// Send dead letters back to pending
     Requeue(DeadSelection),
@@ -258,6 +292,9 @@ pub(crate) struct DeadSelection {
     /// Every dead letter
     #[arg(long)]
     all: bool,
+    /// Every dead letter whose reason holds TEXT (any case; `stockq dead reasons` lists them)
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
     /// The event id of the dead letter(s)
     id: Option<String>,
 }
@@ -445,9 +482,17 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Janitor { once } => processes::janitor(settings, once).await,
         Command::Check { repair, json } => books::check(settings, repair, json).await,
         Command::Stats { json, limit, offset } => books::stats(settings, json, page(offset, limit)).await,
-        Command::Dead(DeadCommand::List { json, limit, offset }) => {
+        Command::Dead(DeadCommand::List { json, limit, offset, reason: None }) => {
             dead::list(settings, json, page(offset, limit)).await
         }
+        Command::Dead(DeadCommand::List { json, limit, reason: Some(reason), .. }) => {
+            dead::list_reason(settings, json, &reason, limit).await
+        }
+        Command::Dead(DeadCommand::Reasons { json }) => dead::reasons(settings, json).await,
+        Command::Search { event_id, buyer, limit, json } => {
+            search::search(settings, event_id.as_deref(), buyer.as_deref(), limit as usize, json).await
+        }
+        Command::Holds { limit, json } => search::holds(settings, limit as usize, json).await,
         Command::Dead(DeadCommand::Requeue(which)) => dead::requeue(settings, &which).await,
         Command::Dead(DeadCommand::Drop(which)) => dead::drop(settings, &which).await,
         Command::Relay(args) => processes::relay(settings, &args).await,

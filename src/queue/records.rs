@@ -298,23 +298,29 @@ impl Queue {
         }
     }
 
-    /// The product of each of `event_ids`' records (`None` for one without a record), in one
-    /// round trip but for records written as hashes (MGET answers nothing for those).
-    pub(crate) async fn record_products(&self, event_ids: &[String]) -> Result<Vec<Option<i64>>> {
+    /// The records of `event_ids` (`None` for one without a record), in one round trip but
+    /// for records written as hashes.
+    pub(crate) async fn records(&self, event_ids: &[String]) -> Result<Vec<Option<Record>>> {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = event_ids.iter().map(|id| self.keys.record(id)).collect();
         let mut conn = self.conn();
         let texts: Vec<Option<String>> = bounded("redis (records)", CALL_TIMEOUT, conn.mget(&keys)).await?;
-        let mut products = Vec::with_capacity(texts.len());
+        let mut records = Vec::with_capacity(texts.len());
         for (id, text) in event_ids.iter().zip(texts) {
-            products.push(match text {
-                Some(text) => Record::parse(&text).map(|r| r.product_id),
-                None => self.record(id).await?.map(|r| r.product_id),
+            records.push(match text {
+                Some(text) => Record::parse(&text),
+                None => self.record(id).await?,
             });
         }
-        Ok(products)
+        Ok(records)
+    }
+
+    /// The product of each of `event_ids`' records (`None` for one without a record), in one
+    /// round trip but for records written as hashes (MGET answers nothing for those).
+    pub(crate) async fn record_products(&self, event_ids: &[String]) -> Result<Vec<Option<i64>>> {
+        Ok(self.records(event_ids).await?.into_iter().map(|r| r.map(|r| r.product_id)).collect())
     }
 
     /// The latest `count` outcomes, newest first (XREVRANGE).
@@ -337,6 +343,50 @@ impl Queue {
         )
         .await?;
         Ok(entries(raw))
+    }
+
+    /// Up to `count` outcomes before stream id `before` (`None`: from the newest), newest
+    /// first (XREVRANGE with an exclusive end): a search pages back through the stream.
+    pub(crate) async fn outcomes_before(
+        &self,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let end = before.map_or_else(|| "+".to_string(), |id| format!("({id}"));
+        let mut conn = self.conn();
+        let raw: RawEntries = bounded(
+            "redis (outcomes)",
+            CALL_TIMEOUT,
+            redis::cmd("XREVRANGE")
+                .arg(self.keys.outcomes())
+                .arg(end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(entries(raw))
+    }
+
+    /// The held reservations of this shard whose deadlines come first: (event id, deadline
+    /// in unix ms), up to `count`, earliest first; and how many there are.
+    pub(crate) async fn holds_first(&self, count: usize) -> Result<(Vec<(String, i64)>, u64)> {
+        let mut conn = self.conn();
+        let (held, total): (Vec<(String, i64)>, u64) = bounded(
+            "redis (holds)",
+            CALL_TIMEOUT,
+            redis::pipe()
+                .cmd("ZRANGE")
+                .arg(self.keys.holds())
+                .arg(0)
+                .arg(count.saturating_sub(1) as i64)
+                .arg("WITHSCORES")
+                .zcard(self.keys.holds())
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok((held, total))
     }
 
     /// Up to `count` outcomes after stream id `after` (`None`: from the first), oldest first

@@ -26,6 +26,7 @@ mod procfile;
 pub(crate) mod records;
 mod recovery;
 mod relay;
+mod search;
 mod security;
 mod spread;
 mod stats;
