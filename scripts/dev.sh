@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/tools.sh honcho
 cargo build --release --locked --quiet
-export PATH="$PWD/target/release:$PATH"
+# the build's directory, wherever CARGO_TARGET_DIR puts it (relative to the project when relative)
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+export PATH="$target/release:$PATH"
 stockq migrate
 exec "${STOCKQ_TOOLS_VENV:-$HOME/.cache/stockq/venv}/bin/honcho" start -f Procfile.dev "$@"

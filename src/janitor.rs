@@ -51,7 +51,10 @@ pub struct Janitor {
     ledger: Ledger,
     settings: JanitorSettings,
     /// Products that drifted at the last check (their gauges are zeroed when they recover).
-    drifting: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    /// Products that drifted at the last check, with their delta: their gauges are zeroed
+    /// when they recover, and a drift is alerted when it starts or its delta changes, not
+    /// again at every check while it lasts.
+    drifting: std::sync::Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
 }
 
 impl Janitor {
@@ -141,12 +144,14 @@ impl Janitor {
         Ok((expired, queue.next_hold_in().await?))
     }
 
-    /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`.
+    /// Runs the confirmed consistency check, logs each drift and appends it to `{q}:alerts`
+    /// when it starts or its delta changed since this janitor's last check (a drift that
+    /// lasts is alerted once; a restarted janitor alerts the drifts it finds once more).
     pub async fn check(&self) -> Result<CheckReport> {
         let report = check::check_confirmed(&self.shards, &self.ledger)
             .await
             .inspect_err(|_| metrics::counter!(m::CHECKS, "result" => "error").increment(1))?;
-        self.publish_drift(&report);
+        let before = self.publish_drift(&report);
         if report.is_consistent() {
             tracing::info!(
                 products = report.products.len(),
@@ -156,7 +161,12 @@ impl Janitor {
             return Ok(report);
         }
         let mut alerts = Vec::new();
+        let mut lasting = 0;
         for p in report.drifts() {
+            if before.contains(&(p.product_id, p.delta)) {
+                lasting += 1;
+                continue;
+            }
             tracing::error!(
                 product_id = p.product_id,
                 redis = p.redis,
@@ -174,24 +184,33 @@ impl Janitor {
                 delta: p.delta,
             });
         }
-        self.shards.first().add_alerts("drift", report.seq, &alerts).await?;
+        if lasting > 0 {
+            tracing::warn!(
+                products = lasting,
+                "consistency check: drift lasts, as alerted before (`stockq check`)"
+            );
+        }
+        if !alerts.is_empty() {
+            self.shards.first().add_alerts("drift", report.seq, &alerts).await?;
+        }
         Ok(report)
     }
 
-    /// Drift gauges: one per product drifting now, zeroed when it stops drifting.
-    fn publish_drift(&self, report: &CheckReport) {
-        let drifting: Vec<i64> = report.drifts().map(|p| p.product_id).collect();
+    /// Drift gauges: one per product drifting now, zeroed when it stops drifting. Returns
+    /// the drifts of the check before.
+    fn publish_drift(&self, report: &CheckReport) -> Vec<(i64, i64)> {
+        let drifting: Vec<(i64, i64)> = report.drifts().map(|p| (p.product_id, p.delta)).collect();
         metrics::gauge!(m::DRIFTING_PRODUCTS).set(drifting.len() as f64);
         metrics::counter!(m::CHECKS, "result" => if drifting.is_empty() { "consistent" } else { "drift" })
             .increment(1);
         let mut last = self.drifting.lock().unwrap_or_else(|e| e.into_inner());
-        for id in last.iter().filter(|id| !drifting.contains(id)) {
+        for (id, _) in last.iter().filter(|(id, _)| !drifting.iter().any(|(d, _)| d == id)) {
             metrics::gauge!(m::DRIFT_UNITS, "product_id" => id.to_string()).set(0.0);
         }
         for p in report.drifts() {
             metrics::gauge!(m::DRIFT_UNITS, "product_id" => p.product_id.to_string()).set(p.delta as f64);
         }
-        *last = drifting;
+        std::mem::replace(&mut *last, drifting)
     }
 
     /// Runs until `shutdown`: a recovery pass every interval, a check every check interval.

@@ -13,10 +13,15 @@ pub(crate) fn cli_who() -> String {
     format!("cli:{user}@{host}")
 }
 
-/// Appends an operator action to the audit stream (the first shard's `{q}:audit`).
+/// Appends an operator action to the audit stream (the first shard's `{q}:audit`). The
+/// action is done by then: an entry that cannot be written (Redis full, or gone) is a warning
+/// in the log, which names the action all the same, not a failure of the action.
 pub(crate) async fn audit(shards: &Shards, who: &str, action: &str, detail: &str) -> Result<()> {
     tracing::info!(who, action, detail, "operator action");
-    shards.first().audit(who, action, detail).await
+    if let Err(e) = shards.first().audit(who, action, detail).await {
+        tracing::warn!(who, action, detail, error = %e, "the action is done; its audit entry could not be written");
+    }
+    Ok(())
 }
 
 /// The latest `count` operator actions, newest first.

@@ -103,34 +103,38 @@ async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m::render(&h.metrics))
 }
 
-/// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `worker` and `janitor`.
+/// Starts `/healthz` + `/metrics` on `addr` (`STOCKQ_BIND`:`PORT`) and the queue sampler, for
+/// `worker` and `janitor`.
 pub(crate) fn spawn_ops(
-    port: u16,
+    addr: SocketAddr,
     shards: Shards,
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let ledger = LedgerSlot::with(ledger);
     let health = Health { shards, ledger, needs_mysql: true, uses_mysql: true, metrics: m::install() };
-    spawn_endpoint(port, health, shutdown)
+    spawn_endpoint(addr, health, shutdown)
 }
 
-/// Starts `/healthz` + `/metrics` on `port` and the queue sampler, for `relay`, which
+/// Starts `/healthz` + `/metrics` on `addr` and the queue sampler, for `relay`, which
 /// needs Redis only.
 pub(crate) fn spawn_relay_ops(
-    port: u16,
+    addr: SocketAddr,
     shards: Shards,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let ledger = LedgerSlot::default();
     let health = Health { shards, ledger, needs_mysql: false, uses_mysql: false, metrics: m::install() };
-    spawn_endpoint(port, health, shutdown)
+    spawn_endpoint(addr, health, shutdown)
 }
 
-fn spawn_endpoint(port: u16, health: Health, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn spawn_endpoint(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let sampler = tokio::spawn(sample_queue(health.shards.clone(), shutdown.clone()));
     tokio::spawn(async move {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
         // the settings' limits are `serve`'s: this endpoint takes the defaults, and believes
         // no forwarded header (it reads none)
         let limits = crate::http::listen::Limits::default();

@@ -87,11 +87,15 @@ pub async fn reserve_held(queue: &Queue, request: Request<'_>) -> Result<Reserva
     answer
 }
 
-/// Refills a spread product's bucket at most this often for one reservation.
-const MAX_REFILLS: usize = 8;
+/// How long a shopper of a spread product is refilled for at most before "sold out": longer
+/// than the spread registry is cached (`SPREAD_REFRESH`), so that a shopper routed by a
+/// registry that just changed (a product gathered back into one bucket) is routed again by
+/// the new one before being refused.
+const REFILL_FOR: std::time::Duration = std::time::Duration::from_millis(1500);
 /// How long a shopper whose refill found nothing, while units were on their way, waits
-/// before looking again.
+/// before looking again: doubling from the first to the longest.
 const REFILL_AGAIN: std::time::Duration = std::time::Duration::from_millis(2);
+const REFILL_AGAIN_LONGEST: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Reserves what `request` asks for in the bucket its product's shards route it to
 /// (`Shards::route`): its product's own shard, or for a spread product the bucket of its
@@ -108,17 +112,21 @@ async fn reserve_routed_uncounted(
     shards: &crate::queue::Shards,
     request: Request<'_>,
 ) -> Result<Reservation> {
-    let queue = shards.route(request.product_id, request.buyer, request.event_id).await;
-    let answer = reserve_held(queue, request).await?;
-    let Reservation::SoldOut { available } = answer else { return Ok(answer) };
-    if !shards.is_spread(request.product_id).await {
-        return Ok(answer);
-    }
-    let Some(shard) = queue.shard() else { return Ok(answer) };
+    let mut queue = shards.route(request.product_id, request.buyer, request.event_id).await;
+    let mut answer = reserve_held(queue, request).await?;
+    let until = std::time::Instant::now() + REFILL_FOR;
+    let mut wait = REFILL_AGAIN;
     // a bucket refilled may be emptied by other shoppers before this one's turn: again, until
     // the other buckets are empty (each refill takes half the richest, so this ends quickly)
-    let mut available = available;
-    for _ in 0..MAX_REFILLS {
+    loop {
+        let Reservation::SoldOut { available } = answer else { return Ok(answer) };
+        if !shards.is_spread(request.product_id).await {
+            return Ok(answer);
+        }
+        let Some(shard) = queue.shard() else { return Ok(answer) };
+        if std::time::Instant::now() >= until {
+            break;
+        }
         let need = (request.qty - available.max(0)).max(1);
         if crate::spread::refill(shards, request.product_id, usize::from(shard), need).await? == 0 {
             // the shards are read one after another: a transfer between two of them may have
@@ -130,13 +138,13 @@ async fn reserve_routed_uncounted(
             {
                 break;
             }
-            tokio::time::sleep(REFILL_AGAIN).await;
-            continue;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REFILL_AGAIN_LONGEST);
+            // the registry may have changed meanwhile (the product gathered into one bucket):
+            // this refused reservation left no record, so it may be routed anew
+            queue = shards.route(request.product_id, request.buyer, request.event_id).await;
         }
-        match reserve_held(queue, request).await? {
-            Reservation::SoldOut { available: left } => available = left,
-            again => return Ok(again),
-        }
+        answer = reserve_held(queue, request).await?;
     }
     let total = crate::spread::total_stock(shards, request.product_id).await?.unwrap_or(0);
     Ok(Reservation::SoldOut { available: total })

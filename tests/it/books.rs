@@ -164,6 +164,22 @@ async fn injected_drift_is_reported_exactly_and_repaired() {
     let p4 = books_of(&report.products, 4);
     assert_eq!((p4.redis, p4.mysql, p4.in_flight, p4.expected_redis), (Some(90), 107, 10, 97));
 
+    // the janitor alerts a drift when it starts and when its delta changes, not at every check
+    let janitor = env.janitor();
+    let alerts = || async {
+        let mut c = env.redis.clone();
+        redis::cmd("XLEN").arg(env.key("alerts")).query_async::<usize>(&mut c).await.unwrap()
+    };
+    for _ in 0..3 {
+        janitor.check().await.unwrap();
+    }
+    assert_eq!(alerts().await, 2, "one alert per drifting product");
+    let _: i64 = redis::AsyncCommands::incr(&mut c, env.key("stock:3"), 1).await.unwrap();
+    janitor.check().await.unwrap();
+    janitor.check().await.unwrap();
+    assert_eq!(alerts().await, 3, "product 3's delta changed: alerted again");
+    let _: i64 = redis::AsyncCommands::decr(&mut c, env.key("stock:3"), 1).await.unwrap();
+
     let (code, out, err) = env.run(&["check"]).await;
     assert_eq!(code, 1, "drift exits 1: {out}{err}");
     let line = |product: i64| {

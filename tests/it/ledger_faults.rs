@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::helpers::{TestEnv, mysql_server_url, send_signal, terminate};
+use crate::helpers::{TestEnv, free_port, mysql_server_url, send_signal, terminate};
 
 // ---------------------------------------------------------------------------------------------
 // A worker frozen in the middle of its batch transaction.
@@ -180,9 +180,14 @@ struct MysqlProxy {
 
 impl MysqlProxy {
     async fn start() -> MysqlProxy {
+        MysqlProxy::start_on(0).await
+    }
+
+    /// On `port` (0: any free one).
+    async fn start_on(port: u16) -> MysqlProxy {
         let server = url::Url::parse(&mysql_server_url()).unwrap();
         let upstream = format!("{}:{}", server.host_str().unwrap(), server.port().unwrap_or(3306));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let swallow_next_commit = Arc::new(AtomicBool::new(false));
         let swallow = swallow_next_commit.clone();
@@ -365,4 +370,43 @@ async fn settle_unknown_commit_asks_mysql_before_undoing_anything() {
     let (code, _, stderr) = env.run(&["check", "--repair"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(env.redis_stock(1).await, Some(600));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MySQL down when a worker or janitor starts.
+
+/// A worker and a janitor started while MySQL cannot be reached wait for it (as `serve` does)
+/// instead of exiting; once it answers, the worker applies what waited, and both stop with 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_and_a_janitor_started_before_mysql_wait_for_it() {
+    let env = TestEnv::new().await;
+    env.stock(1, 10).await;
+    env.reserve_ok(1, 1, "waiting").await;
+    let port = free_port();
+    let url = {
+        let mut url = url::Url::parse(env.settings.mysql.url.expose()).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(port)).unwrap();
+        url.set_query(Some("ssl-mode=DISABLED"));
+        url.to_string()
+    };
+    let spawn = |what: &str| {
+        env.command(&[what])
+            .env("DATABASE_URL", &url)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn")
+    };
+    let (mut worker, mut janitor) = (spawn("worker"), spawn("janitor"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker waits for MySQL");
+    assert!(janitor.try_wait().unwrap().is_none(), "the janitor waits for MySQL");
+    let _proxy = MysqlProxy::start_on(port).await;
+    env.eventually(Duration::from_secs(30), "the waiting event applied", || async {
+        env.applied_units(1).await == 1
+    })
+    .await;
+    assert_eq!(terminate(&mut worker).await, 0);
+    assert_eq!(terminate(&mut janitor).await, 0);
+    env.assert_books_balance().await;
 }
