@@ -174,6 +174,8 @@ pub(crate) fn retry_delay(attempts: u32) -> Duration {
 
 pub struct Relay {
     shards: Shards,
+    /// This process, in the lease of the webhooks' gauges.
+    tag: String,
     settings: Arc<RelaySettings>,
     client: reqwest::Client,
 }
@@ -186,7 +188,7 @@ impl Relay {
             .user_agent(concat!("stockq-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::usage(format!("cannot make an HTTP client: {}", one_line(&e.to_string()))))?;
-        Ok(Relay { shards, settings: Arc::new(settings), client })
+        Ok(Relay { shards, settings: Arc::new(settings), client, tag: crate::http::health::process_tag() })
     }
 
     /// Delivers until `shutdown`, then waits for the deliveries under way.
@@ -286,6 +288,7 @@ impl Relay {
     /// The queue-wide gauges: reservations with outcomes to deliver, the age of the oldest
     /// undelivered outcome, webhooks given up on.
     async fn sample(&self) -> Result<()> {
+        crate::http::health::report_if_elected(&self.shards, m::Reporter::Webhooks, &self.tag).await;
         let (mut waiting, mut oldest, mut dead) = (0, None::<i64>, 0);
         for queue in self.shards.all() {
             let backlog = queue.webhook_backlog().await?;

@@ -374,11 +374,81 @@ pub(crate) mod metrics {
             .clone()
     }
 
-    /// The text of `/metrics`: everything recorded, then the process's own figures read now.
+    /// Who reports the queue-wide gauges: they describe the queue, not the process, so
+    /// exactly one process of a deployment exports each group of them (the holder of a lease
+    /// in Redis, `Queue::hold_reporter`): a `sum()` over processes is then the queue's figure,
+    /// and an alert on one fires once, not once per process.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Reporter {
+        /// Depths, waits and live workers: any process with a queue sampler.
+        Queue,
+        /// The webhooks' backlog: a relay.
+        Webhooks,
+    }
+
+    impl Reporter {
+        pub(crate) fn name(self) -> &'static str {
+            match self {
+                Reporter::Queue => "queue",
+                Reporter::Webhooks => "webhooks",
+            }
+        }
+
+        fn gauges(self) -> &'static [&'static str] {
+            match self {
+                Reporter::Queue => QUEUE_GAUGES,
+                Reporter::Webhooks => &[WEBHOOKS_WAITING, WEBHOOKS_OLDEST_SECONDS, WEBHOOKS_DEAD],
+            }
+        }
+
+        fn flag(self) -> &'static std::sync::atomic::AtomicBool {
+            static QUEUE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            static WEBHOOKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            match self {
+                Reporter::Queue => &QUEUE,
+                Reporter::Webhooks => &WEBHOOKS,
+            }
+        }
+
+        /// Whether this process exports the group (it holds the lease).
+        pub(crate) fn set(self, holds: bool) {
+            self.flag().store(holds, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn holds(self) -> bool {
+            self.flag().load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// The text of `/metrics`: everything recorded, then the process's own figures read now;
+    /// without the queue-wide gauges this process does not report.
     pub(crate) fn render(handle: &PrometheusHandle) -> String {
-        let mut text = handle.render();
+        let hidden: Vec<&str> = [Reporter::Queue, Reporter::Webhooks]
+            .into_iter()
+            .filter(|r| !r.holds())
+            .flat_map(|r| r.gauges().iter().copied())
+            .collect();
+        let mut text = without(&handle.render(), &hidden);
         text.push_str(&process_text(&metrics_process::collector::collect()));
         text
+    }
+
+    /// `text` without the series, HELP and TYPE lines of the metrics `hidden`.
+    pub(super) fn without(text: &str, hidden: &[&str]) -> String {
+        if hidden.is_empty() {
+            return text.to_string();
+        }
+        let name_of = |line: &str| -> String {
+            let line = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")).unwrap_or(line);
+            line.split(['{', ' ']).next().unwrap_or("").to_string()
+        };
+        let mut out = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            if !hidden.contains(&name_of(line.trim_end()).as_str()) {
+                out.push_str(line);
+            }
+        }
+        out
     }
 
     /// The standard process metrics of Prometheus's client libraries, from /proc. Written
@@ -543,6 +613,16 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn a_hidden_metric_loses_its_series_help_and_type_and_nothing_else() {
+        let text = "# HELP stockq_queue_pending Events waiting\n# TYPE stockq_queue_pending gauge\n\
+                    stockq_queue_pending 3\n\n# TYPE stockq_queue_pending_x gauge\nstockq_queue_pending_x 1\n\
+                    stockq_drift_units{product_id=\"1\"} 2\n";
+        let kept = metrics::without(text, &["stockq_queue_pending", "stockq_drift_units"]);
+        assert_eq!(kept, "\n# TYPE stockq_queue_pending_x gauge\nstockq_queue_pending_x 1\n");
+        assert_eq!(metrics::without(text, &[]), text);
+    }
 
     #[test]
     fn the_process_figures_are_prometheus_text_and_unknown_ones_are_left_out() {

@@ -151,7 +151,9 @@ fn spawn_endpoint(
 pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
     // the recorder first, or the first sample goes nowhere
     m::install();
+    let me = process_tag();
     loop {
+        report_if_elected(&shards, m::Reporter::Queue, &me).await;
         match sample_once(&shards).await {
             Ok(sample) => {
                 sample.publish();
@@ -169,6 +171,21 @@ pub(crate) async fn sample_queue(shards: Shards, shutdown: CancellationToken) {
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// This process, as the reporter leases name it: host, pid and a random tag.
+pub(crate) fn process_tag() -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// Takes or renews the lease of a group of queue-wide gauges: exported by this process only
+/// while it holds it. Without Redis nobody can tell: the gauges stay as they were decided.
+pub(crate) async fn report_if_elected(shards: &Shards, group: m::Reporter, me: &str) {
+    match shards.first().hold_reporter(group.name(), me).await {
+        Ok(holds) => group.set(holds),
+        Err(e) => tracing::debug!(error = %e, "could not renew the metrics reporter's lease"),
     }
 }
 

@@ -100,6 +100,12 @@ impl Keys {
         format!("{}:refusals", self.prefix)
     }
 
+    /// String: the process that exports a group of queue-wide gauges (`queue`, `webhooks`),
+    /// with a TTL it renews (the first shard's).
+    pub fn reporter(&self, group: &str) -> String {
+        format!("{}:reporter:{group}", self.prefix)
+    }
+
     /// String, while deductions are paused queue-wide (`stockq pause`; the first shard's):
     /// `<since ms> <who>`.
     pub fn deductions_paused(&self) -> String {
@@ -196,6 +202,14 @@ impl Keys {
         format!("{}:received", self.prefix)
     }
 
+    /// String with a TTL, in the first shard: a dashboard session (its creation time), named
+    /// `{q}:sessions:<hex SHA-256 of the session id>`. The id itself, the cookie's value, is
+    /// never written to Redis: a copy of its keys opens no session.
+    pub fn session(&self, id: &str) -> String {
+        use sha2::Digest;
+        format!("{}:sessions:{}", self.prefix, hex::encode(sha2::Sha256::digest(id.as_bytes())))
+    }
+
     /// Every key of the queue with a fixed name (not the per-product stock keys nor the
     /// per-worker heartbeats, nor the per-reservation records).
     pub fn fixed(&self) -> [String; 20] {
@@ -237,5 +251,14 @@ mod tests {
         assert_eq!(k.stock(42), "{shop}:stock:42");
         assert_eq!(k.pending(), "{shop}:pending");
         assert_eq!(k.record("o-1"), "{shop}:r:o-1");
+    }
+
+    #[test]
+    fn a_session_key_is_the_hash_of_its_id() {
+        let k = Keys::new("shop");
+        // SHA-256("abc"), FIPS 180-2's example
+        let abc = "{shop}:sessions:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(k.session("abc"), abc);
+        assert!(!k.session("a-secret-id").contains("a-secret-id"));
     }
 }

@@ -10,6 +10,10 @@ use redis::AsyncCommands;
 use super::{CALL_TIMEOUT, Queue};
 use crate::error::{Result, bounded};
 
+/// How long a process stays the reporter of a group of queue-wide gauges without renewing
+/// its lease (it renews at every sample, every 2 s).
+pub(crate) const REPORTER_LEASE: Duration = Duration::from_secs(10);
+
 /// Entries kept in `{q}:alerts` (approximately: trimmed with `MAXLEN ~`).
 const ALERTS_MAX_LEN: usize = 10_000;
 /// Keys a SCAN step of the reset looks at, and records a step unlinks at most.
@@ -61,6 +65,30 @@ pub(crate) struct Alert {
 }
 
 impl Queue {
+    /// Takes or renews the lease `{q}:reporter:<group>` for `me`: true while this process is
+    /// the one that exports that group of queue-wide gauges (`telemetry::metrics::Reporter`).
+    /// A reporter that stops renewing is replaced within [`REPORTER_LEASE`].
+    pub(crate) async fn hold_reporter(&self, group: &str, me: &str) -> Result<bool> {
+        let key = self.keys.reporter(group);
+        let ttl = REPORTER_LEASE.as_millis() as u64;
+        let mut conn = self.conn();
+        let taken: Option<String> = bounded(
+            "redis (reporter)",
+            CALL_TIMEOUT,
+            redis::cmd("SET").arg(&key).arg(me).arg("NX").arg("PX").arg(ttl).query_async(&mut conn),
+        )
+        .await?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = bounded("redis (reporter)", CALL_TIMEOUT, conn.get(&key)).await?;
+        if holder.as_deref() != Some(me) {
+            return Ok(false);
+        }
+        let _: bool = bounded("redis (reporter)", CALL_TIMEOUT, conn.pexpire(&key, ttl as i64)).await?;
+        Ok(true)
+    }
+
     /// Reads the queue's depths in one round trip.
     pub async fn depths(&self) -> Result<Depths> {
         let keys = &self.keys;

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::faults::RedisServer;
-use crate::helpers::{TestEnv, free_port, http, outside_tool, series, terminate};
+use crate::helpers::{TestEnv, free_port, http, outside_tool, send_signal, series, terminate};
 
 /// Checks `text` with `promtool check metrics` (its parser and its lint).
 fn promtool_accepts(text: &str) {
@@ -169,4 +169,55 @@ async fn metrics_stay_complete_and_honest_through_a_redis_outage() {
         .await;
     assert_eq!(terminate(&mut worker.child).await, 0);
     assert_eq!(terminate(&mut serve.child).await, 0);
+}
+
+/// Queue-wide gauges are exported by one process of the deployment at a time (the holder of
+/// a lease in Redis), so that `sum()` over processes is the queue's figure and an alert on
+/// one fires once; when that process dies, another takes over within the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_gauges_come_from_one_process_and_another_takes_over() {
+    let env = TestEnv::new().await;
+    env.stock(1, 100).await;
+    let processes = [
+        Scraped::start(&env, &["serve"]).await,
+        Scraped::start(&env, &["janitor"]).await,
+        Scraped::start(&env, &["worker"]).await,
+    ];
+    let reporters =
+        |texts: &[String]| texts.iter().filter(|t| series(t, "stockq_queue_pending").is_some()).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut texts = Vec::new();
+    loop {
+        texts.clear();
+        for p in &processes {
+            texts.push(p.metrics().await);
+        }
+        if reporters(&texts) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not exactly one reporter:\n{texts:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for text in &texts {
+        // per-process figures stay with every process
+        assert_eq!(series(text, "stockq_redis_up"), Some(1.0), "{text}");
+        promtool_accepts(text);
+    }
+    let reporter = texts.iter().position(|t| series(t, "stockq_queue_pending").is_some()).unwrap();
+    let mut processes = processes.into_iter().collect::<Vec<_>>();
+    let mut gone = processes.remove(reporter);
+    send_signal(gone.child.id().unwrap(), "KILL");
+    let _ = gone.child.wait().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut texts = Vec::new();
+        for p in &processes {
+            texts.push(p.metrics().await);
+        }
+        if reporters(&texts) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no process took the gauges over:\n{texts:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
