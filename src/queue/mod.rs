@@ -39,6 +39,7 @@ mod lifecycle;
 mod ops;
 mod records;
 pub(crate) mod scripts;
+mod sessions;
 pub(crate) mod shards;
 mod sold_out;
 mod spread;

@@ -28,5 +28,6 @@ mod recovery;
 mod relay;
 mod search;
 mod security;
+mod sessions;
 mod spread;
 mod stats;

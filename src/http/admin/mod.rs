@@ -73,7 +73,8 @@ impl Admin {
         token: Option<ApiToken>,
         latencies: Latencies,
     ) -> Admin {
-        let (sessions, logins, books) = (Sessions::default(), Throttle::default(), Arc::default());
+        let sessions = Sessions::new(shards.first().clone());
+        let (logins, books) = (Throttle::default(), Arc::default());
         Admin { shards, ledger, token, latencies, sessions, logins, books }
     }
 
@@ -83,8 +84,12 @@ impl Admin {
         self.token.is_none().then(|| Refused::Off.into_response())
     }
 
-    fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        session::cookie_session(headers).and_then(|id| self.sessions.get(id))
+    /// The request's live session, if any (asked of Redis: [`session`]).
+    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, Error> {
+        match session::cookie_session(headers) {
+            Some(id) => self.sessions.get(id).await,
+            None => Ok(None),
+        }
     }
 }
 
@@ -133,6 +138,8 @@ pub(super) enum Refused {
     ForeignOrigin,
     /// An action without its session's CSRF token.
     NoCsrfToken,
+    /// The sessions' store (Redis) cannot say whether the request's session is live.
+    Unavailable,
 }
 
 impl IntoResponse for Refused {
@@ -146,6 +153,10 @@ impl IntoResponse for Refused {
             Refused::NoCsrfToken => {
                 error(StatusCode::FORBIDDEN, "the request lacks the dashboard's CSRF token")
             }
+            Refused::Unavailable => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the dashboard's sessions (Redis) are unavailable; try again",
+            ),
         }
     }
 }
@@ -157,7 +168,7 @@ impl FromRequestParts<Admin> for Operator {
     type Rejection = Refused;
 
     async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Refused> {
-        logged_in(admin, &parts.headers).map(|_| Operator)
+        logged_in(admin, &parts.headers).await.map(|_| Operator)
     }
 }
 
@@ -169,7 +180,7 @@ impl FromRequestParts<Admin> for Action {
     type Rejection = Refused;
 
     async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Refused> {
-        let session = logged_in(admin, &parts.headers)?;
+        let session = logged_in(admin, &parts.headers).await?;
         if !session::same_origin(&parts.headers) {
             return Err(Refused::ForeignOrigin);
         }
@@ -180,12 +191,19 @@ impl FromRequestParts<Admin> for Action {
     }
 }
 
-/// The request's live session, unless the dashboard is off or there is none.
-fn logged_in(admin: &Admin, headers: &HeaderMap) -> Result<Session, Refused> {
+/// The request's live session, unless the dashboard is off or there is none; never one while
+/// Redis cannot say.
+async fn logged_in(admin: &Admin, headers: &HeaderMap) -> Result<Session, Refused> {
     if admin.token.is_none() {
         return Err(Refused::Off);
     }
-    admin.session(headers).ok_or(Refused::LoggedOut)
+    match admin.session(headers).await {
+        Ok(session) => session.ok_or(Refused::LoggedOut),
+        Err(e) => {
+            crate::http::answer::log_failure("dashboard session lookup failed", &e);
+            Err(Refused::Unavailable)
+        }
+    }
 }
 
 /// A failure of a store behind the dashboard: logged, and answered 503.
@@ -204,10 +222,11 @@ async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     if let Some(refusal) = admin.refuse_when_off() {
         return refusal;
     }
-    match admin.session(&headers) {
+    match admin.session(&headers).await {
         // a CSRF token is 64 hex digits: nothing in it needs escaping
-        Some(session) => html(DASHBOARD_HTML.replace("{{csrf}}", &session.csrf)),
-        None => html(LOGIN_HTML.to_string()),
+        Ok(Some(session)) => html(DASHBOARD_HTML.replace("{{csrf}}", &session.csrf)),
+        Ok(None) => html(LOGIN_HTML.to_string()),
+        Err(e) => unavailable("dashboard session lookup failed", e),
     }
 }
 
@@ -273,17 +292,19 @@ async fn login(
         return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
     attempt.succeeded();
-    if let Some(old) = session::cookie_session(&headers) {
-        admin.sessions.close(old);
-    }
-    let session = admin.sessions.open();
+    let session = match admin.sessions.open(session::cookie_session(&headers)).await {
+        Ok(session) => session,
+        Err(e) => return unavailable("dashboard login failed", e),
+    };
     tracing::info!("dashboard: an operator logged in");
     with_cookie(session::set_cookie(&session, &headers))
 }
 
 /// `POST /admin/logout`
 async fn logout(State(admin): State<Admin>, Action(session): Action, headers: HeaderMap) -> Response {
-    admin.sessions.close(&session.id);
+    if let Err(e) = admin.sessions.close(&session.id).await {
+        return unavailable("dashboard logout failed", e);
+    }
     with_cookie(session::clear_cookie(&headers))
 }
 

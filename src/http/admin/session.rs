@@ -4,20 +4,33 @@
 //! A browser cannot send a bearer header, so the admin token is posted once to
 //! `/admin/login` and exchanged for a random session id in an `HttpOnly; SameSite=Strict;
 //! Path=/admin` cookie: the page's scripts cannot read it, another site's page cannot make
-//! the browser send it, and the token itself is never kept in the browser. Sessions live in
-//! this process's memory for [`SESSION_TTL`]; a restart logs everyone out.
+//! the browser send it, and the token itself is never kept in the browser.
+//!
+//! Sessions live in Redis, on the queue's first shard, so that a login works on every `serve`
+//! replica and a logout ends it on all of them: `{q}:sessions:<hex SHA-256 of the id>`
+//! ([`crate::queue::Keys::session`]), holding when it began and expiring [`SESSION_TTL`] after
+//! its login, however active. Only the id's hash is stored: a copy of Redis opens no session.
+//! Each request asks Redis, except that a process trusts a session it found there for
+//! [`TRUSTED_FOR`] (the page polls every second or so); a logout elsewhere therefore ends the
+//! session here within that. Redis unreachable, a request that names a session is answered
+//! 503 and admitted nowhere.
 //!
 //! A POST that changes something (requeue, drop, logout) must also carry the session's CSRF
 //! token in [`CSRF_HEADER`] (the dashboard page holds it; another site's page cannot read
-//! it) and come from the dashboard's own origin ([`same_origin`]).
+//! it) and come from the dashboard's own origin ([`same_origin`]). The token is derived from
+//! the session id ([`csrf_token`]), so that every replica knows it and Redis holds nothing
+//! secret.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
+use hmac::{KeyInit, Mac};
 
 use crate::config::same_secret;
+use crate::error::Result;
+use crate::queue::Queue;
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "stockq_admin";
@@ -25,8 +38,13 @@ pub(crate) const COOKIE: &str = "stockq_admin";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts after its login, however active.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-/// Sessions kept at most: past that, a login ends the session closest to its end.
-const MAX_SESSIONS: usize = 1000;
+/// How long a process admits a session it found in Redis without asking again: the longest a
+/// logout on another replica takes to reach this one.
+pub(crate) const TRUSTED_FOR: Duration = Duration::from_secs(1);
+/// Sessions a process remembers at most; past that, it asks Redis each time.
+const MAX_TRUSTED: usize = 1000;
+/// What a session's CSRF token is the HMAC of, keyed by the session id.
+const CSRF_LABEL: &[u8] = b"stockq dashboard CSRF token";
 
 /// A live session: its id (the cookie's value) and its CSRF token.
 #[derive(Debug, Clone)]
@@ -35,55 +53,124 @@ pub(crate) struct Session {
     pub(crate) csrf: String,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Session id → (CSRF token, end of the session).
-    sessions: HashMap<String, (String, Instant)>,
+impl Session {
+    fn new(id: String) -> Session {
+        let csrf = csrf_token(&id);
+        Session { id, csrf }
+    }
 }
 
-/// The sessions of this process.
-#[derive(Clone, Default)]
-pub(crate) struct Sessions(Arc<Mutex<Inner>>);
+/// The dashboard's sessions: in Redis (the first shard), and those this process found there
+/// lately.
+#[derive(Clone)]
+pub(crate) struct Sessions {
+    store: Queue,
+    trusted: Arc<Trusted>,
+}
 
 impl Sessions {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+    /// Sessions kept in `store`'s Redis (the queue's first shard).
+    pub(crate) fn new(store: Queue) -> Sessions {
+        Sessions { store, trusted: Arc::default() }
+    }
+
+    /// Opens a session after a good login, ending the session `replacing` (the one the login
+    /// came with, if any).
+    pub(crate) async fn open(&self, replacing: Option<&str>) -> Result<Session> {
+        let replacing = replacing.filter(|old| is_session_id(old));
+        if let Some(old) = replacing {
+            self.trusted.forget(old);
+        }
+        let session = Session::new(random_hex());
+        let created = crate::backoff::now_ms();
+        self.store.open_session(&session.id, created, SESSION_TTL, replacing).await?;
+        self.trusted.remember(&session.id, Instant::now() + TRUSTED_FOR);
+        Ok(session)
+    }
+
+    /// The live session `id`, if there is one; an error when Redis cannot say.
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Session>> {
+        if !is_session_id(id) {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if self.trusted.trusts(id, now) {
+            return Ok(Some(Session::new(id.to_string())));
+        }
+        let Some(created) = self.store.session_created(id).await? else {
+            return Ok(None);
+        };
+        // the key's TTL ends it; its creation time too, should the key have lost its TTL
+        let age = Duration::from_millis(crate::backoff::now_ms().saturating_sub(created));
+        let Some(left) = SESSION_TTL.checked_sub(age).filter(|left| !left.is_zero()) else {
+            return Ok(None);
+        };
+        self.trusted.remember(id, now + left.min(TRUSTED_FOR));
+        Ok(Some(Session::new(id.to_string())))
+    }
+
+    /// Ends session `id`, on every replica (within [`TRUSTED_FOR`] on the others).
+    pub(crate) async fn close(&self, id: &str) -> Result<()> {
+        self.trusted.forget(id);
+        self.store.close_session(id).await?;
+        Ok(())
+    }
+}
+
+/// Sessions this process found live lately → until when it admits them without asking Redis.
+#[derive(Default)]
+struct Trusted(Mutex<HashMap<String, Instant>>);
+
+impl Trusted {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a session after a good login.
-    pub(crate) fn open(&self) -> Session {
-        let now = Instant::now();
-        let mut inner = self.inner();
-        inner.sessions.retain(|_, (_, end)| *end > now);
-        if inner.sessions.len() >= MAX_SESSIONS
-            && let Some(first) =
-                inner.sessions.iter().min_by_key(|(_, (_, end))| *end).map(|(id, _)| id.clone())
-        {
-            inner.sessions.remove(&first);
-        }
-        let session = Session { id: random_hex(), csrf: random_hex() };
-        inner.sessions.insert(session.id.clone(), (session.csrf.clone(), now + SESSION_TTL));
-        session
-    }
-
-    /// The live session `id`, if there is one.
-    pub(crate) fn get(&self, id: &str) -> Option<Session> {
-        let mut inner = self.inner();
-        match inner.sessions.get(id) {
-            Some((csrf, end)) if *end > Instant::now() => {
-                Some(Session { id: id.to_string(), csrf: csrf.clone() })
-            }
+    fn trusts(&self, id: &str, now: Instant) -> bool {
+        let mut map = self.map();
+        match map.get(id) {
+            Some(until) if *until > now => true,
             Some(_) => {
-                inner.sessions.remove(id);
-                None
+                map.remove(id);
+                false
             }
-            None => None,
+            None => false,
         }
     }
 
-    pub(crate) fn close(&self, id: &str) {
-        self.inner().sessions.remove(id);
+    /// Remembers `id` until `until`; a full table forgets what is past first, and remembers
+    /// nothing more while it is still full.
+    fn remember(&self, id: &str, until: Instant) {
+        let mut map = self.map();
+        if map.len() >= MAX_TRUSTED && !map.contains_key(id) {
+            let now = Instant::now();
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_TRUSTED {
+                return;
+            }
+        }
+        map.insert(id.to_string(), until);
     }
+
+    fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
+}
+
+/// Whether `id` can be a session id: 64 lowercase hex digits, as [`random_hex`] makes them.
+/// Anything else is no session, without asking Redis.
+fn is_session_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Session `id`'s CSRF token: the hex HMAC-SHA256 of [`CSRF_LABEL`] keyed by the id. Every
+/// replica derives the same token from the cookie, nothing about it is stored, and the token
+/// (which the page shows to its scripts) tells nothing about the id.
+fn csrf_token(id: &str) -> String {
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(id.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(CSRF_LABEL);
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// 32 bytes of `rand`'s thread generator (a CSPRNG seeded by the operating system), as 64
@@ -176,29 +263,54 @@ mod tests {
     }
 
     #[test]
-    fn sessions_open_are_found_until_closed_and_ids_are_random() {
-        let sessions = Sessions::default();
-        let a = sessions.open();
-        let b = sessions.open();
+    fn ids_are_random_and_the_csrf_token_is_derived_from_the_id() {
+        let (a, b) = (Session::new(random_hex()), Session::new(random_hex()));
         assert_ne!(a.id, b.id);
+        assert_ne!(a.csrf, b.csrf);
         assert_ne!(a.id, a.csrf);
-        assert_eq!(a.id.len(), 64);
-        assert_eq!(sessions.get(&a.id).map(|s| s.csrf), Some(a.csrf.clone()));
-        sessions.close(&a.id);
-        assert!(sessions.get(&a.id).is_none());
-        assert!(sessions.get("").is_none());
-        assert!(sessions.get(&b.id).is_some());
+        assert!(is_session_id(&a.id) && is_session_id(&a.csrf), "{a:?}");
+        assert_eq!(Session::new(a.id.clone()).csrf, a.csrf, "every replica derives the same token");
+        // HMAC-SHA256 keyed by the id
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"k").unwrap();
+        mac.update(b"stockq dashboard CSRF token");
+        assert_eq!(csrf_token("k"), hex::encode(mac.finalize().into_bytes()));
     }
 
     #[test]
-    fn sessions_are_bounded() {
-        let sessions = Sessions::default();
-        let first = sessions.open();
-        for _ in 0..MAX_SESSIONS {
-            sessions.open();
+    fn only_what_a_login_makes_can_be_a_session_id() {
+        assert!(is_session_id(&"0a".repeat(32)));
+        for bad in [String::new(), "ab".into(), "0A".repeat(32), "0a".repeat(33), "g".repeat(64)] {
+            assert!(!is_session_id(&bad), "{bad}");
         }
-        assert!(sessions.get(&first.id).is_none(), "the oldest session made room");
-        assert_eq!(sessions.inner().sessions.len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn a_session_is_trusted_until_its_time_and_forgotten_on_logout() {
+        let trusted = Trusted::default();
+        let now = Instant::now();
+        trusted.remember("a", now + TRUSTED_FOR);
+        trusted.remember("b", now + TRUSTED_FOR);
+        assert!(trusted.trusts("a", now));
+        assert!(!trusted.trusts("a", now + TRUSTED_FOR), "then Redis is asked again");
+        assert!(!trusted.trusts("a", now), "and the entry is gone");
+        trusted.forget("b");
+        assert!(!trusted.trusts("b", now));
+        assert!(!trusted.trusts("c", now));
+    }
+
+    #[test]
+    fn the_trusted_sessions_are_bounded() {
+        let trusted = Trusted::default();
+        let now = Instant::now();
+        trusted.remember("past", now);
+        for i in 1..MAX_TRUSTED {
+            trusted.remember(&i.to_string(), now + TRUSTED_FOR);
+        }
+        trusted.remember("new", now + TRUSTED_FOR);
+        assert!(trusted.trusts("new", now), "what was past made room");
+        trusted.remember("more", now + TRUSTED_FOR);
+        assert!(!trusted.trusts("more", now), "a full table remembers nothing more");
+        assert_eq!(trusted.map().len(), MAX_TRUSTED);
     }
 
     #[test]
