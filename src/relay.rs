@@ -174,8 +174,9 @@ pub(crate) fn retry_delay(attempts: u32) -> Duration {
 
 pub struct Relay {
     shards: Shards,
-    /// This process, in the lease of the webhooks' gauges.
-    tag: String,
+    /// This process, in the lease of the webhooks' gauges; `None` when it serves no
+    /// `/metrics` (it must not take the lease from a relay that does).
+    tag: Option<String>,
     settings: Arc<RelaySettings>,
     client: reqwest::Client,
 }
@@ -188,7 +189,13 @@ impl Relay {
             .user_agent(concat!("stockq-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::usage(format!("cannot make an HTTP client: {}", one_line(&e.to_string()))))?;
-        Ok(Relay { shards, settings: Arc::new(settings), client, tag: crate::http::health::process_tag() })
+        Ok(Relay { shards, settings: Arc::new(settings), client, tag: None })
+    }
+
+    /// Whether this relay serves `/metrics`, and so may export the queue-wide webhook gauges.
+    pub fn reporting(mut self, yes: bool) -> Relay {
+        self.tag = yes.then(crate::http::health::process_tag);
+        self
     }
 
     /// Delivers until `shutdown`, then waits for the deliveries under way.
@@ -288,7 +295,8 @@ impl Relay {
     /// The queue-wide gauges: reservations with outcomes to deliver, the age of the oldest
     /// undelivered outcome, webhooks given up on.
     async fn sample(&self) -> Result<()> {
-        crate::http::health::report_if_elected(&self.shards, m::Reporter::Webhooks, &self.tag).await;
+        let Some(tag) = &self.tag else { return Ok(()) };
+        crate::http::health::report_if_elected(&self.shards, m::Reporter::Webhooks, tag).await;
         let (mut waiting, mut oldest, mut dead) = (0, None::<i64>, 0);
         for queue in self.shards.all() {
             let backlog = queue.webhook_backlog().await?;

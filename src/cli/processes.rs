@@ -64,7 +64,7 @@ pub(super) async fn relay(settings: &Settings, args: &super::RelayArgs) -> Resul
     let shards = Shards::connect(settings).await?;
     let ops = ops_addr(settings)
         .map(|addr| crate::http::health::spawn_relay_ops(addr, shards.clone(), shutdown.clone()));
-    Relay::new(shards, relay_settings)?.run(shutdown.clone()).await?;
+    Relay::new(shards, relay_settings)?.reporting(ops.is_some()).run(shutdown.clone()).await?;
     stop_ops(ops, &shutdown).await;
     Ok(0)
 }
