@@ -429,6 +429,11 @@ impl ApiToken {
     pub fn matches(&self, given: &str) -> bool {
         same_secret(&self.0, given)
     }
+
+    /// The token itself: only for a keyed hash of it, never to print or store.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Whether `given` equals the secret `secret`, in time independent of where they differ.

@@ -1,6 +1,7 @@
 //! The dashboard's sessions in Redis (docs/dashboard.md, "Security"), so that every `serve`
 //! replica knows every session: `{q}:sessions:<hex SHA-256 of the id>` ([`Keys::session`]),
-//! a string holding when the session began (unix ms), that expires with the session. Login
+//! a string `<began, unix ms> <token tag>` (the tag ties it to the admin token it was opened
+//! with: `http::admin::session`), that expires with the session. Login
 //! writes it, each request reads it, logout deletes it. Only the first shard's are used.
 //!
 //! [`Keys::session`]: super::Keys::session
@@ -19,6 +20,7 @@ impl Queue {
         &self,
         id: &str,
         created_ms: u64,
+        token_tag: &str,
         lifetime: Duration,
         replacing: Option<&str>,
     ) -> Result<()> {
@@ -26,18 +28,27 @@ impl Queue {
         if let Some(old) = replacing {
             pipe.del(self.keys.session(old)).ignore();
         }
-        pipe.cmd("SET").arg(self.keys.session(id)).arg(created_ms).arg("PX").arg(millis(lifetime)).ignore();
+        pipe.cmd("SET")
+            .arg(self.keys.session(id))
+            .arg(format!("{created_ms} {token_tag}"))
+            .arg("PX")
+            .arg(millis(lifetime))
+            .ignore();
         let mut conn = self.conn();
         bounded("redis (session)", CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// When session `id` began (unix ms), while it lives; `None` when there is no such session
-    /// (never was, expired, or logged out). A value that is not a number reads as 0.
-    pub(crate) async fn session_created(&self, id: &str) -> Result<Option<u64>> {
+    /// When session `id` began (unix ms) and its token tag, while it lives; `None` when there
+    /// is no such session (never was, expired, or logged out). A time that is not a number
+    /// reads as 0, a missing tag as empty (no session then).
+    pub(crate) async fn session_created(&self, id: &str) -> Result<Option<(u64, String)>> {
         let mut conn = self.conn();
         let value: Option<String> =
             bounded("redis (session)", CALL_TIMEOUT, conn.get(self.keys.session(id))).await?;
-        Ok(value.map(|v| v.trim().parse().unwrap_or(0)))
+        Ok(value.map(|v| {
+            let (created, tag) = v.trim().split_once(' ').unwrap_or((v.trim(), ""));
+            (created.parse().unwrap_or(0), tag.to_string())
+        }))
     }
 
     /// Ends session `id`. True when it was live.

@@ -179,10 +179,12 @@ async fn an_expired_session_is_refused() {
     // a key without a TTL (PERSISTed by hand) still ends with its creation time
     let cookie = log_in(port).await;
     let key = session_key(&env, session_id(&cookie));
-    let created: u64 = redis.get(&key).await.unwrap();
+    // `<began> <token tag>`: the same tag, begun long ago
+    let value: String = redis.get(&key).await.unwrap();
+    let (created, tag) = value.split_once(' ').expect("began and the token's tag");
     let _: bool = redis.persist(&key).await.unwrap();
-    let long_ago = created - LIFETIME.as_millis() as u64 - 1;
-    let () = redis.set(&key, long_ago).await.unwrap();
+    let long_ago = created.parse::<u64>().unwrap() - LIFETIME.as_millis() as u64 - 1;
+    let () = redis.set(&key, format!("{long_ago} {tag}")).await.unwrap();
     until_logged_out(port, &cookie, LOGOUT_REACHES_ALL_WITHIN).await;
 
     // a cookie that no login made is refused without more ado
@@ -224,4 +226,19 @@ async fn while_redis_is_down_the_dashboard_answers_503_and_lets_nobody_in() {
     })
     .await;
     terminate(&mut serve).await;
+}
+
+/// A session is tied to the admin token it was opened with: a replica started with a new
+/// token (the old one leaked, and was rotated) refuses the sessions of the old one, while
+/// the replica still on the old token keeps them.
+#[tokio::test]
+async fn a_session_of_a_rotated_token_is_refused() {
+    let env = TestEnv::new().await;
+    let (mut old, port_old) = env.serve(&[("STOCKQ_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let (mut new, port_new) = env.serve(&[("STOCKQ_ADMIN_TOKEN", "a-new-operators-token")]).await;
+    let cookie = log_in(port_old).await;
+    assert_eq!(get(port_old, "/admin/api/state", &cookie).await.status, 200);
+    assert_eq!(get(port_new, "/admin/api/state", &cookie).await.status, 401, "opened with another token");
+    terminate(&mut old).await;
+    terminate(&mut new).await;
 }

@@ -73,7 +73,7 @@ impl Admin {
         token: Option<ApiToken>,
         latencies: Latencies,
     ) -> Admin {
-        let sessions = Sessions::new(shards.first().clone());
+        let sessions = Sessions::new(shards.first().clone(), token.clone());
         let (logins, books) = (Throttle::default(), Arc::default());
         Admin { shards, ledger, token, latencies, sessions, logins, books }
     }

@@ -66,12 +66,27 @@ impl Session {
 pub(crate) struct Sessions {
     store: Queue,
     trusted: Arc<Trusted>,
+    /// The admin token sessions are opened with: a session made with another one (before the
+    /// token was changed) is no session.
+    token: Option<crate::config::ApiToken>,
 }
 
 impl Sessions {
-    /// Sessions kept in `store`'s Redis (the queue's first shard).
-    pub(crate) fn new(store: Queue) -> Sessions {
-        Sessions { store, trusted: Arc::default() }
+    /// Sessions kept in `store`'s Redis (the queue's first shard), opened with `token`.
+    pub(crate) fn new(store: Queue, token: Option<crate::config::ApiToken>) -> Sessions {
+        Sessions { store, trusted: Arc::default(), token }
+    }
+
+    /// What ties session `id` to the admin token it was opened with: the hex HMAC-SHA256 of
+    /// the token keyed by the id. Stored beside the session, it lets every replica refuse a
+    /// session once the token changed (a leaked token rotated ends its sessions), and tells a
+    /// reader of Redis nothing about the token without the id, which Redis does not hold.
+    fn token_tag(&self, id: &str) -> String {
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(id.as_bytes()).expect("HMAC takes a key of any length");
+        mac.update(b"stockq admin token:");
+        mac.update(self.token.as_ref().map_or("", |t| t.expose()).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Opens a session after a good login, ending the session `replacing` (the one the login
@@ -83,7 +98,8 @@ impl Sessions {
         }
         let session = Session::new(random_hex());
         let created = crate::backoff::now_ms();
-        self.store.open_session(&session.id, created, SESSION_TTL, replacing).await?;
+        let tag = self.token_tag(&session.id);
+        self.store.open_session(&session.id, created, &tag, SESSION_TTL, replacing).await?;
         self.trusted.remember(&session.id, Instant::now() + TRUSTED_FOR);
         Ok(session)
     }
@@ -97,9 +113,13 @@ impl Sessions {
         if self.trusted.trusts(id, now) {
             return Ok(Some(Session::new(id.to_string())));
         }
-        let Some(created) = self.store.session_created(id).await? else {
+        let Some((created, tag)) = self.store.session_created(id).await? else {
             return Ok(None);
         };
+        if !same_secret(&self.token_tag(id), &tag) {
+            // opened with a token that is no longer the admin token
+            return Ok(None);
+        }
         // the key's TTL ends it; its creation time too, should the key have lost its TTL
         let age = Duration::from_millis(crate::backoff::now_ms().saturating_sub(created));
         let Some(left) = SESSION_TTL.checked_sub(age).filter(|left| !left.is_zero()) else {
