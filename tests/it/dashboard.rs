@@ -7,13 +7,13 @@ use std::time::Duration;
 use crate::browser::Browser;
 use crate::helpers::{TestEnv, free_port, http, terminate};
 
-const ADMIN_TOKEN: &str = "operators-only";
+pub(crate) const ADMIN_TOKEN: &str = "operators-only";
 
 /// Request headers, as (name, value).
-type Headers<'a> = &'a [(&'a str, &'a str)];
+pub(crate) type Headers<'a> = &'a [(&'a str, &'a str)];
 
 /// `serve` with `admin_token` (none: unset), once it listens.
-async fn start_serve(env: &TestEnv, admin_token: Option<&str>) -> (tokio::process::Child, u16) {
+pub(crate) async fn start_serve(env: &TestEnv, admin_token: Option<&str>) -> (tokio::process::Child, u16) {
     match admin_token {
         Some(token) => env.serve(&[("STOCKQ_ADMIN_TOKEN", token)]).await,
         None => env.serve(&[]).await,
@@ -21,7 +21,7 @@ async fn start_serve(env: &TestEnv, admin_token: Option<&str>) -> (tokio::proces
 }
 
 /// Logs in over HTTP; the session cookie (`stockq_admin=...`) and the whole `Set-Cookie`.
-async fn log_in(port: u16) -> (String, String) {
+pub(crate) async fn log_in(port: u16) -> (String, String) {
     let origin = format!("http://127.0.0.1:{port}");
     let body = format!(r#"{{"token": "{ADMIN_TOKEN}"}}"#);
     let answer = http(port, "POST", "/admin/login").header("Origin", &origin).json(&body).send().await;
@@ -34,7 +34,7 @@ async fn log_in(port: u16) -> (String, String) {
     (cookie, set_cookie)
 }
 
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     let at = page.find(r#"name="csrf-token" content=""#).expect("the page carries its CSRF token") + 27;
     page[at..at + 64].to_string()
 }

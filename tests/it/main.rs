@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod control;
 mod dashboard;
+mod dashboard_console;
 mod example;
 mod faults;
 mod foundation;

@@ -1,6 +1,7 @@
 //! What the dashboard polls: `GET /admin/api/state` every second or two (the queue, latency,
 //! outcomes, alerts and a page of dead letters: a few Redis round trips), and
-//! `GET /admin/api/books` every few seconds (a page of one consistency check's books).
+//! `GET /admin/api/books` every few seconds (a page of one consistency check's books). Each
+//! state read is also a sample of the charts' [`History`](super::history::History).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,11 +12,12 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::history::Sample;
 use super::latency::BOUNDS_MS;
 use super::{Admin, Operator, unavailable};
 use crate::admin::Page;
 use crate::admin::dead::Listing;
-use crate::admin::stats::{self, BooksPage};
+use crate::admin::stats::{self, BooksPage, Overview};
 use crate::check::{self, ProductBooks};
 use crate::error::Result;
 use crate::event::DeadLetter;
@@ -54,33 +56,49 @@ pub(super) async fn state(State(admin): State<Admin>, _: Operator, Query(q): Que
 }
 
 async fn snapshot(admin: &Admin, dead: Page) -> Result<Value> {
-    let now = unix_ms();
-    let overview = stats::overview(&admin.shards).await?;
-    let mut outcomes = Vec::new();
-    for queue in admin.shards.all() {
-        outcomes.extend(queue.latest_outcomes(OUTCOMES_SAMPLED).await?.iter().map(Outcome::from_entry));
-    }
-    outcomes.sort_by_key(|o| std::cmp::Reverse(o.at));
+    let (now, overview, outcomes) = observe(&admin.shards).await?;
+    let counts = admin.latencies.counts();
+    let end_to_end = EndToEnd::of(&outcomes, now);
+    admin.history.record(Sample::of(now, &overview, counts.clone(), end_to_end.clone()));
     let alerts: Vec<Value> =
         admin.shards.first().latest_alerts(ALERTS_SHOWN).await?.iter().map(alert_json).collect();
     Ok(json!({
         "at": now,
         "queue": overview,
-        "reserve_latency": { "bounds_ms": BOUNDS_MS, "counts": admin.latencies.counts() },
-        "end_to_end": EndToEnd::of(&outcomes, now),
+        "reserve_latency": { "bounds_ms": BOUNDS_MS, "counts": counts },
+        "end_to_end": end_to_end,
         "outcomes": &outcomes[..outcomes.len().min(OUTCOMES_SHOWN)],
         "alerts": alerts,
         "dead": dead_page(&admin.shards, dead).await?,
     }))
 }
 
-fn unix_ms() -> i64 {
+/// What the state and each sample of the history read: when (unix ms), the queue's overview,
+/// and the latest outcomes of every shard, newest first.
+async fn observe(shards: &Shards) -> Result<(i64, Overview, Vec<Outcome>)> {
+    let now = unix_ms();
+    let overview = stats::overview(shards).await?;
+    let mut outcomes = Vec::new();
+    for queue in shards.all() {
+        outcomes.extend(queue.latest_outcomes(OUTCOMES_SAMPLED).await?.iter().map(Outcome::from_entry));
+    }
+    outcomes.sort_by_key(|o| std::cmp::Reverse(o.at));
+    Ok((now, overview, outcomes))
+}
+
+/// One sample of the charts, read as the state is (for the history's own sampler).
+pub(super) async fn sample(shards: &Shards, latencies: &super::Latencies) -> Result<Sample> {
+    let (now, overview, outcomes) = observe(shards).await?;
+    Ok(Sample::of(now, &overview, latencies.counts(), EndToEnd::of(&outcomes, now)))
+}
+
+pub(super) fn unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// One outcome (an entry of `{q}:outcomes`: how a reservation ended) as the page shows it.
 #[derive(Debug, Serialize)]
-struct Outcome {
+pub(super) struct Outcome {
     event_id: Option<String>,
     state: Option<ReservationState>,
     product_id: Option<i64>,
@@ -110,8 +128,8 @@ impl Outcome {
 
 /// The time from reservation to outcome of the deductions that ended in the last
 /// [`LATENCY_WINDOW_MS`] (a hold's wait for payment included), in milliseconds.
-#[derive(Debug, PartialEq, Serialize)]
-struct EndToEnd {
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct EndToEnd {
     n: usize,
     p50_ms: Option<i64>,
     p90_ms: Option<i64>,
@@ -122,7 +140,7 @@ struct EndToEnd {
 impl EndToEnd {
     /// Over `outcomes`, measured against `now` (unix ms). Cancels, expiries and releases end
     /// when someone decides, not when the queue gets to them: they are left out.
-    fn of(outcomes: &[Outcome], now: i64) -> EndToEnd {
+    pub(super) fn of(outcomes: &[Outcome], now: i64) -> EndToEnd {
         let mut took: Vec<i64> = outcomes
             .iter()
             .filter(|o| {
@@ -161,7 +179,7 @@ fn alert_json(e: &StreamEntry) -> Value {
 }
 
 /// A page of the dead letters, newest first, each as the page shows it.
-async fn dead_page(shards: &Shards, page: Page) -> Result<Value> {
+pub(super) async fn dead_page(shards: &Shards, page: Page) -> Result<Value> {
     let mut listing = Listing::open(shards, page).await?;
     let mut letters = Vec::new();
     loop {
@@ -174,7 +192,8 @@ async fn dead_page(shards: &Shards, page: Page) -> Result<Value> {
     Ok(json!({ "total": listing.total(), "offset": page.offset, "letters": letters }))
 }
 
-fn dead_json(raw: &[u8]) -> Value {
+/// A dead letter as the page shows it.
+pub(super) fn dead_json(raw: &[u8]) -> Value {
     let text = |bytes: &[u8]| clip_to(&String::from_utf8_lossy(bytes), DEAD_TEXT);
     let Some(letter) = DeadLetter::parse(raw) else {
         return json!({ "event_id": null, "reason": "not an envelope stockq wrote", "entry": text(raw) });

@@ -1,6 +1,7 @@
 //! The operators' dashboard at `/admin` (docs/dashboard.md): the sale as charts and tables
-//! that update themselves, the dead letters' requeue and drop, and the replay of the dead
-//! letters of webhooks.
+//! that update themselves, the levers of a sale (a product's sale paused, deductions paused),
+//! the search of reservations and holds, the dead letters' requeue and drop (one, or all of a
+//! reason), the replay of the dead letters of webhooks, and the audit of every action.
 //!
 //! | route | answers |
 //! |---|---|
@@ -10,6 +11,10 @@
 //! | `GET /admin/api/state`, `GET /admin/api/books` | what the page polls ([`feed`]) |
 //! | `POST /admin/api/dead/<event_id>/requeue`, `.../drop` | the dead letters' actions ([`actions`]) |
 //! | `GET /admin/api/webhooks`, `POST /admin/api/webhooks/<id>/replay`, `.../replay-all` | the dead letters of webhooks, listed and replayed ([`webhooks`]) |
+//! | `GET /admin/api/dead/reasons`, `GET /admin/api/dead?reason=`, `POST /admin/api/dead/requeue-all`, `.../drop-all` | the dead letters by reason, and the actions on all of one ([`actions`]) |
+//! | `POST /admin/api/products/<id>/pause`, `.../resume`, `POST /admin/api/deductions/pause`, `.../resume`, `GET /admin/api/audit` | the levers of a sale, and the audit ([`levers`]) |
+//! | `GET /admin/api/search?event_id=`/`?buyer=`, `GET /admin/api/holds` | reservations found ([`search`]) |
+//! | `GET /admin/api/history` | the charts' last ten minutes, kept by this process ([`history`]) |
 //! | `GET /admin/dashboard.js`, `/admin/dashboard.css` | the page's script and style |
 //!
 //! Everything the browser needs is in the binary (`assets/`): no build step, nothing fetched
@@ -18,7 +23,10 @@
 
 mod actions;
 mod feed;
+mod history;
 mod latency;
+mod levers;
+mod search;
 mod session;
 mod webhooks;
 
@@ -64,6 +72,10 @@ pub(crate) struct Admin {
     /// Wrong login tokens per client.
     logins: Throttle,
     books: Arc<feed::BooksCache>,
+    /// The charts' last minutes.
+    history: Arc<history::History>,
+    /// Held by the search running in this process: one at a time.
+    searching: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Admin {
@@ -75,7 +87,8 @@ impl Admin {
     ) -> Admin {
         let sessions = Sessions::new(shards.first().clone(), token.clone());
         let (logins, books) = (Throttle::default(), Arc::default());
-        Admin { shards, ledger, token, latencies, sessions, logins, books }
+        let (history, searching) = (Arc::default(), Arc::default());
+        Admin { shards, ledger, token, latencies, sessions, logins, books, history, searching }
     }
 
     /// Refuses every admin route while no admin token is set, as the order service's API
@@ -93,8 +106,12 @@ impl Admin {
     }
 }
 
-/// The dashboard's routes.
+/// The dashboard's routes; while the dashboard is on, the charts are sampled for as long as
+/// the routes live ([`history`]).
 pub(crate) fn routes(admin: Admin) -> Router {
+    if admin.token.is_some() {
+        history::keep_sampling(&admin.history, admin.shards.clone(), admin.latencies.clone());
+    }
     Router::new()
         .route("/admin", get(page))
         .route("/admin/login", post(login))
@@ -108,6 +125,18 @@ pub(crate) fn routes(admin: Admin) -> Router {
         .route("/admin/api/webhooks", get(webhooks::list))
         .route("/admin/api/webhooks/{id}/replay", post(webhooks::replay))
         .route("/admin/api/webhooks/replay-all", post(webhooks::replay_all))
+        .route("/admin/api/dead", get(actions::list))
+        .route("/admin/api/dead/reasons", get(actions::reasons))
+        .route("/admin/api/dead/requeue-all", post(actions::requeue_all))
+        .route("/admin/api/dead/drop-all", post(actions::drop_all))
+        .route("/admin/api/products/{id}/pause", post(levers::pause_product))
+        .route("/admin/api/products/{id}/resume", post(levers::resume_product))
+        .route("/admin/api/deductions/pause", post(levers::pause_deductions))
+        .route("/admin/api/deductions/resume", post(levers::resume_deductions))
+        .route("/admin/api/audit", get(levers::audit))
+        .route("/admin/api/search", get(search::search))
+        .route("/admin/api/holds", get(search::holds))
+        .route("/admin/api/history", get(history::history))
         .layer(axum::middleware::map_response(harden))
         .with_state(admin)
 }

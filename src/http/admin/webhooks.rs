@@ -1,14 +1,17 @@
 //! The dead letters of webhooks on the dashboard (docs/webhooks.md): listed, and replayed one
 //! by one or all, as `stockq webhooks list` and `stockq webhooks replay` do. The list is a
-//! read that [`Operator`] admits; each replay is a POST that [`Action`] admits.
+//! read that [`Operator`] admits; each replay is a POST that [`Action`] admits, written to the
+//! audit as the command line writes it.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::levers::{audited, who};
 use super::{Action, Admin, Operator, unavailable};
 use crate::http::answer::{clip, error};
+use crate::http::client::Client;
 use crate::relay;
 
 /// The dead deliveries listed, newest first; `total` counts them all.
@@ -30,11 +33,21 @@ pub(super) async fn list(State(admin): State<Admin>, _: Operator) -> Response {
 /// `POST /admin/api/webhooks/<id>/replay`, `id` a delivery's (`<event_id>@<version>`) or an
 /// event id (all of its dead deliveries): 200 `{"replayed"}`; 404 when no dead delivery is
 /// that id; 400 for an id that cannot be one.
-pub(super) async fn replay(State(admin): State<Admin>, _: Action, Path(id): Path<String>) -> Response {
+pub(super) async fn replay(
+    State(admin): State<Admin>,
+    Action(session): Action,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(e) = validate_delivery_id(&id) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    match relay::replay(&admin.shards, Some(&id)).await {
+    let replayed = relay::replay(&admin.shards, Some(&id)).await;
+    // audited as the command line does, a replay of none too
+    if let Ok(n) = replayed {
+        audited(&admin, &who(&session, client), "webhooks replay", &format!("{id}: {n} replayed")).await;
+    }
+    match replayed {
         Ok(0) => error(
             StatusCode::NOT_FOUND,
             format!("no dead letter of webhooks is {id:?} (see `stockq webhooks list`)"),
@@ -48,10 +61,16 @@ pub(super) async fn replay(State(admin): State<Admin>, _: Action, Path(id): Path
 }
 
 /// `POST /admin/api/webhooks/replay-all`: 200 `{"replayed"}` (0 when there was none).
-pub(super) async fn replay_all(State(admin): State<Admin>, _: Action) -> Response {
+pub(super) async fn replay_all(
+    State(admin): State<Admin>,
+    Action(session): Action,
+    Extension(client): Extension<Client>,
+) -> Response {
     match relay::replay(&admin.shards, None).await {
         Ok(replayed) => {
             tracing::info!(replayed, "dashboard: every dead letter of webhooks replayed");
+            let detail = format!("all: {replayed} replayed");
+            audited(&admin, &who(&session, client), "webhooks replay", &detail).await;
             axum::Json(json!({ "replayed": replayed })).into_response()
         }
         Err(e) => unavailable("webhook replay failed", e),
