@@ -1,10 +1,16 @@
 //! The dashboard as an operator's console during a sale (docs/dashboard.md, docs/operations.md
-//! "Running a sale"): its routes over plain HTTP.
+//! "Running a sale"): a product's sale paused and resumed, deductions paused and resumed, a
+//! reservation found by its event id and by its buyer, the holds, the dead letters of one
+//! reason dropped at once, and every action in the audit under the dashboard's session. Over
+//! plain HTTP for the routes' refusals, and in a headless Chromium for the page.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::browser::{Browser, Page};
 use crate::dashboard::{ADMIN_TOKEN, Headers, csrf_of, log_in, start_serve};
 use crate::helpers::{TestEnv, http, terminate};
 
@@ -234,5 +240,386 @@ async fn dashboard_console_routes_need_a_session_and_actions_its_csrf_token_and_
     }
     assert_eq!(sample["reserve_counts"].as_array().unwrap().len(), 16, "{sample}");
     assert!(sample["end_to_end"].is_object(), "{sample}");
+    terminate(&mut serve).await;
+}
+
+/// Opens the dashboard in `browser` and logs in.
+async fn open_logged_in<'a>(browser: &'a Browser, port: u16, within: Duration) -> Page<'a> {
+    let page = browser.open(&format!("http://127.0.0.1:{port}/admin")).await;
+    page.wait_for("!!document.getElementById('login')", within, "the login form").await;
+    page.type_into("#token", ADMIN_TOKEN).await;
+    page.click("#login-button").await;
+    page.wait_for(
+        "document.querySelector('#status')?.classList.contains('ok')",
+        within,
+        "the live dashboard",
+    )
+    .await;
+    page
+}
+
+/// A number shown on the page (`1,234` → 1234).
+async fn shown(page: &Page<'_>, selector: &str) -> i64 {
+    page.text(selector).await.replace(',', "").parse().unwrap_or(-1)
+}
+
+/// Shoppers over HTTP until told to stop: round-robin over products 1..=3, each answer counted
+/// per product (201, 409 sold out, 423 paused).
+struct Shoppers {
+    stop: Arc<AtomicBool>,
+    reserved: Arc<[AtomicU64; 3]>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shoppers {
+    fn start(port: u16) -> Shoppers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reserved: Arc<[AtomicU64; 3]> = Arc::default();
+        let (flag, counts) = (stop.clone(), reserved.clone());
+        let task = tokio::spawn(async move {
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let product = i % 3 + 1;
+                let body = format!(r#"{{"product_id": {product}, "qty": 1}}"#);
+                let answer = http(port, "POST", "/reserve").json(&body).send().await;
+                match answer.status {
+                    201 => {
+                        counts[product - 1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    409 | 423 => {}
+                    other => panic!("POST /reserve {product}: {other} {}", answer.text()),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Shoppers { stop, reserved, task }
+    }
+
+    fn reserved(&self, product: usize) -> u64 {
+        self.reserved[product - 1].load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the shoppers");
+    }
+}
+
+/// During a sale, in Chromium: a product's sale paused by a click (asked first) is refused
+/// `paused`, counted on the page, while the other products sell and deductions go on; a
+/// product that sells out shows it; resumed, it sells again. Deductions paused from the page
+/// (asked first) raise the banner, `stockq stats` says so and pending grows; resumed, the
+/// banner goes and the workers drain it. The audit panel lists it all under the session.
+#[tokio::test]
+async fn dashboard_console_pauses_a_product_and_deductions_during_a_sale() {
+    let env = TestEnv::new().await;
+    env.stock(1, 5000).await;
+    env.stock(2, 5000).await;
+    env.stock(3, 40).await;
+    let within = Duration::from_secs(20);
+    let (mut serve, port) = start_serve(&env, Some(ADMIN_TOKEN)).await;
+    let mut worker = env.spawn(&["worker"]);
+    let browser = Browser::launch().await;
+    let page = open_logged_in(&browser, port, within).await;
+    let shoppers = Shoppers::start(port);
+
+    let row = |product: i64| format!("#books tr[data-product='{product}']");
+    let lever = |product: i64, action: &str| format!("{} button[data-action='{action}']", row(product));
+    let exists = |selector: &str| format!("!!document.querySelector(\"{selector}\")");
+    let refused = |product: i64| format!("#books td[data-refused='{product}']");
+    page.wait_for(&exists(&lever(2, "pause")), within, "product 2's Pause").await;
+    page.wait_for(
+        "Number(document.getElementById('applied').textContent.replace(/,/g, '')) > 0",
+        within,
+        "a deduction",
+    )
+    .await;
+
+    // asked first: told no, nothing is paused
+    page.eval("window.confirm = (asked) => { window.asked = asked; return false; }").await;
+    page.click(&lever(2, "pause")).await;
+    let asked = page.eval("window.asked").await;
+    assert!(asked.as_str().unwrap_or_default().contains("Pause the sale of product 2?"), "{asked}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stats(&env).await["paused_products"], json!([]));
+
+    page.eval("window.confirm = () => true").await;
+    page.click(&lever(2, "pause")).await;
+    page.wait_for(
+        &format!("document.querySelector(\"{} .badge.paused\")?.textContent === 'paused'", row(2)),
+        within,
+        "product 2 paused on the page",
+    )
+    .await;
+    page.wait_for(&exists(&lever(2, "resume")), within, "product 2's Resume").await;
+    let applied_at_pause = shown(&page, "#applied").await;
+    let reserved_at_pause = shoppers.reserved(2);
+    // refused while paused, counted by serve in Redis and shown, as deductions go on
+    page.wait_for(
+        &format!("/paused [1-9]/.test(document.querySelector(\"{}\")?.textContent)", refused(2)),
+        within,
+        "product 2's paused refusals on the page",
+    )
+    .await;
+    page.wait_for(
+        &format!(
+            "Number(document.getElementById('applied').textContent.replace(/,/g, '')) > {}",
+            applied_at_pause + 20
+        ),
+        within,
+        "deductions going on while product 2 is paused",
+    )
+    .await;
+    assert!(shoppers.reserved(2) <= reserved_at_pause + 1, "product 2 sold nothing while paused");
+    let counted = stats(&env).await;
+    assert!(counted["refusals"]["2"]["paused"].as_u64().unwrap_or(0) > 0, "{}", counted["refusals"]);
+    assert_eq!(counted["paused_products"][0]["product_id"], 2, "{}", counted["paused_products"]);
+    assert_eq!(counted["deductions_paused"], Value::Null);
+
+    // product 3 sells out: its refusals say so
+    page.wait_for(
+        &format!("/sold out [1-9]/.test(document.querySelector(\"{} .soldout\")?.textContent)", refused(3)),
+        within,
+        "product 3 sold out on the page",
+    )
+    .await;
+    page.wait_for(
+        &format!("!!document.querySelector(\"{} .badge.soldout\")", row(3)),
+        within,
+        "product 3's sold-out badge",
+    )
+    .await;
+
+    page.click(&lever(2, "resume")).await;
+    page.wait_for(&exists(&lever(2, "pause")), within, "product 2 selling again on the page").await;
+    assert!(!page.eval(&exists(&format!("{} .badge.paused", row(2)))).await.as_bool().unwrap());
+    let resumed_at = shoppers.reserved(2);
+    env.eventually(within, "product 2 sold again", || async { shoppers.reserved(2) > resumed_at + 5 }).await;
+    assert_eq!(stats(&env).await["paused_products"], json!([]));
+
+    // deductions: asked first; paused, the banner; resumed, gone
+    assert!(page.eval("document.getElementById('paused-banner').hidden").await.as_bool().unwrap());
+    page.eval("window.confirm = (asked) => { window.asked = asked; return false; }").await;
+    page.click("#deductions-pause").await;
+    assert!(page.eval("window.asked").await.as_str().unwrap_or_default().contains("Pause deductions?"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stats(&env).await["deductions_paused"], Value::Null, "told no");
+    page.eval("window.confirm = () => true").await;
+    page.click("#deductions-pause").await;
+    page.wait_for("!document.getElementById('paused-banner').hidden", within, "the banner").await;
+    let banner = page.text("#paused-text").await;
+    assert!(banner.starts_with("Deductions paused since "), "{banner}");
+    assert!(
+        banner.contains(" by dashboard:") && banner.contains("@127.0.0.1: workers claim nothing"),
+        "{banner}"
+    );
+    assert!(page.eval("document.getElementById('deductions-pause').hidden").await.as_bool().unwrap());
+    let paused = stats(&env).await["deductions_paused"].clone();
+    assert!(is_dashboard(paused["by"].as_str().unwrap_or_default()), "{paused}");
+    // reservations go on and wait: pending grows, nothing more is applied
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = stats(&env).await["counters"]["applied"].as_u64().unwrap();
+    page.wait_for(
+        "Number(document.getElementById('pending').textContent.replace(/,/g, '')) >= 30",
+        within,
+        "pending growing",
+    )
+    .await;
+    assert_eq!(
+        stats(&env).await["counters"]["applied"].as_u64().unwrap(),
+        applied,
+        "no deduction while paused"
+    );
+
+    page.click("#deductions-resume").await;
+    page.wait_for("document.getElementById('paused-banner').hidden", within, "the banner gone").await;
+    assert_eq!(stats(&env).await["deductions_paused"], Value::Null);
+    shoppers.stop().await;
+    page.wait_for("document.getElementById('pending').textContent === '0'", within, "pending drained").await;
+
+    // the audit panel: every action, newest first, under the session's name
+    let expected = [
+        ("resume", "deductions"),
+        ("pause", "deductions"),
+        ("stock resume", "product 2"),
+        ("stock pause", "product 2"),
+    ];
+    let rows = "[...document.querySelectorAll('#audit tbody tr')].map((tr) => [...tr.cells].map((td) => td.textContent))";
+    page.wait_for(&format!("{rows}.length >= 4 && {rows}[0][2] === 'resume'"), within, "the audit panel")
+        .await;
+    let listed = page.eval(rows).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    for (cells, (action, detail)) in listed.iter().zip(expected) {
+        assert_eq!((cells[2].as_str().unwrap(), cells[3].as_str().unwrap()), (action, detail), "{listed:?}");
+        assert!(is_dashboard(cells[1].as_str().unwrap()), "{cells}");
+        assert!(cells[0].as_str().unwrap().contains('/'), "when, with its date: {cells}");
+    }
+    env.assert_books_balance().await;
+
+    // reloaded, the page draws the charts' last minutes at once, as serve kept them
+    page.call("Page.reload", json!({})).await;
+    page.wait_for("document.querySelector('#status')?.classList.contains('ok')", within, "the page again")
+        .await;
+    let points = page
+        .eval("((document.querySelector('#chart-depth path')?.getAttribute('d') || '').match(/L/g) || []).length")
+        .await;
+    assert!(points.as_u64().unwrap_or(0) >= 5, "the charts' history drawn on load: {points} segments");
+
+    let errors = browser.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+    browser.close().await;
+    terminate(&mut worker).await;
+    terminate(&mut serve).await;
+}
+
+/// In Chromium: an order found by its event id and by its buyer, the holds with their
+/// deadlines, and the dead letters of one reason dropped at once (asked first, saying how
+/// many) while those of other reasons stay; the drop in the audit under the session.
+#[tokio::test]
+async fn dashboard_console_searches_orders_and_drops_the_dead_letters_of_a_reason() {
+    let env = TestEnv::new().await;
+    env.stock(1, 100).await;
+    let within = Duration::from_secs(20);
+    let (mut serve, port) = start_serve(&env, Some(ADMIN_TOKEN)).await;
+    for (event_id, buyer, hold) in
+        [("find-1", "b-42", ""), ("find-2", "b-42", r#", "hold": "10m""#), ("other-1", "b-7", "")]
+    {
+        let body =
+            format!(r#"{{"product_id": 1, "qty": 2, "event_id": "{event_id}", "buyer": "{buyer}"{hold}}}"#);
+        let answer = http(port, "POST", "/reserve").json(&body).send().await;
+        assert_eq!(answer.status, 201, "{}", answer.text());
+    }
+    // dead letters of three reasons: unknown product 77 (three), 78 (one), not an event (one)
+    for (id, product) in [("lost-1", 77), ("lost-2", 77), ("lost-3", 77), ("lost-4", 78)] {
+        env.push_raw(format!(r#"{{"event_id":"{id}","product_id":{product},"qty":1}}"#).as_bytes()).await;
+    }
+    env.push_raw(b"not an event").await;
+    env.drain(100).await;
+    assert_eq!(env.len("dead").await, 5);
+
+    let browser = Browser::launch().await;
+    let page = open_logged_in(&browser, port, within).await;
+
+    // the holds, due first, with their deadlines and the time left
+    page.wait_for("!!document.querySelector(\"#holds tr[data-id='find-2']\")", within, "the hold").await;
+    let hold = page
+        .eval(
+            "[...document.querySelectorAll(\"#holds tr[data-id='find-2'] td\")].map((td) => td.textContent)",
+        )
+        .await;
+    let hold: Vec<&str> = hold.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!((hold[0], hold[1], hold[2], hold[3]), ("find-2", "1", "2", "b-42"), "{hold:?}");
+    assert!(hold[4].contains('/') && hold[4].contains(':'), "the deadline, dated: {hold:?}");
+    assert!(hold[5].starts_with('9') && hold[5].contains("min"), "about ten minutes left: {hold:?}");
+    assert_eq!(page.text("#holds-summary").await, "1 held unpaid");
+
+    // an order by its event id
+    page.type_into("#search-text", "find-1").await;
+    page.click("#search-go").await;
+    page.wait_for("document.getElementById('search-result').dataset.found === 'applied'", within, "find-1")
+        .await;
+    let found = page.text("#search-result").await;
+    assert!(found.contains("find-1 · product 1 × 2 · buyer b-42"), "{found}");
+    assert!(found.contains("where: applied"), "{found}");
+    assert!(found.contains("1 outcome(s)"), "{found}");
+    assert_eq!(page.eval("document.querySelectorAll('#search-result tbody tr').length").await, 1);
+
+    // a buyer's orders: their outcomes and holds, nobody else's
+    page.eval("document.getElementById('search-kind').value = 'buyer'").await;
+    page.eval("document.getElementById('search-text').value = ''").await;
+    page.type_into("#search-text", "b-42").await;
+    page.click("#search-go").await;
+    page.wait_for("document.getElementById('search-result').dataset.found === 'buyer'", within, "b-42").await;
+    let found = page.text("#search-result").await;
+    assert!(found.starts_with("buyer b-42: 1 outcome(s), 1 held"), "{found}");
+    assert!(found.contains("find-1") && found.contains("find-2"), "{found}");
+    assert!(!found.contains("other-1"), "another buyer's order: {found}");
+    // an event id in the results searches it
+    page.click("#search-result a[data-search-event='find-2']").await;
+    page.wait_for("document.getElementById('search-result').dataset.found === 'held'", within, "find-2")
+        .await;
+    assert!(page.text("#search-result").await.contains("where: held unpaid until"));
+
+    // the dead letters of one reason: chosen, listed with their dates, all dropped at once
+    let choice = "[...document.getElementById('dead-reason').options].map((o) => o.textContent)";
+    page.wait_for(
+        &format!(
+            "{choice}.includes('unknown product 77 (3)') && {choice}.includes('unknown product 78 (1)')"
+        ),
+        within,
+        "the reasons, counted",
+    )
+    .await;
+    assert_eq!(page.eval(&format!("{choice}[0]")).await, "every reason (5)");
+    page.eval(
+        "(() => { const s = document.getElementById('dead-reason'); s.value = 'unknown product 77'; \
+         s.dispatchEvent(new Event('change')); })()",
+    )
+    .await;
+    page.wait_for(
+        "document.querySelectorAll('#dead tbody tr[data-id]').length === 3",
+        within,
+        "the three dead letters of the reason",
+    )
+    .await;
+    let summary = page.text("#dead-summary").await;
+    assert_eq!(summary, "3 whose reason holds “unknown product 77”");
+    let dates = page
+        .eval("[...document.querySelectorAll('#dead tbody tr')].map((tr) => tr.cells[4].textContent)")
+        .await;
+    for date in dates.as_array().unwrap() {
+        let date = date.as_str().unwrap();
+        assert!(date.contains('/') && date.contains(':'), "failed at, with its date: {date}");
+    }
+    page.eval("window.confirm = (asked) => { window.asked = asked; return false; }").await;
+    page.click("#dead-drop-all").await;
+    let asked = page.eval("window.asked").await;
+    assert_eq!(
+        asked.as_str().unwrap(),
+        "Drop all 3 dead letters whose reason holds “unknown product 77”? Their stock goes back on sale and their orders are cancelled."
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.len("dead").await, 5, "told no");
+    page.eval("window.confirm = () => true").await;
+    page.click("#dead-drop-all").await;
+    env.eventually(within, "the reason's dead letters dropped", || async { env.len("dead").await == 2 })
+        .await;
+    let left: Vec<String> =
+        env.dead_letters().await.iter().map(|l| l["reason"].as_str().unwrap().to_string()).collect();
+    assert!(left.contains(&"unknown product 78".to_string()), "{left:?}");
+    assert!(!left.iter().any(|r| r.contains("unknown product 77")), "{left:?}");
+    page.wait_for(
+        "document.querySelector('#dead td.empty')?.textContent === 'none'",
+        within,
+        "none left of it",
+    )
+    .await;
+
+    // back to every reason: the other two, with their actions
+    page.eval(
+        "(() => { const s = document.getElementById('dead-reason'); s.value = ''; \
+         s.dispatchEvent(new Event('change')); })()",
+    )
+    .await;
+    page.wait_for("document.getElementById('dead-summary').textContent === '2 in all'", within, "the rest")
+        .await;
+    page.wait_for("!!document.querySelector(\"#dead tr[data-id='lost-4']\")", within, "lost-4's row").await;
+
+    // the drop in the audit panel, under the session's name
+    let first = "[...document.querySelectorAll('#audit tbody tr')][0]?.cells";
+    page.wait_for(&format!("{first}?.[2].textContent === 'dead drop'"), within, "the drop in the audit")
+        .await;
+    let detail = page.eval(&format!("{first}[3].textContent")).await;
+    assert!(detail.as_str().unwrap().starts_with(r#"reason "unknown product 77": 3 dropped, "#), "{detail}");
+    let who = page.eval(&format!("{first}[1].textContent")).await;
+    assert!(is_dashboard(who.as_str().unwrap()), "{who}");
+    let cli = audit(&env).await;
+    assert_eq!((cli[0]["action"].as_str(), &cli[0]["who"]), (Some("dead drop"), &who));
+
+    let errors = browser.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+    browser.close().await;
     terminate(&mut serve).await;
 }
