@@ -416,7 +416,8 @@ async fn busy_shopper(port: u16, products: i64, until: std::time::Instant) {
 
 /// Takes the README's picture, docs/dashboard.png, during a sale the size of `stockq demo`'s
 /// (200 products, tens of thousands of reservations, two workers that start late, a janitor,
-/// a drift and a few dead letters). By hand, about 90 s:
+/// a drift, a few dead letters, a product paused from the page and a buyer looked up). By
+/// hand, about 70 s:
 /// `cargo test --test it dashboard_screenshot -- --ignored`.
 #[tokio::test]
 #[ignore = "takes the README's screenshot: run by hand"]
@@ -426,6 +427,7 @@ async fn dashboard_screenshot() {
     for product in 1..=PRODUCTS {
         env.stock(product, 300).await;
     }
+    env.stock(5, 60).await; // sells out: its refusals show it
     let (mut serve, port) = start_serve(&env, Some(ADMIN_TOKEN)).await;
     let browser = Browser::launch().await;
     let page = browser.open(&format!("http://127.0.0.1:{port}/admin")).await;
@@ -434,6 +436,12 @@ async fn dashboard_screenshot() {
     page.click("#login-button").await;
     page.wait_for("!!document.getElementById('dashboard')", Duration::from_secs(10), "the dashboard").await;
 
+    // a buyer's orders to search for: one paid, one held
+    for (event_id, hold) in [("order-1001", ""), ("order-1002", r#", "hold": "10m""#)] {
+        let body =
+            format!(r#"{{"product_id": 3, "qty": 1, "event_id": "{event_id}", "buyer": "b-42"{hold}}}"#);
+        assert_eq!(http(port, "POST", "/reserve").json(&body).send().await.status, 201);
+    }
     let mut janitor = env.spawn(&["janitor"]);
     let until = std::time::Instant::now() + Duration::from_secs(70);
     let shoppers: Vec<_> = (0..8).map(|_| tokio::spawn(busy_shopper(port, PRODUCTS, until))).collect();
@@ -445,7 +453,22 @@ async fn dashboard_screenshot() {
     }
     env.push_raw(b"not an event").await;
     sqlx::query("UPDATE products SET stock = stock + 3 WHERE id = 42").execute(&env.mysql).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(45)).await;
+    // an operator pauses product 7 from the page, and looks a buyer up
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let pause = "#books tr[data-product='7'] button[data-action='pause']";
+    page.wait_for(
+        &format!("!!document.querySelector(\"{pause}\")"),
+        Duration::from_secs(20),
+        "product 7's row",
+    )
+    .await;
+    page.eval("window.confirm = () => true").await;
+    page.click(pause).await;
+    page.eval("document.getElementById('search-kind').value = 'buyer'").await;
+    page.type_into("#search-text", "b-42").await;
+    page.click("#search-go").await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    page.eval("window.scrollTo(0, 0)").await;
 
     let png = page.screenshot().await;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/dashboard.png");

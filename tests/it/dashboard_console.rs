@@ -322,6 +322,20 @@ async fn dashboard_console_pauses_a_product_and_deductions_during_a_sale() {
     let mut worker = env.spawn(&["worker"]);
     let browser = Browser::launch().await;
     let page = open_logged_in(&browser, port, within).await;
+    // the tiles show their whole text, "consistent" too, on one line
+    page.wait_for(
+        "document.getElementById('books-state').textContent === 'consistent'",
+        within,
+        "the books' tile",
+    )
+    .await;
+    let cut = page
+        .eval(
+            "[...document.querySelectorAll('.tile .value')].filter((v) => v.scrollWidth > v.clientWidth \
+             || v.offsetHeight > document.getElementById('pending').offsetHeight).map((v) => v.id)",
+        )
+        .await;
+    assert_eq!(cut, json!([]), "tiles cut off or wrapped");
     let shoppers = Shoppers::start(port);
 
     let row = |product: i64| format!("#books tr[data-product='{product}']");
