@@ -82,8 +82,8 @@ impl Sessions {
     /// session once the token changed (a leaked token rotated ends its sessions), and tells a
     /// reader of Redis nothing about the token without the id, which Redis does not hold.
     fn token_tag(&self, id: &str) -> String {
-        let mut mac =
-            hmac::Hmac::<sha2::Sha256>::new_from_slice(id.as_bytes()).expect("HMAC takes a key of any length");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(id.as_bytes())
+            .expect("HMAC takes a key of any length");
         mac.update(b"stockq admin token:");
         mac.update(self.token.as_ref().map_or("", |t| t.expose()).as_bytes());
         hex::encode(mac.finalize().into_bytes())
