@@ -118,7 +118,8 @@ elseif mode == 'dead' then
 elseif mode == 'replay' then
   local due, since, list, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local event_id, dead_letter, delivery, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  if redis.call('LREM', dead, 1, dead_letter) == 0 then return 0 end
+  -- from the tail: a replay of them all takes the oldest first
+  if redis.call('LREM', dead, -1, dead_letter) == 0 then return 0 end
   redis.call('LPUSH', list, delivery)
   redis.call('ZADD', due, now, event_id)
   redis.call('ZADD', since, since_of(delivery), event_id)

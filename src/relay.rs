@@ -200,7 +200,7 @@ impl Relay {
 
     /// Delivers until `shutdown`, then waits for the deliveries under way.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
-        tracing::info!(url = %self.settings.url, "relaying outcomes");
+        tracing::info!(to = %origin_of(self.settings.url.expose()), "relaying outcomes");
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = JoinSet::new();
         let mut backoff = Backoff::new();
@@ -374,6 +374,12 @@ async fn send(
     }
 }
 
+/// Where deliveries go, as a log may say it: scheme, host and port only (a URL may carry a
+/// token as its user, its path or its query).
+fn origin_of(url: &str) -> String {
+    url::Url::parse(url).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| "the webhook".into())
+}
+
 /// An error and its causes on one line ("error sending request: connection refused").
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -455,13 +461,11 @@ pub struct WebhookDeadLetter {
     pub error: String,
     pub body: Value,
     #[serde(skip)]
-    shard: usize,
-    #[serde(skip)]
     raw: String,
 }
 
 impl WebhookDeadLetter {
-    fn parse(shard: usize, raw: String) -> Option<WebhookDeadLetter> {
+    fn parse(raw: String) -> Option<WebhookDeadLetter> {
         let v: Value = serde_json::from_str(&raw).ok()?;
         let text = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_string);
         let number = |name: &str| v.get(name).and_then(Value::as_u64).unwrap_or(0);
@@ -473,50 +477,74 @@ impl WebhookDeadLetter {
             died_at: number("died_at"),
             error: text("error").unwrap_or_default(),
             body: v.get("body").cloned().unwrap_or(Value::Null),
-            shard,
             raw,
         })
     }
 }
 
-/// Every dead letter of webhooks, newest first per shard.
-pub async fn dead_letters(shards: &Shards) -> Result<Vec<WebhookDeadLetter>> {
-    let mut all = Vec::new();
-    for (shard, queue) in shards.all().iter().enumerate() {
-        for raw in queue.webhook_dead_letters().await? {
-            match WebhookDeadLetter::parse(shard, raw) {
-                Some(letter) => all.push(letter),
-                None => tracing::warn!(shard, "an unreadable dead letter of webhooks is left in place"),
-            }
-        }
+/// Dead letters of webhooks read per call.
+const DEAD_CHUNK: usize = 1000;
+/// Dead letters of webhooks looked at per shard by one replay (run it again for more).
+pub const REPLAY_BUDGET: usize = 100_000;
+
+/// The newest `limit` dead letters of webhooks (newest first), and how many there are in all.
+/// Reads `limit` of each shard at most: a list of millions is never read whole.
+pub async fn dead_letters(shards: &Shards, limit: usize) -> Result<(Vec<WebhookDeadLetter>, u64)> {
+    let (mut all, mut total) = (Vec::new(), 0);
+    let stop = limit.min(isize::MAX as usize).saturating_sub(1) as isize;
+    for queue in shards.all() {
+        let (raws, len) = queue.webhook_dead_letters(0, stop).await?;
+        total += len;
+        all.extend(raws.into_iter().filter_map(WebhookDeadLetter::parse));
     }
     all.sort_by_key(|l| std::cmp::Reverse(l.died_at));
-    Ok(all)
+    all.truncate(limit);
+    Ok((all, total))
 }
 
 /// Sends dead letters of webhooks again: the one whose delivery id (or reservation) is `id`,
 /// or every one when `id` is `None`. Each goes back in front of its reservation's
-/// deliveries, tried anew (attempts and retry time from zero). Returns how many.
+/// deliveries, tried anew (attempts and retry time from zero). Looks at the newest
+/// [`REPLAY_BUDGET`] of each shard. Returns how many it replayed.
 pub async fn replay(shards: &Shards, id: Option<&str>) -> Result<u64> {
     let mut replayed = 0;
-    for letter in dead_letters(shards).await? {
-        if id.is_some_and(|id| id != letter.id && id != letter.event_id) {
-            continue;
+    for (shard, queue) in shards.all().iter().enumerate() {
+        // the letters chosen first, then replayed: a replay removes its letter, which would
+        // move the positions still to read
+        let mut chosen = Vec::new();
+        let mut pos = 0;
+        while pos < REPLAY_BUDGET {
+            let (raws, _) = queue.webhook_dead_letters(pos as isize, (pos + DEAD_CHUNK - 1) as isize).await?;
+            pos += raws.len();
+            let short = raws.len() < DEAD_CHUNK;
+            for raw in raws {
+                match WebhookDeadLetter::parse(raw) {
+                    Some(l) if id.is_none_or(|id| id == l.id || id == l.event_id) => chosen.push(l),
+                    Some(_) => {}
+                    None => tracing::warn!(shard, "an unreadable dead letter of webhooks is left in place"),
+                }
+            }
+            if short {
+                break;
+            }
         }
-        let at = serde_json::from_str::<Value>(&letter.raw)
-            .ok()
-            .and_then(|v| v.get("at").and_then(Value::as_i64))
-            .unwrap_or_else(|| now_ms() as i64);
-        let body = match &letter.body {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let queue = &shards.all()[letter.shard];
-        if queue
-            .webhook_replay(&letter.event_id, &letter.raw, &Delivery::new(at, body).text(), now_ms())
-            .await?
-        {
-            replayed += 1;
+        // oldest first: each goes to the front of its reservation's deliveries, so that a
+        // reservation's letters end up in the order they died in
+        for letter in chosen.into_iter().rev() {
+            let at = serde_json::from_str::<Value>(&letter.raw)
+                .ok()
+                .and_then(|v| v.get("at").and_then(Value::as_i64))
+                .unwrap_or_else(|| now_ms() as i64);
+            let body = match &letter.body {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if queue
+                .webhook_replay(&letter.event_id, &letter.raw, &Delivery::new(at, body).text(), now_ms())
+                .await?
+            {
+                replayed += 1;
+            }
         }
     }
     Ok(replayed)

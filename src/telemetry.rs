@@ -410,9 +410,30 @@ pub(crate) mod metrics {
             }
         }
 
-        /// Whether this process exports the group (it holds the lease).
+        fn renewed(self) -> &'static std::sync::Mutex<Option<std::time::Instant>> {
+            static QUEUE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+            static WEBHOOKS: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+            match self {
+                Reporter::Queue => &QUEUE,
+                Reporter::Webhooks => &WEBHOOKS,
+            }
+        }
+
+        /// Whether this process exports the group (it holds the lease, renewed now).
         pub(crate) fn set(self, holds: bool) {
             self.flag().store(holds, std::sync::atomic::Ordering::Relaxed);
+            if holds {
+                *self.renewed().lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            }
+        }
+
+        /// A renewal failed: the group is no longer exported once `lease` has passed since the
+        /// last renewal.
+        pub(crate) fn lapse_after(self, lease: Duration) {
+            let renewed = *self.renewed().lock().unwrap_or_else(|e| e.into_inner());
+            if renewed.is_none_or(|at| at.elapsed() >= lease) {
+                self.flag().store(false, std::sync::atomic::Ordering::Relaxed);
+            }
         }
 
         fn holds(self) -> bool {

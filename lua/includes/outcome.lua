@@ -10,16 +10,17 @@
 --     Appends one entry: event_id, state, product_id, qty, then seq, buyer, reason and
 --     reserved_at when known (nil or '' when not), then at and version. Values are strings: a
 --     number passed to Redis is formatted on every call. `version` is the record's after the
---     transition (record.lua); nil when the record is gone (it expired, or the id was used
---     again), and the entry then carries `at`, the clock in ms: above any count of
---     transitions, so that a consumer still takes it as the newest.
+--     transition (record.lua); nil for an entry that is not the record's own reservation (a
+--     copy pushed by hand, ended `duplicate`; a record that is gone), which then carries
+--     version 0: it claims to be newer than nothing. (A refund after the record expired
+--     brings a record back with the clock as its version: cancel.lua.)
 
 local function trim_outcomes(stream, maxlen)
   redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
 end
 
 local function announce(stream, event_id, state, product_id, qty, seq, buyer, reason, reserved_at, at, version)
-  version = version or at
+  version = version or '0'
   if seq and seq ~= '' and reserved_at and reserved_at ~= '' and (not reason or reason == '') then
     -- the usual entry, passed as it is: a table per entry costs more than the XADD's own work
     if buyer and buyer ~= '' then

@@ -34,49 +34,28 @@ pub(crate) async fn audit_entries(shards: &Shards, count: usize) -> Result<Vec<A
 /// false when it was paused already.
 pub(crate) async fn pause_product(shards: &Shards, product_id: i64, who: &str) -> Result<bool> {
     known(shards, product_id).await?;
-    let was = product_paused(shards, product_id).await?;
-    if was.is_none() {
-        let since = crate::backoff::now_ms() as i64;
-        for queue in shards.all() {
-            queue.set_product_paused(product_id, Some(since)).await?;
-        }
+    // every shard, whatever the first said: a pause cut short by an error is completed by the
+    // next one (each shard keeps the time of its first)
+    let since = crate::backoff::now_ms() as i64;
+    let mut changed = false;
+    for queue in shards.all() {
+        changed |= queue.set_product_paused(product_id, Some(since)).await?;
     }
-    audit(
-        shards,
-        who,
-        "stock pause",
-        &format!("product {product_id}{}", if was.is_some() { " (already paused)" } else { "" }),
-    )
-    .await?;
-    Ok(was.is_none())
+    let detail = format!("product {product_id}{}", if changed { "" } else { " (already paused)" });
+    audit(shards, who, "stock pause", &detail).await?;
+    Ok(changed)
 }
 
 /// Resumes the sale of `product_id`. Returns false when it was not paused.
 pub(crate) async fn resume_product(shards: &Shards, product_id: i64, who: &str) -> Result<bool> {
     known(shards, product_id).await?;
-    let was = product_paused(shards, product_id).await?;
+    let mut changed = false;
     for queue in shards.all() {
-        queue.set_product_paused(product_id, None).await?;
+        changed |= queue.set_product_paused(product_id, None).await?;
     }
-    audit(
-        shards,
-        who,
-        "stock resume",
-        &format!("product {product_id}{}", if was.is_none() { " (was not paused)" } else { "" }),
-    )
-    .await?;
-    Ok(was.is_some())
-}
-
-/// Since when `product_id`'s sale is paused (unix ms), if it is.
-pub(crate) async fn product_paused(shards: &Shards, product_id: i64) -> Result<Option<i64>> {
-    Ok(shards
-        .for_product(product_id)
-        .paused_products()
-        .await?
-        .into_iter()
-        .find(|(p, _)| *p == product_id)
-        .map(|(_, s)| s))
+    let detail = format!("product {product_id}{}", if changed { "" } else { " (was not paused)" });
+    audit(shards, who, "stock resume", &detail).await?;
+    Ok(changed)
 }
 
 /// Every product whose sale is paused, with since when.
@@ -99,6 +78,9 @@ pub(crate) async fn pause_deductions(shards: &Shards, who: &str) -> Result<bool>
     let was = shards.first().deductions_paused().await?;
     if was.is_none() {
         shards.first().set_deductions_paused(Some((crate::backoff::now_ms() as i64, who))).await?;
+        // every worker has read it once this returns: none starts a batch after it (one it
+        // had begun finishes)
+        tokio::time::sleep(crate::worker::PAUSE_LOOK_EVERY + std::time::Duration::from_millis(50)).await;
     }
     audit(shards, who, "pause", if was.is_some() { "deductions (already paused)" } else { "deductions" })
         .await?;

@@ -327,6 +327,9 @@ pub(crate) enum WebhooksCommand {
         /// One JSON object on stdout: {"total", "dead": [...]}
         #[arg(long)]
         json: bool,
+        /// Dead deliveries shown, newest first; 0 shows all
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = page_size())]
+        limit: u64,
     },
     /// Send dead deliveries again, each in front of its reservation's outcomes
     Replay(WebhookSelection),
@@ -496,7 +499,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Dead(DeadCommand::Requeue(which)) => dead::requeue(settings, &which).await,
         Command::Dead(DeadCommand::Drop(which)) => dead::drop(settings, &which).await,
         Command::Relay(args) => processes::relay(settings, &args).await,
-        Command::Webhooks(WebhooksCommand::List { json }) => webhooks::list(settings, json).await,
+        Command::Webhooks(WebhooksCommand::List { json, limit }) => {
+            webhooks::list(settings, json, if limit == 0 { usize::MAX } else { limit as usize }).await
+        }
         Command::Webhooks(WebhooksCommand::Replay(which)) => {
             webhooks::replay(settings, which.id.as_deref().filter(|_| !which.all)).await
         }

@@ -5,15 +5,15 @@ use crate::error::{Error, Result};
 use crate::queue::Shards;
 use crate::relay;
 
-/// `stockq webhooks list [--json]`
-pub(super) async fn list(settings: &Settings, json: bool) -> Result<u8> {
+/// `stockq webhooks list [--json] [--limit N]`: the newest N (0: every one).
+pub(super) async fn list(settings: &Settings, json: bool, limit: usize) -> Result<u8> {
     let shards = Shards::connect(settings).await?;
-    let letters = relay::dead_letters(&shards).await?;
+    let (letters, total) = relay::dead_letters(&shards, limit).await?;
     if json {
-        outln!("{}", serde_json::json!({"total": letters.len(), "dead": letters}));
+        outln!("{}", serde_json::json!({"total": total, "dead": letters}));
         return Ok(0);
     }
-    outln!("{} dead deliveries", letters.len());
+    outln!("{total} dead deliveries");
     for l in &letters {
         let state = l.body.get("state").and_then(|s| s.as_str()).unwrap_or("?");
         outln!(

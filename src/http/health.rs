@@ -185,7 +185,12 @@ pub(crate) fn process_tag() -> String {
 pub(crate) async fn report_if_elected(shards: &Shards, group: m::Reporter, me: &str) {
     match shards.first().hold_reporter(group.name(), me).await {
         Ok(holds) => group.set(holds),
-        Err(e) => tracing::debug!(error = %e, "could not renew the metrics reporter's lease"),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not renew the metrics reporter's lease");
+            // past its lease another process may report: this one stops, so that a sum over
+            // processes never counts the queue twice (or adds a NaN)
+            group.lapse_after(crate::queue::REPORTER_LEASE);
+        }
     }
 }
 

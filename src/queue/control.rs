@@ -40,22 +40,19 @@ pub struct AuditEntry {
 
 impl Queue {
     /// Pauses (or resumes) the sale of `product_id` in this shard: reservations of it are
-    /// refused `paused`, nothing taken; everything else about it carries on.
-    pub(crate) async fn set_product_paused(&self, product_id: i64, since: Option<i64>) -> Result<()> {
+    /// refused `paused`, nothing taken; everything else about it carries on. A pause keeps the
+    /// time of one made before. True when this call changed the shard.
+    pub(crate) async fn set_product_paused(&self, product_id: i64, since: Option<i64>) -> Result<bool> {
         let mut conn = self.conn();
         let key = self.keys.limits();
-        match since {
+        let changed: i64 = match since {
             Some(since) => {
-                let () =
-                    bounded("redis (pause)", CALL_TIMEOUT, conn.hset(key, paused_field(product_id), since))
-                        .await?;
+                bounded("redis (pause)", CALL_TIMEOUT, conn.hset_nx(key, paused_field(product_id), since))
+                    .await?
             }
-            None => {
-                let _: i64 =
-                    bounded("redis (resume)", CALL_TIMEOUT, conn.hdel(key, paused_field(product_id))).await?;
-            }
-        }
-        Ok(())
+            None => bounded("redis (resume)", CALL_TIMEOUT, conn.hdel(key, paused_field(product_id))).await?,
+        };
+        Ok(changed > 0)
     }
 
     /// Every product whose sale is paused in this shard, with since when (unix ms).

@@ -3,8 +3,6 @@
 //! ones being tried, and the dead letters of webhooks. What a delivery says and how it is
 //! sent is `crate::relay`'s.
 
-use redis::AsyncCommands;
-
 use super::{CALL_TIMEOUT, Queue, StreamEntry, scripts};
 use crate::error::{Result, bounded};
 
@@ -222,11 +220,17 @@ impl Queue {
         Ok(self.invoke::<i64>("redis (webhook replay)", &invocation).await? == 1)
     }
 
-    /// Every dead letter of webhooks in this shard, newest first.
-    pub(crate) async fn webhook_dead_letters(&self) -> Result<Vec<String>> {
+    /// The dead letters of webhooks at positions `start..=stop` of this shard's list (newest
+    /// first), and how many there are.
+    pub(crate) async fn webhook_dead_letters(&self, start: isize, stop: isize) -> Result<(Vec<String>, u64)> {
         let mut conn = self.conn();
-        bounded("redis (webhook dead letters)", CALL_TIMEOUT, conn.lrange(self.keys.webhooks_dead(), 0, -1))
-            .await
+        let key = self.keys.webhooks_dead();
+        bounded(
+            "redis (webhook dead letters)",
+            CALL_TIMEOUT,
+            redis::pipe().lrange(&key, start, stop).llen(&key).query_async(&mut conn),
+        )
+        .await
     }
 
     /// What waits to be delivered in this shard.

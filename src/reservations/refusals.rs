@@ -18,6 +18,9 @@ use crate::queue::Shards;
 /// How often a process adds what it counted to Redis.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// The product the refusals of unknown products are counted under, all together.
+pub(crate) const UNKNOWN_PRODUCTS: i64 = 0;
+
 /// The kinds of refusal, as `{q}:refusals` and the status names them.
 pub(crate) const KINDS: [&str; 4] = ["sold_out", "limit", "paused", "unknown_product"];
 
@@ -34,9 +37,12 @@ fn kind(answer: &Reservation) -> Option<&'static str> {
     }
 }
 
-/// Counts `answer` against `product_id` when it is a refusal.
+/// Counts `answer` against `product_id` when it is a refusal. Unknown products are counted
+/// together, under product 0: anyone may ask for any id, and one field per id asked would let
+/// them fill Redis.
 pub(crate) fn note(product_id: i64, answer: &Reservation) {
     if let Some(kind) = kind(answer) {
+        let product_id = if kind == "unknown_product" { UNKNOWN_PRODUCTS } else { product_id };
         let mut counted = COUNTED.lock().unwrap_or_else(|e| e.into_inner());
         *counted.get_or_insert_with(HashMap::new).entry((product_id, kind)).or_default() += 1;
     }

@@ -96,6 +96,11 @@ const REFILL_FOR: std::time::Duration = std::time::Duration::from_millis(1500);
 /// before looking again: doubling from the first to the longest.
 const REFILL_AGAIN: std::time::Duration = std::time::Duration::from_millis(2);
 const REFILL_AGAIN_LONGEST: std::time::Duration = std::time::Duration::from_millis(50);
+/// Rounds of refill a shopper waits at most: with the waits above, about the time a route
+/// takes to change, and few enough that the refused shoppers of a sell-out with units stuck
+/// on their way (a transfer cut by a crash, until the janitor finishes it) do not multiply
+/// Redis's work.
+const MAX_REFILLS: usize = 40;
 
 /// Reserves what `request` asks for in the bucket its product's shards route it to
 /// (`Shards::route`): its product's own shard, or for a spread product the bucket of its
@@ -118,7 +123,7 @@ async fn reserve_routed_uncounted(
     let mut wait = REFILL_AGAIN;
     // a bucket refilled may be emptied by other shoppers before this one's turn: again, until
     // the other buckets are empty (each refill takes half the richest, so this ends quickly)
-    loop {
+    for _ in 0..MAX_REFILLS {
         let Reservation::SoldOut { available } = answer else { return Ok(answer) };
         if !shards.is_spread(request.product_id).await {
             return Ok(answer);
@@ -146,6 +151,7 @@ async fn reserve_routed_uncounted(
         }
         answer = reserve_held(queue, request).await?;
     }
+    let Reservation::SoldOut { .. } = answer else { return Ok(answer) };
     let total = crate::spread::total_stock(shards, request.product_id).await?.unwrap_or(0);
     Ok(Reservation::SoldOut { available: total })
 }

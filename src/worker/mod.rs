@@ -147,7 +147,7 @@ pub struct Worker {
 
 /// How long a worker trusts what it read of `stockq pause`: the longest a pause takes to
 /// stop its claims, and a resume to start them.
-const PAUSE_LOOK_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const PAUSE_LOOK_EVERY: Duration = Duration::from_millis(250);
 
 impl Worker {
     pub fn new(shards: impl Into<Shards>, ledger: Ledger, options: WorkerOptions) -> Result<Worker> {

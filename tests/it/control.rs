@@ -53,6 +53,13 @@ async fn a_paused_product_refuses_reservations_while_everything_else_goes_on() {
         refusals().await["1"]["paused"] == 2
     })
     .await;
+    // unknown products are counted together, under product 0: one field whatever the ids
+    for product in ["901", "902"] {
+        assert_eq!(env.run(&["reserve", product, "1"]).await.0, 4);
+    }
+    let counted = refusals().await;
+    assert_eq!(counted["0"]["unknown_product"], 2, "{counted}");
+    assert!(counted.get("901").is_none(), "{counted}");
 
     // the product's life goes on: a hold confirmed, queued events deducted, a cancel
     assert_eq!(stockq::confirm(&env.shards(), "held").await.unwrap(), Confirm::Queued);

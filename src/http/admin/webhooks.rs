@@ -20,12 +20,8 @@ const WEBHOOKS_SHOWN: usize = 100;
 /// `GET /admin/api/webhooks`: 200 `{"total", "dead": [...]}`, the newest [`WEBHOOKS_SHOWN`]
 /// dead letters of webhooks as `stockq webhooks list --json` shows them.
 pub(super) async fn list(State(admin): State<Admin>, _: Operator) -> Response {
-    match relay::dead_letters(&admin.shards).await {
-        Ok(mut letters) => {
-            let total = letters.len();
-            letters.truncate(WEBHOOKS_SHOWN);
-            axum::Json(json!({ "total": total, "dead": letters })).into_response()
-        }
+    match relay::dead_letters(&admin.shards, WEBHOOKS_SHOWN).await {
+        Ok((letters, total)) => axum::Json(json!({ "total": total, "dead": letters })).into_response(),
         Err(e) => unavailable("dashboard webhooks failed", e),
     }
 }
