@@ -47,7 +47,9 @@ local event_id, qty, seq, buyer, reserved_at, state, reason = ARGV[8], ARGV[10],
   ARGV[13], ARGV[14], ARGV[15]
 
 trim_outcomes(outcomes, ARGV[7])
-if redis.call('LREM', dead, 1, envelope) == 0 then
+-- searched from the tail: `dead drop --all` and its kin sweep the oldest first, so that each
+-- removal finds its letter at once instead of reading the whole list
+if redis.call('LREM', dead, -1, envelope) == 0 then
   return 0
 end
 local is_event = event_id and event_id ~= ''

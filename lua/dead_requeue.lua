@@ -18,7 +18,8 @@
 --- @include "clock"
 --- @include "record"
 
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+-- searched from the tail, where a sweep of them all takes them (the oldest first)
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then
   return 0
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
