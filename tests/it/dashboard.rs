@@ -234,12 +234,7 @@ async fn dashboard_in_a_browser_replays_dead_letters_of_webhooks() {
     let within = Duration::from_secs(20);
     let mut relay = failing_relay(&env);
     let mut redis = env.redis.clone();
-    let cursor = env.key("webhooks:cursor");
-    env.eventually(within, "the relays' cursor", || {
-        let (mut redis, cursor) = (redis.clone(), cursor.clone());
-        async move { redis::AsyncCommands::exists::<_, bool>(&mut redis, &cursor).await.unwrap() }
-    })
-    .await;
+    crate::relay::started(&env).await;
     env.reserve_ok(1, 1, "hook-1").await;
     env.reserve_ok(1, 2, "hook-2").await;
     env.drain(10).await;

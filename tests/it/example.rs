@@ -88,16 +88,7 @@ async fn the_python_order_service_example_tells_every_story_to_its_end() {
         .spawn()
         .expect("spawn relay");
     // the relay delivers the outcomes written after its cursor is set
-    let c = env.redis.clone();
-    env.eventually(Duration::from_secs(10), "the relays' cursor", || {
-        let mut c = c.clone();
-        async move {
-            let n: i64 =
-                redis::cmd("EXISTS").arg(env.key("webhooks:cursor")).query_async(&mut c).await.unwrap();
-            n == 1
-        }
-    })
-    .await;
+    crate::relay::started(env).await;
 
     // 30 orders: 21 paid and shipped, 3 refunded after shipping, 3 declined, 3 paid too late
     let (code, lines, said) = order_service(&db, port, &["run", "--orders", "30", "--timeout", "45"]).await;

@@ -89,7 +89,7 @@ fn relay(env: &TestEnv, addr: SocketAddr, extra: &[(&str, &str)]) -> tokio::proc
 }
 
 /// Waits until the relays' cursor is set: outcomes before it are not delivered.
-async fn started(env: &TestEnv) {
+pub(crate) async fn started(env: &TestEnv) {
     let c = env.redis.clone();
     env.eventually(Duration::from_secs(10), "the relays' cursor", || {
         let mut c = c.clone();
