@@ -335,11 +335,25 @@ impl Queue {
         key: String,
         count: usize,
     ) -> Result<Vec<StreamEntry>> {
+        self.stream_range(what, "XREVRANGE", key, "+", "-", count).await
+    }
+
+    /// Up to `count` entries of the stream `key` from `start` to `end`, with `command` (XRANGE
+    /// oldest first, XREVRANGE newest first, `end` before `start`).
+    async fn stream_range(
+        &self,
+        what: &'static str,
+        command: &str,
+        key: String,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>> {
         let mut conn = self.conn();
         let raw: RawEntries = bounded(
             what,
             CALL_TIMEOUT,
-            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(count).query_async(&mut conn),
+            redis::cmd(command).arg(key).arg(start).arg(end).arg("COUNT").arg(count).query_async(&mut conn),
         )
         .await?;
         Ok(entries(raw))
@@ -353,20 +367,7 @@ impl Queue {
         count: usize,
     ) -> Result<Vec<StreamEntry>> {
         let end = before.map_or_else(|| "+".to_string(), |id| format!("({id}"));
-        let mut conn = self.conn();
-        let raw: RawEntries = bounded(
-            "redis (outcomes)",
-            CALL_TIMEOUT,
-            redis::cmd("XREVRANGE")
-                .arg(self.keys.outcomes())
-                .arg(end)
-                .arg("-")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn),
-        )
-        .await?;
-        Ok(entries(raw))
+        self.stream_range("redis (outcomes)", "XREVRANGE", self.keys.outcomes(), &end, "-", count).await
     }
 
     /// The held reservations of this shard whose deadlines come first: (event id, deadline
@@ -394,20 +395,7 @@ impl Queue {
     /// of each page.
     pub(crate) async fn outcomes_after(&self, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>> {
         let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
-        let mut conn = self.conn();
-        let raw: RawEntries = bounded(
-            "redis (outcomes)",
-            CALL_TIMEOUT,
-            redis::cmd("XRANGE")
-                .arg(self.keys.outcomes())
-                .arg(start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn),
-        )
-        .await?;
-        Ok(entries(raw))
+        self.stream_range("redis (outcomes)", "XRANGE", self.keys.outcomes(), &start, "+", count).await
     }
 
     /// Outcomes appended after stream id `after`, waiting up to `wait` for the first one
